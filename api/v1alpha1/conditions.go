@@ -1,0 +1,130 @@
+package v1alpha1
+
+// Condition types. Summary conditions (Accepted, ResolvedRefs, Programmed,
+// Ready) are positive and always present; the others appear only while true.
+// Every condition carries the observedGeneration it was computed for.
+const (
+	// ConditionAccepted says whether the object's spec is taken into the
+	// routing table.
+	//
+	// True: ReasonAccepted.
+	// False: ReasonConflicted, ReasonSigningEnabled, ReasonSenderDomainNotFound,
+	// ReasonSenderDomainNotAccepted, ReasonAddressOutsideDomain,
+	// ReasonDomainNotAllowed, ReasonNetworkTooBroad, ReasonInvalid.
+	// Unknown: ReasonPending (not compiled yet).
+	ConditionAccepted = "Accepted"
+
+	// ConditionResolvedRefs says whether every Secret the object references
+	// exists and holds a usable value. An object with unresolved references
+	// takes no effect until they are fixed.
+	//
+	// True: ReasonResolvedRefs.
+	// False: ReasonSecretNotFound, ReasonInvalidSecret.
+	// Unknown: ReasonPending, ReasonRefNotChecked (postgate check: the
+	// Secret is not among the given files).
+	ConditionResolvedRefs = "ResolvedRefs"
+
+	// ConditionProgrammed says whether every live relay has loaded a routing
+	// table that contains this generation of the object (DESIGN.md contract 2).
+	//
+	// True: ReasonProgrammed.
+	// False: ReasonPending (relays not there yet), ReasonNoRelays,
+	// ReasonNotAccepted (the object takes no effect, so nothing to program).
+	// Unknown: ReasonPending.
+	ConditionProgrammed = "Programmed"
+
+	// ConditionReady summarizes Accepted, ResolvedRefs and Programmed.
+	//
+	// True: ReasonReady.
+	// False: the reason of the first summary condition that is not True.
+	ConditionReady = "Ready"
+
+	// ConditionStalled is present, True, while the object cannot make
+	// progress until the user changes it (kstatus: Failed). Its reason is the
+	// reason of the failing condition.
+	ConditionStalled = "Stalled"
+
+	// ConditionReconciling is present, True, while the object waits for
+	// something that may still come: a Secret, the relays (kstatus:
+	// InProgress). Its reason is the reason of the pending condition.
+	ConditionReconciling = "Reconciling"
+
+	// ConditionRouteRefused is present on a SenderDomain, True, while a
+	// RelayRoute for it is refused because of the SenderDomain itself
+	// (ReasonSigningEnabled): mail of the domain is signed and goes to MX.
+	ConditionRouteRefused = "RouteRefused"
+
+	// ConditionDeliveryDegraded is present, True, while the relays report
+	// failing delivery for this object's mail (derived by the operator from
+	// status.delivery.replicas).
+	//
+	// True: ReasonTargetUnreachable, ReasonTemporaryFailures, ReasonBounces,
+	// ReasonSourceIPUnavailable, ReasonTLSRequiredButUnavailable.
+	ConditionDeliveryDegraded = "DeliveryDegraded"
+)
+
+// Condition reasons.
+const (
+	// ReasonAccepted: the object is in the routing table.
+	ReasonAccepted = "Accepted"
+	// ReasonConflicted: an older object claims the same domain (SenderDomain)
+	// or the same sender domain (RelayRoute); the message names it.
+	ReasonConflicted = "Conflicted"
+	// ReasonSigningEnabled: the RelayRoute's SenderDomain signs with DKIM, and
+	// a domain is either signed or relayed, never both.
+	ReasonSigningEnabled = "SigningEnabled"
+	// ReasonSenderDomainNotFound: the RelayRoute names a SenderDomain that
+	// does not exist in its namespace.
+	ReasonSenderDomainNotFound = "SenderDomainNotFound"
+	// ReasonSenderDomainNotAccepted: the RelayRoute's SenderDomain exists but
+	// is not accepted itself.
+	ReasonSenderDomainNotAccepted = "SenderDomainNotAccepted"
+	// ReasonAddressOutsideDomain: a sender address of the RelayRoute is not
+	// in its SenderDomain's domain.
+	ReasonAddressOutsideDomain = "AddressOutsideDomain"
+	// ReasonDomainNotAllowed: the guardrail policy does not let this
+	// namespace claim this domain (DESIGN.md contract 7).
+	ReasonDomainNotAllowed = "DomainNotAllowed"
+	// ReasonNetworkTooBroad: the guardrail policy does not allow a network
+	// this broad without SMTP AUTH (DESIGN.md contract 7).
+	ReasonNetworkTooBroad = "NetworkTooBroad"
+	// ReasonInvalid: the spec is invalid in a way the schema cannot show.
+	ReasonInvalid = "Invalid"
+
+	// ReasonResolvedRefs: every referenced Secret is there and usable.
+	ReasonResolvedRefs = "ResolvedRefs"
+	// ReasonSecretNotFound: a referenced Secret does not exist (yet).
+	ReasonSecretNotFound = "SecretNotFound"
+	// ReasonInvalidSecret: a referenced Secret lacks the key, or holds an
+	// unusable value (bad PEM, wrong algorithm, key too short, wrong type).
+	ReasonInvalidSecret = "InvalidSecret"
+	// ReasonRefNotChecked: the Secret was not available to check (offline
+	// validation with postgate check).
+	ReasonRefNotChecked = "RefNotChecked"
+
+	// ReasonProgrammed: every live relay has loaded this generation.
+	ReasonProgrammed = "Programmed"
+	// ReasonPending: the work is not done yet.
+	ReasonPending = "Pending"
+	// ReasonNoRelays: no relay replica is live.
+	ReasonNoRelays = "NoRelays"
+	// ReasonNotAccepted: the object is not accepted, so there is nothing to
+	// program.
+	ReasonNotAccepted = "NotAccepted"
+
+	// ReasonReady: accepted, resolved and programmed.
+	ReasonReady = "Ready"
+
+	// ReasonTargetUnreachable: the next hop could not be connected to.
+	ReasonTargetUnreachable = "TargetUnreachable"
+	// ReasonTemporaryFailures: the next hop answers with 4xx replies.
+	ReasonTemporaryFailures = "TemporaryFailures"
+	// ReasonBounces: the next hop rejects mail permanently (5xx).
+	ReasonBounces = "Bounces"
+	// ReasonSourceIPUnavailable: the dedicated source address cannot be
+	// bound on the relay's host.
+	ReasonSourceIPUnavailable = "SourceIPUnavailable"
+	// ReasonTLSRequiredButUnavailable: the TLS policy requires TLS and the
+	// next hop does not offer it, or its certificate does not verify.
+	ReasonTLSRequiredButUnavailable = "TLSRequiredButUnavailable"
+)

@@ -1,0 +1,47 @@
+// Command postgate is the one binary of postgate: the operator, the relay,
+// offline validation of manifests, and queue tools, as subcommands. This
+// package holds flags and wiring only.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `postgate: a Kubernetes operator and SMTP relay for managed mail relays.
+
+Usage:
+  postgate <command> [flags]
+
+Commands:
+  version    print the version
+  help       print this help
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run dispatches a command line and returns the exit code: 0 for success, 1
+// for a refusal, 2 for bad usage or unreadable input.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "version", "--version":
+		fmt.Fprintln(stdout, "postgate", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "postgate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
