@@ -93,7 +93,7 @@ func TestCompileRules(t *testing.T) {
 			},
 		},
 		{
-			desc: "route to a missing SenderDomain",
+			desc:  "route to a missing SenderDomain",
 			input: Input{RelayRoutes: []v1alpha1.RelayRoute{relayRoute("app", "route", "nope", 0)}},
 			want: []want{
 				{rrKind, "app", "route", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonSenderDomainNotFound, `SenderDomain "nope" not found in namespace "app"`},
