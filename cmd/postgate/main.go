@@ -18,6 +18,7 @@ Usage:
   postgate <command> [flags]
 
 Commands:
+  check      validate manifests offline, as the operator would judge them
   version    print the version
   help       print this help
 `
@@ -37,6 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version", "--version":
 		fmt.Fprintln(stdout, "postgate", version)
 		return 0
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -172,6 +172,9 @@ func (c *compiler) senderDomains() (map[string]*domainState, []Verdict) {
 		if !v.Refused() && u != nil {
 			st.unit = u
 		}
+		if refs.toGenerate != "" {
+			v.Pending = fmt.Sprintf("Waiting for the DKIM key to be generated into Secret %q", refs.toGenerate)
+		}
 	}
 	return states, verdicts
 }
@@ -180,6 +183,10 @@ func (c *compiler) senderDomains() (map[string]*domainState, []Verdict) {
 type refProblems struct {
 	missing, unknown, invalid []string
 	dkimSecret                string
+	// toGenerate is set when a generated DKIM key is not there yet and the
+	// input may lack Secrets (postgate check): the key will come, nothing
+	// is wrong, but the domain cannot be in the table yet.
+	toGenerate string
 }
 
 func (p *refProblems) status() Status {
@@ -190,13 +197,15 @@ func (p *refProblems) status() Status {
 		return statusFalse(v1alpha1.ReasonSecretNotFound, strings.Join(p.missing, "; "))
 	case len(p.unknown) > 0:
 		return Status{metav1.ConditionUnknown, v1alpha1.ReasonRefNotChecked, strings.Join(p.unknown, "; ")}
+	case p.toGenerate != "":
+		return statusTrue(v1alpha1.ReasonResolvedRefs, fmt.Sprintf("The DKIM key Secret %q is generated on first use", p.toGenerate))
 	default:
 		return statusTrue(v1alpha1.ReasonResolvedRefs, "All Secret references resolved")
 	}
 }
 
 func (p *refProblems) ok() bool {
-	return len(p.missing)+len(p.unknown)+len(p.invalid) == 0
+	return len(p.missing)+len(p.unknown)+len(p.invalid) == 0 && p.toGenerate == ""
 }
 
 // secretValue returns the value of key in the Secret namespace/name, or
@@ -269,7 +278,9 @@ func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain) (*domainUnit, *refPr
 		name, key := DKIMKeySecret(sd)
 		p.dkimSecret = name
 		alg := cmp.Or(s.Algorithm, v1alpha1.DKIMAlgorithmRSA2048)
-		if secret, pemBytes := c.secretValue(p, sd.Namespace, name, key, "DKIM key"); pemBytes != nil {
+		if s.Generate != nil && c.in.SecretsIncomplete && c.secrets[sd.Namespace+"/"+name] == nil {
+			p.toGenerate = name
+		} else if secret, pemBytes := c.secretValue(p, sd.Namespace, name, key, "DKIM key"); pemBytes != nil {
 			v, err := c.cache.get(cacheKey{"dkim", string(alg) + "/" + secretID(secret, key, pemBytes)}, func() (any, error) {
 				return parseDKIMKey(pemBytes, alg)
 			})

@@ -176,6 +176,14 @@ func TestCompileRules(t *testing.T) {
 			},
 		},
 		{
+			desc:  "postgate check: a key to generate is pending, not unknown",
+			input: Input{SenderDomains: []v1alpha1.SenderDomain{senderDomain("app", "sd", "example.com", 0, generated())}, SecretsIncomplete: true},
+			want: []want{
+				{sdKind, "app", "sd", v1alpha1.ConditionResolvedRefs, isTrue, v1alpha1.ReasonResolvedRefs, "generated on first use"},
+				{sdKind, "app", "sd", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonPending, "Waiting for the DKIM key to be generated"},
+			},
+		},
+		{
 			desc: "Secret without the key",
 			input: Input{
 				SenderDomains: []v1alpha1.SenderDomain{senderDomain("app", "sd", "example.com", 0, signedWith("dkim", v1alpha1.DKIMAlgorithmRSA2048))},
