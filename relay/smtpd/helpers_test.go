@@ -1,0 +1,220 @@
+package smtpd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// The test table: namespace app sends as example.com from 127.0.0.0/25;
+// namespace other sends as other.test from 127.0.0.64/26, with AUTH
+// required; 127.0.0.128/25 is in no TrustedNetwork.
+func testInput() routing.Input {
+	meta := func(ns, name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Namespace: ns, Name: name, Generation: 1}
+	}
+	return routing.Input{
+		SenderDomains: []v1alpha1.SenderDomain{
+			{ObjectMeta: meta("app", "example"), Spec: v1alpha1.SenderDomainSpec{Domain: "example.com"}},
+			{ObjectMeta: meta("other", "other"), Spec: v1alpha1.SenderDomainSpec{Domain: "other.test"}},
+		},
+		TrustedNetworks: []v1alpha1.TrustedNetwork{
+			{ObjectMeta: meta("app", "lo"), Spec: v1alpha1.TrustedNetworkSpec{CIDRs: []v1alpha1.CIDR{"127.0.0.0/25"}}},
+			{ObjectMeta: meta("other", "lo"), Spec: v1alpha1.TrustedNetworkSpec{
+				CIDRs: []v1alpha1.CIDR{"127.0.0.64/26"},
+				Authentication: &v1alpha1.SMTPAuthentication{Mode: v1alpha1.SMTPAuthRequired,
+					SecretRefs: []v1alpha1.LocalObjectReference{{Name: "mailer"}}},
+			}},
+		},
+		Secrets: []corev1.Secret{{
+			ObjectMeta: meta("other", "mailer"), Type: corev1.SecretTypeBasicAuth,
+			Data: map[string][]byte{"username": []byte("mailer"), "password": []byte("s3cret-pw")},
+		}},
+	}
+}
+
+// tables is a TableSource whose table a test swaps.
+type tables struct{ p atomic.Pointer[routing.Table] }
+
+func newTables(t *testing.T, in routing.Input) *tables {
+	t.Helper()
+	r := routing.Compile(in, nil)
+	for _, v := range r.Verdicts {
+		if !v.InTable {
+			t.Fatalf("fixture: %v not in the table: %+v", v.Object, v)
+		}
+	}
+	ts := &tables{}
+	ts.p.Store(r.Table)
+	return ts
+}
+
+func (t *tables) Table() *routing.Table { return t.p.Load() }
+
+// memSpool keeps messages in memory; lowSpace makes CheckSpace fail.
+type memSpool struct {
+	mu       sync.Mutex
+	messages []queued
+	lowSpace atomic.Bool
+	failNext atomic.Bool
+}
+
+type queued struct {
+	env  Envelope
+	body []byte
+}
+
+func (s *memSpool) CheckSpace(int64) error {
+	if s.lowSpace.Load() {
+		return errors.New("free space below the threshold")
+	}
+	return nil
+}
+
+func (s *memSpool) Enqueue(_ context.Context, env *Envelope, body io.Reader) (string, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return "", fmt.Errorf("reading the body: %w", err)
+	}
+	if s.failNext.Swap(false) {
+		return "", errors.New("disk on fire")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.messages = append(s.messages, queued{*env, b})
+	return fmt.Sprintf("Q%04d", len(s.messages)), nil
+}
+
+func (s *memSpool) all() []queued {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]queued(nil), s.messages...)
+}
+
+// testServer runs a Server on 127.0.0.1 and returns its address.
+func testServer(t *testing.T, cfg Config) (addr string, spool *memSpool, ts *tables) {
+	t.Helper()
+	spool = &memSpool{}
+	ts = newTables(t, testInput())
+	if cfg.Tables == nil {
+		cfg.Tables = ts
+	}
+	if cfg.Spool == nil {
+		cfg.Spool = spool
+	}
+	cfg.Hostname = "relay.test"
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln, false) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return ln.Addr().String(), spool, ts
+}
+
+// rawClient speaks SMTP byte for byte, so tests can send what a well-behaved
+// client library never would (bare LF, NUL, PROXY headers).
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// dialFrom connects to addr from the local address from (127.0.0.x).
+func dialFrom(t *testing.T, from, addr string) *rawClient {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+// reply reads one (possibly multi-line) reply and returns its code and
+// last line.
+func (c *rawClient) reply() (int, string) {
+	c.t.Helper()
+	var code int
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return 0, "connection closed: " + err.Error()
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 {
+			c.t.Fatalf("short reply %q", line)
+		}
+		fmt.Sscanf(line[:3], "%d", &code)
+		if line[3] == ' ' {
+			return code, line
+		}
+	}
+}
+
+// send writes raw bytes and reads one reply.
+func (c *rawClient) send(s string) (int, string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		return 0, "write failed: " + err.Error()
+	}
+	return c.reply()
+}
+
+// expect sends and checks the reply code and a fragment.
+func (c *rawClient) expect(s string, code int, fragment string) {
+	c.t.Helper()
+	got, line := c.send(s)
+	if got != code || !strings.Contains(line, fragment) {
+		c.t.Fatalf("after %q: got %q, want %d ...%s...", strings.TrimSpace(s), line, code, fragment)
+	}
+}
+
+// hello reads the greeting and says EHLO.
+func (c *rawClient) hello() {
+	c.t.Helper()
+	if code, line := c.reply(); code != 220 {
+		c.t.Fatalf("greeting %q", line)
+	}
+	c.expect("EHLO client.test\r\n", 250, "")
+}
+
+func (c *rawClient) closed() bool {
+	_ = c.conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, err := c.r.ReadByte()
+	return err != nil
+}
+
+func addr4(s string) netip.Addr { return netip.MustParseAddr(s) }
+

@@ -1,0 +1,406 @@
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/pires/go-proxyproto"
+
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// TableSource returns the routing table currently in force. The relay swaps
+// tables atomically; the server asks at every decision.
+type TableSource interface {
+	Table() *routing.Table
+}
+
+// Spool is the durable queue as the server needs it.
+type Spool interface {
+	// CheckSpace fails when the spool cannot take a message of size bytes
+	// (0 when unknown) now: the client gets 452 4.3.1 before sending data.
+	CheckSpace(size int64) error
+	// Enqueue stores the message and returns its queue id once message and
+	// envelope are durable (fsynced). It fails, storing nothing, when body
+	// returns an error or storage fails.
+	Enqueue(ctx context.Context, env *Envelope, body io.Reader) (id string, err error)
+}
+
+// Envelope is what the server knows of a message besides its bytes.
+type Envelope struct {
+	// From is MAIL FROM as the client gave it; empty for the null sender.
+	From string
+	// To are the RCPT TO addresses as the client gave them, in order.
+	To []string
+	// MailOptions are the ESMTP parameters of MAIL FROM (SIZE, BODY,
+	// SMTPUTF8, RET, ENVID, AUTH).
+	MailOptions smtp.MailOptions
+	// RcptOptions are the ESMTP parameters of each RCPT TO (NOTIFY,
+	// ORCPT), parallel to To.
+	RcptOptions []smtp.RcptOptions
+	// Client is the client's address (after PROXY protocol).
+	Client netip.AddrPort
+	// Identity is the SMTP AUTH identity, namespace/user, or empty.
+	Identity string
+	// Helo is the name the client gave in EHLO or HELO.
+	Helo string
+	// TLS describes the client connection's TLS, nil without TLS.
+	TLS *tls.ConnectionState
+}
+
+// Config configures a Server. Zero limits take the defaults of the
+// `postgate relay` flags.
+type Config struct {
+	// Hostname is the name in the greeting and in replies.
+	Hostname string
+	Tables   TableSource
+	Spool    Spool
+	// TLS enables STARTTLS and the implicit-TLS listener; nil disables
+	// both. AUTH is offered only over TLS.
+	TLS *tls.Config
+	// ProxyCIDRs are the peers that must, and alone may, send a PROXY
+	// protocol header (v1 or v2).
+	ProxyCIDRs []netip.Prefix
+	// MaxMessageBytes bounds a message (default 25 MiB).
+	MaxMessageBytes int64
+	// MaxRecipients bounds the recipients of one message (default 100).
+	MaxRecipients int
+	// MaxConnections bounds open connections (default 1000);
+	// MaxConnectionsPerClient bounds them per client address (default 50).
+	MaxConnections, MaxConnectionsPerClient int
+	// IdleTimeout closes a connection that sends nothing for this long
+	// (default 5 minutes, RFC 5321 section 4.5.3.2.7).
+	IdleTimeout time.Duration
+	// ProxyHeaderTimeout bounds the wait for a PROXY header (default 5s).
+	ProxyHeaderTimeout time.Duration
+	// MaxLineLength bounds a line of a command or message, in octets
+	// without CRLF (default 2000). RFC 5321 section 4.5.3.1.6 caps text
+	// lines at 998, so every conforming message passes.
+	MaxLineLength int
+	Logger        *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 25 << 20
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = 100
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 1000
+	}
+	if c.MaxConnectionsPerClient == 0 {
+		c.MaxConnectionsPerClient = 50
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.ProxyHeaderTimeout == 0 {
+		c.ProxyHeaderTimeout = 5 * time.Second
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = 2000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server is the relay's SMTP server.
+type Server struct {
+	cfg    Config
+	smtp   *smtp.Server
+	limits *connLimits
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	closed    bool
+	done      chan struct{}
+	accepting sync.WaitGroup
+}
+
+// New returns a server for cfg.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.Tables == nil || cfg.Spool == nil {
+		return nil, errors.New("smtpd: Tables and Spool are required")
+	}
+	s := &Server{
+		cfg:    cfg,
+		limits: &connLimits{total: cfg.MaxConnections, perClient: cfg.MaxConnectionsPerClient, open: map[netip.Addr]int{}},
+		done:   make(chan struct{}),
+	}
+	srv := smtp.NewServer(&backend{s: s})
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = cfg.TLS
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.MaxLineLength = cfg.MaxLineLength
+	// No ReadTimeout: go-smtp sets it once per command line, which would
+	// bound a whole DATA body. clientConn extends a deadline on every read.
+	srv.WriteTimeout = cfg.IdleTimeout
+	srv.AllowInsecureAuth = false
+	srv.ErrorLog = slogLogger{cfg.Logger}
+	s.smtp = srv
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown. With implicitTLS, TLS
+// starts before the greeting (RFC 8314 section 3.3, port 465).
+func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
+	if implicitTLS && s.cfg.TLS == nil {
+		return errors.New("smtpd: implicit TLS needs a TLS configuration")
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return smtp.ErrServerClosed
+	}
+	s.listeners = append(s.listeners, ln)
+	s.accepting.Add(1)
+	s.mu.Unlock()
+	defer s.accepting.Done()
+
+	admitted := &chanListener{conns: make(chan net.Conn), addr: ln.Addr(), done: s.done}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.smtp.Serve(admitted) }()
+
+	var delay time.Duration
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go s.admit(raw, implicitTLS, admitted)
+	}
+}
+
+// admit runs the accept path of one connection: PROXY protocol, limits,
+// then hands it to go-smtp.
+func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
+	log := s.cfg.Logger
+	peer := addrPort(raw.RemoteAddr())
+	client := peer
+	var conn net.Conn
+	if s.fromProxy(peer.Addr()) {
+		pc := proxyproto.NewConn(raw, proxyproto.WithPolicy(proxyproto.REQUIRE), proxyproto.SetReadHeaderTimeout(s.cfg.ProxyHeaderTimeout))
+		src := addrPort(pc.RemoteAddr()) // reads the header, bounded by the timeout
+		h := pc.ProxyHeader()
+		if h == nil || h.Command.IsLocal() || !src.IsValid() {
+			log.Info("Refused connection without a PROXY header from a proxy address", "peer", peer)
+			_ = raw.Close()
+			return
+		}
+		client, conn = src, pc
+	} else {
+		// Anyone else sending a PROXY header is refused at its first read:
+		// they would otherwise choose the address we admit them by.
+		// (proxyproto's REJECT policy cannot serve here: it holds back
+		// every write, the greeting included, until the client has sent
+		// its first bytes, and SMTP clients wait for the greeting.)
+		conn = &noProxyConn{Conn: raw, hostname: s.cfg.Hostname}
+	}
+	if !s.limits.acquire(client.Addr()) {
+		_ = raw.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(raw, "421 4.7.0 %s Too many connections, try again later\r\n", s.cfg.Hostname)
+		_ = raw.Close()
+		log.Info("Refused connection over the limits", "client", client)
+		return
+	}
+	var c net.Conn = &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, release: func() { s.limits.release(client.Addr()) }}
+	if implicitTLS {
+		c = tls.Server(c, s.cfg.TLS)
+	}
+	select {
+	case out.conns <- c:
+	case <-s.done:
+		_ = c.Close()
+	}
+}
+
+func (s *Server) fromProxy(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range s.cfg.ProxyCIDRs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Shutdown stops accepting connections and waits, until ctx ends, for the
+// sessions to finish; then it closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+		for _, ln := range s.listeners {
+			_ = ln.Close()
+		}
+	}
+	s.mu.Unlock()
+	s.accepting.Wait()
+	err := s.smtp.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		_ = s.smtp.Close()
+	}
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// chanListener feeds go-smtp the connections the accept path admitted.
+type chanListener struct {
+	conns chan net.Conn
+	addr  net.Addr
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error { return nil }
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// clientConn is an admitted connection: its address is the client's (after
+// PROXY protocol), every read extends an idle deadline, and closing it
+// releases its connection slot.
+type clientConn struct {
+	net.Conn
+	remote  net.Addr
+	idle    time.Duration
+	release func()
+	closed  atomic.Bool
+	// closeAfterWrite makes the next write the last: after a line too long
+	// for the stream to be parsed safely, the reply is sent and the
+	// connection closed, so the rest of the body is never read as commands.
+	closeAfterWrite atomic.Bool
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *clientConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		_ = c.Close()
+	}
+	return n, err
+}
+
+func (c *clientConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *clientConn) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	c.release()
+	return c.Conn.Close()
+}
+
+// noProxyConn refuses a connection whose first bytes are a PROXY protocol
+// header (v1 "PROXY ", or the v2 signature), from a peer not allowed to
+// send one.
+type noProxyConn struct {
+	net.Conn
+	hostname string
+	checked  bool
+}
+
+var errProxyHeaderRefused = errors.New("PROXY protocol header from a peer outside --proxy-protocol-cidrs")
+
+func (c *noProxyConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.checked && n > 0 {
+		c.checked = true
+		if bytes.HasPrefix(p[:n], proxyproto.SIGV1) || bytes.HasPrefix(p[:n], proxyproto.SIGV2[:4]) {
+			fmt.Fprintf(c.Conn, "554 5.7.0 %s PROXY protocol is not accepted from your address\r\n", c.hostname)
+			_ = c.Conn.Close()
+			return 0, errProxyHeaderRefused
+		}
+	}
+	return n, err
+}
+
+// connLimits counts open connections in total and per client address.
+type connLimits struct {
+	mu               sync.Mutex
+	total, perClient int
+	n                int
+	open             map[netip.Addr]int
+}
+
+func (l *connLimits) acquire(a netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n >= l.total || l.open[a] >= l.perClient {
+		return false
+	}
+	l.n++
+	l.open[a]++
+	return true
+}
+
+func (l *connLimits) release(a netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n--
+	if l.open[a]--; l.open[a] <= 0 {
+		delete(l.open, a)
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// slogLogger adapts slog to go-smtp's Logger.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Printf(format string, v ...any) { l.l.Warn(fmt.Sprintf(format, v...)) }
+func (l slogLogger) Println(v ...any)               { l.l.Warn(fmt.Sprint(v...)) }

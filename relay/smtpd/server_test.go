@@ -1,0 +1,323 @@
+package smtpd
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postgate/postgate/relay/routing"
+)
+
+func TestAdmittedMessageIsQueuedVerbatim(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<Alice@Example.com> SIZE=100\r\n", 250, "")
+	c.expect("RCPT TO:<Bob.Smith+tag@Dest.TEST>\r\n", 250, "")
+	c.expect("RCPT TO:<carol@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	body := "Subject: hi\r\n\r\n..leading dot\r\nbye\r\n"
+	c.expect(body+".\r\n", 250, "2.0.0 OK: queued as Q0001")
+	msgs := spool.all()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(msgs))
+	}
+	m := msgs[0]
+	if m.env.From != "Alice@Example.com" || strings.Join(m.env.To, ",") != "Bob.Smith+tag@Dest.TEST,carol@dest.test" {
+		t.Errorf("envelope rewritten: from %q to %q", m.env.From, m.env.To)
+	}
+	if m.env.Client.Addr() != addr4("127.0.0.10") || m.env.Helo != "client.test" || m.env.MailOptions.Size != 100 {
+		t.Errorf("envelope: %+v", m.env)
+	}
+	if want := "Subject: hi\r\n\r\n.leading dot\r\nbye\r\n"; string(m.body) != want {
+		t.Errorf("body %q, want %q (dot-unstuffed, CRLF kept)", m.body, want)
+	}
+}
+
+func TestRelayAccessDenied(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	for _, tc := range []struct {
+		desc, client, from, reason string
+	}{
+		{"client in no trusted network", "127.0.0.200", "alice@example.com", "client is in no trusted network"},
+		{"unknown sender domain", "127.0.0.10", "alice@unknown.test", "sender domain is not an accepted sender domain"},
+		{"another namespace's domain", "127.0.0.10", "bob@other.test", "sender domain is not covered by the client's trusted networks"},
+		{"AUTH required and not given", "127.0.0.70", "bob@other.test", "authentication required"},
+		{"null sender", "127.0.0.10", "", "sender domain is not an accepted sender domain"},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			c := dialFrom(t, tc.client, addr)
+			c.hello()
+			c.expect("MAIL FROM:<"+tc.from+">\r\n", 250, "")
+			c.expect("RCPT TO:<bob@dest.test>\r\n", 554, "5.7.1 Relay access denied: "+tc.reason)
+			c.expect("DATA\r\n", 502, "")
+		})
+	}
+	if n := len(spool.all()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}
+
+func TestAddressesRefusedForEveryClient(t *testing.T) {
+	addr, _, _ := testServer(t, Config{})
+	// go-smtp accepts and drops source routes ("@hop:user@domain") as RFC
+	// 5321 section 4.1.1.3 asks, and unquotes "alice"@example.com to its
+	// equivalent dot-atom before the backend sees either; a quoted local
+	// part that hides '@', '%' or '!' still arrives with it and is refused.
+	for _, a := range []string{
+		"alice%dest.test@example.com", // percent hack
+		"host!alice@example.com",      // UUCP bang path
+		`"alice@dest.test"@example.com`,
+		`"alice%dest.test"@example.com`,
+		`"alice dest"@example.com`,
+		"alice@[127.0.0.1]",
+		"alice..b@example.com",
+		"alice@localhost",
+	} {
+		t.Run(a, func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.10", addr)
+			c.hello()
+			code, line := c.send("MAIL FROM:<" + a + ">\r\n")
+			if code != 553 && code != 501 {
+				t.Errorf("MAIL FROM:<%s>: %q, want 553 5.1.7 (or 501 from the parser)", a, line)
+			}
+			if code == 553 && !strings.Contains(line, "5.1.7") {
+				t.Errorf("MAIL FROM:<%s>: %q, want 5.1.7", a, line)
+			}
+			c.send("RSET\r\n")
+			c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+			code, line = c.send("RCPT TO:<" + strings.Replace(a, "example.com", "dest.test", 1) + ">\r\n")
+			if code != 553 && code != 501 {
+				t.Errorf("RCPT TO:<%s>: %q, want 553 5.1.3 (or 501 from the parser)", a, line)
+			}
+		})
+	}
+}
+
+func TestMessageBytesRefused(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	for _, tc := range []struct{ desc, body, want string }{
+		{"bare LF", "Subject: x\r\n\r\nline\nmore\r\n", "bare LF"},
+		{"smuggling", "Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@example.com>\r\n", "bare LF"},
+		{"bare CR", "Subject: x\r\n\r\nline\rmore\r\n", "bare CR"},
+		{"NUL", "Subject: x\r\n\r\nnul\x00here\r\n", "NUL byte"},
+	} {
+		t.Run("DATA "+tc.desc, func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.10", addr)
+			c.hello()
+			c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+			c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+			c.expect("DATA\r\n", 354, "")
+			c.expect(tc.body+".\r\n", 550, "5.5.2 Message refused: "+tc.want)
+			// The session stays in sync: the next command is a command.
+			c.expect("NOOP\r\n", 250, "")
+		})
+		t.Run("BDAT "+tc.desc, func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.10", addr)
+			c.hello()
+			c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+			c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+			c.expect(fmt.Sprintf("BDAT %d LAST\r\n%s", len(tc.body), tc.body), 550, "5.5.2 Message refused: "+tc.want)
+			c.expect("NOOP\r\n", 250, "")
+		})
+	}
+	t.Run("BDAT in two chunks, clean", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.10", addr)
+		c.hello()
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		c.expect("BDAT 14\r\nSubject: x\r\n\r\n", 250, "")
+		c.expect("BDAT 6 LAST\r\nhello\n", 550, "bare LF")
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		c.expect("BDAT 14\r\nSubject: x\r\n\r\n", 250, "")
+		c.expect("BDAT 7 LAST\r\nhello\r\n", 250, "queued as")
+	})
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want only the clean one", n)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{MaxRecipients: 3, MaxMessageBytes: 1000})
+	t.Run("recipients", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.10", addr)
+		c.hello()
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		for i := range 3 {
+			c.expect(fmt.Sprintf("RCPT TO:<r%d@dest.test>\r\n", i), 250, "")
+		}
+		c.expect("RCPT TO:<r4@dest.test>\r\n", 452, "4.5.3")
+	})
+	t.Run("SIZE at MAIL", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.10", addr)
+		c.hello()
+		c.expect("MAIL FROM:<alice@example.com> SIZE=1001\r\n", 552, "5.3.4")
+	})
+	t.Run("too large in DATA", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.10", addr)
+		c.hello()
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		c.expect("DATA\r\n", 354, "")
+		c.expect(strings.Repeat("0123456789012345678901234567890123456789\r\n", 30)+".\r\n", 552, "5.3.4")
+		c.expect("NOOP\r\n", 250, "")
+	})
+	t.Run("too large in BDAT", func(t *testing.T) {
+		c := dialFrom(t, "127.0.0.10", addr)
+		c.hello()
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		body := strings.Repeat("x", 1001)
+		c.expect(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body), 552, "5.3.4")
+	})
+	if n := len(spool.all()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}
+
+func TestLineLength(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	c.expect("Subject: x\r\n\r\n"+strings.Repeat("a", 998)+"\r\n.\r\n", 250, "queued as")
+
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	code, line := c.send("Subject: x\r\n\r\n" + strings.Repeat("a", 5000) + "\r\nMAIL FROM:<evil@example.com>\r\n.\r\n")
+	if code/100 != 5 {
+		t.Errorf("over-long line: %q, want a 5xx", line)
+	}
+	if !c.closed() {
+		t.Error("the connection stays open after an over-long line: the rest of the body could be read as commands")
+	}
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
+
+	// BDAT has no line framing: the check is on the bytes.
+	c = dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	long := strings.Repeat("b", 2001) + "\r\n"
+	// go-smtp's line limit may see the chunk first (when it arrives with
+	// the command, 500 5.4.0 and close) or the body check does (550 5.6.0):
+	// both are clear refusals, and nothing is queued.
+	code, line = c.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(long), long))
+	if !(code == 550 && strings.Contains(line, "5.6.0 Message refused: line longer than 2000 octets")) && !(code == 500 && strings.Contains(line, "5.4.0")) {
+		t.Errorf("BDAT with an over-long line: %q", line)
+	}
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
+}
+
+func TestSpoolFull(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	spool.lowSpace.Store(true)
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 452, "4.3.1")
+	spool.lowSpace.Store(false)
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	spool.failNext.Store(true)
+	c.expect("DATA\r\n", 354, "")
+	c.expect("Subject: x\r\n\r\nbody\r\n.\r\n", 451, "4.3.0")
+	if n := len(spool.all()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	addr, _, _ := testServer(t, Config{MaxConnectionsPerClient: 2, MaxConnections: 3})
+	a1, a2 := dialFrom(t, "127.0.0.10", addr), dialFrom(t, "127.0.0.10", addr)
+	a1.hello()
+	a2.hello()
+	a3 := dialFrom(t, "127.0.0.10", addr)
+	if code, line := a3.reply(); code != 421 || !strings.Contains(line, "4.7.0") {
+		t.Errorf("third connection from one client: %q, want 421 4.7.0", line)
+	}
+	b1 := dialFrom(t, "127.0.0.11", addr)
+	b1.hello()
+	b2 := dialFrom(t, "127.0.0.12", addr)
+	if code, line := b2.reply(); code != 421 {
+		t.Errorf("fourth connection in total: %q, want 421", line)
+	}
+	// A closed connection frees its slot.
+	a1.expect("QUIT\r\n", 221, "")
+	waitFor(t, func() bool {
+		c := dialFrom(t, "127.0.0.13", addr)
+		code, _ := c.reply()
+		return code == 220
+	})
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIdleAndSlowClients(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond})
+	idle := dialFrom(t, "127.0.0.10", addr)
+	idle.hello()
+	time.Sleep(700 * time.Millisecond)
+	if code, line := idle.reply(); code != 421 || !strings.Contains(line, "4.4.2") {
+		t.Errorf("idle client: %q, want 421 4.4.2", line)
+	}
+
+	// A body that takes 3 idle timeouts to arrive, one line every 150ms, is
+	// not cut off: only silence counts.
+	slow := dialFrom(t, "127.0.0.10", addr)
+	slow.hello()
+	slow.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	slow.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	slow.expect("DATA\r\n", 354, "")
+	for i := range 8 {
+		if _, err := fmt.Fprintf(slow.conn, "line %d\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	slow.expect(".\r\n", 250, "queued as")
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
+}
+
+func TestTableSwapDuringSession(t *testing.T) {
+	addr, spool, ts := testServer(t, Config{})
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@new.test>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 554, "5.7.1")
+
+	// The operator adds new.test to namespace app; the session goes on.
+	in := testInput()
+	sd := in.SenderDomains[0]
+	sd.Name, sd.Spec.Domain = "new", "new.test"
+	in.SenderDomains = append(in.SenderDomains, sd)
+	ts.p.Store(routing.Compile(in, nil).Table)
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+
+	// And removes it before DATA: refused by the table in force then.
+	ts.p.Store(routing.Compile(testInput(), nil).Table)
+	c.expect("DATA\r\n", 354, "")
+	c.expect("Subject: x\r\n\r\nbody\r\n.\r\n", 554, "5.7.1")
+	if n := len(spool.all()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}

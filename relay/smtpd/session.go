@@ -1,0 +1,206 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// Replies. Each names the RFC 3463 enhanced code it carries.
+var (
+	// errStorage: 452 4.3.1, "mail system full" (RFC 3463 section 3.4).
+	errStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
+	// errQueueWrite: 451 4.3.0, the message could not be stored.
+	errQueueWrite = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Could not queue the message, try again later"}
+	// errAuthFailed: 535 5.7.8 (RFC 4954 section 6).
+	errAuthFailed = smtp.ErrAuthFailed
+)
+
+// maxAuthFailures closes a session after this many failed AUTH attempts,
+// slowing password guessing to one connection per few tries.
+const maxAuthFailures = 3
+
+type backend struct{ s *Server }
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	sess := &session{s: b.s, conn: c, client: addrPort(c.Conn().RemoteAddr())}
+	if cc, ok := c.Conn().(*clientConn); ok {
+		sess.cc = cc
+	} else if tc, ok := c.Conn().(*tls.Conn); ok {
+		sess.cc, _ = tc.NetConn().(*clientConn)
+	}
+	return sess, nil
+}
+
+// session is one client's SMTP session. go-smtp calls its methods from the
+// connection's goroutine (and Data, for BDAT, from one more), never
+// concurrently.
+type session struct {
+	s        *Server
+	conn     *smtp.Conn
+	cc       *clientConn
+	client   netip.AddrPort
+	identity string
+	authFail int
+
+	from     string
+	mailOpts smtp.MailOptions
+	to       []string
+	rcptOpts []smtp.RcptOptions
+}
+
+func (s *session) table() *routing.Table { return s.s.cfg.Tables.Table() }
+
+// AuthMechanisms offers PLAIN and LOGIN to clients in a network that accepts
+// AUTH; go-smtp advertises them only over TLS (AllowInsecureAuth false).
+func (s *session) AuthMechanisms() []string {
+	if !s.table().AuthOffered(s.client.Addr()) {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if _, isTLS := s.conn.TLSConnectionState(); !isTLS {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	check := func(username, password string) error {
+		id := s.table().Authenticate(s.client.Addr(), username, password)
+		if id == "" {
+			s.authFail++
+			s.s.cfg.Logger.Info("SMTP AUTH failed", "client", s.client, "failures", s.authFail)
+			if s.authFail >= maxAuthFailures && s.cc != nil {
+				s.cc.closeAfterWrite.Store(true)
+			}
+			return errAuthFailed
+		}
+		s.identity = id
+		return nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(authzid, username, password string) error {
+			if authzid != "" && authzid != username {
+				return errAuthFailed
+			}
+			return check(username, password)
+		}), nil
+	case sasl.Login:
+		return newLoginServer(check), nil
+	default:
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if from != "" {
+		if err := checkAddress(from); err != nil {
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address refused: " + err.Error()}
+		}
+	}
+	var size int64
+	if opts != nil {
+		size = opts.Size
+	}
+	if err := s.s.cfg.Spool.CheckSpace(size); err != nil {
+		s.s.cfg.Logger.Warn("Refusing mail: spool low on space", "client", s.client, "error", err)
+		return errStorage
+	}
+	s.from = from
+	if opts != nil {
+		s.mailOpts = *opts
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := checkAddress(to); err != nil {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address refused: " + err.Error()}
+	}
+	if err := s.authorize(); err != nil {
+		return err
+	}
+	s.to = append(s.to, to)
+	if opts != nil {
+		s.rcptOpts = append(s.rcptOpts, *opts)
+	} else {
+		s.rcptOpts = append(s.rcptOpts, smtp.RcptOptions{})
+	}
+	return nil
+}
+
+// authorize answers 554 5.7.1 Relay access denied unless the current table
+// lets this client send as this sender.
+func (s *session) authorize() error {
+	d := s.table().MaySend(s.client.Addr(), s.identity, s.from)
+	if d == routing.Allowed {
+		return nil
+	}
+	s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", s.from, "reason", d.String())
+	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied: " + d.String()}
+}
+
+func (s *session) Data(r io.Reader) error {
+	// The table may have changed since RCPT: decide again, now.
+	if err := s.authorize(); err != nil {
+		return err
+	}
+	env := &Envelope{
+		From: s.from, To: s.to, MailOptions: s.mailOpts, RcptOptions: s.rcptOpts,
+		Client: s.client, Identity: s.identity, Helo: s.conn.Hostname(),
+	}
+	if st, ok := s.conn.TLSConnectionState(); ok {
+		env.TLS = &st
+	}
+	body := newBodyChecker(r, s.s.cfg.MaxLineLength)
+	id, err := s.s.cfg.Spool.Enqueue(context.Background(), env, body)
+	var be *bodyError
+	switch {
+	case err == nil:
+		s.s.cfg.Logger.Info("Queued", "id", id, "client", s.client, "from", s.from, "recipients", len(s.to))
+		// go-smtp answers a nil error with a bare "OK: queued"; the queue
+		// id in the reply is what lets a sender trace a message.
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+	case errors.As(err, &be) && be.longLine:
+		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
+	case errors.As(err, &be):
+		// 550 5.5.2: a syntax error in the message bytes, the defence
+		// against SMTP smuggling.
+		s.s.cfg.Logger.Info("Message bytes refused", "client", s.client, "reason", be.Error())
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: fmt.Sprintf("Message refused: %s; lines must end with CRLF and contain no NUL (RFC 5321 section 2.3.8)", be)}
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return smtp.ErrDataTooLarge
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// The stream can no longer be parsed safely: answer and close.
+		if s.cc != nil {
+			s.cc.closeAfterWrite.Store(true)
+		}
+		return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: fmt.Sprintf("Line longer than %d octets, closing the connection", s.s.cfg.MaxLineLength)}
+	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
+		return err
+	default:
+		s.s.cfg.Logger.Error("Could not queue a message", "client", s.client, "error", err)
+		return errQueueWrite
+	}
+}
+
+func (s *session) Reset() {
+	s.from, s.mailOpts, s.to, s.rcptOpts = "", smtp.MailOptions{}, nil, nil
+}
+
+func (s *session) Logout() error { return nil }
+
+// String is for logs.
+func (s *session) String() string {
+	return strings.Join([]string{s.client.String(), s.identity}, " ")
+}
