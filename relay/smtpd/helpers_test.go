@@ -176,7 +176,9 @@ func (c *rawClient) reply() (int, string) {
 		if len(line) < 4 {
 			c.t.Fatalf("short reply %q", line)
 		}
-		fmt.Sscanf(line[:3], "%d", &code)
+		if _, err := fmt.Sscanf(line[:3], "%d", &code); err != nil {
+			c.t.Fatalf("reply %q has no code", line)
+		}
 		if line[3] == ' ' {
 			return code, line
 		}
@@ -217,4 +219,3 @@ func (c *rawClient) closed() bool {
 }
 
 func addr4(s string) netip.Addr { return netip.MustParseAddr(s) }
-

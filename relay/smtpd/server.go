@@ -280,7 +280,6 @@ type chanListener struct {
 	conns chan net.Conn
 	addr  net.Addr
 	done  chan struct{}
-	once  sync.Once
 }
 
 func (l *chanListener) Accept() (net.Conn, error) {
@@ -292,7 +291,7 @@ func (l *chanListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *chanListener) Close() error { return nil }
+func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // clientConn is an admitted connection: its address is the client's (after

@@ -174,7 +174,7 @@ func (s *session) Data(r io.Reader) error {
 		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
 	case errors.As(err, &be):
-		// 550 5.5.2: a syntax error in the message bytes, the defence
+		// 550 5.5.2: a syntax error in the message bytes, the defense
 		// against SMTP smuggling.
 		s.s.cfg.Logger.Info("Message bytes refused", "client", s.client, "reason", be.Error())
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: fmt.Sprintf("Message refused: %s; lines must end with CRLF and contain no NUL (RFC 5321 section 2.3.8)", be)}
