@@ -219,3 +219,11 @@ func (c *rawClient) closed() bool {
 }
 
 func addr4(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func mustPrefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
