@@ -19,6 +19,7 @@ Usage:
 
 Commands:
   check      validate manifests offline, as the operator would judge them
+  operator   run the operator: reconcile, publish the routing table, write status
   version    print the version
   help       print this help
 `
@@ -40,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "check":
 		return runCheck(args[1:], stdout, stderr)
+	case "operator":
+		return runOperator(args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

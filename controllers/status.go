@@ -1,0 +1,241 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// FieldManager is the operator's field manager. It owns the conditions,
+// status.observedGeneration and status.dkim, and never applies
+// status.delivery, whose entries the relays own (DESIGN.md contract 6).
+const FieldManager = "postgate-operator"
+
+// ownedStatus is the part of a status the operator applies.
+type ownedStatus struct {
+	ObservedGeneration int64                `json:"observedGeneration"`
+	Conditions         []metav1.Condition   `json:"conditions"`
+	DKIM               *v1alpha1.DKIMRecord `json:"dkim,omitempty"`
+}
+
+// view is what the operator reads of an object's status, whatever its kind.
+type view struct {
+	kind               string
+	conditions         []metav1.Condition
+	observedGeneration int64
+	delivery           *v1alpha1.DeliveryStatus
+	dkim               *v1alpha1.DKIMRecord
+}
+
+func viewOf(obj client.Object) view {
+	switch o := obj.(type) {
+	case *v1alpha1.SenderDomain:
+		return view{routing.KindSenderDomain, o.Status.Conditions, o.Status.ObservedGeneration, o.Status.Delivery, o.Status.DKIM}
+	case *v1alpha1.RelayRoute:
+		return view{routing.KindRelayRoute, o.Status.Conditions, o.Status.ObservedGeneration, o.Status.Delivery, nil}
+	case *v1alpha1.TrustedNetwork:
+		return view{routing.KindTrustedNetwork, o.Status.Conditions, o.Status.ObservedGeneration, nil, nil}
+	}
+	panic(fmt.Sprintf("controllers: unexpected object %T", obj))
+}
+
+// emptyLike returns an object of obj's kind with only its name and
+// namespace, to receive a patch response without touching the cache's copy.
+func emptyLike(obj client.Object) client.Object {
+	var out client.Object
+	switch obj.(type) {
+	case *v1alpha1.SenderDomain:
+		out = &v1alpha1.SenderDomain{}
+	case *v1alpha1.RelayRoute:
+		out = &v1alpha1.RelayRoute{}
+	default:
+		out = &v1alpha1.TrustedNetwork{}
+	}
+	out.SetNamespace(obj.GetNamespace())
+	out.SetName(obj.GetName())
+	return out
+}
+
+func findCondition(conds []metav1.Condition, t string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+// desiredStatus is the status the operator wants on an object: the
+// compiler's conditions for the given Programmed state, the derived
+// delivery condition, and the DKIM record. A condition keeps its
+// lastTransitionTime while its status does not change.
+func desiredStatus(current view, conds []metav1.Condition, dkim *v1alpha1.DKIMRecord, gen int64, now time.Time) ownedStatus {
+	for i := range conds {
+		c := &conds[i]
+		if old := findCondition(current.conditions, c.Type); old != nil && old.Status == c.Status {
+			c.LastTransitionTime = old.LastTransitionTime
+		} else {
+			c.LastTransitionTime = metav1.NewTime(now.Truncate(time.Second))
+		}
+	}
+	return ownedStatus{ObservedGeneration: gen, Conditions: conds, DKIM: dkim}
+}
+
+// sameStatus reports whether the object already carries s, transition
+// times aside.
+func sameStatus(current view, s ownedStatus) bool {
+	if current.observedGeneration != s.ObservedGeneration || !equality.Semantic.DeepEqual(current.dkim, s.DKIM) ||
+		len(current.conditions) != len(s.Conditions) {
+		return false
+	}
+	for _, c := range s.Conditions {
+		old := findCondition(current.conditions, c.Type)
+		if old == nil || old.Status != c.Status || old.Reason != c.Reason || old.Message != c.Message ||
+			old.ObservedGeneration != c.ObservedGeneration {
+			return false
+		}
+	}
+	return true
+}
+
+// statusHash identifies s, transition times aside, for the memo of what was
+// written.
+func statusHash(s ownedStatus) [32]byte {
+	c := s
+	c.Conditions = make([]metav1.Condition, len(s.Conditions))
+	for i, cond := range s.Conditions {
+		cond.LastTransitionTime = metav1.Time{}
+		c.Conditions[i] = cond
+	}
+	b, _ := json.Marshal(c) // plain structs: cannot fail
+	return sha256.Sum256(b)
+}
+
+// applyStatus applies s to the status subresource of obj with server-side
+// apply under FieldManager.
+func applyStatus(ctx context.Context, c client.Client, obj client.Object, kind string, s ownedStatus) error {
+	body := map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(),
+		"kind":       kind,
+		"metadata":   map[string]string{"name": obj.GetName(), "namespace": obj.GetNamespace()},
+		"status":     s,
+	}
+	data, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	return c.Status().Patch(ctx, emptyLike(obj), client.RawPatch(types.ApplyPatchType, data),
+		client.FieldOwner(FieldManager), client.ForceOwnership)
+}
+
+// The delivery condition (DESIGN.md contract 6) is derived from the relays'
+// entries: a live replica whose most recent attempt failed, within the
+// window, makes the object DeliveryDegraded. The condition is present only
+// while true.
+
+// deliveryDegraded returns the condition, or nil, and when it will clear by
+// itself (zero if never).
+func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time.Time, window time.Duration) (*metav1.Condition, time.Time) {
+	if d == nil {
+		return nil, time.Time{}
+	}
+	var worst *v1alpha1.ReplicaDeliveryStatus
+	var clears time.Time
+	for i := range d.Replicas {
+		r := &d.Replicas[i]
+		f := r.LastFailed
+		if f == nil || !rs.isLive(r.Name) || now.Sub(f.Time.Time) >= window {
+			continue
+		}
+		if r.LastDelivered != nil && !r.LastDelivered.Time.Before(&f.Time) {
+			continue
+		}
+		if worst == nil || f.Time.After(worst.LastFailed.Time.Time) {
+			worst = r
+		}
+		if end := f.Time.Add(window); clears.IsZero() || end.Before(clears) {
+			clears = end
+		}
+	}
+	if worst == nil {
+		return nil, time.Time{}
+	}
+	f := worst.LastFailed
+	msg := fmt.Sprintf("Relay %s: the last delivery attempt to %s failed", worst.Name, f.RelayHost)
+	if f.ResponseCode != 0 {
+		msg += fmt.Sprintf(" with %d", f.ResponseCode)
+		if f.EnhancedCode != "" {
+			msg += " " + f.EnhancedCode
+		}
+	}
+	if f.Reply != "" {
+		msg += ": " + f.Reply
+	}
+	return &metav1.Condition{
+		Type: v1alpha1.ConditionDeliveryDegraded, Status: metav1.ConditionTrue,
+		Reason: failureReason(f), Message: msg, ObservedGeneration: gen,
+	}, clears
+}
+
+func failureReason(f *v1alpha1.DeliveryAttempt) string {
+	switch {
+	case f.TLS != nil && !f.TLS.Established &&
+		(f.TLS.Requested == v1alpha1.TLSPolicyRequired || f.TLS.Requested == v1alpha1.TLSPolicyVerify):
+		return v1alpha1.ReasonTLSRequiredButUnavailable
+	case f.ResponseCode == 0 && strings.Contains(strings.ToLower(f.Reply), "cannot assign requested address"):
+		// EADDRNOTAVAIL from bind(2): the host does not own the source IP.
+		return v1alpha1.ReasonSourceIPUnavailable
+	case f.ResponseCode == 0:
+		return v1alpha1.ReasonTargetUnreachable
+	case f.ResponseCode >= 500:
+		return v1alpha1.ReasonBounces
+	default:
+		return v1alpha1.ReasonTemporaryFailures
+	}
+}
+
+// pruneDeadReplicas removes the delivery entries of replicas that have no
+// live Lease. Server-side apply cannot do it: each entry belongs to its
+// replica's field manager, and an applier removes only what it owns. A JSON
+// patch of the status subresource can remove any entry; each removal is
+// guarded by a test of the entry's name, so that a concurrent change of the
+// list fails the patch instead of removing the wrong entry.
+func pruneDeadReplicas(ctx context.Context, c client.Client, obj client.Object, d *v1alpha1.DeliveryStatus, rs relays) (bool, error) {
+	if d == nil {
+		return false, nil
+	}
+	type op struct {
+		Op    string `json:"op"`
+		Path  string `json:"path"`
+		Value any    `json:"value,omitempty"`
+	}
+	var ops []op
+	for i := len(d.Replicas) - 1; i >= 0; i-- { // from the end: indexes stay valid
+		if name := d.Replicas[i].Name; !rs.isLive(name) {
+			path := fmt.Sprintf("/status/delivery/replicas/%d", i)
+			ops = append(ops, op{"test", path + "/name", name}, op{"remove", path, nil})
+		}
+	}
+	if len(ops) == 0 {
+		return false, nil
+	}
+	data, err := json.Marshal(ops)
+	if err != nil {
+		return false, err
+	}
+	if err := c.Status().Patch(ctx, emptyLike(obj), client.RawPatch(types.JSONPatchType, data), client.FieldOwner(FieldManager)); err != nil {
+		return false, fmt.Errorf("pruning delivery entries of dead relays from %s %s: %w", viewOf(obj).kind, client.ObjectKeyFromObject(obj), err)
+	}
+	return true, nil
+}

@@ -1,0 +1,490 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// The operator compiles globally: conflicts and signing exclusivity are
+// decided across objects, so one reconcile of a fixed key, "the table",
+// reads every object from the cache, compiles, publishes when the table
+// changed, and writes the status of the objects whose status changed. Every
+// watched event requeues that key; the workqueue coalesces a burst of events
+// into one reconcile.
+
+// tableRequest is the one key the controller reconciles.
+var tableRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "routing-table"}}
+
+// Options configure the operator's reconciler.
+type Options struct {
+	// RelayNamespace is where the table is published and the relays keep
+	// their Leases.
+	RelayNamespace string
+	// PolicyNamespace and PolicyName name the guardrail ConfigMap (DESIGN.md
+	// contract 7); an empty PolicyName, or no such ConfigMap, means the
+	// default policy.
+	PolicyNamespace, PolicyName string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// DeliveryWindow is how long a failed delivery attempt keeps an object
+	// DeliveryDegraded unless a later attempt succeeds; default 15 minutes.
+	DeliveryWindow time.Duration
+	// StatusWorkers bounds the concurrent status writes; default 8.
+	StatusWorkers int
+}
+
+// Reconciler compiles the three kinds and the Secrets they reference,
+// publishes the table and writes the objects' status.
+type Reconciler struct {
+	client client.Client
+	direct client.Reader
+	events events.EventRecorder
+	opts   Options
+
+	cache   *routing.Cache
+	secrets *secretStore
+	pub     *publisher
+	book    versionBook
+	memo    map[routing.ObjectKey]memoEntry
+	started bool
+
+	policy   routing.Policy
+	policyRV string // the ConfigMap's resourceVersion that policy came from; "" for the default
+
+	// inputs counts events that can change the compiled table; a
+	// reconcile with no new such event reuses the last result.
+	inputs     atomic.Uint64
+	compiledAt uint64
+	result     *routing.Result
+	indexLost  atomic.Bool
+
+	stats Stats
+}
+
+// Stats counts what the reconciler did, for tests and benchmarks.
+type Stats struct {
+	Reconciles    atomic.Int64
+	Compiles      atomic.Int64
+	Publications  atomic.Int64
+	StatusWrites  atomic.Int64
+	ShardsDeleted atomic.Int64
+	Version       atomic.Int64
+}
+
+type memoEntry struct {
+	uid  types.UID
+	hash [32]byte
+}
+
+// NewReconciler returns a reconciler. c writes and reads the cache (which
+// holds only the metadata of Secrets), direct reads the API server.
+func NewReconciler(c client.Client, direct client.Reader, recorder events.EventRecorder, o Options) (*Reconciler, error) {
+	if o.RelayNamespace == "" {
+		return nil, errors.New("controllers: RelayNamespace is required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.DeliveryWindow <= 0 {
+		o.DeliveryWindow = 15 * time.Minute
+	}
+	if o.StatusWorkers <= 0 {
+		o.StatusWorkers = 8
+	}
+	return &Reconciler{
+		client: c, direct: direct, events: recorder, opts: o,
+		cache:   routing.NewCache(),
+		secrets: newSecretStore(c, direct),
+		pub:     newPublisher(c, direct, o.RelayNamespace),
+		book:    versionBook{},
+		memo:    map[routing.ObjectKey]memoEntry{},
+	}, nil
+}
+
+// Stats returns the reconciler's counters.
+func (r *Reconciler) Stats() *Stats { return &r.stats }
+
+// CacheOptions restricts the manager's cache to what the operator needs:
+// Leases of the relay namespace, the guardrail ConfigMap, and no managed
+// fields. Secrets are watched metadata-only (SetupWithManager), and
+// ClientOptions makes typed Secret reads go to the API server, so the cache
+// never holds Secret data.
+func CacheOptions(o Options) cache.Options {
+	byObject := map[client.Object]cache.ByObject{
+		&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{o.RelayNamespace: {}}},
+	}
+	if o.PolicyName != "" {
+		byObject[&corev1.ConfigMap{}] = cache.ByObject{
+			Namespaces: map[string]cache.Config{o.PolicyNamespace: {}},
+			Field:      fields.OneTermEqualSelector("metadata.name", o.PolicyName),
+		}
+	}
+	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}
+}
+
+// ClientOptions keeps typed Secrets out of the cache: reading one goes to
+// the API server instead of starting a cluster-wide informer of Secret data.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
+}
+
+// SetupWithManager registers the field index and the controller.
+func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	for _, obj := range []client.Object{&v1alpha1.SenderDomain{}, &v1alpha1.RelayRoute{}, &v1alpha1.TrustedNetwork{}} {
+		if err := mgr.GetFieldIndexer().IndexField(ctx, obj, secretRefsIndex, secretRefs); err != nil {
+			return err
+		}
+	}
+	c, err := controller.New("routing-table", mgr, controller.Options{Reconciler: r, MaxConcurrentReconciles: 1})
+	if err != nil {
+		return err
+	}
+	sources := []source.Source{
+		source.Kind(mgr.GetCache(), client.Object(&v1alpha1.SenderDomain{}), r.objectHandler()),
+		source.Kind(mgr.GetCache(), client.Object(&v1alpha1.RelayRoute{}), r.objectHandler()),
+		source.Kind(mgr.GetCache(), client.Object(&v1alpha1.TrustedNetwork{}), r.objectHandler()),
+		source.Kind(mgr.GetCache(), client.Object(secretMeta()), r.secretHandler()),
+		source.Kind(mgr.GetCache(), client.Object(&coordinationv1.Lease{}), r.leaseHandler()),
+	}
+	if r.opts.PolicyName != "" {
+		sources = append(sources, source.Kind(mgr.GetCache(), client.Object(&corev1.ConfigMap{}), r.inputHandler()))
+	}
+	for _, s := range sources {
+		if err := c.Watch(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type queue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+
+// changed marks the inputs changed and requeues the table.
+func (r *Reconciler) changed(q queue) {
+	r.inputs.Add(1)
+	q.Add(tableRequest)
+}
+
+func (r *Reconciler) inputHandler() handler.EventHandler {
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, _ event.CreateEvent, q queue) { r.changed(q) },
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) {
+			if e.ObjectOld.GetResourceVersion() != e.ObjectNew.GetResourceVersion() {
+				r.changed(q)
+			}
+		},
+		DeleteFunc: func(_ context.Context, _ event.DeleteEvent, q queue) { r.changed(q) },
+	}
+}
+
+// objectHandler: a new generation changes the table; a change of the
+// relays' delivery entries changes only the status. The operator's own
+// status writes change neither, and requeue nothing.
+func (r *Reconciler) objectHandler() handler.EventHandler {
+	h := r.inputHandler().(handler.Funcs)
+	h.UpdateFunc = func(_ context.Context, e event.UpdateEvent, q queue) {
+		switch {
+		case e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() || e.ObjectOld.GetUID() != e.ObjectNew.GetUID():
+			r.changed(q)
+		case !equality.Semantic.DeepEqual(viewOf(e.ObjectOld).delivery, viewOf(e.ObjectNew).delivery):
+			q.Add(tableRequest)
+		}
+	}
+	return h
+}
+
+// secretHandler requeues for a Secret some object references, and for the
+// loss of the index Secret.
+func (r *Reconciler) secretHandler() handler.EventHandler {
+	handle := func(ctx context.Context, obj client.Object, q queue) {
+		if obj.GetNamespace() == r.opts.RelayNamespace && obj.GetName() == routing.IndexSecretName {
+			return
+		}
+		if r.referenced(ctx, obj.GetNamespace(), obj.GetName()) {
+			r.changed(q)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q queue) { handle(ctx, e.Object, q) },
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q queue) {
+			if e.ObjectOld.GetResourceVersion() != e.ObjectNew.GetResourceVersion() {
+				handle(ctx, e.ObjectNew, q)
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q queue) {
+			if e.Object.GetNamespace() == r.opts.RelayNamespace && e.Object.GetName() == routing.IndexSecretName {
+				r.indexLost.Store(true)
+				r.changed(q)
+				return
+			}
+			handle(ctx, e.Object, q)
+		},
+	}
+}
+
+func (r *Reconciler) referenced(ctx context.Context, namespace, name string) bool {
+	lists := []client.ObjectList{&v1alpha1.SenderDomainList{}, &v1alpha1.RelayRouteList{}, &v1alpha1.TrustedNetworkList{}}
+	for _, l := range lists {
+		err := r.client.List(ctx, l, client.InNamespace(namespace), client.MatchingFields{secretRefsIndex: name}, client.UnsafeDisableDeepCopy)
+		if err != nil || metaLen(l) > 0 {
+			return true // on doubt, recompile
+		}
+	}
+	return false
+}
+
+func metaLen(l client.ObjectList) int {
+	switch l := l.(type) {
+	case *v1alpha1.SenderDomainList:
+		return len(l.Items)
+	case *v1alpha1.RelayRouteList:
+		return len(l.Items)
+	case *v1alpha1.TrustedNetworkList:
+		return len(l.Items)
+	}
+	return 0
+}
+
+// leaseHandler requeues when a relay appears, goes, loads a version, or
+// comes back after its Lease expired; a plain renewal changes nothing (the
+// reconcile after a Lease's expiry time, requested by RequeueAfter, sees
+// whether it was renewed).
+func (r *Reconciler) leaseHandler() handler.EventHandler {
+	isRelay := func(o client.Object) bool {
+		_, ok := relayOf(o.(*coordinationv1.Lease))
+		return ok
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) {
+			if isRelay(e.Object) {
+				q.Add(tableRequest)
+			}
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) {
+			oldL, newL := e.ObjectOld.(*coordinationv1.Lease), e.ObjectNew.(*coordinationv1.Lease)
+			o, okOld := relayOf(oldL)
+			n, okNew := relayOf(newL)
+			if okOld != okNew || (okNew && (o.version != n.version || !o.expires.After(r.opts.Now()) ||
+				n.expires.Before(o.expires))) {
+				q.Add(tableRequest)
+			}
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) {
+			if isRelay(e.Object) {
+				q.Add(tableRequest)
+			}
+		},
+	}
+}
+
+// objects is one consistent read of the three kinds from the cache. The
+// items are the cache's own: never modify them.
+type objects struct {
+	sds v1alpha1.SenderDomainList
+	rrs v1alpha1.RelayRouteList
+	tns v1alpha1.TrustedNetworkList
+}
+
+func (r *Reconciler) list(ctx context.Context) (*objects, error) {
+	o := &objects{}
+	for _, l := range []client.ObjectList{&o.sds, &o.rrs, &o.tns} {
+		if err := r.client.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+func (o *objects) each(fn func(client.Object)) {
+	for i := range o.sds.Items {
+		fn(&o.sds.Items[i])
+	}
+	for i := range o.rrs.Items {
+		fn(&o.rrs.Items[i])
+	}
+	for i := range o.tns.Items {
+		fn(&o.tns.Items[i])
+	}
+}
+
+// Reconcile compiles, publishes and writes status. It ignores the request:
+// there is one table.
+func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	r.stats.Reconciles.Add(1)
+	now := r.opts.Now()
+	rs, err := readRelays(ctx, r.client, r.opts.RelayNamespace, now)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if !r.started {
+		t, err := r.pub.start(ctx, r.cache)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if t != nil {
+			r.book.record(t, t.Version)
+			r.stats.Version.Store(t.Version)
+			log.Info("Continuing from the published routing table", "version", t.Version)
+		}
+		r.started = true
+	}
+	objs, err := r.list(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if r.indexLost.Swap(false) && r.pub.index != nil {
+		r.pub.index.Hash = "" // publish again, as a new version
+		r.result = nil
+	}
+	if inputs := r.inputs.Load(); r.result == nil || inputs != r.compiledAt {
+		res, err := r.compile(ctx, objs)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		idx, fresh, err := r.pub.publish(ctx, res.Table, rs.maxVersion()+1)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if fresh {
+			r.book.record(res.Table, idx.Version)
+			r.stats.Publications.Add(1)
+			r.stats.Version.Store(idx.Version)
+			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()))
+		}
+		r.result, r.compiledAt = res, inputs
+	}
+	if n, err := r.pub.collect(ctx, rs.versions()); err != nil {
+		log.Error(err, "Deleting unused shards failed")
+	} else {
+		r.stats.ShardsDeleted.Add(int64(n))
+	}
+	clears, err := r.writeStatuses(ctx, objs, rs, now)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	next := clears
+	if !rs.nextExpiry.IsZero() && (next.IsZero() || rs.nextExpiry.Before(next)) {
+		next = rs.nextExpiry
+	}
+	if next.IsZero() {
+		return reconcile.Result{}, nil
+	}
+	return reconcile.Result{RequeueAfter: next.Sub(now) + 100*time.Millisecond}, nil
+}
+
+// compile reads the policy and the referenced Secrets, generates missing
+// DKIM keys, and compiles.
+func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Result, error) {
+	r.stats.Compiles.Add(1)
+	if err := r.readPolicy(ctx); err != nil {
+		return nil, err
+	}
+	refs := map[types.NamespacedName]struct{}{}
+	objs.each(func(o client.Object) {
+		for _, name := range secretRefs(o) {
+			refs[types.NamespacedName{Namespace: o.GetNamespace(), Name: name}] = struct{}{}
+		}
+	})
+	secrets, err := r.secrets.refresh(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
+	in := routing.Input{SenderDomains: objs.sds.Items, RelayRoutes: objs.rrs.Items, TrustedNetworks: objs.tns.Items, Secrets: secrets, Policy: r.policy}
+	res := routing.Compile(in, r.cache)
+	generated, err := r.generateKeys(ctx, objs, res)
+	if generated {
+		in.Secrets, _ = r.secrets.refresh(ctx, refs)
+		res = routing.Compile(in, r.cache)
+	}
+	return res, err
+}
+
+// generateKeys creates the missing generated DKIM keys of the SenderDomains
+// that are not refused.
+func (r *Reconciler) generateKeys(ctx context.Context, objs *objects, res *routing.Result) (bool, error) {
+	made := false
+	for i := range objs.sds.Items {
+		sd := &objs.sds.Items[i]
+		if sd.Spec.Signing == nil || sd.Spec.Signing.Generate == nil {
+			continue
+		}
+		v := res.Verdict(routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: sd.Namespace, Name: sd.Name})
+		name, _ := routing.DKIMKeySecret(sd)
+		key := types.NamespacedName{Namespace: sd.Namespace, Name: name}
+		if v == nil || v.Refused() || r.secrets.byName[key] != nil {
+			continue
+		}
+		sec, err := generatedKeySecret(sd)
+		if err != nil {
+			return made, err
+		}
+		created, err := createKeySecret(ctx, r.client, r.direct, sec)
+		if err != nil {
+			return made, fmt.Errorf("creating the DKIM key Secret %s: %w", key, err)
+		}
+		r.secrets.put(sec)
+		made = true
+		if created {
+			ctrl.LoggerFrom(ctx).Info("Generated a DKIM key", "secret", key, "domain", sd.Spec.Domain, "selector", sd.Spec.Signing.Selector)
+			r.events.Eventf(sd, sec, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
+				"Generated a %s DKIM key into Secret %s; publish the TXT record shown in status.dkim", sec.Annotations[DKIMAlgorithmAnnotation], name)
+		}
+	}
+	return made, nil
+}
+
+// readPolicy reads the guardrail ConfigMap. A policy that does not parse
+// leaves the last good one in force (a typo must not loosen the guardrails);
+// with none since the start, nothing is compiled until it is fixed.
+func (r *Reconciler) readPolicy(ctx context.Context) error {
+	if r.opts.PolicyName == "" {
+		return nil
+	}
+	cm := &corev1.ConfigMap{}
+	err := r.client.Get(ctx, types.NamespacedName{Namespace: r.opts.PolicyNamespace, Name: r.opts.PolicyName}, cm)
+	if apierrors.IsNotFound(err) {
+		r.policy, r.policyRV = routing.Policy{}, ""
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cm.ResourceVersion == r.policyRV {
+		return nil
+	}
+	p, err := routing.ParsePolicy([]byte(cm.Data[routing.PolicyConfigMapKey]))
+	if err != nil {
+		r.events.Eventf(cm, nil, corev1.EventTypeWarning, "InvalidPolicy", "ParsePolicy", "%s", err.Error())
+		if r.policyRV == "" && r.result == nil {
+			return fmt.Errorf("the guardrail policy ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+		}
+		ctrl.LoggerFrom(ctx).Error(err, "Keeping the last good guardrail policy")
+		return nil
+	}
+	r.policy, r.policyRV = p, cm.ResourceVersion
+	return nil
+}

@@ -1,0 +1,599 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+func TestConflictOldestWins(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	startOperator(t, relayNS)
+	f, _ := startFollower(t, relayNS, "relay-a")
+	domain := tenant + ".example.com"
+
+	create(t, c, senderDomain(tenant, "a-old", domain))
+	waitCond(t, c, tenant, "a-old", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	create(t, c, senderDomain(tenant, "b-new", domain))
+
+	newer := waitCond(t, c, tenant, "b-new", newSD, v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonConflicted)
+	if why := condIs(newer, v1alpha1.ConditionStalled, metav1.ConditionTrue, v1alpha1.ReasonConflicted); why != "" {
+		t.Error(why)
+	}
+	if why := hasNoCondition(newer, v1alpha1.ConditionReconciling); why != "" {
+		t.Error(why)
+	}
+	if got := kstatusOf(t, newer); got != kstatus.FailedStatus {
+		t.Errorf("kstatus of the conflicted SenderDomain: %s, want Failed", got)
+	}
+	older := get(t, c, tenant, "a-old", newSD())
+	if got := kstatusOf(t, older); got != kstatus.CurrentStatus {
+		t.Errorf("kstatus of the programmed SenderDomain: %s, want Current", got)
+	}
+	before := publishedTable(t, c, relayNS)
+	if d := before.Domain(domain); d == nil || d.Object.Name != "a-old" {
+		t.Fatalf("published table: domain %s is %+v, want SenderDomain a-old", domain, d)
+	}
+
+	if err := c.Delete(context.Background(), older); err != nil {
+		t.Fatal(err)
+	}
+	newer = waitCond(t, c, tenant, "b-new", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if why := hasNoCondition(newer, v1alpha1.ConditionStalled); why != "" {
+		t.Error(why)
+	}
+	after := publishedTable(t, c, relayNS)
+	if d := after.Domain(domain); d == nil || d.Object.Name != "b-new" {
+		t.Fatalf("published table after the delete: domain %s is %+v, want SenderDomain b-new", domain, d)
+	}
+	if after.Version <= before.Version {
+		t.Errorf("version %d after the change, was %d", after.Version, before.Version)
+	}
+	if tbl := f.Table(); tbl == nil || tbl.Version < after.Version {
+		t.Errorf("the follower runs %v, want version %d: Ready came before the relay had it", tbl, after.Version)
+	}
+	waitEvent(t, c, tenant, "b-new", v1alpha1.ReasonConflicted)
+}
+
+// waitEvent waits for an events.k8s.io Event about the object with reason.
+func waitEvent(t *testing.T, c client.Client, ns, name, reason string) {
+	t.Helper()
+	eventually(t, waitTimeout, func() string {
+		var list eventsList
+		if err := c.List(context.Background(), &list.EventList, client.InNamespace(ns)); err != nil {
+			return err.Error()
+		}
+		var seen []string
+		for _, e := range list.Items {
+			if e.Regarding.Name == name && e.Reason == reason {
+				return ""
+			}
+			seen = append(seen, e.Regarding.Name+"/"+e.Reason)
+		}
+		return fmt.Sprintf("no Event %s for %s; events: %v", reason, name, seen)
+	})
+}
+
+func TestSigningExclusivity(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	startOperator(t, relayNS)
+	startFollower(t, relayNS, "relay-a")
+
+	create(t, c, senderDomain(tenant, "billing", "billing."+tenant+".example.com"), relayRoute(tenant, "to-smarthost", "billing"))
+	waitCond(t, c, tenant, "to-smarthost", newRR, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+
+	// Bump the route's generation first, so that observedGeneration is
+	// checked on a generation other than 1.
+	rr := get(t, c, tenant, "to-smarthost", newRR())
+	rr.Spec.Target.Port = 2525
+	if err := c.Update(context.Background(), rr); err != nil {
+		t.Fatal(err)
+	}
+	rr = waitCond(t, c, tenant, "to-smarthost", newRR, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if rr.Generation != 2 || rr.Status.ObservedGeneration != 2 {
+		t.Fatalf("generation %d, observedGeneration %d, want 2 and 2", rr.Generation, rr.Status.ObservedGeneration)
+	}
+
+	sd := get(t, c, tenant, "billing", newSD())
+	generateKey(v1alpha1.DKIMAlgorithmEd25519)(sd)
+	if err := c.Update(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+	rr = waitCond(t, c, tenant, "to-smarthost", newRR, v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonSigningEnabled)
+	if rr.Status.ObservedGeneration != 2 {
+		t.Errorf("route status.observedGeneration %d, want 2", rr.Status.ObservedGeneration)
+	}
+	if why := condIs(rr, v1alpha1.ConditionStalled, metav1.ConditionTrue, v1alpha1.ReasonSigningEnabled); why != "" {
+		t.Error(why)
+	}
+	waitCond(t, c, tenant, "billing", newSD, v1alpha1.ConditionRouteRefused, metav1.ConditionTrue, v1alpha1.ReasonSigningEnabled)
+	waitEvent(t, c, tenant, "to-smarthost", v1alpha1.ReasonSigningEnabled)
+
+	sd = get(t, c, tenant, "billing", newSD())
+	sd.Spec.Signing = nil
+	if err := c.Update(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+	rr = waitCond(t, c, tenant, "to-smarthost", newRR, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if why := hasNoCondition(rr, v1alpha1.ConditionStalled); why != "" {
+		t.Error(why)
+	}
+	sd = waitCond(t, c, tenant, "billing", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if why := hasNoCondition(sd, v1alpha1.ConditionRouteRefused); why != "" {
+		t.Error(why)
+	}
+	if sd.Status.DKIM != nil {
+		t.Errorf("status.dkim %+v after signing was removed", sd.Status.DKIM)
+	}
+}
+
+func TestMissingSecretResolvesWithoutEdit(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	op := startOperator(t, relayNS)
+	startFollower(t, relayNS, "relay-a")
+
+	create(t, c, trustedNetwork(tenant, "office", "192.0.2.0/24", "mailer"))
+	tn := waitCond(t, c, tenant, "office", newTN, v1alpha1.ConditionResolvedRefs, metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
+	if why := condIs(tn, v1alpha1.ConditionReconciling, metav1.ConditionTrue, ""); why != "" {
+		t.Error(why)
+	}
+	if got := kstatusOf(t, tn); got != kstatus.InProgressStatus {
+		t.Errorf("kstatus while the Secret is missing: %s, want InProgress", got)
+	}
+	if tbl := publishedTable(t, c, relayNS); tbl.Contains(routing.ObjectKey{Kind: routing.KindTrustedNetwork, Namespace: tenant, Name: "office"}, 1) {
+		t.Error("a network with an unresolved Secret is in the published table")
+	}
+
+	// An unrelated Secret does not recompile.
+	compiles := op.r.Stats().Compiles.Load()
+	create(t, c, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "unrelated"}, StringData: map[string]string{"x": "y"}})
+
+	create(t, c, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "mailer"}, Type: corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{"username": "mailer", "password": "s3cret-password"},
+	})
+	tn = waitCond(t, c, tenant, "office", newTN, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if tn.Generation != 1 {
+		t.Errorf("generation %d: the object was edited", tn.Generation)
+	}
+	if got := kstatusOf(t, tn); got != kstatus.CurrentStatus {
+		t.Errorf("kstatus once resolved: %s, want Current", got)
+	}
+	if n := op.r.Stats().Compiles.Load() - compiles; n > 2 {
+		t.Errorf("%d compiles for one referenced Secret (and one unrelated)", n)
+	}
+}
+
+func TestProgrammedFollowsLiveRelays(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	startOperator(t, relayNS)
+	domain := tenant + ".example.com"
+
+	create(t, c, senderDomain(tenant, "sd", domain))
+	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonNoRelays)
+	if got := kstatusOf(t, sd); got != kstatus.InProgressStatus {
+		t.Errorf("kstatus with no relays: %s, want InProgress", got)
+	}
+	if why := condIs(sd, v1alpha1.ConditionReconciling, metav1.ConditionTrue, v1alpha1.ReasonNoRelays); why != "" {
+		t.Error(why)
+	}
+
+	fa, _ := startFollower(t, relayNS, "relay-a")
+	sd = waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionTrue, v1alpha1.ReasonProgrammed)
+	if got := kstatusOf(t, sd); got != kstatus.CurrentStatus {
+		t.Errorf("kstatus once programmed: %s, want Current", got)
+	}
+	key := routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: tenant, Name: "sd"}
+	if tbl := fa.Table(); tbl == nil || !tbl.Contains(key, sd.Generation) {
+		t.Fatal("Programmed=True before the follower loaded the generation")
+	}
+
+	// A second relay that lags: its Lease reports the current version
+	// only, and it does not follow. Stand-in for a replica still loading.
+	v1 := fa.Table().Version
+	lagging := relayLease(relayNS, "relay-b", v1, time.Now(), 4)
+	create(t, c, lagging)
+	sd = get(t, c, tenant, "sd", newSD())
+	sd.Spec.SourceIP = "192.0.2.10"
+	if err := c.Update(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending)
+	eventually(t, waitTimeout, func() string {
+		if tbl := fa.Table(); !tbl.Contains(key, 2) {
+			return "follower a has not loaded generation 2"
+		}
+		return ""
+	})
+	// Follower a has it; relay b holds Programmed back while its Lease
+	// is live. Renew b (still at v1) and check again after a's Lease
+	// update has been seen.
+	renewLease(t, c, relayNS, "relay-b", v1, 4)
+	time.Sleep(300 * time.Millisecond) // not synchronization: a window in which the state must not change
+	sd = get(t, c, tenant, "sd", newSD())
+	if why := condIs(sd, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending); why != "" {
+		t.Fatalf("with relay b at version %d: %s", v1, why)
+	}
+
+	// b catches up.
+	renewLease(t, c, relayNS, "relay-b", fa.Table().Version, 4)
+	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionTrue, v1alpha1.ReasonProgrammed)
+
+	// b stops renewing and falls behind: once its Lease expires, it no
+	// longer counts.
+	renewLease(t, c, relayNS, "relay-b", fa.Table().Version, 2)
+	sd = get(t, c, tenant, "sd", newSD())
+	sd.Spec.SourceIP = "192.0.2.11"
+	if err := c.Update(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending)
+	start := time.Now()
+	sd = waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionTrue, v1alpha1.ReasonProgrammed)
+	t.Logf("Programmed=True %s after relay b's Lease was last renewed for 2s", time.Since(start).Round(time.Millisecond))
+	if sd.Generation != 3 {
+		t.Errorf("generation %d, want 3", sd.Generation)
+	}
+}
+
+func relayLease(ns, pod string, version int64, renew time.Time, seconds int32) *coordinationv1.Lease {
+	rt := metav1.NewMicroTime(renew)
+	holder := pod
+	return &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: routing.RelayLeasePrefix + pod,
+			Annotations: map[string]string{routing.TableVersionAnnotation: fmt.Sprint(version)}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &seconds, RenewTime: &rt},
+	}
+}
+
+func renewLease(t *testing.T, c client.Client, ns, pod string, version int64, seconds int32) {
+	t.Helper()
+	l := get(t, c, ns, routing.RelayLeasePrefix+pod, &coordinationv1.Lease{})
+	want := relayLease(ns, pod, version, time.Now(), seconds)
+	l.Annotations, l.Spec = want.Annotations, want.Spec
+	if err := c.Update(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGeneratedDKIMKeySurvivesRecreate(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	startOperator(t, relayNS)
+	startFollower(t, relayNS, "relay-a")
+	domain := tenant + ".example.com"
+
+	create(t, c, senderDomain(tenant, "signed", domain, generateKey(v1alpha1.DKIMAlgorithmEd25519)))
+	sd := waitCond(t, c, tenant, "signed", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	secretName := routing.GeneratedKeySecretName(domain, "s1")
+	if sd.Status.DKIM == nil || sd.Status.DKIM.Name != "s1._domainkey."+domain || !strings.HasPrefix(sd.Status.DKIM.Value, "v=DKIM1; k=ed25519; p=") ||
+		sd.Status.DKIM.SecretName != secretName {
+		t.Fatalf("status.dkim = %+v", sd.Status.DKIM)
+	}
+	key := get(t, c, tenant, secretName, &corev1.Secret{})
+	if key.Labels[DKIMKeyLabel] != "true" || key.Annotations[DKIMDomainAnnotation] != domain || key.Annotations[DKIMSelectorAnnotation] != "s1" {
+		t.Errorf("key Secret labels %v annotations %v", key.Labels, key.Annotations)
+	}
+	if len(key.OwnerReferences) != 0 {
+		t.Errorf("key Secret has owner references %v: garbage collection would remove it", key.OwnerReferences)
+	}
+	record := *sd.Status.DKIM
+	waitEvent(t, c, tenant, "signed", "KeyGenerated")
+
+	// A GitOps re-sync: delete and re-create. Same Secret, same record.
+	if err := c.Delete(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitTimeout, func() string {
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(sd), newSD()); err == nil {
+			return "still there"
+		}
+		return ""
+	})
+	create(t, c, senderDomain(tenant, "signed", domain, generateKey(v1alpha1.DKIMAlgorithmEd25519)))
+	sd = waitCond(t, c, tenant, "signed", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if sd.Status.DKIM == nil || *sd.Status.DKIM != record {
+		t.Errorf("after re-creating: status.dkim %+v, want %+v", sd.Status.DKIM, record)
+	}
+	again := get(t, c, tenant, secretName, &corev1.Secret{})
+	if again.UID != key.UID || again.ResourceVersion != key.ResourceVersion {
+		t.Error("the key Secret was replaced or rewritten")
+	}
+
+	// An existing Secret is never overwritten, even when it is unusable.
+	create(t, c, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "mine"}, StringData: map[string]string{"other": "x"}})
+	sd2 := senderDomain(tenant, "signed2", "two."+domain, generateKey(v1alpha1.DKIMAlgorithmRSA2048))
+	sd2.Spec.Signing.Generate.SecretName = "mine"
+	create(t, c, sd2)
+	waitCond(t, c, tenant, "signed2", newSD, v1alpha1.ConditionResolvedRefs, metav1.ConditionFalse, v1alpha1.ReasonInvalidSecret)
+	if mine := get(t, c, tenant, "mine", &corev1.Secret{}); len(mine.Data) != 1 {
+		t.Errorf("the user's Secret was overwritten: keys %v", slices.Collect(mapsKeys(mine.Data)))
+	}
+}
+
+func mapsKeys(m map[string][]byte) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func TestPolicyRefusesClaim(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay", "operator")
+	tenant, relayNS, opNS := ns[0], ns[1], ns[2]
+	create(t, c, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: opNS, Name: "policy"}, Data: map[string]string{
+		routing.PolicyConfigMapKey: "domainClaims:\n- namespaces: [\"nobody\"]\n  suffixes: [\"example.com\"]\n",
+	}})
+	t.Cleanup(func() {
+		_ = c.Delete(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: opNS, Name: "policy"}})
+	})
+	startOperator(t, relayNS, withPolicy(opNS, "policy"))
+
+	create(t, c, senderDomain(tenant, "sd", tenant+".example.com"))
+	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonDomainNotAllowed)
+	if got := kstatusOf(t, sd); got != kstatus.FailedStatus {
+		t.Errorf("kstatus: %s, want Failed", got)
+	}
+	// Allowing the namespace takes effect without touching the object.
+	cm := get(t, c, opNS, "policy", &corev1.ConfigMap{})
+	cm.Data[routing.PolicyConfigMapKey] = fmt.Sprintf("domainClaims:\n- namespaces: [%q]\n  suffixes: [\"example.com\"]\n", tenant)
+	if err := c.Update(context.Background(), cm); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionAccepted, metav1.ConditionTrue, v1alpha1.ReasonAccepted)
+}
+
+// TestUnchangedObjectsAreNotRewritten: a new table version rewrites the
+// status of the object that changed, and of no other.
+func TestUnchangedObjectsAreNotRewritten(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	op := startOperator(t, relayNS)
+	f, _ := startFollower(t, relayNS, "relay-a")
+
+	const n = 30
+	create(t, c, senderDomain(tenant, "sd", tenant+".example.com"))
+	for i := range n {
+		create(t, c, trustedNetwork(tenant, fmt.Sprintf("net-%02d", i), fmt.Sprintf("10.%d.0.0/16", i)))
+	}
+	rvs := map[string]string{}
+	eventually(t, waitTimeout, func() string {
+		var list v1alpha1.TrustedNetworkList
+		if err := c.List(context.Background(), &list, client.InNamespace(tenant)); err != nil {
+			return err.Error()
+		}
+		for i := range list.Items {
+			if why := condIs(&list.Items[i], v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady); why != "" {
+				return why
+			}
+			rvs[list.Items[i].Name] = list.Items[i].ResourceVersion
+		}
+		return ""
+	})
+	sd := get(t, c, tenant, "sd", newSD())
+	writesBefore, statusBefore, versionBefore := op.writes.n.Load(), op.r.Stats().StatusWrites.Load(), op.r.Stats().Version.Load()
+
+	tn := get(t, c, tenant, "net-07", newTN())
+	tn.Spec.CIDRs = append(tn.Spec.CIDRs, "10.200.0.0/16")
+	if err := c.Update(context.Background(), tn); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, c, tenant, "net-07", newTN, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if v := f.Table().Version; v <= versionBefore {
+		t.Fatalf("follower at version %d, want > %d", v, versionBefore)
+	}
+	var list v1alpha1.TrustedNetworkList
+	if err := c.List(context.Background(), &list, client.InNamespace(tenant)); err != nil {
+		t.Fatal(err)
+	}
+	for _, item := range list.Items {
+		if item.Name != "net-07" && item.ResourceVersion != rvs[item.Name] {
+			t.Errorf("%s was rewritten (resourceVersion %s, was %s)", item.Name, item.ResourceVersion, rvs[item.Name])
+		}
+	}
+	if again := get(t, c, tenant, "sd", newSD()); again.ResourceVersion != sd.ResourceVersion {
+		t.Error("the unchanged SenderDomain was rewritten")
+	}
+	writes, status := op.writes.n.Load()-writesBefore, op.r.Stats().StatusWrites.Load()-statusBefore
+	t.Logf("one changed TrustedNetwork among %d objects: %d API writes (%d status), version %d -> %d", n+1, writes, status, versionBefore, op.r.Stats().Version.Load())
+	// Programmed False then True on the changed object, one shard, the
+	// index, and the deletion of the shard the old version alone used.
+	if status > 2 || writes > 6 {
+		t.Errorf("%d writes, %d of them status: more than the changed object needs", writes, status)
+	}
+}
+
+// TestDeliveryDegradedAndPruning: the operator derives DeliveryDegraded from
+// the relays' entries and removes the entries of relays whose Lease is gone,
+// although each entry belongs to its relay's field manager.
+func TestDeliveryDegradedAndPruning(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	startOperator(t, relayNS)
+	startFollower(t, relayNS, "relay-a")
+
+	create(t, c, senderDomain(tenant, "sd", tenant+".example.com"))
+	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+
+	now := time.Now()
+	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-gone",
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250}})
+	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a",
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250},
+		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
+
+	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionDeliveryDegraded, metav1.ConditionTrue, v1alpha1.ReasonTemporaryFailures)
+	eventually(t, waitTimeout, func() string {
+		sd = get(t, c, tenant, "sd", newSD())
+		var names []string
+		for _, r := range sd.Status.Delivery.Replicas {
+			names = append(names, r.Name)
+		}
+		if !slices.Equal(names, []string{"relay-a"}) {
+			return fmt.Sprintf("replicas %v, want [relay-a]", names)
+		}
+		return ""
+	})
+	for _, mf := range sd.ManagedFields {
+		if mf.Manager == "postgate-relay/relay-gone" && mf.FieldsV1 != nil && strings.Contains(mf.FieldsV1.GetRawString(), "relay-gone") {
+			t.Errorf("the dead relay still owns fields: %s", mf.FieldsV1.GetRawString())
+		}
+	}
+	// Ready is not about delivery.
+	if why := condIs(sd, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady); why != "" {
+		t.Error(why)
+	}
+	// The live relay's entry is still its own: it can apply it again.
+	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a",
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(time.Second)), RelayHost: "mx.example.com", ResponseCode: 250},
+		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
+	eventually(t, waitTimeout, func() string {
+		return hasNoCondition(get(t, c, tenant, "sd", newSD()), v1alpha1.ConditionDeliveryDegraded)
+	})
+}
+
+// applyReplica writes one replica's entry as a relay does: server-side apply
+// of the status subresource under its own field manager (contract 6).
+func applyReplica(t *testing.T, c client.Client, ns, name string, r v1alpha1.ReplicaDeliveryStatus) {
+	t.Helper()
+	body := map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(), "kind": "SenderDomain",
+		"metadata": map[string]any{"namespace": ns, "name": name},
+		"status":   map[string]any{"delivery": map[string]any{"replicas": []any{r}}},
+	}
+	data, err := jsonMarshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Status().Patch(context.Background(), obj, client.RawPatch(types.ApplyPatchType, data), client.FieldOwner("postgate-relay/"+r.Name), client.ForceOwnership); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOperatorDiesBetweenShardsAndIndex: an operator that writes the shards
+// of a new version and dies before the index leaves the relays on the last
+// complete version; the next operator continues the version sequence,
+// publishes, and deletes the orphaned shards once no live relay needs them.
+func TestOperatorDiesBetweenShardsAndIndex(t *testing.T) {
+	c := newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	tenant, relayNS := ns[0], ns[1]
+	first := startOperator(t, relayNS)
+	f, _ := startFollower(t, relayNS, "relay-a")
+	create(t, c, senderDomain(tenant, "one", "one."+tenant+".example.com"))
+	waitCond(t, c, tenant, "one", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	v1 := f.Table().Version
+	first.stop()
+
+	died := make(chan struct{})
+	var once sync.Once
+	dying := startOperator(t, relayNS, withAfterShards(func() error {
+		once.Do(func() { close(died) })
+		return errors.New("killed between the shard writes and the index write")
+	}))
+	create(t, c, senderDomain(tenant, "two", "two."+tenant+".example.com"))
+	select {
+	case <-died:
+	case <-time.After(waitTimeout):
+		t.Fatal("the dying operator never reached the index write")
+	}
+	dying.stop()
+
+	key2 := routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: tenant, Name: "two"}
+	if tbl := f.Table(); tbl.Version != v1 || tbl.Contains(key2, 1) {
+		t.Fatalf("follower runs version %d (contains two: %v), want %d without two", tbl.Version, tbl.Contains(key2, 1), v1)
+	}
+	if tbl := publishedTable(t, c, relayNS); tbl.Version != v1 {
+		t.Fatalf("published index version %d, want %d", tbl.Version, v1)
+	}
+	if n := len(shardSecrets(t, c, relayNS)); n <= len(indexShards(t, c, relayNS)) {
+		t.Fatalf("%d shard Secrets: the dying operator wrote no new shard", n)
+	}
+	if why := condIs(get(t, c, tenant, "two", newSD()), v1alpha1.ConditionReady, metav1.ConditionTrue, ""); why == "" {
+		t.Fatal("two is Ready although no index names it")
+	}
+
+	next := startOperator(t, relayNS)
+	waitCond(t, c, tenant, "two", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if v := f.Table().Version; v != v1+1 {
+		t.Errorf("follower at version %d, want %d: the new operator continues the sequence", v, v1+1)
+	}
+	eventually(t, waitTimeout, func() string {
+		have, want := shardSecrets(t, c, relayNS), indexShards(t, c, relayNS)
+		if !slices.Equal(have, want) {
+			return fmt.Sprintf("shard Secrets %v, want those of the index %v", have, want)
+		}
+		return ""
+	})
+	next.stop()
+
+	// A restart with nothing changed publishes nothing.
+	again := startOperator(t, relayNS)
+	eventually(t, waitTimeout, func() string {
+		if again.r.Stats().Reconciles.Load() == 0 {
+			return "no reconcile yet"
+		}
+		return ""
+	})
+	if n := again.r.Stats().Publications.Load(); n != 0 {
+		t.Errorf("%d publications after a restart with no change", n)
+	}
+	if v := publishedTable(t, c, relayNS).Version; v != v1+1 {
+		t.Errorf("version %d after a restart, want %d", v, v1+1)
+	}
+}
+
+func shardSecrets(t *testing.T, c client.Client, ns string) []string {
+	t.Helper()
+	var list corev1.SecretList
+	if err := c.List(context.Background(), &list, client.InNamespace(ns), client.MatchingLabels{routing.TableLabel: routing.TableLabelShard}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range list.Items {
+		if s.DeletionTimestamp == nil {
+			names = append(names, s.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+func indexShards(t *testing.T, c client.Client, ns string) []string {
+	t.Helper()
+	idx := readIndex(t, c, ns)
+	names := shardNames(idx)
+	slices.Sort(names)
+	return names
+}

@@ -1,0 +1,126 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+// statusJob is one status write.
+type statusJob struct {
+	obj  client.Object
+	key  routing.ObjectKey
+	old  view
+	want ownedStatus
+	hash [32]byte
+	err  error
+}
+
+// writeStatuses writes the status of every object whose computed status
+// differs from what it carries, and prunes the delivery entries of dead
+// relays. An object is written only when its status changes: a new table
+// version, or a relay's renewal, writes nothing for the objects it does not
+// concern. What was last written is remembered (memo), so that an object the
+// cache has not yet seen updated is not written twice. It returns when a
+// DeliveryDegraded condition will clear by itself.
+func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays, now time.Time) (time.Time, error) {
+	var jobs []*statusJob
+	var clears time.Time
+	var errs []error
+	seen := map[routing.ObjectKey]bool{}
+	objs.each(func(obj client.Object) {
+		cur := viewOf(obj)
+		key := routing.ObjectKey{Kind: cur.kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+		seen[key] = true
+		v := r.result.Verdict(key)
+		if v == nil || v.Object.UID != obj.GetUID() || v.Object.Generation != obj.GetGeneration() {
+			return // changed since the compile: the next reconcile, queued already, handles it
+		}
+		if pruned, err := pruneDeadReplicas(ctx, r.client, obj, cur.delivery, rs); err != nil {
+			errs = append(errs, err)
+		} else if pruned {
+			r.stats.StatusWrites.Add(1)
+		}
+		var programmed routing.Status
+		if v.InTable {
+			programmed = r.book.programmed(v.Object, rs, r.opts.RelayNamespace)
+		}
+		conds := v.Conditions(programmed)
+		if dd, c := deliveryDegraded(cur.delivery, rs, obj.GetGeneration(), now, r.opts.DeliveryWindow); dd != nil {
+			conds = append(conds, *dd)
+			if clears.IsZero() || c.Before(clears) {
+				clears = c
+			}
+		}
+		var dkim *v1alpha1.DKIMRecord
+		if cur.kind == routing.KindSenderDomain {
+			dkim = v.DKIM
+		}
+		want := desiredStatus(cur, conds, dkim, obj.GetGeneration(), now)
+		h := statusHash(want)
+		if m, ok := r.memo[key]; ok && m.uid == obj.GetUID() && m.hash == h {
+			return
+		}
+		if sameStatus(cur, want) {
+			r.memo[key] = memoEntry{obj.GetUID(), h}
+			return
+		}
+		jobs = append(jobs, &statusJob{obj: obj, key: key, old: cur, want: want, hash: h})
+	})
+	for k := range r.memo {
+		if !seen[k] {
+			delete(r.memo, k)
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.StatusWorkers)
+	for _, j := range jobs {
+		g.Go(func() error {
+			j.err = applyStatus(gctx, r.client, j.obj, j.old.kind, j.want)
+			return nil // each job keeps its error; the others go on
+		})
+	}
+	_ = g.Wait()
+	for _, j := range jobs {
+		if j.err != nil {
+			errs = append(errs, j.err)
+			delete(r.memo, j.key)
+			continue
+		}
+		r.stats.StatusWrites.Add(1)
+		r.memo[j.key] = memoEntry{j.obj.GetUID(), j.hash}
+		r.recordTransitions(j.obj, j.old, j.want)
+	}
+	return clears, errors.Join(errs...)
+}
+
+// recordTransitions emits an Event for each condition that turned bad (a
+// refusal, an unresolved reference, a refused route, degraded delivery) or
+// turned accepted again: on transitions only, never on every reconcile.
+func (r *Reconciler) recordTransitions(obj client.Object, old view, s ownedStatus) {
+	for _, t := range []string{v1alpha1.ConditionAccepted, v1alpha1.ConditionResolvedRefs,
+		v1alpha1.ConditionRouteRefused, v1alpha1.ConditionDeliveryDegraded} {
+		n := findCondition(s.Conditions, t)
+		if n == nil {
+			continue
+		}
+		o := findCondition(old.conditions, t)
+		bad := n.Status == metav1.ConditionFalse ||
+			(n.Status == metav1.ConditionTrue && (t == v1alpha1.ConditionRouteRefused || t == v1alpha1.ConditionDeliveryDegraded))
+		switch {
+		case bad && (o == nil || o.Status != n.Status || o.Reason != n.Reason):
+			r.events.Eventf(obj, nil, corev1.EventTypeWarning, n.Reason, t, "%s", n.Message)
+		case t == v1alpha1.ConditionAccepted && n.Status == metav1.ConditionTrue && o != nil && o.Status == metav1.ConditionFalse:
+			r.events.Eventf(obj, nil, corev1.EventTypeNormal, n.Reason, t, "%s", n.Message)
+		}
+	}
+}
