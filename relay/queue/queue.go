@@ -1,0 +1,677 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Errors the queue returns, for errors.Is. The SMTP server answers
+// ErrNoSpace with 452 4.3.1 and ErrTooLarge with 552 5.3.4; any other
+// Enqueue error means the message is not queued (451 4.3.0).
+var (
+	ErrNoSpace  = errors.New("insufficient queue storage")
+	ErrTooLarge = errors.New("message too large")
+	ErrInvalid  = errors.New("invalid")
+	ErrCorrupt  = errors.New("corrupt queue record")
+	ErrNotFound = errors.New("no such message")
+	ErrExists   = errors.New("message already queued")
+	ErrBusy     = errors.New("message is being delivered")
+	ErrHeld     = errors.New("message is on hold")
+	ErrClosed   = errors.New("queue closed")
+	ErrLocked   = errors.New("spool in use by another process")
+)
+
+// Clock tells the time. Tests drive it; the queue never sleeps on it.
+type Clock interface {
+	Now() time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Options configure a Queue. The zero value of each field takes the
+// default given.
+type Options struct {
+	// Clock stamps arrivals and attempts. Default: the system clock.
+	Clock Clock
+	// Logger reports what recovery found. Default: discard.
+	Logger *slog.Logger
+	// Rand places retries in their jitter range. Default: seeded from
+	// crypto/rand. Used under the queue's lock.
+	Rand *rand.Rand
+	// MinFreeBytes is the free space the spool's filesystem must keep:
+	// CheckSpace and Enqueue refuse a message that would leave less.
+	// Default 64 MiB.
+	MinFreeBytes int64
+	// MaxBodyBytes bounds a message body. Keep it above the SMTP server's
+	// --max-message-bytes plus the headers the relay adds. Default 32 MiB.
+	MaxBodyBytes int64
+	// MaxRecipients bounds the recipients of one message, at most (and by
+	// default) MaxRecipients.
+	MaxRecipients int
+	// MaxMessages bounds how many messages the queue holds (and indexes in
+	// memory). Default 100000.
+	MaxMessages int
+	// Retry is the schedule for temporary failures. Default DefaultRetry().
+	Retry Retry
+	// Lifetime applies when an Attempt gives none. Default 48h, as
+	// routing.DefaultMaxQueueLifetime.
+	Lifetime time.Duration
+	// CompactBytes is the journal size past which a message file is
+	// rewritten with one snapshot record. Default 64 KiB.
+	CompactBytes int64
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Clock == nil {
+		o.Clock = systemClock{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Rand == nil {
+		var seed [32]byte
+		_, _ = crand.Read(seed[:])
+		o.Rand = rand.New(rand.NewChaCha8(seed)) //nolint:gosec // jitter needs no secrecy
+	}
+	defaults := []struct {
+		v   *int64
+		def int64
+	}{{&o.MinFreeBytes, 64 << 20}, {&o.MaxBodyBytes, 32 << 20}, {&o.CompactBytes, 64 << 10}}
+	for _, d := range defaults {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if o.MaxRecipients == 0 {
+		o.MaxRecipients = MaxRecipients
+	}
+	if o.MaxMessages == 0 {
+		o.MaxMessages = 100000
+	}
+	if o.Retry.Delays == nil {
+		o.Retry = DefaultRetry()
+	}
+	if o.Lifetime == 0 {
+		o.Lifetime = 48 * time.Hour
+	}
+	switch {
+	case o.MinFreeBytes < 0, o.MaxBodyBytes < 0, o.CompactBytes < 0, o.MaxMessages < 0, o.Lifetime < 0:
+		return o, fmt.Errorf("negative limit in queue options: %w", ErrInvalid)
+	case o.MaxRecipients < 0 || o.MaxRecipients > MaxRecipients:
+		return o, fmt.Errorf("max recipients %d not in [1, %d]: %w", o.MaxRecipients, MaxRecipients, ErrInvalid)
+	}
+	return o, o.Retry.validate()
+}
+
+// Queue is the durable spool. Its methods are safe for concurrent use.
+type Queue struct {
+	fs    FS
+	opts  Options
+	lock  io.Closer
+	group *groupSync
+
+	mu        sync.Mutex
+	closed    bool
+	entries   map[ID]*entry
+	reserved  int         // Enqueues and Imports under way, counted against MaxMessages
+	importing map[ID]bool // IDs being imported, so two imports of one ID do not race
+	ops       sync.WaitGroup
+	changed   chan struct{}
+
+	enqueued, fileSyncs, dirSyncs atomic.Uint64
+}
+
+// entry is what the queue keeps in memory about a message: enough to
+// schedule it. Envelope and state are read from the file when needed.
+type entry struct {
+	id   ID
+	size int64
+
+	// io serializes changes to the message's file; the file is the
+	// authority on the message's state.
+	io sync.Mutex
+	// dirty: a directory fsync after a rewrite failed, so the file's
+	// current name may not be durable; retried before the next write.
+	dirty bool
+
+	// Under Queue.mu.
+	held    bool
+	pending int
+	nextDue time.Time
+	leased  bool
+	gone    bool
+}
+
+func msgName(id ID) string { return string(id) + ".msg" }
+func tmpName(id ID) string { return string(id) + ".tmp" }
+
+const (
+	lockName      = "lock"
+	corruptSuffix = ".corrupt"
+)
+
+// Open opens the queue in fsys, taking its lock (ErrLocked when another
+// process has it) and recovering what a previous run left: every committed
+// message is loaded with its state, temporary files are removed, a torn
+// journal tail is ignored (and later overwritten), and a message file that
+// fails its checks is renamed to <id>.corrupt and reported, never loaded.
+func Open(ctx context.Context, fsys FS, opts Options) (*Queue, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	lock, err := fsys.Lock(lockName)
+	if err != nil {
+		return nil, fmt.Errorf("lock queue: %w", err)
+	}
+	q := &Queue{
+		fs: fsys, opts: opts, lock: lock,
+		entries:   make(map[ID]*entry),
+		importing: make(map[ID]bool),
+		changed:   make(chan struct{}, 1),
+	}
+	q.group = newGroupSync(func() error {
+		q.dirSyncs.Add(1)
+		return fsys.SyncDir()
+	})
+	if err := q.recover(ctx); err != nil {
+		closeQuietly(lock)
+		return nil, err
+	}
+	return q, nil
+}
+
+func (q *Queue) recover(ctx context.Context) error {
+	names, err := q.fs.ReadDirNames()
+	if err != nil {
+		return fmt.Errorf("read queue directory: %w", err)
+	}
+	slices.Sort(names)
+	log := q.opts.Logger
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		base, ext, _ := strings.Cut(name, ".")
+		id, idErr := ParseID(base)
+		switch {
+		case name == lockName || ext == strings.TrimPrefix(corruptSuffix, "."):
+		case idErr == nil && ext == "tmp":
+			// A write that never committed: its Enqueue did not return nil.
+			if err := q.fs.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", name, err)
+			}
+		case idErr == nil && ext == "msg":
+			if err := q.load(id); err != nil {
+				if !errors.Is(err, ErrCorrupt) {
+					return fmt.Errorf("load %s: %w", name, err)
+				}
+				log.Error("Corrupt queue file set aside", "file", name, "error", err)
+				if err := q.fs.Rename(name, base+corruptSuffix); err != nil {
+					return fmt.Errorf("set aside %s: %w", name, err)
+				}
+			}
+		default:
+			log.Warn("Unknown file in queue directory left alone", "file", name)
+		}
+	}
+	if len(q.entries) > 0 {
+		log.Info("Queue recovered", "messages", len(q.entries))
+	}
+	return nil
+}
+
+// load indexes the committed message id, or removes it when no recipient
+// is pending (a completion interrupted by a crash).
+func (q *Queue) load(id ID) error {
+	m, _, err := q.read(id)
+	if err != nil {
+		return err
+	}
+	if m.ID != id {
+		return fmt.Errorf("file holds message %s: %w", m.ID, ErrCorrupt)
+	}
+	e := &entry{id: id, size: m.Size}
+	if !q.setSummary(e, &m) {
+		return q.fs.Remove(msgName(id))
+	}
+	q.entries[id] = e
+	return nil
+}
+
+// read decodes the message file of id.
+func (q *Queue) read(id ID) (Message, layout, error) {
+	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Message{}, layout{}, fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		return Message{}, layout{}, err
+	}
+	defer closeQuietly(f)
+	return q.decodeOpen(f, id)
+}
+
+// setSummary copies what scheduling needs from m into e and reports
+// whether a recipient is pending. The caller holds q.mu or owns e alone.
+func (q *Queue) setSummary(e *entry, m *Message) bool {
+	e.nextDue, e.pending = m.nextDue()
+	e.held = m.Held
+	return e.pending > 0
+}
+
+// Close waits for the operations under way (cancel the contexts of the
+// Enqueues still reading a body first) and releases the spool's lock.
+// Later calls fail with ErrClosed.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	q.mu.Unlock()
+	q.ops.Wait()
+	return q.lock.Close()
+}
+
+// begin registers an operation; the caller calls q.ops.Done when it ends.
+func (q *Queue) begin() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	q.ops.Add(1)
+	return nil
+}
+
+func (q *Queue) now() time.Time { return q.opts.Clock.Now().UTC() }
+
+// CheckSpace reports, as an error wrapping ErrNoSpace, whether a message of
+// size bytes (0 when unknown) would leave the spool's filesystem with less
+// than Options.MinFreeBytes, or the queue is full. The SMTP server calls it
+// before taking data and answers 452 4.3.1; Enqueue calls it too. Where
+// free space cannot be read (not Linux), only the queue's count is checked.
+func (q *Queue) CheckSpace(size int64) error {
+	q.mu.Lock()
+	n := len(q.entries) + q.reserved
+	q.mu.Unlock()
+	if n >= q.opts.MaxMessages {
+		return fmt.Errorf("queue holds %d messages, at most %d: %w", n, q.opts.MaxMessages, ErrNoSpace)
+	}
+	free, err := q.fs.Statfs()
+	if errors.Is(err, errors.ErrUnsupported) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read free space: %w", err)
+	}
+	if free-max(size, 0) < q.opts.MinFreeBytes {
+		return fmt.Errorf("%d bytes free in the spool, keeping %d: %w", free, q.opts.MinFreeBytes, ErrNoSpace)
+	}
+	return nil
+}
+
+// storageErr wraps an I/O error, adding ErrNoSpace when the disk or a
+// quota is full.
+func storageErr(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%s: %w: %w", what, ErrNoSpace, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Enqueue stores a message and returns its ID once the message is durable:
+// written, fsynced, renamed into place and the directory fsynced, the
+// directory fsync shared with concurrent Enqueues (group commit). It
+// returns an error (never the ID) when anything fails, and leaves no
+// trace then. The body is streamed to disk, never held in memory; env is
+// stored exactly as given and must pass the queue's checks (ErrInvalid).
+func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, error) {
+	if err := q.begin(); err != nil {
+		return "", err
+	}
+	defer q.ops.Done()
+	if err := env.validate(q.opts.MaxRecipients); err != nil {
+		return "", err
+	}
+	if env.Size > q.opts.MaxBodyBytes {
+		return "", fmt.Errorf("SIZE=%d, at most %d: %w", env.Size, q.opts.MaxBodyBytes, ErrTooLarge)
+	}
+	if err := q.CheckSpace(env.Size); err != nil {
+		return "", err
+	}
+	now := q.now()
+	h := &header{ID: newID(now), Arrival: now}
+	h.Envelope = (&Message{Envelope: env}).clone().Envelope
+	js, err := encodeHeaderJSON(h)
+	if err != nil {
+		return "", err
+	}
+	if err := q.reserve(""); err != nil {
+		return "", err
+	}
+	defer q.unreserve("")
+
+	w, err := q.create(h.ID)
+	if err != nil {
+		return "", err
+	}
+	defer w.abort()
+	// The fixed header is written twice: zeros now, the body's length and
+	// CRC (and the header CRC) once the body is in.
+	if err := w.write(make([]byte, fixedLen), js); err != nil {
+		return "", err
+	}
+	n, crc, err := w.copyBody(ctx, body, q.opts.MaxBodyBytes)
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.f.WriteAt(fixedHeader(js, n, crc), 0); err != nil {
+		return "", storageErr("write queue file", err)
+	}
+	m := newMessage(h, n)
+	if err := q.commit(w, &m); err != nil {
+		return "", err
+	}
+	q.enqueued.Add(1)
+	return h.ID, nil
+}
+
+// reserve counts an Enqueue or Import (of id) against MaxMessages.
+func (q *Queue) reserve(id ID) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if n := len(q.entries) + q.reserved; n >= q.opts.MaxMessages {
+		return fmt.Errorf("queue holds %d messages, at most %d: %w", n, q.opts.MaxMessages, ErrNoSpace)
+	}
+	if id != "" {
+		if q.entries[id] != nil || q.importing[id] {
+			return fmt.Errorf("%s: %w", id, ErrExists)
+		}
+		q.importing[id] = true
+	}
+	q.reserved++
+	return nil
+}
+
+func (q *Queue) unreserve(id ID) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.reserved--
+	delete(q.importing, id)
+}
+
+// spoolFile is a message file being written under its temporary name.
+type spoolFile struct {
+	q         *Queue
+	id        ID
+	f         File
+	renamed   bool // the file has its final name
+	committed bool
+}
+
+// create starts a message file under a temporary name.
+func (q *Queue) create(id ID) (*spoolFile, error) {
+	f, err := q.fs.OpenFile(tmpName(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, storageErr("create queue file", err)
+	}
+	return &spoolFile{q: q, id: id, f: f}, nil
+}
+
+func (w *spoolFile) write(bufs ...[]byte) error {
+	for _, b := range bufs {
+		if _, err := w.f.Write(b); err != nil {
+			return storageErr("write queue file", err)
+		}
+	}
+	return nil
+}
+
+// copyBody streams the body into the file and returns its length and CRC.
+func (w *spoolFile) copyBody(ctx context.Context, body io.Reader, limit int64) (int64, uint32, error) {
+	cw := &crcWriter{w: w.f}
+	buf := make([]byte, 64<<10)
+	n, err := io.CopyBuffer(cw, io.LimitReader(ctxReader{ctx, body}, limit+1), buf)
+	switch {
+	case cw.err != nil:
+		return 0, 0, storageErr("write queue file", cw.err)
+	case err != nil:
+		return 0, 0, fmt.Errorf("read message body: %w", err)
+	case n > limit:
+		return 0, 0, fmt.Errorf("body over %d bytes: %w", limit, ErrTooLarge)
+	}
+	return n, cw.crc, nil
+}
+
+// abort removes the file unless it was committed.
+func (w *spoolFile) abort() {
+	if w.committed {
+		return
+	}
+	if w.f != nil {
+		closeQuietly(w.f)
+	}
+	name := tmpName(w.id)
+	if w.renamed {
+		name = msgName(w.id)
+	}
+	if err := w.q.fs.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		w.q.opts.Logger.Warn("Cannot remove uncommitted queue file", "file", name, "error", err)
+	}
+}
+
+// commit makes the written file durable under its final name and indexes
+// m: fsync the file, rename it into place, fsync the directory (shared).
+// Until the directory fsync returns, a crash may lose the message, and the
+// caller has not been told it is queued.
+func (q *Queue) commit(w *spoolFile, m *Message) error {
+	q.fileSyncs.Add(1)
+	if err := w.f.Sync(); err != nil {
+		return storageErr("sync queue file", err)
+	}
+	err := w.f.Close()
+	w.f = nil
+	if err != nil {
+		return storageErr("close queue file", err)
+	}
+	if err := q.fs.Rename(tmpName(w.id), msgName(w.id)); err != nil {
+		return storageErr("commit queue file", err)
+	}
+	w.renamed = true
+	if err := q.group.wait(); err != nil {
+		return storageErr("sync queue directory", err)
+	}
+	e := &entry{id: m.ID, size: m.Size}
+	q.mu.Lock()
+	q.setSummary(e, m)
+	q.entries[m.ID] = e
+	q.mu.Unlock()
+	w.committed = true
+	q.signal()
+	return nil
+}
+
+// closeQuietly closes what was only read, or what is abandoned after an
+// error that is already being reported.
+func closeQuietly(c io.Closer) { _ = c.Close() }
+
+// signal wakes a waiter on Changed.
+func (q *Queue) signal() {
+	select {
+	case q.changed <- struct{}{}:
+	default:
+	}
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// crcWriter computes the CRC of what it writes and keeps the write error
+// apart from the read error of io.Copy.
+type crcWriter struct {
+	w   io.Writer
+	crc uint32
+	err error
+}
+
+func (c *crcWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.crc = crc32.Update(c.crc, castagnoli, p[:n])
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// Stats are counters for metrics and tests.
+type Stats struct {
+	Messages int   // messages in the queue
+	Held     int   // of which on hold
+	Leased   int   // of which being delivered
+	Bytes    int64 // body bytes in the queue
+	// Since Open:
+	Enqueued  uint64 // Enqueue calls that returned an ID
+	FileSyncs uint64 // fsyncs of message files
+	DirSyncs  uint64 // fsyncs of the directory
+}
+
+// Stats returns the current counters.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	s := Stats{Messages: len(q.entries)}
+	for _, e := range q.entries {
+		if e.held {
+			s.Held++
+		}
+		if e.leased {
+			s.Leased++
+		}
+		s.Bytes += e.size
+	}
+	q.mu.Unlock()
+	s.Enqueued = q.enqueued.Load()
+	s.FileSyncs = q.fileSyncs.Load()
+	s.DirSyncs = q.dirSyncs.Load()
+	return s
+}
+
+// Changed returns a channel that receives when a message may have become
+// due: one was enqueued, released, flushed, or given back by a Lease. The
+// delivery loop waits on it and on a timer set to NextDue.
+func (q *Queue) Changed() <-chan struct{} { return q.changed }
+
+// Due returns up to limit messages that are due at now (a pending
+// recipient's next attempt has come), neither held nor leased, earliest
+// first.
+func (q *Queue) Due(now time.Time, limit int) []ID {
+	q.mu.Lock()
+	var due []*entry
+	for _, e := range q.entries {
+		if !e.held && !e.leased && e.pending > 0 && !e.nextDue.After(now) {
+			due = append(due, e)
+		}
+	}
+	q.mu.Unlock()
+	slices.SortFunc(due, func(a, b *entry) int {
+		return cmp.Or(a.nextDue.Compare(b.nextDue), strings.Compare(string(a.id), string(b.id)))
+	})
+	n := min(len(due), max(limit, 0))
+	ids := make([]ID, n)
+	for i, e := range due[:n] {
+		ids[i] = e.id
+	}
+	return ids
+}
+
+// NextDue returns the earliest time a message that is neither held nor
+// leased is due, and false when there is none.
+func (q *Queue) NextDue() (time.Time, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var next time.Time
+	found := false
+	for _, e := range q.entries {
+		if !e.held && !e.leased && e.pending > 0 && (!found || e.nextDue.Before(next)) {
+			next, found = e.nextDue, true
+		}
+	}
+	return next, found
+}
+
+// jitter returns a uniform number in [0, 1) for Retry.Delay.
+func (q *Queue) jitter() float64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.opts.Rand.Float64()
+}
+
+// bodyReader reads a message body and checks its CRC at the end.
+type bodyReader struct {
+	f    File
+	r    *io.SectionReader
+	crc  uint32
+	want uint32
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.crc = crc32.Update(b.crc, castagnoli, p[:n])
+	if errors.Is(err, io.EOF) && b.crc != b.want {
+		return n, fmt.Errorf("body checksum mismatch: %w", ErrCorrupt)
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error { return b.f.Close() }
+
+// Body opens the body of message id. The reader returns an error wrapping
+// ErrCorrupt instead of io.EOF when the body does not match its checksum.
+// It reads the file as it was when opened, whatever happens to the message
+// later.
+func (q *Queue) Body(ctx context.Context, id ID) (io.ReadCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+		return nil, err
+	}
+	_, l, err := q.decodeOpen(f, id)
+	if err != nil {
+		closeQuietly(f)
+		return nil, err
+	}
+	return &bodyReader{f: f, r: io.NewSectionReader(f, l.headerLen, l.bodyLen), want: l.bodyCRC}, nil
+}
