@@ -147,7 +147,7 @@ func TestImplicitTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { _ = c.Close() })
 	if err := c.Hello("client.test"); err != nil {
 		t.Fatal(err)
 	}
