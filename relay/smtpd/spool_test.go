@@ -86,7 +86,7 @@ func TestNoAcknowledgedMessageLost(t *testing.T) {
 					continue
 				}
 				got := readBody(t, l)
-				_ = l.Close()
+				l.Close()
 				if got != want {
 					t.Errorf("message %s: body %q, want %q", id, got, want)
 				}
