@@ -50,7 +50,7 @@ func TestNoAcknowledgedMessageLost(t *testing.T) {
 			for client := range 4 {
 				wg.Go(func() {
 					c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 10+client), ln.Addr().String())
-					defer c.conn.Close()
+					defer func() { _ = c.conn.Close() }()
 					c.hello()
 					for i := range 15 {
 						body := fmt.Sprintf("Subject: %d-%d\r\n\r\nbody of message %d from client %d\r\n", client, i, i, client)
@@ -78,7 +78,7 @@ func TestNoAcknowledgedMessageLost(t *testing.T) {
 			if err != nil {
 				t.Fatalf("reopening after the crash: %v", err)
 			}
-			defer q2.Close()
+			defer func() { _ = q2.Close() }()
 			for id, want := range acked {
 				l, err := q2.Lease(context.Background(), queue.ID(id))
 				if err != nil {
@@ -102,7 +102,7 @@ func readBody(t *testing.T, l *queue.Lease) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }()
 	var b []byte
 	buf := make([]byte, 4096)
 	for {
