@@ -10,7 +10,7 @@ GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds config/rbac/operator config/rbac/relay
 
 .PHONY: help
 help: ## Show the targets.
@@ -21,8 +21,10 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart.
+manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac/operator
+	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./relay/follow/... output:rbac:artifacts:config=config/rbac/relay
 	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
 	cp config/crd/bases/*.yaml charts/postgate/crds/
 
