@@ -20,6 +20,7 @@ Usage:
 Commands:
   check      validate manifests offline, as the operator would judge them
   operator   run the operator: reconcile, publish the routing table, write status
+  relay      run the SMTP relay (standalone with --manifests, or in a cluster)
   version    print the version
   help       print this help
 `
@@ -43,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCheck(args[1:], stdout, stderr)
 	case "operator":
 		return runOperator(args[1:], stderr)
+	case "relay":
+		return runRelay(args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

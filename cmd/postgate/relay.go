@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/smtpd"
+	"github.com/postgate/postgate/relay/standalone"
+)
+
+const relayUsage = `Usage: postgate relay [flags]
+
+Runs the SMTP relay. Standalone, with --manifests, it compiles its routing
+table from SenderDomain, RelayRoute and TrustedNetwork manifests (and their
+Secrets) and reloads when the files change: no cluster needed. In a cluster,
+with --relay-namespace, it follows the table the operator publishes there.
+
+Flags:
+`
+
+// relayFlags are the flags of postgate relay; their names are a contract with
+// the chart, the scripts and the docs.
+type relayFlags struct {
+	smtpAddr, smtpsAddr       string
+	spoolDir, hostname        string
+	manifests                 stringList
+	relayNamespace            string
+	tlsCert, tlsKey           string
+	proxyCIDRs                string
+	maxMessageBytes           int64
+	maxRecipients             int
+	maxConns, maxConnsPerPeer int
+	metricsAddr, healthAddr   string
+	dnsServer                 string
+	mxPort                    int
+	shutdownGrace             time.Duration
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
+	f := &relayFlags{}
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, relayUsage); fs.PrintDefaults() }
+	host, _ := os.Hostname()
+	fs.StringVar(&f.smtpAddr, "smtp-bind-address", ":2525", "address of the SMTP listener (STARTTLS when a key pair is given)")
+	fs.StringVar(&f.smtpsAddr, "smtps-bind-address", "", "address of the implicit-TLS listener, as on port 465 (off when empty)")
+	fs.StringVar(&f.spoolDir, "spool-dir", "./postgate-spool", "directory of the durable queue, generated keys and the last good table")
+	fs.StringVar(&f.hostname, "hostname", host, "host name in the greeting and in Received headers")
+	fs.Var(&f.manifests, "manifests", "standalone mode: a manifest file or directory (repeatable)")
+	fs.StringVar(&f.relayNamespace, "relay-namespace", "", "cluster mode: the namespace where the operator publishes the table")
+	fs.StringVar(&f.tlsCert, "tls-cert-file", "", "PEM certificate chain for STARTTLS and implicit TLS (reloaded when it changes)")
+	fs.StringVar(&f.tlsKey, "tls-key-file", "", "PEM private key for --tls-cert-file (reloaded when it changes)")
+	fs.StringVar(&f.proxyCIDRs, "proxy-protocol-cidrs", "", "comma-separated networks of load balancers that must send a PROXY protocol header; nobody else may")
+	fs.Int64Var(&f.maxMessageBytes, "max-message-bytes", 25<<20, "largest message accepted (552 5.3.4 above)")
+	fs.IntVar(&f.maxRecipients, "max-recipients", 100, "most recipients of one message (452 4.5.3 above)")
+	fs.IntVar(&f.maxConns, "max-connections", 1000, "most open SMTP connections (421 above)")
+	fs.IntVar(&f.maxConnsPerPeer, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
+	fs.StringVar(&f.healthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")
+	fs.StringVar(&f.dnsServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
+	fs.IntVar(&f.mxPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case len(f.manifests) == 0 && f.relayNamespace == "":
+		return nil, errors.New("give --manifests (standalone) or --relay-namespace (cluster)")
+	case len(f.manifests) > 0 && f.relayNamespace != "":
+		return nil, errors.New("--manifests and --relay-namespace exclude each other")
+	case (f.tlsCert == "") != (f.tlsKey == ""):
+		return nil, errors.New("--tls-cert-file and --tls-key-file go together")
+	case f.smtpsAddr != "" && f.tlsCert == "":
+		return nil, errors.New("--smtps-bind-address needs --tls-cert-file and --tls-key-file")
+	}
+	return f, nil
+}
+
+func runRelay(args []string, stderr io.Writer) int {
+	f, err := parseRelayFlags(args, stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "postgate relay: %v\n", err)
+		}
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := relayMain(ctx, f, logger); err != nil {
+		logger.Error("Relay stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// relayMain wires the relay: table source, queue, SMTP listeners, probes,
+// until ctx ends; then it shuts down gracefully.
+func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
+	var proxies []netip.Prefix
+	for _, s := range strings.Split(f.proxyCIDRs, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("--proxy-protocol-cidrs: %w", err)
+		}
+		proxies = append(proxies, p.Masked())
+	}
+	if err := os.MkdirAll(f.spoolDir, 0o700); err != nil { //nolint:gosec // the operator chooses the spool directory
+		return err
+	}
+
+	var tables smtpd.TableSource
+	var runTables func(context.Context) error
+	if len(f.manifests) > 0 {
+		src, err := standalone.New(f.manifests, standalone.Options{KeysDir: filepath.Join(f.spoolDir, "keys"), Logger: logger})
+		if err != nil {
+			return err
+		}
+		tables, runTables = src, src.Run
+	} else {
+		return errors.New("cluster mode (--relay-namespace) needs the table follower, which is not built yet")
+	}
+
+	qdir, err := queue.OpenDir(filepath.Join(f.spoolDir, "queue"))
+	if err != nil {
+		return err
+	}
+	q, err := queue.Open(ctx, qdir, queue.Options{Logger: logger, MaxBodyBytes: f.maxMessageBytes + 1<<20, Lifetime: routing.DefaultMaxQueueLifetime})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = q.Close() }()
+
+	var tlsConfig *tls.Config
+	if f.tlsCert != "" {
+		r, err := smtpd.NewCertReloader(f.tlsCert, f.tlsKey, logger)
+		if err != nil {
+			return err
+		}
+		tlsConfig = r.TLSConfig()
+	}
+	srv, err := smtpd.New(smtpd.Config{
+		Hostname: f.hostname, Tables: tables, Spool: smtpd.QueueSpool{Queue: q}, TLS: tlsConfig,
+		ProxyCIDRs: proxies, MaxMessageBytes: f.maxMessageBytes, MaxRecipients: f.maxRecipients,
+		MaxConnections: f.maxConns, MaxConnectionsPerClient: f.maxConnsPerPeer, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+
+	errs := make(chan error, 4)
+	listen := func(addr string, implicitTLS bool) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		logger.Info("SMTP listening", "address", ln.Addr().String(), "implicitTLS", implicitTLS, "starttls", tlsConfig != nil)
+		go func() { errs <- srv.Serve(ln, implicitTLS) }()
+		return nil
+	}
+	if err := listen(f.smtpAddr, false); err != nil {
+		return err
+	}
+	if f.smtpsAddr != "" {
+		if err := listen(f.smtpsAddr, true); err != nil {
+			return err
+		}
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { errs <- runTables(runCtx) }()
+	stopHTTP, err := serveRelayHTTP(f, q, logger)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	select {
+	case <-ctx.Done():
+		logger.Info("Shutting down: no new connections, waiting for sessions", "grace", f.shutdownGrace)
+	case err := <-errs:
+		if err != nil {
+			return err
+		}
+	}
+	shutdownCtx, done := context.WithTimeout(context.Background(), f.shutdownGrace)
+	defer done()
+	return srv.Shutdown(shutdownCtx)
+}
+
+// serveRelayHTTP serves /metrics and the probes on their own listeners.
+func serveRelayHTTP(f *relayFlags, q *queue.Queue, logger *slog.Logger) (stop func(), err error) {
+	var servers []*http.Server
+	stop = func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}
+	start := func(addr string, h http.Handler) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, s)
+		go func() { _ = s.Serve(ln) }()
+		logger.Info("HTTP listening", "address", ln.Addr().String())
+		return nil
+	}
+	if f.metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "postgate_queue_messages", Help: "Messages in the relay's queue.",
+		}, func() float64 { return float64(q.Stats().Messages) }))
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if err := start(f.metricsAddr, mux); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	if f.healthAddr != "" {
+		mux := http.NewServeMux()
+		ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
+		mux.HandleFunc("/healthz", ok)
+		mux.HandleFunc("/readyz", ok)
+		if err := start(f.healthAddr, mux); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	return stop, nil
+}
