@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,10 +19,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/postgate/postgate/relay/follow"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/smtpd"
@@ -54,6 +59,7 @@ type relayFlags struct {
 	dnsServer                 string
 	mxPort                    int
 	shutdownGrace             time.Duration
+	kubeconfig, podName       string
 }
 
 // stringList is a repeatable flag.
@@ -86,6 +92,8 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.StringVar(&f.dnsServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&f.mxPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: kubeconfig file; default: in-cluster, or $KUBECONFIG")
+	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -150,7 +158,22 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 		}
 		tables, runTables = src, src.Run
 	} else {
-		return errors.New("cluster mode (--relay-namespace) needs the table follower, which is not built yet")
+		cfg, err := restConfig(f.kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		fl, err := follow.New(client, follow.Options{
+			Namespace: f.relayNamespace, PodName: f.podName,
+			SpoolDir: filepath.Join(f.spoolDir, "table"), Log: logr.FromSlogHandler(logger.Handler()),
+		})
+		if err != nil {
+			return err
+		}
+		tables, runTables = fl, fl.Run
 	}
 
 	qdir, err := queue.OpenDir(filepath.Join(f.spoolDir, "queue"))
@@ -201,7 +224,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { errs <- runTables(runCtx) }()
-	stopHTTP, err := serveRelayHTTP(f, q, logger)
+	stopHTTP, err := serveRelayHTTP(f, q, tables, logger)
 	if err != nil {
 		return err
 	}
@@ -221,7 +244,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 }
 
 // serveRelayHTTP serves /metrics and the probes on their own listeners.
-func serveRelayHTTP(f *relayFlags, q *queue.Queue, logger *slog.Logger) (stop func(), err error) {
+func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, logger *slog.Logger) (stop func(), err error) {
 	var servers []*http.Server
 	stop = func() {
 		for _, s := range servers {
@@ -254,9 +277,16 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, logger *slog.Logger) (stop fu
 	}
 	if f.healthAddr != "" {
 		mux := http.NewServeMux()
-		ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
-		mux.HandleFunc("/healthz", ok)
-		mux.HandleFunc("/readyz", ok)
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+		// Ready once a table is loaded: before that every sender would be
+		// told 451, so the Service should not send clients here.
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if tables.Table() == nil {
+				http.Error(w, "no routing table loaded yet", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = io.WriteString(w, "ok\n")
+		})
 		if err := start(f.healthAddr, mux); err != nil {
 			stop()
 			return nil, err

@@ -321,3 +321,15 @@ func TestTableSwapDuringSession(t *testing.T) {
 		t.Errorf("%d messages queued, want none", n)
 	}
 }
+
+func TestNoTableYet(t *testing.T) {
+	addr, spool, ts := testServer(t, Config{})
+	ts.p.Store(nil)
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 451, "4.3.2 Relay not ready")
+	if n := len(spool.all()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}

@@ -60,10 +60,15 @@ type session struct {
 
 func (s *session) table() *routing.Table { return s.s.cfg.Tables.Table() }
 
+// errNotReady: 451 4.3.2, the system is not accepting messages (RFC 3463
+// section 3.4): a relay in a cluster that has no table yet (first start,
+// API server away, nothing spooled) asks clients to come back.
+var errNotReady = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Relay not ready: no routing table loaded yet, try again later"}
+
 // AuthMechanisms offers PLAIN and LOGIN to clients in a network that accepts
 // AUTH; go-smtp advertises them only over TLS (AllowInsecureAuth false).
 func (s *session) AuthMechanisms() []string {
-	if !s.table().AuthOffered(s.client.Addr()) {
+	if t := s.table(); t == nil || !t.AuthOffered(s.client.Addr()) {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -74,7 +79,11 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		return nil, smtp.ErrAuthUnsupported
 	}
 	check := func(username, password string) error {
-		id := s.table().Authenticate(s.client.Addr(), username, password)
+		t := s.table()
+		if t == nil {
+			return errNotReady
+		}
+		id := t.Authenticate(s.client.Addr(), username, password)
 		if id == "" {
 			s.authFail++
 			s.s.cfg.Logger.Info("SMTP AUTH failed", "client", s.client, "failures", s.authFail)
@@ -141,7 +150,11 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // authorize answers 554 5.7.1 Relay access denied unless the current table
 // lets this client send as this sender.
 func (s *session) authorize() error {
-	d := s.table().MaySend(s.client.Addr(), s.identity, s.from)
+	t := s.table()
+	if t == nil {
+		return errNotReady
+	}
+	d := t.MaySend(s.client.Addr(), s.identity, s.from)
 	if d == routing.Allowed {
 		return nil
 	}
