@@ -44,8 +44,21 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint (.golangci.yml).
 envtest: ## Build kube-apiserver, kubectl and etcd into bin/ (once; later runs reuse them).
 	bash hack/envtest.sh
 
+# Debian tools the tests use. Installed only when missing; CI machines start
+# without them.
+DEBIAN_TOOLS := swaks
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps
+deps: ## Install the Debian tools the tests use (swaks), when missing.
+	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing from Debian"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	  fi
+
 .PHONY: test
-test: envtest ## Run every test against a real API server, sockets and DNS on loopback.
+test: envtest deps ## Run every test against a real API server, sockets and DNS on loopback.
 	go test -count=1 ./...
 
 .PHONY: build
