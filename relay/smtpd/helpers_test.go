@@ -72,6 +72,8 @@ type memSpool struct {
 	messages []queued
 	lowSpace atomic.Bool
 	failNext atomic.Bool
+	// failWith, when set, is the error of the next Enqueue.
+	failWith atomic.Pointer[error]
 }
 
 type queued struct {
@@ -93,6 +95,9 @@ func (s *memSpool) Enqueue(_ context.Context, env *Envelope, body io.Reader) (st
 	}
 	if s.failNext.Swap(false) {
 		return "", errors.New("disk on fire")
+	}
+	if e := s.failWith.Swap(nil); e != nil {
+		return "", *e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

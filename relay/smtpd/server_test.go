@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 )
 
@@ -230,6 +231,20 @@ func TestSpoolFull(t *testing.T) {
 	spool.failNext.Store(true)
 	c.expect("DATA\r\n", 354, "")
 	c.expect("Subject: x\r\n\r\nbody\r\n.\r\n", 451, "4.3.0")
+	for _, tc := range []struct {
+		err  error
+		code int
+		want string
+	}{
+		{fmt.Errorf("write queue file: %w", queue.ErrNoSpace), 452, "4.3.1"},
+		{fmt.Errorf("ENVID: %w", queue.ErrInvalid), 550, "5.5.4"},
+	} {
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		spool.failWith.Store(&tc.err)
+		c.expect("DATA\r\n", 354, "")
+		c.expect("Subject: x\r\n\r\nbody\r\n.\r\n", tc.code, tc.want)
+	}
 	if n := len(spool.all()); n != 0 {
 		t.Errorf("%d messages queued, want none", n)
 	}

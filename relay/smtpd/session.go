@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 )
 
@@ -201,6 +202,14 @@ func (s *session) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: fmt.Sprintf("Line longer than %d octets, closing the connection", s.s.cfg.MaxLineLength)}
 	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
 		return err
+	case errors.Is(err, queue.ErrNoSpace):
+		s.s.cfg.Logger.Warn("Refusing mail: spool full", "client", s.client, "error", err)
+		return errStorage
+	case errors.Is(err, queue.ErrTooLarge):
+		return smtp.ErrDataTooLarge
+	case errors.Is(err, queue.ErrInvalid):
+		// The same envelope would fail the same way on every retry.
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Envelope refused: " + err.Error()}
 	default:
 		s.s.cfg.Logger.Error("Could not queue a message", "client", s.client, "error", err)
 		return errQueueWrite
