@@ -17,7 +17,7 @@ import (
 )
 
 // WrongName is the only name on the certificates of CA.IssueWrongName: no
-// test connects to it, so a client that verifies the name it dialled fails.
+// test connects to it, so a client that verifies the name it dialed fails.
 const WrongName = "wrong-name.invalid"
 
 // CA is a throwaway certificate authority for one test: ECDSA P-256, valid
@@ -118,7 +118,7 @@ func (ca *CA) IssueExpired(tb testing.TB, names ...string) *Cert {
 }
 
 // IssueWrongName issues a valid certificate for WrongName only: a client
-// that verifies the host it dialled, name or IP, rejects it.
+// that verifies the host it dialed, name or IP, rejects it.
 func (ca *CA) IssueWrongName(tb testing.TB) *Cert {
 	tb.Helper()
 	return ca.IssueCert(tb, CertOptions{Names: []string{WrongName}})

@@ -19,13 +19,13 @@ func handshake(t *testing.T, cert *Cert, cfg *tls.Config) (tls.ConnectionState, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		_ = c.(*tls.Conn).Handshake()
 	}()
@@ -34,7 +34,7 @@ func handshake(t *testing.T, cert *Cert, cfg *tls.Config) (tls.ConnectionState, 
 	if err != nil {
 		return tls.ConnectionState{}, err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	return c.(*tls.Conn).ConnectionState(), nil
 }
 

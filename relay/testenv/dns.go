@@ -73,12 +73,7 @@ const maxCNAMEChain = 8
 // ends.
 func StartDNSServer(tb testing.TB, opts DNSOptions) *DNSServer {
 	tb.Helper()
-	s, err := NewDNSServer(tb.Context(), opts)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(s.Close)
-	return s
+	return startFixture(tb, NewDNSServer, opts)
 }
 
 // NewDNSServer starts a DNS server that stops when ctx is done or Close is
@@ -118,13 +113,7 @@ func NewDNSServer(ctx context.Context, opts DNSOptions) (*DNSServer, error) {
 			return nil, errors.New("the DNS server did not start within 10s")
 		}
 	}
-	go func() {
-		select {
-		case <-ctx.Done():
-			s.Close()
-		case <-s.closed:
-		}
-	}()
+	go closeWhenDone(ctx, s.closed, s.Close)
 	return s, nil
 }
 

@@ -235,7 +235,7 @@ func TestDNSLargeAnswer(t *testing.T) {
 }
 
 // TestDNSGoResolver checks the server as the relay may use it: Go's own
-// resolver dialling it for every query, with TCP fallback on truncation.
+// resolver dialing it for every query, with TCP fallback on truncation.
 func TestDNSGoResolver(t *testing.T) {
 	s := StartDNSServer(t, DNSOptions{})
 	mustAdd(t, s, "example.test. MX 20 b.example.test.", "example.test. MX 10 a.example.test.", "a.example.test. A 127.0.0.3")

@@ -1,5 +1,11 @@
 // Package testenv holds the loopback fixtures that unit, integration and
 // end-to-end tests share (DESIGN.md contract 8): a real kube-apiserver and
-// etcd, and later a DNS server, SMTP sinks with fault injection and TLS
-// certificates. Every server binds an explicit 127.0.0.x address.
+// etcd (StartAPIServer), a DNS server with an editable zone and fault
+// injection (StartDNSServer), SMTP sinks that record transactions and fail
+// on command (StartSMTPSink), and throwaway TLS certificates (NewCA).
+//
+// Every server binds an explicit 127.0.0.x address, given by the caller or
+// DefaultAddr, and refuses any other; every server stops when its test ends
+// (or its context does), and every wait is bounded. The package keeps no
+// state of its own: each fixture is a value owned by one test.
 package testenv

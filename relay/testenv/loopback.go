@@ -1,10 +1,12 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"testing"
 )
 
 // DefaultAddr is where a fixture listens when the caller names no address:
@@ -36,4 +38,26 @@ func loopbackAddr(addr string) (string, error) {
 		return "", fmt.Errorf("listen address %q: bad port: %w", addr, err)
 	}
 	return netip.AddrPortFrom(ip, uint16(p)).String(), nil
+}
+
+// startFixture starts a fixture with newFixture for the test, fails the test
+// when it cannot, and closes it when the test ends.
+func startFixture[O any, F interface{ Close() }](tb testing.TB, newFixture func(context.Context, O) (F, error), opts O) F {
+	tb.Helper()
+	f, err := newFixture(tb.Context(), opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(f.Close)
+	return f
+}
+
+// closeWhenDone calls closeFn when ctx ends, unless closed is closed first;
+// each fixture runs it in a goroutine, so none outlives its context.
+func closeWhenDone(ctx context.Context, closed <-chan struct{}, closeFn func()) {
+	select {
+	case <-ctx.Done():
+		closeFn()
+	case <-closed:
+	}
 }
