@@ -770,37 +770,57 @@ func TestSinkWaitAndLifecycle(t *testing.T) {
 	s.Close()
 }
 
-// TestSinkSwaks drives the sink with swaks, an independent client: STARTTLS
-// verified against the test CA, AUTH LOGIN with prompts, from 127.0.0.2.
+// TestSinkSwaks drives the sink with swaks, an independent client, from
+// 127.0.0.2: AUTH LOGIN with the prompts, in plaintext and after STARTTLS
+// verified against the test CA.
 func TestSinkSwaks(t *testing.T) {
 	swaks, err := exec.LookPath("swaks")
 	if err != nil {
 		t.Skip("swaks is not installed (Debian package swaks): skipping the independent-client check")
 	}
 	ca := NewCA(t)
-	s := StartSMTPSink(t, SMTPSinkOptions{
-		TLS:         ca.Issue(t, "mx.example.test").ServerConfig(),
-		Users:       map[string]string{"alice": "s3cret"},
-		RequireAuth: true,
-	})
-	host, port, _ := net.SplitHostPort(s.Addr())
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, swaks, //nolint:gosec // a test running a fixed tool
-		"--server", host, "--port", port, "--local-interface", "127.0.0.2",
-		"--ehlo", "swaks.test", "--from", "a@example.test", "--to", "b@example.test,c@example.test",
-		"--tls", "--tls-verify", "--tls-ca-path", ca.WriteBundle(t, ""), "--tls-sni", "mx.example.test",
-		"--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "s3cret",
-		"--header", "Subject: from swaks", "--body", "hello\n.dot\n")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("swaks: %v\n%s", err, out)
-	}
-	m := wait(t, s, 1)[0]
-	if m.Client.Addr() != netip.MustParseAddr("127.0.0.2") || m.Hello != "swaks.test" || m.AuthUser != "alice" || m.AuthMechanism != "LOGIN" || m.TLS == nil {
-		t.Errorf("message from swaks: %+v", m)
-	}
-	if !slices.Equal(m.Rcpts, []string{"b@example.test", "c@example.test"}) || !bytes.Contains(m.Data, []byte("\r\nhello\r\n.dot\r\n")) {
-		t.Errorf("envelope %q, data %q", m.Rcpts, m.Data)
+	for _, tc := range []struct {
+		name string
+		opts SMTPSinkOptions
+		args []string
+	}{
+		{"plaintext", SMTPSinkOptions{InsecureAuth: true}, nil},
+		{"STARTTLS", SMTPSinkOptions{TLS: ca.Issue(t, "mx.example.test").ServerConfig()},
+			[]string{"--tls", "--tls-verify", "--tls-ca-path", ca.WriteBundle(t, ""), "--tls-sni", "mx.example.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.opts.TLS != nil {
+				// swaks only recommends its TLS module.
+				if err := exec.CommandContext(t.Context(), "perl", "-MNet::SSLeay", "-e", "1").Run(); err != nil {
+					t.Skip("swaks cannot speak TLS without Net::SSLeay (Debian package libnet-ssleay-perl): skipping")
+				}
+			}
+			tc.opts.Users, tc.opts.RequireAuth = map[string]string{"alice": "s3cret"}, true
+			s := StartSMTPSink(t, tc.opts)
+			host, port, _ := net.SplitHostPort(s.Addr())
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			args := append([]string{
+				"--server", host, "--port", port, "--local-interface", "127.0.0.2",
+				"--ehlo", "swaks.test", "--from", "a@example.test", "--to", "b@example.test,c@example.test",
+				"--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "s3cret",
+				"--header", "Subject: from swaks", "--body", "hello\n.dot\n",
+			}, tc.args...)
+			out, err := exec.CommandContext(ctx, swaks, args...).CombinedOutput() //nolint:gosec // a test running a fixed tool
+			if err != nil {
+				t.Fatalf("swaks: %v\n%s", err, out)
+			}
+			m := wait(t, s, 1)[0]
+			if m.Client.Addr() != netip.MustParseAddr("127.0.0.2") || m.Hello != "swaks.test" || m.AuthUser != "alice" || m.AuthMechanism != "LOGIN" || (m.TLS != nil) != (tc.opts.TLS != nil) {
+				t.Errorf("message from swaks: %+v", m)
+			}
+			if !slices.Equal(m.Rcpts, []string{"b@example.test", "c@example.test"}) || !bytes.Contains(m.Data, []byte("\r\nhello\r\n.dot\r\n")) {
+				t.Errorf("envelope %q, data %q", m.Rcpts, m.Data)
+			}
+			waitClosed(t, s, 1)
+			if tr := s.Conns()[0].Transcript; !slices.Contains(tr, "S: 334 VXNlcm5hbWU6") {
+				t.Errorf("swaks did not answer the LOGIN prompts:\n%s", strings.Join(tr, "\n"))
+			}
+		})
 	}
 }
