@@ -44,14 +44,15 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint (.golangci.yml).
 envtest: ## Build kube-apiserver, kubectl and etcd into bin/ (once; later runs reuse them).
 	bash hack/envtest.sh
 
-# Debian tools the tests use. Installed only when missing; CI machines start
-# without them.
-DEBIAN_TOOLS := swaks
+# Debian packages the tests use: swaks (with libnet-ssleay-perl, which it
+# only recommends, for STARTTLS) and python3-dkim (an independent DKIM
+# verifier). Installed only when missing; CI machines start without them.
+DEBIAN_PACKAGES := swaks libnet-ssleay-perl python3-dkim
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps
-deps: ## Install the Debian tools the tests use (swaks), when missing.
-	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+deps: ## Install the Debian packages the tests use, when missing.
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing$$missing from Debian"; \
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
