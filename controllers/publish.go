@@ -35,7 +35,8 @@ type versionShards struct {
 // 1): the shards first, immutable and named by their hash, then the index.
 // Only the reconcile goroutine uses it.
 type publisher struct {
-	client    client.Client // writes, and the metadata cache of Secrets
+	client    client.Client // writes
+	cache     client.Reader // the metadata of Secrets
 	direct    client.Reader // the API server, for the index and shard data
 	namespace string
 
@@ -50,8 +51,8 @@ type publisher struct {
 	afterShards func() error
 }
 
-func newPublisher(c client.Client, direct client.Reader, namespace string) *publisher {
-	return &publisher{client: c, direct: direct, namespace: namespace, shards: map[int64][]string{}}
+func newPublisher(c client.Client, cache, direct client.Reader, namespace string) *publisher {
+	return &publisher{client: c, cache: cache, direct: direct, namespace: namespace, shards: map[int64][]string{}}
 }
 
 func (p *publisher) indexKey() types.NamespacedName {
@@ -146,7 +147,7 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 
 func (p *publisher) writeShard(ctx context.Context, s routing.Shard) error {
 	meta := secretMeta()
-	if err := p.client.Get(ctx, types.NamespacedName{Namespace: p.namespace, Name: s.Name}, meta); err == nil {
+	if err := p.cache.Get(ctx, types.NamespacedName{Namespace: p.namespace, Name: s.Name}, meta); err == nil {
 		return nil // named by its content hash: present means written
 	}
 	immutable := true
@@ -223,7 +224,7 @@ func (p *publisher) collect(ctx context.Context, liveVersions []int64) (deleted 
 		}
 	}
 	list := secretMetaList()
-	if err := p.client.List(ctx, list, client.InNamespace(p.namespace), client.MatchingLabels{routing.TableLabel: routing.TableLabelShard}); err != nil {
+	if err := p.cache.List(ctx, list, client.InNamespace(p.namespace), client.MatchingLabels{routing.TableLabel: routing.TableLabelShard}); err != nil {
 		return 0, err
 	}
 	for i := range list.Items {

@@ -47,9 +47,7 @@ func TestGeneratedRBACIsEnough(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runUntilStopped(t, "follower", ctx, cancel, f.Run)
 
 	create(t, c, senderDomain(tenant, "sd", tenant+".example.com", generateKey(v1alpha1.DKIMAlgorithmEd25519)),
 		trustedNetwork(tenant, "net", "192.0.2.0/24"))

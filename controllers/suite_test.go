@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -48,6 +50,7 @@ func TestMain(m *testing.M) {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		panic(err)
 	}
+	ctrl.SetLogger(logr.Discard())
 	if os.Getenv("POSTGATE_TEST_LOG") != "" {
 		ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-4)})))
 	}
@@ -63,13 +66,57 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// writes counts the API writes of a client.
-type writes struct{ n atomic.Int64 }
+// writes counts the API writes of a client, and reads the API reads.
+type writes struct{ n, reads atomic.Int64 }
+
+// countingReader counts the reads of the direct (API server) reader.
+type countingReader struct {
+	client.Reader
+	w *writes
+}
+
+func (c countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	c.w.reads.Add(1)
+	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+func (c countingReader) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	c.w.reads.Add(1)
+	return c.Reader.List(ctx, list, opts...)
+}
 
 // countingClient counts every write it makes, status writes included.
 type countingClient struct {
 	client.Client
 	w *writes
+}
+
+// Get and List count the reads that bypass the cache: those of Secrets,
+// metadata-only ones included (ClientOptions).
+func (c countingClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if isSecret(obj) {
+		c.w.reads.Add(1)
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c countingClient) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if isSecret(list) {
+		c.w.reads.Add(1)
+	}
+	return c.Client.List(ctx, list, opts...)
+}
+
+func isSecret(obj runtime.Object) bool {
+	switch o := obj.(type) {
+	case *corev1.Secret, *corev1.SecretList:
+		return true
+	case *metav1.PartialObjectMetadata:
+		return o.Kind == "Secret"
+	case *metav1.PartialObjectMetadataList:
+		return o.Kind == "SecretList"
+	}
+	return false
 }
 
 func (c countingClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
@@ -140,7 +187,7 @@ func startOperator(t testing.TB, relayNS string, opts ...operatorOpt) *operator 
 		t.Fatal(err)
 	}
 	w := &writes{}
-	r, err := NewReconciler(countingClient{mgr.GetClient(), w}, mgr.GetAPIReader(), mgr.GetEventRecorder("postgate-operator"), o)
+	r, err := NewReconciler(countingClient{mgr.GetClient(), w}, mgr.GetCache(), countingReader{mgr.GetAPIReader(), w}, mgr.GetEventRecorder("postgate-operator"), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,25 +198,7 @@ func startOperator(t testing.TB, relayNS string, opts ...operatorOpt) *operator 
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("operator: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("operator did not stop within 30s")
-		}
-	}
-	t.Cleanup(stop)
+	stop := runUntilStopped(t, "operator", ctx, cancel, mgr.Start)
 	return &operator{r: r, writes: w, stop: stop}
 }
 
@@ -185,6 +214,30 @@ func withAfterShards(fn func() error) operatorOpt {
 	}
 }
 
+// runUntilStopped runs run(ctx) in a goroutine; the returned stop (also
+// called when the test ends) cancels ctx and waits, bounded, for run to
+// return.
+func runUntilStopped(t testing.TB, what string, ctx context.Context, cancel func(), run func(context.Context) error) (stop func()) {
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("%s: %v", what, err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("%s did not stop within 30s", what)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // startFollower runs a real follower in the relay namespace with short
 // Lease intervals.
 func startFollower(t testing.TB, relayNS, pod string) (*follow.Follower, func()) {
@@ -198,26 +251,7 @@ func startFollower(t testing.TB, relayNS, pod string) (*follow.Follower, func())
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("follower: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("follower did not stop within 30s")
-		}
-	}
-	t.Cleanup(stop)
-	return f, stop
+	return f, runUntilStopped(t, "follower", ctx, cancel, f.Run)
 }
 
 // newClient is a direct (uncached) client for the test's own reads and
@@ -407,6 +441,37 @@ func trustedNetwork(ns, name, cidr string, authSecrets ...string) *v1alpha1.Trus
 		}
 	}
 	return tn
+}
+
+// setup gives a test a client and fresh tenant and relay namespaces.
+func setup(t testing.TB) (c client.Client, tenant, relayNS string) {
+	t.Helper()
+	c = newClient(t)
+	ns := namespaces(t, c, "tenant", "relay")
+	return c, ns[0], ns[1]
+}
+
+// update writes obj's spec. The operator writes the status meanwhile, which
+// moves the resourceVersion: on a conflict, update takes the latest
+// resourceVersion and tries again (an update of the object never changes its
+// status, so nothing of the operator's is lost).
+func update(t testing.TB, c client.Client, obj client.Object) {
+	t.Helper()
+	for range 10 {
+		err := c.Update(context.Background(), obj)
+		if err == nil {
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			t.Fatalf("updating %s: %v", obj.GetName(), err)
+		}
+		latest := obj.DeepCopyObject().(client.Object)
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(obj), latest); err != nil {
+			t.Fatal(err)
+		}
+		obj.SetResourceVersion(latest.GetResourceVersion())
+	}
+	t.Fatalf("updating %s: still conflicting after 10 tries", obj.GetName())
 }
 
 func create(t testing.TB, c client.Client, objs ...client.Object) {

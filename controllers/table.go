@@ -92,6 +92,12 @@ type Stats struct {
 	StatusWrites  atomic.Int64
 	ShardsDeleted atomic.Int64
 	Version       atomic.Int64
+	// PublishedAt is when the last index was written (Unix nanoseconds);
+	// CompileNanos and StatusNanos how long the last compile (with the
+	// Secret reads and the encoding) and the last status pass took.
+	PublishedAt  atomic.Int64
+	CompileNanos atomic.Int64
+	StatusNanos  atomic.Int64
 }
 
 type memoEntry struct {
@@ -99,9 +105,12 @@ type memoEntry struct {
 	hash [32]byte
 }
 
-// NewReconciler returns a reconciler. c writes and reads the cache (which
-// holds only the metadata of Secrets), direct reads the API server.
-func NewReconciler(c client.Client, direct client.Reader, recorder events.EventRecorder, o Options) (*Reconciler, error) {
+// NewReconciler returns a reconciler. c writes and reads the three kinds,
+// Leases and the policy ConfigMap from the cache; cache is the manager's
+// cache itself, for the metadata of Secrets (the client sends every Secret
+// read, metadata ones included, to the API server: ClientOptions); direct
+// reads the API server.
+func NewReconciler(c client.Client, cache, direct client.Reader, recorder events.EventRecorder, o Options) (*Reconciler, error) {
 	if o.RelayNamespace == "" {
 		return nil, errors.New("controllers: RelayNamespace is required")
 	}
@@ -117,8 +126,8 @@ func NewReconciler(c client.Client, direct client.Reader, recorder events.EventR
 	return &Reconciler{
 		client: c, direct: direct, events: recorder, opts: o,
 		cache:   routing.NewCache(),
-		secrets: newSecretStore(c, direct),
-		pub:     newPublisher(c, direct, o.RelayNamespace),
+		secrets: newSecretStore(cache, direct),
+		pub:     newPublisher(c, cache, direct, o.RelayNamespace),
 		book:    versionBook{},
 		memo:    map[routing.ObjectKey]memoEntry{},
 	}, nil
@@ -361,6 +370,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		r.result = nil
 	}
 	if inputs := r.inputs.Load(); r.result == nil || inputs != r.compiledAt {
+		began := time.Now()
 		res, err := r.compile(ctx, objs)
 		if err != nil {
 			return reconcile.Result{}, err
@@ -369,11 +379,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		if err != nil {
 			return reconcile.Result{}, err
 		}
+		r.stats.CompileNanos.Store(int64(time.Since(began)))
 		if fresh {
 			r.book.record(res.Table, idx.Version)
 			r.stats.Publications.Add(1)
 			r.stats.Version.Store(idx.Version)
-			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()))
+			r.stats.PublishedAt.Store(time.Now().UnixNano())
+			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()), "took", time.Since(began))
 		}
 		r.result, r.compiledAt = res, inputs
 	}
@@ -382,7 +394,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	} else {
 		r.stats.ShardsDeleted.Add(int64(n))
 	}
+	began := time.Now()
 	clears, err := r.writeStatuses(ctx, objs, rs, now)
+	r.stats.StatusNanos.Store(int64(time.Since(began)))
 	if err != nil {
 		return reconcile.Result{}, err
 	}

@@ -91,7 +91,7 @@ func runOperator(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	r, err := controllers.NewReconciler(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetEventRecorder("postgate-operator"), opts)
+	r, err := controllers.NewReconciler(mgr.GetClient(), mgr.GetCache(), mgr.GetAPIReader(), mgr.GetEventRecorder("postgate-operator"), opts)
 	if err == nil {
 		err = r.SetupWithManager(ctx, mgr)
 	}
