@@ -73,7 +73,7 @@ func TestOperatorCommand(t *testing.T) {
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
-			<-exited
+			t.Logf("operator stopped: %v", <-exited)
 		}
 		if t.Failed() {
 			t.Logf("operator log:\n%s", stderr.String())
