@@ -1,0 +1,142 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+
+func attempt(at time.Duration, code int32, mutate ...func(*v1alpha1.DeliveryAttempt)) *v1alpha1.DeliveryAttempt {
+	a := &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(t0.Add(at)), RelayHost: "mx.example.com", ResponseCode: code}
+	for _, m := range mutate {
+		m(a)
+	}
+	return a
+}
+
+func TestDeliveryDegraded(t *testing.T) {
+	live := relays{live: []relay{{name: "relay-a", version: 1, expires: t0.Add(time.Minute)}}}
+	tlsFailed := func(a *v1alpha1.DeliveryAttempt) {
+		a.TLS = &v1alpha1.TransportEncryption{Requested: v1alpha1.TLSPolicyRequired}
+	}
+	noBind := func(a *v1alpha1.DeliveryAttempt) { a.Reply = "dial tcp 192.0.2.7:0->203.0.113.5:25: bind: cannot assign requested address" }
+	tests := []struct {
+		desc       string
+		replica    v1alpha1.ReplicaDeliveryStatus
+		wantReason string // "" for no condition
+	}{
+		{"never failed", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(0, 250)}, ""},
+		{"4xx after the last success", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(-time.Minute, 250), LastFailed: attempt(0, 451)}, v1alpha1.ReasonTemporaryFailures},
+		{"5xx", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 550)}, v1alpha1.ReasonBounces},
+		{"no connection", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0)}, v1alpha1.ReasonTargetUnreachable},
+		{"TLS required, not established", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, tlsFailed)}, v1alpha1.ReasonTLSRequiredButUnavailable},
+		{"source IP not on the host", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, noBind)}, v1alpha1.ReasonSourceIPUnavailable},
+		{"success after the failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(time.Second, 250), LastFailed: attempt(0, 451)}, ""},
+		{"failure older than the window", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(-16*time.Minute, 451)}, ""},
+		{"a dead relay's failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-gone", LastFailed: attempt(0, 451)}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			d := &v1alpha1.DeliveryStatus{Replicas: []v1alpha1.ReplicaDeliveryStatus{tt.replica}}
+			c, clears := deliveryDegraded(d, live, 3, t0.Add(time.Second), 15*time.Minute)
+			switch {
+			case tt.wantReason == "" && c != nil:
+				t.Errorf("condition %s %s, want none", c.Reason, c.Message)
+			case tt.wantReason != "" && c == nil:
+				t.Errorf("no condition, want %s", tt.wantReason)
+			case c != nil && (c.Reason != tt.wantReason || c.ObservedGeneration != 3 || c.Status != metav1.ConditionTrue):
+				t.Errorf("condition %+v, want reason %s at generation 3", c, tt.wantReason)
+			case c != nil && !clears.Equal(tt.replica.LastFailed.Time.Add(15*time.Minute)):
+				t.Errorf("clears at %s, want 15 minutes after the failure", clears)
+			}
+		})
+	}
+}
+
+func TestRelaysFromLeases(t *testing.T) {
+	seconds := int32(30)
+	renewed := metav1.NewMicroTime(t0)
+	lease := func(name, version string) *coordinationv1.Lease {
+		return &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{routing.TableVersionAnnotation: version}},
+			Spec:       coordinationv1.LeaseSpec{RenewTime: &renewed, LeaseDurationSeconds: &seconds},
+		}
+	}
+	if _, ok := relayOf(lease("postgate-operator.postgate.io", "3")); ok {
+		t.Error("the leader-election Lease counts as a relay")
+	}
+	r, ok := relayOf(lease(routing.RelayLeasePrefix+"relay-0", "7"))
+	if !ok || r.name != "relay-0" || r.version != 7 || !r.expires.Equal(t0.Add(30*time.Second)) {
+		t.Errorf("relayOf = %+v, %v", r, ok)
+	}
+	if r, _ := relayOf(lease(routing.RelayLeasePrefix+"relay-1", "garbage")); r.version != 0 {
+		t.Errorf("an unreadable version reads as %d, want 0 (no table)", r.version)
+	}
+}
+
+func TestVersionBookProgrammed(t *testing.T) {
+	key := routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: "ns", Name: "sd"}
+	ref := func(gen int64) routing.ObjectRef {
+		return routing.ObjectRef{Kind: key.Kind, Namespace: key.Namespace, Name: key.Name, UID: "u1", Generation: gen}
+	}
+	b := versionBook{key: {uid: "u1", generation: 2, version: 5}}
+	at := func(versions ...int64) relays {
+		var rs relays
+		for i, v := range versions {
+			rs.live = append(rs.live, relay{name: string(rune('a' + i)), version: v})
+		}
+		return rs
+	}
+	tests := []struct {
+		desc       string
+		obj        routing.ObjectRef
+		rs         relays
+		wantStatus metav1.ConditionStatus
+		wantReason string
+	}{
+		{"no relay", ref(2), at(), metav1.ConditionFalse, v1alpha1.ReasonNoRelays},
+		{"every relay has it", ref(2), at(5, 6), metav1.ConditionTrue, v1alpha1.ReasonProgrammed},
+		{"one relay lags", ref(2), at(6, 4), metav1.ConditionFalse, v1alpha1.ReasonPending},
+		{"a newer generation not published yet", ref(3), at(9), metav1.ConditionFalse, v1alpha1.ReasonPending},
+	}
+	for _, tt := range tests {
+		got := b.programmed(tt.obj, tt.rs, "relays")
+		if got.Status != tt.wantStatus || got.Reason != tt.wantReason {
+			t.Errorf("%s: %s %s (%s), want %s %s", tt.desc, got.Status, got.Reason, got.Message, tt.wantStatus, tt.wantReason)
+		}
+	}
+}
+
+func TestDesiredStatusKeepsTransitionTimes(t *testing.T) {
+	old := metav1.NewTime(t0)
+	cur := view{observedGeneration: 1, conditions: []metav1.Condition{
+		{Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: "Accepted", LastTransitionTime: old, ObservedGeneration: 1},
+		{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: "Pending", LastTransitionTime: old, ObservedGeneration: 1},
+	}}
+	now := t0.Add(time.Hour)
+	want := desiredStatus(cur, []metav1.Condition{
+		{Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: "Accepted", ObservedGeneration: 2},
+		{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: "Programmed", ObservedGeneration: 2},
+	}, nil, 2, now)
+	if got := want.Conditions[0].LastTransitionTime; !got.Equal(&old) {
+		t.Errorf("Accepted stayed True but its transition time moved to %s", got)
+	}
+	if got := want.Conditions[1].LastTransitionTime; !got.Time.Equal(now) {
+		t.Errorf("Programmed turned True at %s, want %s", got, now)
+	}
+	if sameStatus(cur, want) {
+		t.Error("a new generation and a new condition status compare as the same status")
+	}
+	cur2 := view{observedGeneration: 2, conditions: want.Conditions}
+	again := desiredStatus(cur2, []metav1.Condition{want.Conditions[0], want.Conditions[1]}, nil, 2, now.Add(time.Hour))
+	if !sameStatus(cur2, again) || statusHash(again) != statusHash(want) {
+		t.Error("the same status computed later compares as different")
+	}
+}
