@@ -26,7 +26,9 @@ func TestDeliveryDegraded(t *testing.T) {
 	tlsFailed := func(a *v1alpha1.DeliveryAttempt) {
 		a.TLS = &v1alpha1.TransportEncryption{Requested: v1alpha1.TLSPolicyRequired}
 	}
-	noBind := func(a *v1alpha1.DeliveryAttempt) { a.Reply = "dial tcp 192.0.2.7:0->203.0.113.5:25: bind: cannot assign requested address" }
+	noBind := func(a *v1alpha1.DeliveryAttempt) {
+		a.Reply = "dial tcp 192.0.2.7:0->203.0.113.5:25: bind: cannot assign requested address"
+	}
 	tests := []struct {
 		desc       string
 		replica    v1alpha1.ReplicaDeliveryStatus
