@@ -54,6 +54,12 @@ type Options struct {
 	DeliveryWindow time.Duration
 	// StatusWorkers bounds the concurrent status writes; default 8.
 	StatusWorkers int
+	// AckWait is how long the status pass waits, after a publication with
+	// live relays, for them to load the new version (their Lease updates
+	// end the wait early), so that a changed object goes straight to
+	// Programmed=True instead of being written twice; default 2 s, negative
+	// to write at once.
+	AckWait time.Duration
 }
 
 // Reconciler compiles the three kinds and the Secrets they reference,
@@ -80,6 +86,10 @@ type Reconciler struct {
 	compiledAt uint64
 	result     *routing.Result
 	indexLost  atomic.Bool
+	// waitingSince is when the status pass began to wait for AckWait;
+	// zero when it does not wait. A stream of changes cannot put it off
+	// for longer than AckWait.
+	waitingSince time.Time
 
 	stats Stats
 }
@@ -122,6 +132,9 @@ func NewReconciler(c client.Client, cache, direct client.Reader, recorder events
 	}
 	if o.StatusWorkers <= 0 {
 		o.StatusWorkers = 8
+	}
+	if o.AckWait == 0 {
+		o.AckWait = 2 * time.Second
 	}
 	return &Reconciler{
 		client: c, direct: direct, events: recorder, opts: o,
@@ -388,12 +401,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()), "took", time.Since(began))
 		}
 		r.result, r.compiledAt = res, inputs
+		if fresh && len(rs.live) > 0 && r.opts.AckWait > 0 {
+			if r.waitingSince.IsZero() {
+				r.waitingSince = now
+			}
+			if wait := r.opts.AckWait - now.Sub(r.waitingSince); wait > 0 {
+				// The relays load a new version within about a second;
+				// the Lease updates that say so requeue at once.
+				r.collectShards(ctx, rs)
+				return reconcile.Result{RequeueAfter: wait}, nil
+			}
+		}
 	}
-	if n, err := r.pub.collect(ctx, rs.versions()); err != nil {
-		log.Error(err, "Deleting unused shards failed")
-	} else {
-		r.stats.ShardsDeleted.Add(int64(n))
-	}
+	r.collectShards(ctx, rs)
+	r.waitingSince = time.Time{}
 	began := time.Now()
 	clears, err := r.writeStatuses(ctx, objs, rs, now)
 	r.stats.StatusNanos.Store(int64(time.Since(began)))
@@ -408,6 +429,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		return reconcile.Result{}, nil
 	}
 	return reconcile.Result{RequeueAfter: next.Sub(now) + 100*time.Millisecond}, nil
+}
+
+func (r *Reconciler) collectShards(ctx context.Context, rs relays) {
+	if n, err := r.pub.collect(ctx, rs.versions()); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Deleting unused shards failed")
+	} else {
+		r.stats.ShardsDeleted.Add(int64(n))
+	}
 }
 
 // compile reads the policy and the referenced Secrets, generates missing
