@@ -1,0 +1,322 @@
+package delivery
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+)
+
+// connKey identifies the connections that may carry each other's
+// messages: same address, host name (TLS verification), source IP, TLS
+// policy and mode, trust roots and credentials.
+type connKey struct {
+	remote netip.AddrPort
+	host   string
+	source netip.Addr
+	policy v1alpha1.TLSPolicy
+	mode   v1alpha1.TLSMode
+	roots  *x509.CertPool
+	user   string
+}
+
+// session is one SMTP connection after EHLO (and STARTTLS, AUTH).
+type session struct {
+	key    connKey
+	where  string // host[ip]:port, for messages
+	raw    net.Conn
+	c      *smtp.Client
+	local  netip.AddrPort
+	tls    TLSInfo
+	opened time.Time
+	// broken: the connection failed or its state is unknown; never reused.
+	broken bool
+}
+
+// close ends the session, with QUIT when it is healthy.
+func (s *session) close(quit bool) {
+	if quit && !s.broken && s.c != nil {
+		s.c.CommandTimeout = 5 * time.Second
+		_ = s.c.Quit()
+	}
+	_ = s.raw.Close()
+}
+
+// watch closes the connection if ctx ends before stop is called, so that an
+// aborted attempt never waits for a socket timeout.
+func (s *session) watch(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { _ = s.raw.Close() })
+}
+
+// connect opens a session to addr, host's address, as d says. On failure
+// it returns the session too (closed) when a connection was made, for its
+// local address and TLS state.
+func (w *Worker) connect(ctx context.Context, d *destination, host string, addr netip.Addr, plain bool) (*session, *failure) {
+	name := strings.TrimSuffix(host, ".")
+	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
+	where := fmt.Sprintf("%s[%s]:%d", name, addr, d.port)
+	dctx, cancel := context.WithTimeout(ctx, w.opts.Timeouts.Connect)
+	raw, err := w.opts.Dial(dctx, d.source, remote)
+	cancel()
+	if err != nil {
+		if d.source.IsValid() && errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return nil, localFailure(false, CauseSourceIP, "4.4.0",
+				"source address %s is not usable on this host (%v): not connecting to %s", d.source, err, where)
+		}
+		return nil, localFailure(false, CauseConnect, "4.4.1", "connect to %s: %v", where, err)
+	}
+	s := &session{
+		key: d.connKey(host, remote), where: where, raw: raw, opened: w.clock.Now(),
+		tls: TLSInfo{Requested: d.policy, Mode: d.mode},
+	}
+	if a, ok := raw.LocalAddr().(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		s.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	stop := s.watch(ctx)
+	f := w.open(ctx, s, d, name, plain)
+	stop()
+	if f == nil && ctx.Err() != nil {
+		f = localFailure(false, CauseConnect, "4.4.2", "%s: attempt aborted: %v", where, ctx.Err())
+	}
+	if f != nil {
+		s.broken = true
+		_ = raw.Close()
+	}
+	return s, f
+}
+
+// open runs the session up to MAIL: TLS as the policy says, EHLO, AUTH.
+//
+// go-smtp's client can only send STARTTLS after an "EHLO localhost" of its
+// own, and RFC 5321 section 4.1.1.1 wants our name there. So the greeting,
+// the first EHLO and STARTTLS are spoken here (net/textproto), and go-smtp
+// takes the connection after them, reading a stand-in greeting and sending
+// EHLO again, which RFC 3207 section 4.2 requires after TLS anyway.
+func (w *Worker) open(ctx context.Context, s *session, d *destination, name string, plain bool) *failure {
+	var conn net.Conn = &deadlineConn{Conn: s.raw, block: w.opts.Timeouts.DataBlock}
+	cfg := w.tlsConfig(d, name)
+	switch {
+	case d.mode == v1alpha1.TLSModeImplicit:
+		tc := tls.Client(conn, cfg)
+		if f := w.handshake(ctx, tc, s); f != nil {
+			return f
+		}
+		conn = tc
+	case d.policy == v1alpha1.TLSPolicyNone || plain:
+	default:
+		c, f := w.startTLS(ctx, conn, cfg, s, d.policy)
+		if f != nil {
+			return f
+		}
+		conn = c
+	}
+	s.c = smtp.NewClient(conn)
+	s.c.CommandTimeout = w.opts.Timeouts.Command
+	s.c.SubmissionTimeout = w.opts.Timeouts.DataTermination
+	if err := s.c.Hello(w.opts.Hostname); err != nil {
+		return s.failed(err, "at greeting or EHLO")
+	}
+	if d.username != "" {
+		return w.auth(s, d)
+	}
+	return nil
+}
+
+// failed turns an error of the session before MAIL into a failure of the
+// connection: always temporary, whatever the reply, so that the next
+// address is tried and the message stays queued.
+func (s *session) failed(err error, during string) *failure {
+	s.broken = true
+	if e := smtpError(err); e != nil {
+		return remoteFailure(e, CauseConnect, s.where+" refused us "+during).temporary()
+	}
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		return remoteFailure(protoError(te), CauseConnect, s.where+" refused us "+during).temporary()
+	}
+	return localFailure(false, CauseConnect, "4.4.2", "%s: connection lost %s: %v", s.where, during, err)
+}
+
+// protoError converts a textproto reply to go-smtp's.
+func protoError(e *textproto.Error) *smtp.SMTPError {
+	se := &smtp.SMTPError{Code: e.Code, Message: e.Msg}
+	if code, rest, ok := strings.Cut(e.Msg, " "); ok && isEnhanced(code) {
+		_, _ = fmt.Sscanf(code, "%d.%d.%d", &se.EnhancedCode[0], &se.EnhancedCode[1], &se.EnhancedCode[2])
+		se.Message = rest
+	}
+	return se
+}
+
+// tlsConfig returns the client TLS configuration for a host.
+func (w *Worker) tlsConfig(d *destination, name string) *tls.Config {
+	cfg := &tls.Config{ServerName: name}
+	if d.policy == v1alpha1.TLSPolicyVerify {
+		cfg.RootCAs = cmp.Or(d.roots, w.opts.RootCAs)
+		return cfg
+	}
+	// Opportunistic and Required encrypt without authenticating the peer
+	// (RFC 7435): any certificate and any TLS version beats plaintext.
+	cfg.InsecureSkipVerify = true //nolint:gosec // only policy Verify authenticates the peer
+	cfg.MinVersion = tls.VersionTLS10
+	return cfg
+}
+
+// handshake runs the TLS handshake and records what it negotiated.
+func (w *Worker) handshake(ctx context.Context, tc *tls.Conn, s *session) *failure {
+	hctx, cancel := context.WithTimeout(ctx, w.opts.Timeouts.Command)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			return localFailure(false, CauseTLS, "4.7.5", "TLS certificate of %s not verified: %v", s.where, err)
+		}
+		f := localFailure(false, CauseTLS, "4.7.5", "TLS handshake with %s failed: %v", s.where, err)
+		f.plainRetry = true
+		return f
+	}
+	s.tls.Established = true
+	s.tls.Protocol, s.tls.CipherSuite = tlsInfoOf(tc.ConnectionState())
+	return nil
+}
+
+// startTLS reads the greeting, says EHLO and, when the server offers it,
+// STARTTLS (RFC 3207). It returns the connection for go-smtp: TLS, or
+// plaintext when the policy allows it.
+func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s *session, policy v1alpha1.TLSPolicy) (net.Conn, *failure) {
+	required := policy == v1alpha1.TLSPolicyRequired || policy == v1alpha1.TLSPolicyVerify
+	step := func() { _ = conn.SetDeadline(time.Now().Add(w.opts.Timeouts.Command)) }
+	// Replies before TLS are bounded, as go-smtp bounds its lines.
+	limited := &io.LimitedReader{R: conn, N: 64 << 10}
+	tp := textproto.NewConn(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{limited, conn, conn})
+	step()
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return nil, s.failed(err, "at greeting")
+	}
+	step()
+	if err := tp.PrintfLine("EHLO %s", w.opts.Hostname); err != nil {
+		return nil, s.failed(err, "at EHLO")
+	}
+	_, ext, err := tp.ReadResponse(250)
+	starttls := false
+	if err == nil {
+		for _, line := range strings.Split(ext, "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], "STARTTLS") {
+				starttls = true
+			}
+		}
+	} else if te := (*textproto.Error)(nil); !errors.As(err, &te) || (te.Code != 500 && te.Code != 502) {
+		return nil, s.failed(err, "at EHLO")
+	}
+	// (500 or 502 to EHLO: an old server; go-smtp falls back to HELO.)
+	if starttls {
+		step()
+		if err := tp.PrintfLine("STARTTLS"); err != nil {
+			return nil, s.failed(err, "at STARTTLS")
+		}
+		_, _, err := tp.ReadResponse(220)
+		var te *textproto.Error
+		switch {
+		case err == nil:
+		case !errors.As(err, &te):
+			return nil, s.failed(err, "at STARTTLS")
+		case required:
+			return nil, remoteFailure(protoError(te), CauseTLS, "TLS is required, but "+s.where+" refused STARTTLS").temporary()
+		default:
+			starttls = false // refused (454): go on in plaintext, RFC 3207 section 4
+		}
+	}
+	if tp.R.Buffered() > 0 {
+		// Bytes after a reply the client has not answered: a server (or a
+		// man in the middle) injecting commands' replies (RFC 3207 section 5).
+		return nil, localFailure(false, CauseConnect, "4.4.2", "%s sent data ahead of our command", s.where)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if !starttls {
+		if required {
+			return nil, localFailure(false, CauseTLS, "4.7.4", "TLS is required, but %s does not offer STARTTLS", s.where)
+		}
+		return newGreetedConn(conn), nil
+	}
+	tc := tls.Client(conn, cfg)
+	if f := w.handshake(ctx, tc, s); f != nil {
+		return nil, f
+	}
+	return newGreetedConn(tc), nil
+}
+
+// auth authenticates to a smart host with the route's credentials: PLAIN,
+// or LOGIN when only LOGIN is offered, and never without TLS.
+func (w *Worker) auth(s *session, d *destination) *failure {
+	if !s.tls.Established {
+		return localFailure(false, CauseAuth, "4.7.10", "%s: not sending credentials over a connection without TLS", s.where)
+	}
+	var mech sasl.Client
+	switch {
+	case s.c.SupportsAuth(sasl.Plain):
+		mech = sasl.NewPlainClient("", d.username, d.password)
+	case s.c.SupportsAuth(sasl.Login):
+		mech = sasl.NewLoginClient(d.username, d.password)
+	default:
+		_, offered := s.c.Extension("AUTH")
+		return localFailure(false, CauseAuth, "4.7.0", "%s offers no AUTH mechanism we use (PLAIN, LOGIN); it offers %q", s.where, offered)
+	}
+	if err := s.c.Auth(mech); err != nil {
+		if e := smtpError(err); e != nil && e.Code != 421 {
+			return remoteFailure(e, CauseAuth, "authentication to "+s.where+" failed").temporary()
+		}
+		return s.failed(err, "at AUTH")
+	}
+	return nil
+}
+
+// deadlineConn sets a write deadline before each write, so each block of
+// the message has its own timeout (RFC 5321 section 4.5.3.2.5) while
+// go-smtp leaves writes of DATA unbounded.
+type deadlineConn struct {
+	net.Conn
+	block time.Duration
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(c.block)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// greetedConn hands go-smtp a connection whose greeting was already read
+// (and STARTTLS done): its first read is a stand-in 220.
+type greetedConn struct {
+	net.Conn
+	greeting *strings.Reader
+}
+
+func newGreetedConn(c net.Conn) *greetedConn {
+	return &greetedConn{Conn: c, greeting: strings.NewReader("220 greeting read before STARTTLS\r\n")}
+}
+
+func (c *greetedConn) Read(p []byte) (int, error) {
+	if c.greeting.Len() > 0 {
+		return c.greeting.Read(p)
+	}
+	return c.Conn.Read(p)
+}

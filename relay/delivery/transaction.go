@@ -1,0 +1,190 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postgate/postgate/relay/queue"
+)
+
+// transaction sends msg to d's recipients over s: MAIL FROM, one RCPT TO
+// per recipient (the address exactly as the client gave it), DATA. It
+// fills t per recipient. It returns a failure, with t to be discarded,
+// when the host failed before it took responsibility for anything (421,
+// a lost connection before the end of data): the next address may take
+// the message instead.
+func (w *Worker) transaction(ctx context.Context, s *session, msg *queue.Message, d *destination, body bodyFunc, t *outcome) *failure {
+	env := &msg.Envelope
+	opts := &smtp.MailOptions{Size: msg.Size, Return: smtp.DSNReturn(env.Ret)}
+	if printableASCII(env.EnvID) {
+		opts.EnvelopeID = env.EnvID
+	}
+	if env.SMTPUTF8 {
+		if ok, _ := s.c.Extension("SMTPUTF8"); ok {
+			opts.UTF8 = true
+		} else if !asciiEnvelope(env, d.rcpts) {
+			// RFC 6531 section 3.2: an address that needs SMTPUTF8
+			// cannot go to a server without it.
+			t.failAll(localFailure(true, CauseMessage, "5.6.7", "an address needs SMTPUTF8 (RFC 6531), which %s does not offer", s.where))
+			return nil
+		}
+	}
+	if err := s.c.Mail(env.From, opts); err != nil {
+		return commandFailed(s, err, "MAIL FROM", t.failAll)
+	}
+	var accepted []int
+	for i, idx := range d.rcpts {
+		rcpt := env.To[idx]
+		err := s.c.Rcpt(rcpt.Addr, rcptOptions(rcpt))
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		if f := commandFailed(s, err, "RCPT TO", func(f *failure) { t.fail(i, f) }); f != nil {
+			return f
+		}
+	}
+	if len(accepted) == 0 {
+		return nil // the next transaction on s starts with RSET
+	}
+	failAccepted := func(f *failure) {
+		for _, i := range accepted {
+			t.fail(i, f)
+		}
+	}
+	wc, err := s.c.Data()
+	if err != nil {
+		return commandFailed(s, err, "DATA", failAccepted)
+	}
+	if f := w.copyBody(ctx, s, wc, body); f != nil {
+		if f.cause == CauseConnect {
+			return f
+		}
+		failAccepted(f)
+		return nil
+	}
+	resp, err := wc.CloseWithResponse()
+	switch e := smtpError(err); {
+	case err == nil:
+		for _, i := range accepted {
+			t.sent(i, successReply(resp.StatusText))
+		}
+	case e != nil && e.Code != 421:
+		failAccepted(remoteFailure(e, CauseReply, ""))
+	case e != nil:
+		s.broken = true
+		return remoteFailure(e, CauseConnect, s.where+" closed the session after the message").temporary()
+	default:
+		// The message went out and no reply came: the next hop may have
+		// it. Deferred: a duplicate is better than a loss (RFC 5321
+		// section 4.1.1.4 leaves no other choice).
+		s.broken = true
+		failAccepted(localFailure(false, CauseConnect, "4.4.2", "%s: no reply to the end of data: %v", s.where, err))
+	}
+	return nil
+}
+
+// commandFailed handles an error to a command: a reply other than 421
+// decides for the recipients it concerns (record), anything else fails
+// the session and is returned.
+func commandFailed(s *session, err error, cmd string, record func(*failure)) *failure {
+	if e := smtpError(err); e != nil && e.Code != 421 {
+		record(remoteFailure(e, CauseReply, ""))
+		return nil
+	}
+	return s.failed(err, "at "+cmd)
+}
+
+// copyBody streams the message as stored into DATA. A body that cannot be
+// read, or has bytes unsafe for the wire, aborts the transaction: the
+// connection is closed before the final dot, so the next hop discards what
+// it got (RFC 5321 section 4.1.1.4 has no other way out of DATA).
+func (w *Worker) copyBody(ctx context.Context, s *session, wc io.Writer, body bodyFunc) *failure {
+	rc, err := body(ctx)
+	if err != nil {
+		s.broken = true
+		_ = s.raw.Close()
+		return bodyFailure(err)
+	}
+	defer func() { _ = rc.Close() }()
+	src := &wireCheck{r: rc}
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := wc.Write(buf[:n]); werr != nil {
+				return s.failed(werr, "while sending the message")
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			return nil
+		}
+		if rerr != nil {
+			s.broken = true
+			_ = s.raw.Close()
+			return bodyFailure(rerr)
+		}
+	}
+}
+
+// bodyFailure is a message that cannot be read or sent: permanent when the
+// stored bytes are bad, temporary otherwise (storage, shutdown).
+func bodyFailure(err error) *failure {
+	if errors.Is(err, errUnsafe) || errors.Is(err, queue.ErrCorrupt) {
+		return localFailure(true, CauseMessage, "5.6.0", "message not sent: %v", err)
+	}
+	return localFailure(false, CauseMessage, "4.3.0", "cannot read the queued message: %v", err)
+}
+
+// rcptOptions passes the DSN parameters of a recipient on (RFC 3461); go-smtp
+// drops them when the next hop does not offer DSN.
+func rcptOptions(r queue.Rcpt) *smtp.RcptOptions {
+	o := &smtp.RcptOptions{}
+	for _, n := range r.Notify {
+		o.Notify = append(o.Notify, smtp.DSNNotify(n))
+	}
+	if typ, addr, ok := strings.Cut(r.ORcpt, ";"); ok && addr != "" {
+		switch {
+		case strings.EqualFold(typ, string(smtp.DSNAddressTypeRFC822)) && printableASCII(addr):
+			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+		case strings.EqualFold(typ, string(smtp.DSNAddressTypeUTF8)):
+			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+		}
+	}
+	if len(o.Notify) == 0 && o.OriginalRecipient == "" {
+		return nil
+	}
+	return o
+}
+
+// printableASCII is go-smtp's condition on xtext values; anything else
+// would make it refuse the whole command.
+func printableASCII(s string) bool {
+	for i := range len(s) {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiEnvelope reports whether the sender and the recipients at idx are
+// ASCII, so that the message may go to a server without SMTPUTF8.
+func asciiEnvelope(env *queue.Envelope, idx []int) bool {
+	addrs := []string{env.From}
+	for _, i := range idx {
+		addrs = append(addrs, env.To[i].Addr)
+	}
+	for _, a := range addrs {
+		for j := range len(a) {
+			if a[j] >= 0x80 {
+				return false
+			}
+		}
+	}
+	return true
+}
