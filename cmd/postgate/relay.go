@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/postgate/postgate/relay/follow"
+	"github.com/postgate/postgate/relay/message"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/smtpd"
@@ -76,7 +77,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	host, _ := os.Hostname()
 	fs.StringVar(&f.smtpAddr, "smtp-bind-address", ":2525", "address of the SMTP listener (STARTTLS when a key pair is given)")
 	fs.StringVar(&f.smtpsAddr, "smtps-bind-address", "", "address of the implicit-TLS listener, as on port 465 (off when empty)")
-	fs.StringVar(&f.spoolDir, "spool-dir", "./postgate-spool", "directory of the durable queue, generated keys and the last good table")
+	fs.StringVar(&f.spoolDir, "spool-dir", "./postgate-spool", "directory of the durable queue, generated keys, staging of messages being signed, and the last good table")
 	fs.StringVar(&f.hostname, "hostname", host, "host name in the greeting and in Received headers")
 	fs.Var(&f.manifests, "manifests", "standalone mode: a manifest file or directory (repeatable)")
 	fs.StringVar(&f.relayNamespace, "relay-namespace", "", "cluster mode: the namespace where the operator publishes the table")
@@ -180,7 +181,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(ctx, qdir, queue.Options{Logger: logger, MaxBodyBytes: f.maxMessageBytes + 1<<20, Lifetime: routing.DefaultMaxQueueLifetime})
+	q, err := queue.Open(ctx, qdir, queue.Options{Logger: logger, MaxBodyBytes: f.maxMessageBytes + message.MaxPrepended, Lifetime: routing.DefaultMaxQueueLifetime})
 	if err != nil {
 		return err
 	}
@@ -194,7 +195,12 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 		}
 		tlsConfig = r.TLSConfig()
 	}
+	stageDir := filepath.Join(f.spoolDir, "staging")
+	if err := os.MkdirAll(stageDir, 0o700); err != nil {
+		return err
+	}
 	srv, err := smtpd.New(smtpd.Config{
+		StageDir: stageDir,
 		Hostname: f.hostname, Tables: tables, Spool: smtpd.QueueSpool{Queue: q}, TLS: tlsConfig,
 		ProxyCIDRs: proxies, MaxMessageBytes: f.maxMessageBytes, MaxRecipients: f.maxRecipients,
 		MaxConnections: f.maxConns, MaxConnectionsPerClient: f.maxConnsPerPeer, Logger: logger,

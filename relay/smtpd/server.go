@@ -88,7 +88,14 @@ type Config struct {
 	// without CRLF (default 2000). RFC 5321 section 4.5.3.1.6 caps text
 	// lines at 998, so every conforming message passes.
 	MaxLineLength int
-	Logger        *slog.Logger
+	// StageDir holds the temporary file of a message being DKIM-signed
+	// when it does not fit in memory (relay/message). Required when any
+	// domain signs.
+	StageDir string
+	// Now is the clock of Received and added Date fields; default
+	// time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -115,6 +122,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 

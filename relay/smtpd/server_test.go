@@ -1,11 +1,21 @@
 package smtpd
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-msgauth/dkim"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 )
@@ -31,8 +41,16 @@ func TestAdmittedMessageIsQueuedVerbatim(t *testing.T) {
 	if m.env.Client.Addr() != addr4("127.0.0.10") || m.env.Helo != "client.test" || m.env.MailOptions.Size != 100 {
 		t.Errorf("envelope: %+v", m.env)
 	}
-	if want := "Subject: hi\r\n\r\n.leading dot\r\nbye\r\n"; string(m.body) != want {
-		t.Errorf("body %q, want %q (dot-unstuffed, CRLF kept)", m.body, want)
+	// The client's bytes are kept as they were (dot-unstuffed, CRLF kept);
+	// the relay only prepends its Received field and the Message-ID and
+	// Date the client did not give.
+	if want := "Subject: hi\r\n\r\n.leading dot\r\nbye\r\n"; !strings.HasSuffix(string(m.body), "\r\n"+want) {
+		t.Errorf("body %q does not end with the client's message %q", m.body, want)
+	}
+	for _, prefix := range []string{"Received: from client.test ([127.0.0.10])\r\n\tby relay.test (postgate) with ESMTP", "Message-ID: <", "Date: "} {
+		if !strings.Contains(string(m.body), "\n"+prefix) && !strings.HasPrefix(string(m.body), prefix) {
+			t.Errorf("body lacks %q:\n%s", prefix, m.body)
+		}
 	}
 }
 
@@ -346,5 +364,47 @@ func TestNoTableYet(t *testing.T) {
 	c.expect("RCPT TO:<bob@dest.test>\r\n", 451, "4.3.2 Relay not ready")
 	if n := len(spool.all()); n != 0 {
 		t.Errorf("%d messages queued, want none", n)
+	}
+}
+
+// TestSignsAtAccept: a signing domain's mail is queued with its
+// DKIM-Signature (DESIGN.md contract 5), verified here with go-msgauth
+// against the record the compiler publishes.
+func TestSignsAtAccept(t *testing.T) {
+	in := testInput()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	in.Secrets = append(in.Secrets, corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "dkim"},
+		Data:       map[string][]byte{"private.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})},
+	})
+	in.SenderDomains[0].Spec.Signing = &v1alpha1.DKIMSigning{Selector: "s1", Algorithm: v1alpha1.DKIMAlgorithmEd25519,
+		KeySecretRef: &v1alpha1.SecretKeyReference{Name: "dkim"}}
+	result := routing.Compile(in, nil)
+	record := result.Verdict(routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: "app", Name: "example"}).DKIM
+	ts := &tables{}
+	ts.p.Store(result.Table)
+	addr, spool, _ := testServer(t, Config{Tables: ts, StageDir: t.TempDir()})
+
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	c.expect("From: alice@example.com\r\nTo: bob@dest.test\r\nSubject: signed\r\n\r\nhello\r\n.\r\n", 250, "queued")
+	body := spool.all()[0].body
+	if !strings.HasPrefix(string(body), "DKIM-Signature:") {
+		t.Fatalf("queued message does not start with its signature:\n%s", body)
+	}
+	verifications, err := dkim.VerifyWithOptions(bytes.NewReader(body), &dkim.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) {
+			if name != record.Name {
+				return nil, fmt.Errorf("unexpected lookup %s", name)
+			}
+			return []string{record.Value}, nil
+		},
+	})
+	if err != nil || len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "example.com" {
+		t.Fatalf("DKIM verification: %v %+v", err, verifications)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/postgate/postgate/relay/message"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 )
@@ -175,8 +176,23 @@ func (s *session) Data(r io.Reader) error {
 	if st, ok := s.conn.TLSConnectionState(); ok {
 		env.TLS = &st
 	}
-	body := newBodyChecker(r, s.s.cfg.MaxLineLength)
-	id, err := s.s.cfg.Spool.Enqueue(context.Background(), env, body)
+	ctx := context.Background()
+	// Received, Message-ID and Date when missing, and the DKIM signature of
+	// a signing domain, are added now, at accept time (DESIGN.md contract
+	// 5): the queued message carries them. The bytes are checked first.
+	params := message.Params{
+		Hostname: s.s.cfg.Hostname, Helo: env.Helo, Client: env.Client, TLS: env.TLS, Identity: env.Identity,
+		Recipients: env.To, Now: s.s.cfg.Now(), StageDir: s.s.cfg.StageDir,
+	}
+	if d := s.table().Lookup(s.from).Domain; d != nil && d.DKIM != nil {
+		params.SenderDomain, params.DKIM = d.Name, d.DKIM
+	}
+	prepared, err := message.Prepare(ctx, newBodyChecker(r, s.s.cfg.MaxLineLength), params)
+	var id string
+	if err == nil {
+		id, err = s.s.cfg.Spool.Enqueue(ctx, env, prepared)
+		_ = prepared.Close()
+	}
 	var be *bodyError
 	switch {
 	case err == nil:
@@ -192,8 +208,10 @@ func (s *session) Data(r io.Reader) error {
 		// against SMTP smuggling.
 		s.s.cfg.Logger.Info("Message bytes refused", "client", s.client, "reason", be.Error())
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: fmt.Sprintf("Message refused: %s; lines must end with CRLF and contain no NUL (RFC 5321 section 2.3.8)", be)}
-	case errors.Is(err, smtp.ErrDataTooLarge):
+	case errors.Is(err, smtp.ErrDataTooLarge), errors.Is(err, message.ErrHeaderTooLarge):
 		return smtp.ErrDataTooLarge
+	case errors.Is(err, message.ErrMalformed):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message refused: the header begins with a folded continuation line"}
 	case errors.Is(err, smtp.ErrTooLongLine):
 		// The stream can no longer be parsed safely: answer and close.
 		if s.cc != nil {
