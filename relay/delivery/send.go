@@ -172,7 +172,7 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, ho
 	if s == nil {
 		var f *failure
 		s, f = w.connect(ctx, d, host, addr, false)
-		if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic {
+		if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
 			// Opportunistic TLS that fails its handshake: once more in
 			// plaintext, on a new connection, as the policy allows.
 			if s != nil {

@@ -129,6 +129,16 @@ func (w *Worker) open(ctx context.Context, s *session, d *destination, name stri
 	s.c.CommandTimeout = w.opts.Timeouts.Command
 	s.c.SubmissionTimeout = w.opts.Timeouts.DataTermination
 	if err := s.c.Hello(w.opts.Hostname); err != nil {
+		var oe *net.OpError
+		if s.tls.Established && errors.As(err, &oe) && oe.Op == "remote error" {
+			// With TLS 1.3 the server's verdict on the handshake (a
+			// client certificate it wanted, say) arrives with the first
+			// read after it: a handshake failure all the same.
+			s.broken = true
+			f := localFailure(false, CauseTLS, "4.7.5", "TLS with %s failed: %v", s.where, err)
+			f.plainRetry = true
+			return f
+		}
 		return s.failed(err, "at greeting or EHLO")
 	}
 	if d.username != "" {
