@@ -280,7 +280,7 @@ func signAndStage(signer *dkim.Signer, st *stage, added, hdr []byte, body io.Rea
 	return st.reader()
 }
 
-// source reads the client's message, wrapping its errors and honouring ctx.
+// source reads the client's message, wrapping its errors and honoring ctx.
 type source struct {
 	ctx context.Context
 	r   io.Reader
@@ -291,7 +291,7 @@ func (s source) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		err = fmt.Errorf("reading the message: %w", err)
 	}
 	return n, err

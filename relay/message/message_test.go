@@ -163,7 +163,7 @@ func TestUnsignedStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
+	defer func() { _ = out.Close() }()
 	if in.n > 64<<10 {
 		t.Errorf("Prepare read %d bytes of an unsigned message before returning; want the header only", in.n)
 	}
@@ -232,10 +232,10 @@ func TestReadErrorsWrapped(t *testing.T) {
 					if err != nil {
 						t.Fatalf("Prepare: %v", err)
 					}
-					defer out.Close()
+					defer func() { _ = out.Close() }()
 					_, err = io.ReadAll(out)
 				} else if err == nil {
-					out.Close()
+					_ = out.Close()
 					t.Fatal("Prepare succeeded")
 				}
 				var be *bodyError
@@ -276,7 +276,7 @@ func TestHeaderLimits(t *testing.T) {
 				if !strings.HasSuffix(string(got), tt.msg) {
 					t.Error("the client's message changed")
 				}
-				out.Close()
+				_ = out.Close()
 			}
 		})
 	}
@@ -319,7 +319,7 @@ func TestParamsRefused(t *testing.T) {
 			in := &countingReader{r: strings.NewReader(dated)}
 			out, err := Prepare(context.Background(), in, p)
 			if err == nil {
-				out.Close()
+				_ = out.Close()
 				t.Fatal("Prepare succeeded")
 			}
 			t.Log(err)
@@ -358,8 +358,13 @@ func TestMaxPrepended(t *testing.T) {
 		p.Recipients = []string{strings.Repeat("r", 64) + "@" + strings.Repeat("d", 191)}
 		p.Hostname = strings.Repeat("h", 255)
 		p.DKIM, p.SenderDomain = k.dkim, strings.Repeat("s", 253)
-		out, _ := prepare(t, []byte(msg), p)
+		out, got := prepare(t, []byte(msg), p)
 		t.Logf("%s: %d bytes prepended", k.name, out.Prepended)
+		for _, line := range strings.Split(string(got[:out.Prepended]), "\r\n") {
+			if len(line) > 998 {
+				t.Errorf("%s: prepended line of %d octets, over 998", k.name, len(line))
+			}
+		}
 		if out.Prepended > MaxPrepended {
 			t.Errorf("%s: %d bytes prepended, more than MaxPrepended %d", k.name, out.Prepended, MaxPrepended)
 		}

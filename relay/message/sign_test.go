@@ -158,7 +158,7 @@ func TestSignSmallStaysInMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
+	defer func() { _ = out.Close() }()
 	if out.stage.f != nil {
 		t.Error("a small message went to the staging file")
 	}
