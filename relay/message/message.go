@@ -249,7 +249,13 @@ func (p *Params) check() error {
 // signAndStage hashes added fields and the client's message, staging the
 // client's body (the header is already in memory), and returns a reader of
 // the staged body.
-func signAndStage(signer *dkim.Signer, st *stage, added, hdr []byte, body io.Reader) (io.Reader, error) {
+func signAndStage(signer *dkim.Signer, st *stage, added, hdr []byte, body io.Reader) (_ io.Reader, err error) {
+	closed := false
+	defer func() {
+		if !closed {
+			_ = signer.Close() // ends the signer's goroutine
+		}
+	}()
 	if _, err := signer.Write(added); err != nil {
 		return nil, err
 	}
@@ -274,6 +280,7 @@ func signAndStage(signer *dkim.Signer, st *stage, added, hdr []byte, body io.Rea
 			return nil, rerr
 		}
 	}
+	closed = true
 	if err := signer.Close(); err != nil {
 		return nil, err
 	}

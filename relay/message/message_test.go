@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/routing"
@@ -225,6 +227,7 @@ func TestReadErrorsWrapped(t *testing.T) {
 			t.Run(tt.name+"/"+want.Error(), func(t *testing.T) {
 				p := baseParams(t)
 				if tt.signed {
+					checkNoLeak(t)
 					p.DKIM, p.SenderDomain = key.dkim, "example.com"
 				}
 				out, err := Prepare(context.Background(), &failingReader{strings.NewReader(tt.msg), want}, p)
@@ -369,4 +372,19 @@ func TestMaxPrepended(t *testing.T) {
 			t.Errorf("%s: %d bytes prepended, more than MaxPrepended %d", k.name, out.Prepended, MaxPrepended)
 		}
 	}
+}
+
+// checkNoLeak fails when goroutines are left over (the DKIM signer runs
+// one per message) once the test is done.
+func checkNoLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		for range 100 {
+			if runtime.NumGoroutine() <= before {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("%d goroutines left, %d before", runtime.NumGoroutine(), before)
+	})
 }
