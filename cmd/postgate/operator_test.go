@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,15 +37,10 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// TestOperatorCommand runs `postgate operator` as a process against a real
-// API server, with leader election, metrics and probes on 127.0.0.1: it
-// takes the leader Lease, publishes the table, writes status, serves
-// /healthz and /metrics, and exits 0 on SIGTERM.
-func TestOperatorCommand(t *testing.T) {
-	bin, err := buildPostgate()
-	if err != nil {
-		t.Fatal(err)
-	}
+// operatorCluster starts an API server with the namespaces postgate-system
+// and tenant, and returns a client.
+func operatorCluster(t *testing.T) (*testenv.APIServer, client.Client) {
+	t.Helper()
 	api := testenv.StartAPIServer(t)
 	scheme := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(scheme)
@@ -53,39 +49,91 @@ func TestOperatorCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	for _, ns := range []string{"postgate-system", "tenant"} {
-		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	metrics, probes := freeAddr(t), freeAddr(t)
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "operator", "--kubeconfig", api.Kubeconfig, "--leader-elect",
-		"--operator-namespace", "postgate-system", "--relay-namespace", "postgate-system",
-		"--metrics-bind-address", metrics, "--health-probe-bind-address", probes)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	return api, c
+}
+
+// lockedBuffer is a log a process writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// operatorProcess is a running `postgate operator`.
+type operatorProcess struct {
+	cmd    *exec.Cmd
+	exited chan error
+	log    *lockedBuffer
+}
+
+func startOperatorProcess(t *testing.T, kubeconfig string, args ...string) *operatorProcess {
+	t.Helper()
+	bin, err := buildPostgate()
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	p := &operatorProcess{exited: make(chan error, 1), log: &lockedBuffer{}}
+	p.cmd = exec.Command(bin, append([]string{"operator", "--kubeconfig", kubeconfig, "--leader-elect",
+		"--operator-namespace", "postgate-system", "--relay-namespace", "postgate-system"}, args...)...)
+	p.cmd.Stderr = p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			t.Logf("operator stopped: %v", <-exited)
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			t.Logf("operator stopped: %v", <-p.exited)
 		}
 		if t.Failed() {
-			t.Logf("operator log:\n%s", stderr.String())
+			t.Logf("operator log:\n%s", p.log.String())
 		}
 	})
+	return p
+}
 
-	sd := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "sd"}, Spec: v1alpha1.SenderDomainSpec{Domain: "tenant.example.com"}}
-	if err := c.Create(ctx, sd); err != nil {
+// terminate sends SIGTERM and waits, bounded, for exit status 0.
+func (p *operatorProcess) terminate(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the operator did not exit within 30s of SIGTERM")
+	}
+}
+
+func (p *operatorProcess) leads() bool {
+	return strings.Contains(strings.ToLower(p.log.String()), "successfully acquired lease")
+}
+
+// waitNoRelays waits until the SenderDomain has its status from an operator.
+func waitNoRelays(t *testing.T, c client.Client, name string) {
+	t.Helper()
+	var sd v1alpha1.SenderDomain
 	poll(t, func() string {
-		if err := c.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: "sd"}, sd); err != nil {
+		if err := c.Get(context.Background(), types.NamespacedName{Namespace: "tenant", Name: name}, &sd); err != nil {
 			return err.Error()
 		}
 		for _, cond := range sd.Status.Conditions {
@@ -93,8 +141,30 @@ func TestOperatorCommand(t *testing.T) {
 				return ""
 			}
 		}
-		return fmt.Sprintf("conditions %v", sd.Status.Conditions)
+		return fmt.Sprintf("%s: conditions %v", name, sd.Status.Conditions)
 	})
+}
+
+func createSenderDomain(t *testing.T, c client.Client, name string) {
+	t.Helper()
+	sd := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: name},
+		Spec: v1alpha1.SenderDomainSpec{Domain: v1alpha1.DomainName(name + ".example.com")}}
+	if err := c.Create(context.Background(), sd); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOperatorCommand runs `postgate operator` as a process against a real
+// API server, with leader election, metrics and probes on 127.0.0.1: it
+// takes the leader Lease, publishes the table, writes status, serves
+// /healthz and /metrics, and exits 0 on SIGTERM.
+func TestOperatorCommand(t *testing.T) {
+	api, c := operatorCluster(t)
+	metrics, probes := freeAddr(t), freeAddr(t)
+	p := startOperatorProcess(t, api.Kubeconfig, "--metrics-bind-address", metrics, "--health-probe-bind-address", probes)
+	createSenderDomain(t, c, "sd")
+	waitNoRelays(t, c, "sd")
+	ctx := context.Background()
 	var lease coordinationv1.Lease
 	if err := c.Get(ctx, types.NamespacedName{Namespace: "postgate-system", Name: operatorLeaderElectionID}, &lease); err != nil {
 		t.Errorf("leader Lease: %v", err)
@@ -109,18 +179,44 @@ func TestOperatorCommand(t *testing.T) {
 			t.Errorf("GET %s: %v, body lacks %q", url, err, want)
 		}
 	}
+	p.terminate(t)
+}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+// TestOperatorLeaderHandover: of two operators with --leader-elect, one
+// works; when it stops, it releases the Lease and the other takes over and
+// continues the table's version sequence.
+func TestOperatorLeaderHandover(t *testing.T) {
+	api, c := operatorCluster(t)
+	a := startOperatorProcess(t, api.Kubeconfig, "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
+	b := startOperatorProcess(t, api.Kubeconfig, "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
+	createSenderDomain(t, c, "first")
+	waitNoRelays(t, c, "first")
+	leader, standby := a, b
+	if b.leads() {
+		leader, standby = b, a
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v", err)
+	if !leader.leads() || standby.leads() {
+		t.Fatalf("leaders: a %v, b %v; want exactly one", a.leads(), b.leads())
+	}
+	version := func() string {
+		var s corev1.Secret
+		if err := c.Get(context.Background(), types.NamespacedName{Namespace: "postgate-system", Name: routing.IndexSecretName}, &s); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the operator did not exit within 30s of SIGTERM")
+		return string(s.Data[routing.IndexDataKey])
 	}
+	before := version()
+	leader.terminate(t)
+	createSenderDomain(t, c, "second")
+	waitNoRelays(t, c, "second")
+	if !standby.leads() {
+		t.Error("the standby wrote status without leading")
+	}
+	after := version()
+	if !strings.Contains(before, `"version":1,`) || !strings.Contains(after, `"version":2,`) {
+		t.Errorf("index before the handover %s, after %s: want versions 1 then 2", before, after)
+	}
+	standby.terminate(t)
 }
 
 func httpGet(url string) (string, error) {
