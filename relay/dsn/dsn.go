@@ -19,6 +19,7 @@ package dsn
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/base32"
 	"fmt"
@@ -51,6 +52,14 @@ type Params struct {
 	// MaxFull bounds the original message returned with RET=FULL; 0 means
 	// DefaultMaxFull.
 	MaxFull int64
+	// RemoteMTA is the host whose reply decided the reported recipients'
+	// fate (Remote-MTA, RFC 3464 section 2.3.5), "" when none did (a DNS
+	// failure, an expiry without a reply).
+	RemoteMTA string
+	// LastAttempt, when set, is the Last-Attempt-Date of every reported
+	// recipient: the attempt that decided. Otherwise each recipient's
+	// RecipientStatus.LastAttempt is used.
+	LastAttempt time.Time
 }
 
 // Notification is a DSN ready to be queued.
@@ -231,9 +240,16 @@ func humanText(p Params, msg queue.Message, report []int, full, wantFull bool) s
 		if rs.State == queue.Expired {
 			line += "delivery time expired, the message stayed in the queue too long"
 			if r := rs.Reply.String(); r != "" {
-				line += "; last reply: " + r
+				if remote := remoteMTA(p.RemoteMTA); remote != "" && rs.Reply.Code != 0 {
+					line += "; last reply from " + remote + ": " + r
+				} else {
+					line += "; last reply: " + r
+				}
 			}
 		} else if r := rs.Reply.String(); r != "" {
+			if remote := remoteMTA(p.RemoteMTA); remote != "" && rs.Reply.Code != 0 {
+				line += "host " + remote + " said: "
+			}
 			line += r
 		} else {
 			line += "delivery failed permanently"
@@ -265,17 +281,29 @@ func statusFields(p Params, msg queue.Message, report []int) []byte {
 		writeField(&b, "Final-Recipient", typedAddress(rcpt.Addr))
 		writeField(&b, "Action", "failed")
 		writeField(&b, "Status", status(rs))
+		if remote := remoteMTA(p.RemoteMTA); remote != "" {
+			writeField(&b, "Remote-MTA", "dns; "+remote)
+		}
 		switch {
 		case rs.Reply.Code != 0:
 			writeField(&b, "Diagnostic-Code", "smtp; "+asciiOnly(rs.Reply.String()))
 		case rs.Reply.String() != "":
 			writeField(&b, "Diagnostic-Code", "X-Postgate; "+asciiOnly(rs.Reply.String()))
 		}
-		if !rs.LastAttempt.IsZero() {
-			writeField(&b, "Last-Attempt-Date", rs.LastAttempt.Format(dateLayout))
+		if t := cmp.Or(p.LastAttempt, rs.LastAttempt); !t.IsZero() {
+			writeField(&b, "Last-Attempt-Date", t.Format(dateLayout))
 		}
 	}
 	return b.Bytes()
+}
+
+// remoteMTA returns the host name when it can stand in a field as it is,
+// "" otherwise.
+func remoteMTA(host string) string {
+	if len(host) > 255 || !isPrintableASCII(host) || strings.ContainsAny(host, ";()<>") {
+		return ""
+	}
+	return host
 }
 
 // status is the RFC 3463 code of a failed recipient: the reply's own when

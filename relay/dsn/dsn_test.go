@@ -336,6 +336,47 @@ func TestRecipientFields(t *testing.T) {
 	}
 }
 
+func TestRemoteMTAAndTime(t *testing.T) {
+	attempt := time.Date(2026, 3, 14, 7, 59, 30, 0, time.UTC)
+	tests := []struct {
+		name       string
+		remote     string
+		status     queue.RecipientStatus
+		wantRemote string
+		wantHuman  string
+	}{
+		{"failed", "mx1.example.net", newMessage().Recipients[0], "dns; mx1.example.net", "<bob@example.net>: host mx1.example.net said: 550 5.1.1 No such user"},
+		{"expired", "mx1.example.net", expired, "dns; mx1.example.net", "last reply from mx1.example.net: 451 4.4.1 try again later"},
+		{"no remote", "", newMessage().Recipients[0], "", "<bob@example.net>: 550 5.1.1 No such user"},
+		{"local reply names no host", "mx1.example.net", queue.RecipientStatus{State: queue.Failed, Reply: queue.Reply{Enhanced: "5.1.10", Text: "null MX"}},
+			"dns; mx1.example.net", "<bob@example.net>: 5.1.10 null MX"},
+		{"unusable host name left out", "mx1 (evil)", newMessage().Recipients[0], "", "<bob@example.net>: 550 5.1.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMessage()
+			m.Recipients[0] = tt.status
+			p := params()
+			p.RemoteMTA, p.LastAttempt = tt.remote, attempt
+			n, err := Build(p, m, []int{0}, strings.NewReader(original))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Parse(bytes.NewReader(n.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := rep.PerRecipient[0]
+			if r.Get("Remote-MTA") != tt.wantRemote || r.Get("Last-Attempt-Date") != "Sat, 14 Mar 2026 07:59:30 +0000" {
+				t.Errorf("Remote-MTA %q, Last-Attempt-Date %q", r.Get("Remote-MTA"), r.Get("Last-Attempt-Date"))
+			}
+			if !strings.Contains(rep.Human, tt.wantHuman) {
+				t.Errorf("human text lacks %q:\n%s", tt.wantHuman, rep.Human)
+			}
+		})
+	}
+}
+
 func TestReturnedContent(t *testing.T) {
 	hdrOf := func(s string) string { return s[:strings.Index(s, "\r\n\r\n")+2] }
 	big := "From: a@example.com\r\nSubject: big\r\n\r\n" + strings.Repeat(strings.Repeat("z", 78)+"\r\n", 4000) // 320 KB

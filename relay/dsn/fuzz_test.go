@@ -44,11 +44,11 @@ func FuzzParse(f *testing.F) {
 // the queue stores them: printable UTF-8 fields, CRLF-clean messages) and
 // checks the wire format and that Parse reads back what went in.
 func FuzzBuild(f *testing.F) {
-	f.Add("alice@example.com", "bob@example.net", "", "", "No such user", 550, "5.1.1", false, true, []byte(original))
-	f.Add("jürgen@example.com", "ñandú@example.net", "UTF-8;ñandú@example.net", "env+1", "über", 0, "", true, false, []byte("Subject: Grüße\r\n\r\n\xff"))
-	f.Add("a@b", "c@d", "rfc822;c@d", "x", strings.Repeat("long ", 120), 451, "4.4.1", true, false, []byte(strings.Repeat("X: y\r\n", 300)))
-	f.Fuzz(func(t *testing.T, from, rcpt, orcpt, envid, text string, code int, enhanced string, full, expire bool, orig []byte) {
-		for _, s := range []string{from, rcpt, orcpt, envid, text, enhanced} {
+	f.Add("alice@example.com", "bob@example.net", "", "", "No such user", 550, "5.1.1", "mx.example.net", false, true, []byte(original))
+	f.Add("jürgen@example.com", "ñandú@example.net", "UTF-8;ñandú@example.net", "env+1", "über", 0, "", "", true, false, []byte("Subject: Grüße\r\n\r\n\xff"))
+	f.Add("a@b", "c@d", "rfc822;c@d", "x", strings.Repeat("long ", 120), 451, "4.4.1", "h (x)", true, false, []byte(strings.Repeat("X: y\r\n", 300)))
+	f.Fuzz(func(t *testing.T, from, rcpt, orcpt, envid, text string, code int, enhanced, remote string, full, expire bool, orig []byte) {
+		for _, s := range []string{from, rcpt, orcpt, envid, text, enhanced, remote} {
 			if !storable(s) {
 				return
 			}
@@ -67,7 +67,7 @@ func FuzzBuild(f *testing.F) {
 			m.Envelope.Ret = "FULL"
 		}
 		p := params()
-		p.MaxFull = 4 << 10
+		p.MaxFull, p.RemoteMTA = 4<<10, remote
 		n, err := Build(p, m, []int{0}, bytes.NewReader(orig))
 		if err != nil || n == nil {
 			t.Fatalf("Build: %v, %v", n, err)
