@@ -374,6 +374,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		}
 		r.started = true
 	}
+	// Read the input counter before the objects: an event counted here is
+	// in the cache already (an informer updates its store before it calls
+	// the handlers), so what the counter says was compiled was.
+	inputs := r.inputs.Load()
 	objs, err := r.list(ctx)
 	if err != nil {
 		return reconcile.Result{}, err
@@ -382,7 +386,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		r.pub.index.Hash = "" // publish again, as a new version
 		r.result = nil
 	}
-	if inputs := r.inputs.Load(); r.result == nil || inputs != r.compiledAt {
+	if r.result == nil || inputs != r.compiledAt {
 		began := time.Now()
 		res, err := r.compile(ctx, objs)
 		if err != nil {
