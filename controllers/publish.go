@@ -36,7 +36,7 @@ type versionShards struct {
 // Only the reconcile goroutine uses it.
 type publisher struct {
 	client    client.Client // writes
-	cache     client.Reader // the metadata of Secrets
+	cache     client.Reader // the metadata of Secrets, to find unused shards
 	direct    client.Reader // the API server, for the index and shard data
 	namespace string
 
@@ -96,7 +96,9 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 	}
 	t, err := routing.Decode(idx, data, cache)
 	if err != nil {
-		p.index = &routing.Index{Version: idx.Version} // republish whatever compiles
+		// Republish whatever compiles, writing every shard again.
+		p.index = &routing.Index{Version: idx.Version}
+		p.shards = map[int64][]string{}
 		return nil, nil                                //nolint:nilerr // a broken table is replaced, not an error
 	}
 	return t, nil
@@ -126,7 +128,20 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 	if p.index != nil && idx.Hash == p.index.Hash {
 		return p.index, false, nil
 	}
+	// A shard of a kept version is there: this publisher deletes no such
+	// shard. Any other is created, even if the cache shows it: it may be
+	// one collect deleted a moment ago, which an unchanged content (a
+	// password rotated and back) brings back.
+	kept := map[string]bool{}
+	for _, names := range p.shards {
+		for _, n := range names {
+			kept[n] = true
+		}
+	}
 	for _, s := range shards {
+		if kept[s.Name] {
+			continue
+		}
 		if err := p.writeShard(ctx, s); err != nil {
 			return nil, false, err
 		}
@@ -146,10 +161,6 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 }
 
 func (p *publisher) writeShard(ctx context.Context, s routing.Shard) error {
-	meta := secretMeta()
-	if err := p.cache.Get(ctx, types.NamespacedName{Namespace: p.namespace, Name: s.Name}, meta); err == nil {
-		return nil // named by its content hash: present means written
-	}
 	immutable := true
 	sec := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
@@ -160,6 +171,7 @@ func (p *publisher) writeShard(ctx context.Context, s routing.Shard) error {
 		Type:      corev1.SecretTypeOpaque,
 		Data:      map[string][]byte{routing.ShardDataKey: s.Data},
 	}
+	// Named by its content hash: one that exists holds this content.
 	if err := p.client.Create(ctx, sec); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("writing shard %s: %w", s.Name, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -572,4 +573,50 @@ func indexShards(t *testing.T, c client.Client, ns string) []string {
 	names := shardNames(idx)
 	slices.Sort(names)
 	return names
+}
+
+// TestRotatedBackSecretRepublishesDeletedShard: a password rotated and
+// rotated back gives a table with the content of an earlier version, whose
+// shard was deleted meanwhile: it is written again, and the follower loads
+// the version.
+func TestRotatedBackSecretRepublishesDeletedShard(t *testing.T) {
+	c, tenant, relayNS := setup(t)
+	startOperator(t, relayNS)
+	f, _ := startFollower(t, relayNS, "relay-a")
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "mailer"}, Type: corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{"username": "mailer", "password": "first-password"}}
+	create(t, c, secret, trustedNetwork(tenant, "office", "192.0.2.0/24", "mailer"))
+	waitCond(t, c, tenant, "office", newTN, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	first := indexShards(t, c, relayNS)
+
+	rotate := func(password string) {
+		s := get(t, c, tenant, "mailer", &corev1.Secret{})
+		s.StringData = map[string]string{"password": password}
+		update(t, c, s)
+	}
+	authenticates := func(password string) func() string {
+		return func() string {
+			tbl := f.Table()
+			if tbl.Authenticate(netip.MustParseAddr("192.0.2.7"), "mailer", password) == "" {
+				return fmt.Sprintf("the follower's table (version %d) does not take %q", tbl.Version, password)
+			}
+			return ""
+		}
+	}
+	eventually(t, waitTimeout, authenticates("first-password"))
+	rotate("second-password")
+	eventually(t, waitTimeout, authenticates("second-password"))
+	eventually(t, waitTimeout, func() string {
+		for _, name := range shardSecrets(t, c, relayNS) {
+			if slices.Contains(first, name) {
+				return "the first version's shard is not deleted yet"
+			}
+		}
+		return ""
+	})
+	rotate("first-password")
+	eventually(t, waitTimeout, authenticates("first-password"))
+	if got := indexShards(t, c, relayNS); !slices.Equal(got, first) {
+		t.Errorf("shards %v, want the first version's %v again", got, first)
+	}
 }
