@@ -99,7 +99,7 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 		// Republish whatever compiles, writing every shard again.
 		p.index = &routing.Index{Version: idx.Version}
 		p.shards = map[int64][]string{}
-		return nil, nil                                //nolint:nilerr // a broken table is replaced, not an error
+		return nil, nil //nolint:nilerr // a broken table is replaced, not an error
 	}
 	return t, nil
 }
