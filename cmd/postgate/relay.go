@@ -26,6 +26,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/postgate/postgate/relay/bounce"
+	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/follow"
 	"github.com/postgate/postgate/relay/message"
 	"github.com/postgate/postgate/relay/queue"
@@ -227,9 +229,30 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			return err
 		}
 	}
+	resolver, err := delivery.NewResolver(delivery.ResolverOptions{Server: f.dnsServer})
+	if err != nil {
+		return err
+	}
+	worker, err := delivery.New(q, tables, delivery.Options{
+		Hostname: f.hostname, Logger: logger, Resolver: resolver, MXPort: f.mxPort,
+		Bouncer: &bounce.Bouncer{Queue: q, Hostname: f.hostname},
+	})
+	if err != nil {
+		return err
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { errs <- runTables(runCtx) }()
+	// Delivery stops after the SMTP server: its own context, canceled last.
+	deliverCtx, stopDelivery := context.WithCancel(context.Background())
+	delivered := make(chan error, 1)
+	go func() { delivered <- worker.Run(deliverCtx) }()
+	defer func() {
+		stopDelivery()
+		if err := <-delivered; err != nil {
+			logger.Error("Delivery stopped", "error", err)
+		}
+	}()
 	stopHTTP, err := serveRelayHTTP(f, q, tables, logger)
 	if err != nil {
 		return err

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postgate/postgate/relay/testenv"
+)
+
+// syncBuffer is a log sink read while the relay writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRelayEndToEnd runs the standalone relay in this process against a
+// loopback DNS server and two SMTP sinks: a message from a signing domain
+// reaches the recipient's MX with a DKIM signature that python3-dkim (an
+// independent implementation) verifies; a message from a routed domain
+// reaches the smart host, unsigned, from the domain's source IP 127.0.0.2,
+// even though the recipient's MX is up.
+func TestRelayEndToEnd(t *testing.T) {
+	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
+	mx := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.3:0"})
+	smarthost := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.4:0",
+		AllowedClients: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
+	// The MX port is one flag for every MX host: the MX sink's.
+	if err := dns.Add("dest.test. 60 IN MX 10 mx.dest.test.", "mx.dest.test. 60 IN A 127.0.0.3",
+		"smarthost.relay.test. 60 IN A 127.0.0.4"); err != nil {
+		t.Fatal(err)
+	}
+
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
+	manifests := fmt.Sprintf(`apiVersion: postgate.io/v1alpha1
+kind: SenderDomain
+metadata: {name: example}
+spec:
+  domain: example.com
+  signing: {selector: s1, algorithm: Ed25519, keySecretRef: {name: dkim}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: dkim}
+stringData:
+  private.key: |
+%s---
+apiVersion: postgate.io/v1alpha1
+kind: SenderDomain
+metadata: {name: billing}
+spec: {domain: billing.example.com, sourceIP: 127.0.0.2}
+---
+apiVersion: postgate.io/v1alpha1
+kind: RelayRoute
+metadata: {name: billing}
+spec:
+  senderDomainRef: {name: billing}
+  target: {host: smarthost.relay.test, port: %d, tlsPolicy: None}
+---
+apiVersion: postgate.io/v1alpha1
+kind: TrustedNetwork
+metadata: {name: lo}
+spec: {cidrs: [127.0.0.0/8]}
+`, indent(string(keyPEM), "    "), smarthost.Port())
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "relay.yaml"), []byte(manifests), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	logs := &syncBuffer{}
+	f := &relayFlags{
+		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
+		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
+		dnsServer: dns.Addr(), mxPort: mx.Port(), shutdownGrace: 5 * time.Second,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relayMain(ctx, f, slog.New(slog.NewTextHandler(logs, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
+	var addr string
+	deadline := time.Now().Add(20 * time.Second)
+	for addr == "" {
+		if m := listening.FindStringSubmatch(logs.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("relay did not start:\n%s", logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	for _, from := range []string{"alice@example.com", "invoices@billing.example.com"} {
+		if line, err := sendOne(addr, from, "to "+from); err != nil || !queuedID.MatchString(line) {
+			t.Fatalf("submitting as %s: %q %v", from, line, err)
+		}
+	}
+	wait, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	mxMsgs, err := mx.WaitMessages(wait, 1)
+	if err != nil {
+		t.Fatalf("no message at the MX sink: %v\n%s", err, logs)
+	}
+	shMsgs, err := smarthost.WaitMessages(wait, 1)
+	if err != nil {
+		t.Fatalf("no message at the smart host: %v\n%s", err, logs)
+	}
+
+	signed := mxMsgs[0]
+	if signed.From != "alice@example.com" || strings.Join(signed.Rcpts, ",") != "bob@dest.test" {
+		t.Errorf("MX sink envelope: %q -> %q", signed.From, signed.Rcpts)
+	}
+	verifyWithPython(t, signed.Data, "s1._domainkey.example.com.", txt)
+
+	routed := shMsgs[0]
+	if routed.Client.Addr() != netip.MustParseAddr("127.0.0.2") {
+		t.Errorf("smart host saw the relay from %v, want the source IP 127.0.0.2", routed.Client)
+	}
+	if bytes.Contains(routed.Data, []byte("DKIM-Signature:")) {
+		t.Error("a routed domain's mail was signed")
+	}
+	if n := len(mx.Messages()); n != 1 {
+		t.Errorf("the MX sink got %d messages: the routed one must go to the smart host only", n)
+	}
+}
+
+// verifyWithPython checks a DKIM signature with Debian's python3-dkim.
+func verifyWithPython(t *testing.T, msg []byte, name, txt string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "msg.eml")
+	if err := os.WriteFile(file, msg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script := `import sys, dkim
+name, txt = sys.argv[2].encode(), sys.argv[3].encode()
+def dnsfunc(q, timeout=5):
+    return txt if q == name else None
+ok = dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dnsfunc)
+print('verified' if ok else 'FAILED')
+sys.exit(0 if ok else 1)
+`
+	out, err := exec.Command("/usr/bin/python3", "-c", script, file, name, txt).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "verified") {
+		t.Errorf("python3-dkim does not verify the signature: %v\n%s\nmessage:\n%s", err, out, msg)
+	}
+}
+
+func indent(s, prefix string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(s, "\n") {
+		if line != "" {
+			b.WriteString(prefix + line)
+		}
+	}
+	return b.String()
+}
