@@ -8,10 +8,11 @@ import "time"
 // command, data) are real time: they bound how long a socket may stall.
 type Clock interface {
 	Now() time.Time
-	// AfterFunc calls f in its own goroutine once d has passed on this
-	// clock (at once when d <= 0). stop cancels the call and reports
-	// whether it did.
-	AfterFunc(d time.Duration, f func()) (stop func() bool)
+	// At calls f in its own goroutine once the clock reads t or later (at
+	// once when it already does). stop cancels the call and reports
+	// whether it did. A deadline rather than a duration: a clock that
+	// moves between reading Now and setting the timer cannot make it late.
+	At(t time.Time, f func()) (stop func() bool)
 }
 
 // SystemClock is the wall clock.
@@ -20,7 +21,7 @@ type SystemClock struct{}
 // Now returns time.Now().
 func (SystemClock) Now() time.Time { return time.Now() }
 
-// AfterFunc is time.AfterFunc.
-func (SystemClock) AfterFunc(d time.Duration, f func()) func() bool {
-	return time.AfterFunc(d, f).Stop
+// At is time.AfterFunc until t.
+func (SystemClock) At(t time.Time, f func()) func() bool {
+	return time.AfterFunc(time.Until(t), f).Stop
 }

@@ -49,11 +49,11 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+func (c *fakeClock) At(at time.Time, f func()) func() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{at: c.now.Add(d), f: f}
-	if d <= 0 {
+	t := &fakeTimer{at: at, f: f}
+	if !at.After(c.now) {
 		t.ended = true
 		go f()
 	} else {
@@ -98,50 +98,46 @@ type tableSource struct{ p atomic.Pointer[routing.Table] }
 
 func (s *tableSource) Table() *routing.Table { return s.p.Load() }
 
-// fakeBouncer records the DSNs the worker asks for.
-type fakeBouncer struct {
+// calls is a record that goroutines append to.
+type calls[T any] struct {
 	mu    sync.Mutex
-	calls []Bounce
-	err   error
+	items []T
+}
+
+func (c *calls[T]) add(x T) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.items = append(c.items, x)
+}
+
+func (c *calls[T]) all() []T {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.items)
+}
+
+// fakeBouncer records the DSNs the worker asks for, and fails them with err.
+type fakeBouncer struct {
+	calls[Bounce]
+	err atomic.Pointer[error]
 }
 
 func (b *fakeBouncer) Bounce(_ context.Context, x Bounce) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.calls = append(b.calls, x)
-	return b.err
+	b.add(x)
+	if err := b.err.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
-func (b *fakeBouncer) Calls() []Bounce {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return slices.Clone(b.calls)
-}
+func (b *fakeBouncer) Calls() []Bounce { return b.all() }
 
 // recorder is an Observer that keeps every attempt.
-type recorder struct {
-	mu       sync.Mutex
-	attempts []Attempt
-	changed  chan struct{}
-}
+type recorder struct{ calls[Attempt] }
 
-func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
+func (r *recorder) Observe(a Attempt) { r.add(a) }
 
-func (r *recorder) Observe(a Attempt) {
-	r.mu.Lock()
-	r.attempts = append(r.attempts, a)
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-}
-
-func (r *recorder) Attempts() []Attempt {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.attempts)
-}
+func (r *recorder) Attempts() []Attempt { return r.all() }
 
 // wireTap dials for the worker and watches every connection: how many, how
 // many open at once, from where to where, and the bytes written.
@@ -227,7 +223,7 @@ func (w *wireTap) Written() []string {
 // env is one test's relay side: DNS server, fake clock, queue, table,
 // bouncer, observer, and the worker once started.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dns      *testenv.DNSServer
 	clock    *fakeClock
 	fs       *queuetest.FS
@@ -262,7 +258,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{
 		t:        t,
@@ -271,7 +267,7 @@ func newEnv(t *testing.T) *env {
 		fs:       queuetest.New(),
 		tables:   &tableSource{},
 		bouncer:  &fakeBouncer{},
-		observer: newRecorder(),
+		observer: &recorder{},
 		wire:     &wireTap{},
 		logs:     &syncBuffer{},
 	}

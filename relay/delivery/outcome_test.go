@@ -98,15 +98,14 @@ func Test5xxBounces(t *testing.T) {
 func TestBouncerFailureDefers(t *testing.T) {
 	e, sink := mxEnv(t, testenv.SMTPSinkOptions{})
 	sink.SetFault(testenv.StageRcpt, testenv.Fault{Code: 554, Text: "no"})
-	e.bouncer.err = errors.New("queue full")
+	full := errors.New("queue full")
+	e.bouncer.err.Store(&full)
 	e.start()
 	id := e.enqueue("app@sender.test", "user@rcpt.test")
 	if a := e.attempt(1); a.Status != StatusDeferred {
 		t.Fatalf("attempt: %+v", a)
 	}
-	e.bouncer.mu.Lock()
-	e.bouncer.err = nil
-	e.bouncer.mu.Unlock()
+	e.bouncer.err.Store(nil)
 	e.advanceToNext()
 	e.waitGone(id)
 	if n := len(e.bouncer.Calls()); n != 2 {

@@ -73,7 +73,7 @@ func (p *pool) put(s *session) {
 		return
 	}
 	e := &pooled{s: s}
-	e.stop = p.clock.AfterFunc(p.idle, func() { p.expire(e) })
+	e.stop = p.clock.At(p.clock.Now().Add(p.idle), func() { p.expire(e) })
 	p.conns[s.key] = append(p.conns[s.key], e)
 }
 

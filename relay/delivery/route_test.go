@@ -138,3 +138,34 @@ func TestExpiryAt48Hours(t *testing.T) {
 	}
 	t.Logf("%d attempts over %v", n, e.clock.Now().Sub(epoch))
 }
+
+// The lifetime comes from the table at each attempt, counted from the
+// arrival: shortening it expires mail that is already older.
+func TestLifetimeFromCurrentTable(t *testing.T) {
+	e := newEnv(t)
+	mx := e.mxSink("127.0.0.3", testenv.SMTPSinkOptions{})
+	e.dnsAdd("rcpt.test. MX 10 mx.rcpt.test.", "mx.rcpt.test. A 127.0.0.3")
+	mx.SetFault(testenv.StageRcpt, testenv.Fault{Code: 450, Text: "mailbox busy"})
+	e.setTable(senderDomain("sender.test", lifetime(72*time.Hour)))
+	e.start()
+	id := e.enqueue("app@sender.test", "user@rcpt.test")
+	for n := 1; ; n++ {
+		if a := e.attempt(n); a.Status != StatusDeferred {
+			t.Fatalf("attempt %d: %+v", n, a)
+		}
+		if e.clock.Now().Sub(epoch) >= 3*time.Hour {
+			break
+		}
+		e.advanceToNext()
+	}
+	e.setTable(senderDomain("sender.test", lifetime(time.Hour)))
+	e.advanceToNext()
+	e.waitGone(id)
+	last := e.observer.Attempts()
+	if a := last[len(last)-1]; a.Status != StatusExpired {
+		t.Fatalf("last attempt %+v", a)
+	}
+	if len(e.bouncer.Calls()) != 1 {
+		t.Errorf("%d DSNs, want 1", len(e.bouncer.Calls()))
+	}
+}

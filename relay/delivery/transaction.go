@@ -151,7 +151,9 @@ func rcptOptions(r queue.Rcpt) *smtp.RcptOptions {
 		switch {
 		case strings.EqualFold(typ, string(smtp.DSNAddressTypeRFC822)) && printableASCII(addr):
 			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
-		case strings.EqualFold(typ, string(smtp.DSNAddressTypeUTF8)):
+		case strings.EqualFold(typ, string(smtp.DSNAddressTypeRFC822)), strings.EqualFold(typ, string(smtp.DSNAddressTypeUTF8)):
+			// An RFC 822 address with UTF-8 in it can only go as utf-8
+			// (RFC 6533 section 3).
 			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
 		}
 	}

@@ -80,7 +80,7 @@ func TestUnsafeStoredBytesNeverSent(t *testing.T) {
 	}
 }
 
-// Cancelling Run aborts the attempt under way: nothing reaches the next
+// Canceling Run aborts the attempt under way: nothing reaches the next
 // hop, nothing is recorded, the message stays queued and a new worker on
 // the reopened queue delivers it. A deferred message keeps its schedule
 // across the restart.

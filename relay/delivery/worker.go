@@ -84,12 +84,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	done := make(chan struct{}, w.opts.MaxMessages)
 	wake := make(chan struct{}, 1)
 	inFlight := 0
+	// Due sorts every due message: under load, take them in batches
+	// rather than one per finished delivery.
+	refill := max(1, w.opts.MaxMessages/8)
 	var runErr error
 	for runErr == nil && ctx.Err() == nil && !w.shuttingDown() {
-		wait := time.Duration(-1)
+		var wakeAt time.Time // zero: no timer
 		if w.tables.Table() == nil {
-			wait = tablePoll
-		} else if free := w.opts.MaxMessages - inFlight; free > 0 {
+			wakeAt = w.clock.Now().Add(tablePoll)
+		} else if free := w.opts.MaxMessages - inFlight; free >= refill || (free > 0 && inFlight == 0) {
 			backoff := false
 			for _, id := range w.q.Due(w.clock.Now(), free) {
 				lease, err := w.q.Lease(actx, id)
@@ -110,15 +113,15 @@ func (w *Worker) Run(ctx context.Context) error {
 				}
 			}
 			if next, ok := w.q.NextDue(); ok && inFlight < w.opts.MaxMessages {
-				wait = max(next.Sub(w.clock.Now()), 0)
+				wakeAt = next
 				if backoff {
-					wait = max(wait, tablePoll)
+					wakeAt = later(next, w.clock.Now().Add(tablePoll))
 				}
 			}
 		}
 		var stopTimer func() bool
-		if wait >= 0 {
-			stopTimer = w.clock.AfterFunc(wait, func() {
+		if !wakeAt.IsZero() {
+			stopTimer = w.clock.At(wakeAt, func() {
 				select {
 				case wake <- struct{}{}:
 				default:
@@ -140,6 +143,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	wg.Wait()
 	w.pool.closeAll()
 	return runErr
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (w *Worker) shuttingDown() bool {
