@@ -96,8 +96,8 @@ type Attempt struct {
 	Route *routing.ObjectRef
 	// Destination is the recipient domain (MX) or the target relay's host.
 	Destination string
-	// RelayHost is the host name of the last address tried, "" when no
-	// connection was tried.
+	// RelayHost is the host name (no final dot) of the last address
+	// tried, "" when no connection was tried.
 	RelayHost string
 	// RelayAddr is the address and port connected to (or tried last); the
 	// zero value when none.
@@ -171,7 +171,7 @@ func (a *Attempt) summarize() {
 func (w *Worker) log(a *Attempt) {
 	relay := "none"
 	if a.RelayHost != "" || a.RelayAddr.IsValid() {
-		relay = strings.TrimSuffix(a.RelayHost, ".")
+		relay = a.RelayHost
 		if a.RelayAddr.IsValid() {
 			relay += "[" + a.RelayAddr.Addr().String() + "]:" + strconv.Itoa(int(a.RelayAddr.Port()))
 		}

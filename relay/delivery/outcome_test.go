@@ -71,7 +71,7 @@ func Test5xxBounces(t *testing.T) {
 		t.Fatalf("sink: %+v", msgs)
 	}
 	calls := e.bouncer.Calls()
-	if len(calls) != 1 || len(calls[0].Recipients) != 1 || calls[0].Recipients[0] != 0 || calls[0].RemoteMTA != "mx.rcpt.test." {
+	if len(calls) != 1 || len(calls[0].Recipients) != 1 || calls[0].Recipients[0] != 0 || calls[0].RemoteMTA != "mx.rcpt.test" {
 		t.Fatalf("DSNs: %+v", calls)
 	}
 	r := calls[0].Message.Recipients[0]

@@ -31,7 +31,7 @@ func TestSmartHostWinsOverLiveMX(t *testing.T) {
 	if a.Route == nil || a.Route.Name != "route-sender-test" || a.Domain == nil || a.Domain.Name != "sender-test" {
 		t.Errorf("attempt refs: domain %v route %v", a.Domain, a.Route)
 	}
-	if a.Status != StatusSent || a.Reply.Code != 250 || a.RelayHost != "smart.relay.test." || a.RelayAddr.Addr().String() != "127.0.0.5" {
+	if a.Status != StatusSent || a.Reply.Code != 250 || a.RelayHost != "smart.relay.test" || a.RelayAddr.Addr().String() != "127.0.0.5" {
 		t.Errorf("attempt: %+v", a)
 	}
 	if e.dns.Queries("rcpt.test", 0) != 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -63,7 +64,7 @@ func (o *outcome) sent(i int, r queue.Reply) {
 
 // connected records the connection an outcome is about.
 func (o *outcome) connected(host string, s *session) {
-	o.host, o.remote, o.local, o.tls = host, s.key.remote, s.local, s.tls
+	o.host, o.remote, o.local, o.tls = strings.TrimSuffix(host, "."), s.key.remote, s.local, s.tls
 }
 
 // bodyFunc opens the message body afresh.
@@ -181,7 +182,7 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, ho
 			s, f = w.connect(ctx, d, host, addr, true)
 		}
 		if f != nil {
-			o.host, o.remote = host, remote
+			o.host, o.remote = strings.TrimSuffix(host, "."), remote
 			if s != nil {
 				o.connected(host, s)
 			}

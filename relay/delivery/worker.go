@@ -60,7 +60,8 @@ const tablePoll = time.Second
 
 // Run delivers until ctx ends or Shutdown is called. It waits for the
 // queue's Changed signal and for the next due time, leases due messages
-// (at most MaxMessages at once) and delivers each in its own goroutine.
+// (at most MaxMessages at once, in batches under load: Due sorts the
+// queue) and delivers each in its own goroutine.
 // Nothing is attempted before the table source has a table. When ctx
 // ends, attempts under way are aborted: their connections are closed
 // before the end of data, and an aborted recipient is not recorded at all
