@@ -33,7 +33,7 @@ func BenchmarkDelivery(b *testing.B) {
 			b.ResetTimer()
 			start := time.Now()
 			e.start()
-			e.waitFor("an empty queue", func() bool { return e.q.Stats().Messages == 0 })
+			e.waitWithin(5*time.Minute, "an empty queue", func() bool { return e.q.Stats().Messages == 0 })
 			elapsed := time.Since(start)
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")

@@ -508,7 +508,12 @@ func (e *env) enqueueEnv(env queue.Envelope, body string) queue.ID {
 // waitFor polls cond for up to 10 seconds.
 func (e *env) waitFor(what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	e.waitWithin(10*time.Second, what, cond)
+}
+
+func (e *env) waitWithin(limit time.Duration, what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("timed out waiting for %s", what)
