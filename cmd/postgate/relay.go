@@ -269,7 +269,14 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	}
 	shutdownCtx, done := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer done()
-	return srv.Shutdown(shutdownCtx)
+	// SMTP first (no new mail, in-flight sessions finish), then delivery:
+	// attempts under way finish within the grace period, or are aborted and
+	// not recorded, so the schedule resumes intact on restart.
+	err = srv.Shutdown(shutdownCtx)
+	if derr := worker.Shutdown(shutdownCtx); derr != nil && err == nil {
+		err = derr
+	}
+	return err
 }
 
 // serveRelayHTTP serves /metrics and the probes on their own listeners.
