@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -57,29 +56,11 @@ func operatorCluster(t *testing.T) (*testenv.APIServer, client.Client) {
 	return api, c
 }
 
-// lockedBuffer is a log a process writes while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // operatorProcess is a running `postgate operator`.
 type operatorProcess struct {
 	cmd    *exec.Cmd
 	exited chan error
-	log    *lockedBuffer
+	log    *syncBuffer
 }
 
 func startOperatorProcess(t *testing.T, kubeconfig string, args ...string) *operatorProcess {
@@ -88,7 +69,7 @@ func startOperatorProcess(t *testing.T, kubeconfig string, args ...string) *oper
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &operatorProcess{exited: make(chan error, 1), log: &lockedBuffer{}}
+	p := &operatorProcess{exited: make(chan error, 1), log: &syncBuffer{}}
 	p.cmd = exec.Command(bin, append([]string{"operator", "--kubeconfig", kubeconfig, "--leader-elect",
 		"--operator-namespace", "postgate-system", "--relay-namespace", "postgate-system"}, args...)...)
 	p.cmd.Stderr = p.log
