@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // buildPostgate builds the binary once per test run.
@@ -45,13 +46,20 @@ type relayProcess struct {
 	mu   *sync.Mutex
 }
 
+// startRelay starts `postgate relay` with args. Its DNS server is a
+// loopback one that answers SERVFAIL for dest.test, the recipients' domain
+// in these tests: mail stays queued (a temporary failure) and no query
+// leaves the machine.
 func startRelay(t *testing.T, args ...string) *relayProcess {
 	t.Helper()
 	bin, err := buildPostgate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"relay", "--smtp-bind-address", "127.0.0.1:0"}, args...)...)
+	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
+	dns.SetFault("dest.test", 0, testenv.DNSServFail)
+	base := []string{"relay", "--smtp-bind-address", "127.0.0.1:0", "--dns-server", dns.Addr()}
+	cmd := exec.Command(bin, append(base, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
