@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
@@ -122,20 +121,10 @@ func isEnhanced(s string) bool {
 	return true
 }
 
-// boundText makes text one printable line of at most maxReplyText bytes:
-// multi-line replies are joined, control characters become spaces.
+// boundText makes text one printable line of at most maxReplyText bytes,
+// as the queue stores it.
 func boundText(s string) string {
-	var b strings.Builder
-	for _, r := range strings.ToValidUTF8(s, "?") {
-		if r < 0x20 || r == 0x7f {
-			r = ' '
-		}
-		if b.Len()+utf8.RuneLen(r) > maxReplyText {
-			break
-		}
-		b.WriteRune(r)
-	}
-	return strings.TrimSpace(b.String())
+	return strings.TrimSpace(queue.SanitizeReplyText(s))
 }
 
 // smtpError returns err's SMTP reply, or nil when err is a network or local

@@ -8,6 +8,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postgate/postgate/relay/message"
 	"github.com/postgate/postgate/relay/queue"
 )
 
@@ -111,7 +112,7 @@ func (w *Worker) copyBody(ctx context.Context, s *session, wc io.Writer, body bo
 		return bodyFailure(err)
 	}
 	defer func() { _ = rc.Close() }()
-	src := &wireCheck{r: rc}
+	src := message.NewChecker(rc, 0)
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := src.Read(buf)
@@ -134,7 +135,7 @@ func (w *Worker) copyBody(ctx context.Context, s *session, wc io.Writer, body bo
 // bodyFailure is a message that cannot be read or sent: permanent when the
 // stored bytes are bad, temporary otherwise (storage, shutdown).
 func bodyFailure(err error) *failure {
-	if errors.Is(err, errUnsafe) || errors.Is(err, queue.ErrCorrupt) {
+	if errors.Is(err, message.ErrUnsafeBytes) || errors.Is(err, queue.ErrCorrupt) {
 		return localFailure(true, CauseMessage, "5.6.0", "message not sent: %v", err)
 	}
 	return localFailure(false, CauseMessage, "4.3.0", "cannot read the queued message: %v", err)

@@ -323,7 +323,7 @@ func (r *Reply) validate() error {
 	if r.Enhanced != "" && !validEnhanced(r.Enhanced) {
 		return fmt.Errorf("enhanced status %q: %w", r.Enhanced, ErrInvalid)
 	}
-	if len(r.Text) > maxReplyText || r.Text != sanitizeText(r.Text) {
+	if len(r.Text) > maxReplyText || r.Text != SanitizeReplyText(r.Text) {
 		return fmt.Errorf("reply text: %w", ErrInvalid)
 	}
 	return nil
@@ -359,11 +359,13 @@ func sanitizeReply(r Reply) Reply {
 	if r.Enhanced != "" && !validEnhanced(r.Enhanced) {
 		r.Enhanced = ""
 	}
-	r.Text = sanitizeText(r.Text)
+	r.Text = SanitizeReplyText(r.Text)
 	return r
 }
 
-func sanitizeText(s string) string {
+// SanitizeReplyText makes a reply text storable and loggable: one line of
+// valid UTF-8 of at most 512 bytes, control characters turned to spaces.
+func SanitizeReplyText(s string) string {
 	var b strings.Builder
 	for _, r := range strings.ToValidUTF8(s, "?") {
 		if r < 0x20 || r == 0x7f {

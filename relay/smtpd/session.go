@@ -187,20 +187,20 @@ func (s *session) Data(r io.Reader) error {
 	if d := s.table().Lookup(s.from).Domain; d != nil && d.DKIM != nil {
 		params.SenderDomain, params.DKIM = d.Name, d.DKIM
 	}
-	prepared, err := message.Prepare(ctx, newBodyChecker(r, s.s.cfg.MaxLineLength), params)
+	prepared, err := message.Prepare(ctx, message.NewChecker(r, s.s.cfg.MaxLineLength), params)
 	var id string
 	if err == nil {
 		id, err = s.s.cfg.Spool.Enqueue(ctx, env, prepared)
 		_ = prepared.Close()
 	}
-	var be *bodyError
+	var be *message.UnsafeBytesError
 	switch {
 	case err == nil:
 		s.s.cfg.Logger.Info("Queued", "id", id, "client", s.client, "from", s.from, "recipients", len(s.to))
 		// go-smtp answers a nil error with a bare "OK: queued"; the queue
 		// id in the reply is what lets a sender trace a message.
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
-	case errors.As(err, &be) && be.longLine:
+	case errors.As(err, &be) && be.LongLine:
 		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
 	case errors.As(err, &be):
