@@ -1,0 +1,425 @@
+package report
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/delivery"
+	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
+)
+
+var (
+	apiServer *testenv.APIServer
+	scheme    = runtime.NewScheme()
+)
+
+func TestMain(m *testing.M) {
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		panic(err)
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		panic(err)
+	}
+	s, stop, err := testenv.NewAPIServer()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	apiServer = s
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+// counting wraps a client and counts the status patches that reach it.
+type counting struct {
+	client.Client
+	writes, failures atomic.Int64
+}
+
+func newCounting(t *testing.T, inner func() client.WithWatch) *counting {
+	t.Helper()
+	c := &counting{}
+	c.Client = interceptor.NewClient(inner(), interceptor.Funcs{
+		SubResourcePatch: func(ctx context.Context, _ client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+			err := inner().SubResource(sub).Patch(ctx, obj, patch, opts...)
+			if err != nil {
+				c.failures.Add(1)
+			} else {
+				c.writes.Add(1)
+			}
+			return err
+		},
+	})
+	return c
+}
+
+func newClient(t *testing.T, cfg *rest.Config) client.WithWatch {
+	t.Helper()
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// fixture creates a namespace with a SenderDomain "sd" and a RelayRoute
+// "route", and returns their references as the table carries them.
+func fixture(t *testing.T, c client.Client) (ns string, domain, route *routing.ObjectRef) {
+	t.Helper()
+	ctx := t.Context()
+	n := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "report-"}}
+	if err := c.Create(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	ns = n.Name
+	sd := &v1alpha1.SenderDomain{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sd"},
+		Spec:       v1alpha1.SenderDomainSpec{Domain: "example.com"},
+	}
+	if err := c.Create(ctx, sd); err != nil {
+		t.Fatal(err)
+	}
+	rr := &v1alpha1.RelayRoute{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "route"},
+		Spec: v1alpha1.RelayRouteSpec{
+			SenderDomainRef: v1alpha1.LocalObjectReference{Name: "sd"},
+			Target:          v1alpha1.RelayTarget{Host: "smarthost.relay.test"},
+		},
+	}
+	if err := c.Create(ctx, rr); err != nil {
+		t.Fatal(err)
+	}
+	return ns,
+		&routing.ObjectRef{Kind: routing.KindSenderDomain, Namespace: ns, Name: "sd", UID: sd.UID, Generation: 1},
+		&routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: ns, Name: "route", UID: rr.UID, Generation: 1}
+}
+
+func sent(domain, route *routing.ObjectRef, end time.Time) delivery.Attempt {
+	return delivery.Attempt{
+		QueueID:    "q1",
+		Sender:     "app@example.com",
+		Domain:     domain,
+		Route:      route,
+		RelayHost:  "smarthost.relay.test",
+		RelayAddr:  netip.MustParseAddrPort("127.0.0.7:2525"),
+		SourceAddr: netip.MustParseAddrPort("127.0.0.1:40000"),
+		Reply:      queue.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK queued"},
+		TLS: delivery.TLSInfo{
+			Requested: v1alpha1.TLSPolicyRequired, Mode: v1alpha1.TLSModeSTARTTLS, Established: true,
+			Protocol: "TLSv1.3", CipherSuite: "TLS_AES_128_GCM_SHA256",
+		},
+		Status:     delivery.StatusSent,
+		Recipients: []delivery.RecipientResult{{Addr: "user@example.net", Status: delivery.StatusSent}},
+		Start:      end.Add(-50 * time.Millisecond),
+		End:        end,
+	}
+}
+
+func bounced(domain, route *routing.ObjectRef, end time.Time) delivery.Attempt {
+	a := sent(domain, route, end)
+	a.Reply = queue.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}
+	a.Status = delivery.StatusBounced
+	a.Recipients = []delivery.RecipientResult{{Addr: "nobody@example.net", Status: delivery.StatusBounced, Reply: a.Reply}}
+	return a
+}
+
+func run(t *testing.T, r *Reporter) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+// entryOf returns the replica's entry of the object, nil when absent.
+func entryOf(t *testing.T, c client.Client, obj client.Object, replica string) *v1alpha1.ReplicaDeliveryStatus {
+	t.Helper()
+	if err := c.Get(t.Context(), client.ObjectKeyFromObject(obj), obj); err != nil {
+		t.Fatal(err)
+	}
+	var d *v1alpha1.DeliveryStatus
+	switch o := obj.(type) {
+	case *v1alpha1.RelayRoute:
+		d = o.Status.Delivery
+	case *v1alpha1.SenderDomain:
+		d = o.Status.Delivery
+	}
+	if d == nil {
+		return nil
+	}
+	for i := range d.Replicas {
+		if d.Replicas[i].Name == replica {
+			return &d.Replicas[i]
+		}
+	}
+	return nil
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestCoalesced observes 1,000 deliveries and a bounce: with the default
+// interval of 10 s the route's entry is written a handful of times and
+// ends up showing both.
+func TestCoalesced(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	c := newCounting(t, func() client.WithWatch { return live })
+	_, domain, route := fixture(t, live)
+	r, err := New(c, Options{Replica: "relay-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+
+	start := time.Now()
+	const n = 1000
+	for i := range n {
+		r.Observe(sent(domain, route, time.Now()))
+		if i%100 == 99 {
+			time.Sleep(100 * time.Millisecond) // spread over about a second
+		}
+	}
+	r.Observe(bounced(domain, route, time.Now()))
+	r.Observe(sent(domain, nil, time.Now())) // MX mail: the SenderDomain
+	observeTook := time.Since(start)
+
+	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
+	var e *v1alpha1.ReplicaDeliveryStatus
+	eventually(t, 30*time.Second, "the route's entry does not count every attempt", func() bool {
+		e = entryOf(t, live, rr, "relay-0")
+		return e != nil && e.Window != nil && e.Window.Delivered+e.Window.Bounced == n+1
+	})
+	elapsed := time.Since(start)
+	writes := c.writes.Load()
+	t.Logf("%d attempts observed in %s; %d status writes (2 objects) in %s", n+2, observeTook, writes, elapsed.Round(time.Millisecond))
+	// One write per object straight away, then one per object and 10 s.
+	if limit := 2 * (1 + int64(elapsed/DefaultInterval) + 1); writes > limit {
+		t.Errorf("%d writes in %s, want at most %d", writes, elapsed, limit)
+	}
+
+	d := e.LastDelivered
+	if d == nil || d.ResponseCode != 250 || d.EnhancedCode != "2.0.0" || d.RelayHost != "smarthost.relay.test" ||
+		d.RelayAddress != "127.0.0.7:2525" || d.SourceAddress != "127.0.0.1:40000" {
+		t.Errorf("lastDelivered: got %+v", d)
+	}
+	if d != nil && (d.TLS == nil || !d.TLS.Established || d.TLS.Protocol != "TLSv1.3" ||
+		d.TLS.CipherSuite != "TLS_AES_128_GCM_SHA256" || d.TLS.Requested != v1alpha1.TLSPolicyRequired) {
+		t.Errorf("lastDelivered.tls: got %+v", d.TLS)
+	}
+	f := e.LastFailed
+	if f == nil || f.ResponseCode != 550 || f.EnhancedCode != "5.1.1" || f.Reply != "no such user" {
+		t.Errorf("lastFailed: got %+v", f)
+	}
+	if w := e.Window; w.Seconds != 900 || w.Delivered != n || w.Bounced != 1 || w.Deferred != 0 {
+		t.Errorf("window: got %+v", w)
+	}
+	if e.UpdateTime == nil {
+		t.Error("updateTime is not set")
+	}
+
+	sd := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: domain.Namespace, Name: domain.Name}}
+	eventually(t, 15*time.Second, "the SenderDomain's entry does not show the MX delivery", func() bool {
+		e := entryOf(t, live, sd, "relay-0")
+		return e != nil && e.LastDelivered != nil && e.Window.Delivered == 1
+	})
+}
+
+// TestReplicasAndConditions: two replicas write their own entries without
+// removing each other's, and the operator's conditions survive.
+func TestReplicasAndConditions(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	_, domain, route := fixture(t, live)
+	ctx := t.Context()
+
+	// The operator's condition, under its own field manager.
+	cond := map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(), "kind": "RelayRoute",
+		"metadata": map[string]string{"name": route.Name, "namespace": route.Namespace},
+		"status": map[string]any{"conditions": []metav1.Condition{{
+			Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Ready", Message: "set by the test",
+			LastTransitionTime: metav1.Now(), ObservedGeneration: 1,
+		}}},
+	}
+	data, err := json.Marshal(cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
+	if err := live.Status().Patch(ctx, rr, client.RawPatch(types.ApplyPatchType, data), client.FieldOwner("postgate-operator"), client.ForceOwnership); err != nil {
+		t.Fatal(err)
+	}
+
+	reporters := map[string]*Reporter{}
+	for _, name := range []string{"relay-a", "relay-b"} {
+		r, err := New(live, Options{Replica: name, Interval: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, r)
+		reporters[name] = r
+	}
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	reporters["relay-a"].Observe(sent(domain, route, t0))
+	reporters["relay-b"].Observe(bounced(domain, route, t0))
+	eventually(t, 15*time.Second, "both replicas' entries are not there", func() bool {
+		a, b := entryOf(t, live, rr, "relay-a"), entryOf(t, live, rr, "relay-b")
+		return a != nil && a.LastDelivered != nil && b != nil && b.LastFailed != nil
+	})
+	// More from each, concurrently.
+	var wg sync.WaitGroup
+	for _, r := range reporters {
+		wg.Go(func() {
+			for i := range 50 {
+				r.Observe(sent(domain, route, t0.Add(time.Duration(i+1)*time.Second)))
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	want := t0.Add(50 * time.Second)
+	eventually(t, 15*time.Second, "the later deliveries do not show in both entries", func() bool {
+		a, b := entryOf(t, live, rr, "relay-a"), entryOf(t, live, rr, "relay-b")
+		return a != nil && b != nil && a.LastDelivered != nil && b.LastDelivered != nil &&
+			a.LastDelivered.Time.Equal(&metav1.Time{Time: want}) && b.LastDelivered.Time.Equal(&metav1.Time{Time: want})
+	})
+	if b := entryOf(t, live, rr, "relay-b"); b.LastFailed == nil || b.LastFailed.ResponseCode != 550 {
+		t.Errorf("relay-b lost its lastFailed: %+v", b.LastFailed)
+	}
+	if a := entryOf(t, live, rr, "relay-a"); a.LastFailed != nil {
+		t.Errorf("relay-a has a lastFailed it never saw: %+v", a.LastFailed)
+	}
+	if got := rr.Status.Conditions; len(got) != 1 || got[0].Type != v1alpha1.ConditionReady || got[0].Message != "set by the test" {
+		t.Errorf("the operator's conditions changed: %+v", got)
+	}
+	managers := map[string]bool{}
+	for _, m := range rr.ManagedFields {
+		if m.Subresource == "status" {
+			managers[m.Manager] = true
+		}
+	}
+	for _, m := range []string{"postgate-operator", "postgate-relay/relay-a", "postgate-relay/relay-b"} {
+		if !managers[m] {
+			t.Errorf("no status fields managed by %s; managers: %v", m, managers)
+		}
+	}
+}
+
+// TestAPIServerAway: while the API server cannot be reached Observe does
+// not wait and writes are retried; the latest state lands once it is back.
+func TestAPIServerAway(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	_, domain, route := fixture(t, live)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := rest.CopyConfig(apiServer.Config)
+	closed.Host = "https://" + l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var current atomic.Pointer[client.WithWatch]
+	away := newClient(t, closed)
+	current.Store(&away)
+	c := newCounting(t, func() client.WithWatch { return *current.Load() })
+
+	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond, MaxBackoff: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	start := time.Now()
+	for range 1000 {
+		r.Observe(sent(domain, route, time.Now()))
+	}
+	r.Observe(bounced(domain, route, time.Now()))
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Observe waited for the API server: 1,001 calls took %s", took)
+	}
+	eventually(t, 10*time.Second, "no write was tried", func() bool { return c.failures.Load() >= 2 })
+	if c.writes.Load() != 0 {
+		t.Fatal("a write reached a closed port")
+	}
+	current.Store(&live)
+
+	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
+	eventually(t, 10*time.Second, "the entry was not written once the API server was back", func() bool {
+		e := entryOf(t, live, rr, "relay-0")
+		return e != nil && e.LastFailed != nil && e.LastFailed.ResponseCode == 550 && e.Window.Delivered == 1000
+	})
+	t.Logf("%d failed writes while away", c.failures.Load())
+}
+
+// TestGone: an object that does not exist is forgotten quietly.
+func TestGone(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	ns, domain, _ := fixture(t, live)
+	c := newCounting(t, func() client.WithWatch { return live })
+	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	gone := &routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: ns, Name: "deleted"}
+	r.Observe(sent(domain, gone, time.Now()))
+	eventually(t, 10*time.Second, "the missing route is still remembered", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return c.failures.Load() == 1 && len(r.objs) == 0
+	})
+	r.Observe(sent(nil, nil, time.Now())) // neither route nor domain: nothing to report
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.objs) != 0 {
+		t.Errorf("an attempt without route or domain was recorded: %v", r.objs)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdef", 3, "abc"},
+		{"aé", 2, "a"}, // é is two bytes: not split
+		{"aé", 3, "aé"},
+		{"€€", 4, "€"},
+	} {
+		if got := truncate(tc.in, tc.n); got != tc.want {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
+	}
+}
