@@ -41,9 +41,6 @@ const (
 	CauseMessage Cause = "Message"
 )
 
-// maxReplyText bounds reply texts, as the queue and the API do.
-const maxReplyText = 512
-
 // failure is why recipients were not delivered: the reply the queue keeps,
 // whether it is final (a bounce) and what kind of problem it was.
 type failure struct {
@@ -121,8 +118,8 @@ func isEnhanced(s string) bool {
 	return true
 }
 
-// boundText makes text one printable line of at most maxReplyText bytes,
-// as the queue stores it.
+// boundText makes text one printable line of at most 512 bytes, as the
+// queue and the API store it.
 func boundText(s string) string {
 	return strings.TrimSpace(queue.SanitizeReplyText(s))
 }
