@@ -5,12 +5,15 @@ SHELL := /usr/bin/env bash
 LOCALBIN := $(CURDIR)/bin
 CONTROLLER_GEN_VERSION := v0.23.0
 GOLANGCI_LINT_VERSION := v2.15.0
+HELM_VERSION := v3.22.0
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+# hack/e2e runs bin/helm (no version in the name, so the tests find it).
+HELM := $(LOCALBIN)/helm
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds config/rbac/operator config/rbac/relay
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
 
 .PHONY: help
 help: ## Show the targets.
@@ -21,12 +24,16 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac.
+manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac and the chart.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac/operator
 	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./relay/follow/... output:rbac:artifacts:config=config/rbac/relay
 	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
 	cp config/crd/bases/*.yaml charts/postgate/crds/
+	# The chart renders these rules unchanged (templates/_helpers.tpl, postgate.rbac).
+	rm -rf charts/postgate/files/rbac && mkdir -p charts/postgate/files/rbac/operator charts/postgate/files/rbac/relay
+	cp config/rbac/operator/role.yaml charts/postgate/files/rbac/operator/
+	cp config/rbac/relay/role.yaml charts/postgate/files/rbac/relay/
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -58,8 +65,16 @@ deps: ## Install the Debian packages the tests use, when missing.
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	  fi
 
-.PHONY: test
-test: envtest deps ## Run every test against a real API server, sockets and DNS on loopback.
+.PHONY: helm test
+helm: ## Build helm into bin/ (once per HELM_VERSION), for hack/e2e.
+	@if [ ! -x $(HELM) ] || [ ! -f $(LOCALBIN)/.helm.stamp ] || [ "$$(cat $(LOCALBIN)/.helm.stamp)" != $(HELM_VERSION) ]; then \
+	  mkdir -p $(LOCALBIN); \
+	  echo "building helm $(HELM_VERSION) into bin/"; \
+	  GOBIN=$(LOCALBIN) CGO_ENABLED=0 go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	  echo $(HELM_VERSION) > $(LOCALBIN)/.helm.stamp; \
+	fi
+
+test: envtest deps helm ## Run every test against a real API server, sockets and DNS on loopback.
 	go test -count=1 ./...
 
 .PHONY: build
