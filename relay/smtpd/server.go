@@ -184,8 +184,9 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 	defer s.accepting.Done()
 
 	admitted := &chanListener{conns: make(chan net.Conn), addr: ln.Addr(), done: s.done}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.smtp.Serve(admitted) }()
+	// go-smtp serves what the accept path admits; it returns when done is
+	// closed, which Shutdown does.
+	go func() { _ = s.smtp.Serve(admitted) }()
 
 	var delay time.Duration
 	for {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"strings"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -239,8 +238,3 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error { return nil }
-
-// String is for logs.
-func (s *session) String() string {
-	return strings.Join([]string{s.client.String(), s.identity}, " ")
-}
