@@ -4,6 +4,9 @@
 // status.delivery.replicas with server-side apply, coalesced, under the
 // field manager postgate-relay/<replica>. The operator derives the delivery
 // condition from the entries and prunes those of replicas that are gone.
+//
+// Metrics counts the same attempts for Prometheus; Observers passes each
+// attempt to several observers (delivery takes one).
 package report
 
 import (

@@ -1,0 +1,93 @@
+package report
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postgate/postgate/relay/delivery"
+	"github.com/postgate/postgate/relay/routing"
+)
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewMetrics(reg); err == nil {
+		t.Error("registering twice on one registry: no error")
+	}
+	domain := &routing.ObjectRef{Kind: routing.KindSenderDomain, Namespace: "ns", Name: "sd"}
+	route := &routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: "ns", Name: "route"}
+	now := time.Now()
+	for range 3 {
+		a := sent(domain, route, now)
+		a.Delay = 2 * time.Second
+		m.Observe(a)
+	}
+	m.Observe(sent(domain, nil, now))
+	m.Observe(bounced(domain, nil, now))
+	d := sent(domain, nil, now)
+	d.Status = delivery.StatusDeferred
+	d.Recipients = []delivery.RecipientResult{{Status: delivery.StatusDeferred}, {Status: delivery.StatusDeferred}}
+	Observers{m}.Observe(d)
+
+	got := gather(t, reg)
+	for _, tc := range []struct {
+		series string
+		want   float64
+	}{
+		{MetricAttempts + `{destination="route",status="sent"}`, 3},
+		{MetricAttempts + `{destination="mx",status="sent"}`, 1},
+		{MetricAttempts + `{destination="mx",status="bounced"}`, 1},
+		{MetricAttempts + `{destination="mx",status="deferred"}`, 1},
+		{MetricAttempts + `{destination="mx",status="expired"}`, 0},
+		{MetricAttempts + `{destination="route",status="expired"}`, 0},
+		{MetricRecipients + `{destination="mx",status="deferred"}`, 2},
+		{MetricRecipients + `{destination="route",status="sent"}`, 3},
+		{MetricDelay + `_count{destination="route"}`, 3},
+		{MetricDelay + `_sum{destination="route"}`, 6},
+		{MetricDelay + `_count{destination="mx"}`, 1},
+		{MetricAttemptDuration + `_count{destination="route"}`, 3},
+		{MetricAttemptDuration + `_count{destination="mx"}`, 3},
+	} {
+		v, ok := got[tc.series]
+		if !ok || v != tc.want {
+			t.Errorf("%s = %v (present %v), want %v", tc.series, v, ok, tc.want)
+		}
+	}
+}
+
+// gather returns the registry's counters, and the sums and counts of its
+// histograms, by series name with its labels sorted.
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather() // the pedantic registry checks the metrics too
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			sort.Strings(labels)
+			ls := "{" + strings.Join(labels, ",") + "}"
+			switch {
+			case m.Counter != nil:
+				out[mf.GetName()+ls] = m.GetCounter().GetValue()
+			case m.Histogram != nil:
+				out[mf.GetName()+"_sum"+ls] = m.GetHistogram().GetSampleSum()
+				out[mf.GetName()+"_count"+ls] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
