@@ -1,0 +1,334 @@
+// Package e2e is the end-to-end suite (DESIGN.md contract 8): postgate
+// installed as users install it, checked by a real kube-apiserver and etcd.
+// It needs bin/kubectl, bin/kube-apiserver, bin/etcd (`make envtest`) and
+// bin/helm (`make helm`); `make test` builds them first. A missing binary
+// fails the suite: a test that silently does not run proves nothing.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/postgate/postgate/relay/testenv"
+)
+
+// namespace is where the install goes, as in config/default.
+const namespace = "postgate-system"
+
+var api *testenv.APIServer
+
+func TestMain(m *testing.M) {
+	s, stop, err := testenv.NewAPIServer()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	api = s
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+// run runs a binary from bin/ with stdin and returns its stdout; it fails
+// the test with stderr when the command fails.
+func run(t *testing.T, stdin []byte, name string, args ...string) []byte {
+	t.Helper()
+	out, stderr, err := tryRun(stdin, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr)
+	}
+	return out
+}
+
+func tryRun(stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
+	path := filepath.Join(api.BinDir, name)
+	if _, err := os.Stat(path); err != nil {
+		return nil, nil, fmt.Errorf("%s is missing from bin/: run `make envtest helm`: %w", name, err)
+	}
+	if name == "kubectl" {
+		args = append([]string{"--kubeconfig", api.Kubeconfig}, args...)
+	}
+	cmd := exec.Command(path, args...) //nolint:gosec // a binary from bin/ with the test's arguments
+	cmd.Dir = api.Root
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+api.Kubeconfig, "HELM_CACHE_HOME="+os.TempDir()+"/postgate-e2e-helm")
+	var out, errOut bytes.Buffer
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.Bytes(), errOut.Bytes(), err
+}
+
+// createNamespace makes the install namespace exist: a server-side dry run
+// of namespaced objects needs it.
+func createNamespace(t *testing.T) {
+	t.Helper()
+	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+namespace+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
+}
+
+// dryRun has the API server validate and admit every object, without
+// storing them.
+func dryRun(t *testing.T, manifests []byte) {
+	t.Helper()
+	out := run(t, manifests, "kubectl", "apply", "--server-side", "--force-conflicts", "--field-manager=postgate-e2e", "--dry-run=server", "-f", "-")
+	t.Logf("server-side dry run:\n%s", out)
+}
+
+// objects lists "Kind namespace/name" of each object in a YAML stream.
+func objects(t *testing.T, manifests []byte) []string {
+	t.Helper()
+	var ids []string
+	for doc := range strings.SplitSeq(string(manifests), "\n---") {
+		var o struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name      string `json:"name"`
+				Namespace string `json:"namespace"`
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
+			t.Fatalf("parsing a rendered object: %v\n%s", err, doc)
+		}
+		if o.Kind != "" {
+			ids = append(ids, fmt.Sprintf("%s %s/%s", o.Kind, o.Metadata.Namespace, o.Metadata.Name))
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func helmTemplate(t *testing.T, args ...string) []byte {
+	t.Helper()
+	return run(t, nil, "helm", append([]string{"template", "postgate", "charts/postgate", "--namespace", namespace, "--include-crds"}, args...)...)
+}
+
+func kustomize(t *testing.T) []byte {
+	t.Helper()
+	return run(t, nil, "kubectl", "kustomize", "config/default")
+}
+
+func TestKustomizeInstallPassesTheAPIServer(t *testing.T) {
+	createNamespace(t)
+	dryRun(t, kustomize(t))
+}
+
+func TestChartDefaultsPassTheAPIServer(t *testing.T) {
+	run(t, nil, "helm", "lint", "--strict", "charts/postgate")
+	createNamespace(t)
+	dryRun(t, helmTemplate(t))
+
+	// helm install itself, against the API server, shows the NOTES.
+	out := run(t, nil, "helm", "install", "postgate", "charts/postgate", "--namespace", namespace, "--dry-run=server")
+	for _, want := range []string{"swaks --server 127.0.0.1:2525", "kubectl get postgate -A", "port-forward svc/postgate-relay 2525:25"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("helm install NOTES lack %q:\n%s", want, out)
+		}
+	}
+}
+
+// The chart with its defaults and `kubectl apply -k config/default` install
+// the same objects.
+func TestChartDefaultsMatchKustomize(t *testing.T) {
+	chart := objects(t, helmTemplate(t))
+	kust := slices.DeleteFunc(objects(t, kustomize(t)), func(id string) bool {
+		return id == "Namespace /"+namespace // helm install --create-namespace makes it
+	})
+	if !slices.Equal(chart, kust) {
+		t.Errorf("the chart and config/default differ:\nchart:\n  %s\nkustomize:\n  %s",
+			strings.Join(chart, "\n  "), strings.Join(kust, "\n  "))
+	}
+}
+
+// The RBAC rules the chart renders are the generated ones, unchanged.
+func TestChartRBACIsTheGeneratedRBAC(t *testing.T) {
+	type role struct {
+		Kind     string `json:"kind"`
+		Metadata struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+		Rules []map[string]any `json:"rules"`
+	}
+	rules := func(manifests []byte) map[string]string {
+		m := map[string]string{}
+		for doc := range strings.SplitSeq(string(manifests), "\n---") {
+			var r role
+			if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Kind == "Role" || r.Kind == "ClusterRole" {
+				b, err := yaml.Marshal(r.Rules)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m[r.Kind+"/"+r.Metadata.Name] = string(b)
+			}
+		}
+		return m
+	}
+	chart := rules(helmTemplate(t))
+	var generated []byte
+	for _, c := range []string{"operator", "relay"} {
+		b, err := os.ReadFile(filepath.Join(api.Root, "config", "rbac", c, "role.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		generated = append(append(generated, b...), '\n')
+	}
+	want := rules(generated)
+	if len(want) != 4 {
+		t.Fatalf("want a Role and a ClusterRole for each of operator and relay in config/rbac, got %d", len(want))
+	}
+	for name, w := range want {
+		if chart[name] != w {
+			t.Errorf("%s: the chart's rules differ from config/rbac:\nchart:\n%s\ngenerated:\n%s", name, chart[name], w)
+		}
+	}
+}
+
+// optionalValues turns on every optional object and most values.
+const optionalValues = `
+networkPolicy:
+  enabled: true
+  smtpFrom:
+    - ipBlock: {cidr: 10.0.0.0/8}
+serviceMonitor:
+  enabled: true
+  labels: {release: prometheus}
+certificate:
+  enabled: true
+  dnsNames: [smtp.example.com]
+  issuerRef: {name: letsencrypt, kind: ClusterIssuer}
+policy:
+  domainClaims:
+    - namespaces: ["team-*"]
+      suffixes: [example.com]
+  networks:
+    minPrefixIPv4WithoutAuth: 16
+relay:
+  replicas: 3
+  persistence: {enabled: false}
+  smtps: {enabled: true}
+  proxyProtocolCIDRs: [10.0.0.0/8, "fd00::/8"]
+  maxRecipients: 50
+  service:
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    loadBalancerSourceRanges: [192.0.2.0/24]
+`
+
+// Minimal CRDs for the optional objects' kinds, so that the API server can
+// admit them: the real ones belong to prometheus-operator and cert-manager.
+const optionalCRDs = `
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: certificates.cert-manager.io
+spec:
+  group: cert-manager.io
+  names: {kind: Certificate, plural: certificates, singular: certificate, listKind: CertificateList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+`
+
+func TestChartOptionalObjectsPassTheAPIServer(t *testing.T) {
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte(optionalValues), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, nil, "helm", "lint", "--strict", "charts/postgate", "-f", values)
+	rendered := helmTemplate(t, "-f", values)
+	ids := objects(t, rendered)
+	for _, want := range []string{
+		"NetworkPolicy " + namespace + "/postgate-relay",
+		"NetworkPolicy " + namespace + "/postgate-operator",
+		"ServiceMonitor " + namespace + "/postgate-relay",
+		"ServiceMonitor " + namespace + "/postgate-operator",
+		"Certificate " + namespace + "/postgate-relay",
+	} {
+		if !slices.Contains(ids, want) {
+			t.Errorf("rendered with the optional values, no %s in:\n  %s", want, strings.Join(ids, "\n  "))
+		}
+	}
+	for _, want := range []string{
+		"--proxy-protocol-cidrs=10.0.0.0/8,fd00::/8",
+		"--tls-cert-file=/etc/postgate/tls/tls.crt",
+		"--smtps-bind-address=:4465",
+		"--max-recipients=50",
+		"secretName: postgate-relay-tls",
+		"externalTrafficPolicy: Local",
+		"emptyDir: {}",
+		"minPrefixIPv4WithoutAuth: 16",
+	} {
+		if !bytes.Contains(rendered, []byte(want)) {
+			t.Errorf("rendered with the optional values, no %q", want)
+		}
+	}
+	if bytes.Contains(rendered, []byte("volumeClaimTemplates")) {
+		t.Error("relay.persistence.enabled=false still renders volumeClaimTemplates")
+	}
+	run(t, []byte(optionalCRDs), "kubectl", "apply", "--server-side", "-f", "-")
+	run(t, nil, "kubectl", "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/servicemonitors.monitoring.coreos.com", "crd/certificates.cert-manager.io")
+	createNamespace(t)
+	dryRun(t, rendered)
+}
+
+// values.schema.json makes a wrong value fail at `helm template` (and so at
+// `helm install`), naming the value.
+func TestChartSchemaRejectsWrongValues(t *testing.T) {
+	for _, tc := range []struct {
+		set, want string
+	}{
+		{"operator.replicas=two", "replicas"},
+		{"relay.replicas=0", "replicas"},
+		{"relay.service.type=Ingress", "type"},
+		{"relay.service.externalTrafficPolicy=Remote", "externalTrafficPolicy"},
+		{"relay.persistence.size=lots", "size"},
+		{"relay.proxyProtocolCIDRs[0]=anywhere", "proxyProtocolCIDRs"},
+		{"policy.domainClaim[0].suffixes[0]=example.com", "domainClaim"},
+		{"relay.replica=3", "replica"},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--namespace", namespace, "--set", tc.set)
+			if err == nil {
+				t.Fatalf("helm template --set %s succeeded; want a schema error", tc.set)
+			}
+			if !bytes.Contains(stderr, []byte("schema")) || !bytes.Contains(stderr, []byte(tc.want)) {
+				t.Errorf("helm template --set %s: want a schema error naming %q, got:\n%s", tc.set, tc.want, stderr)
+			}
+		})
+	}
+	t.Run("certificate without issuer", func(t *testing.T) {
+		_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--set", "certificate.enabled=true", "--set", "certificate.dnsNames[0]=smtp.example.com")
+		if err == nil || !bytes.Contains(stderr, []byte("certificate.issuerRef.name")) {
+			t.Errorf("want certificate.issuerRef.name required, got %v:\n%s", err, stderr)
+		}
+	})
+}
