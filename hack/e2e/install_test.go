@@ -8,6 +8,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,24 +85,54 @@ func dryRun(t *testing.T, manifests []byte) {
 // objects lists "Kind namespace/name" of each object in a YAML stream.
 func objects(t *testing.T, manifests []byte) []string {
 	t.Helper()
-	var ids []string
+	return slices.Sorted(maps.Keys(parse(t, manifests)))
+}
+
+// parse maps "Kind namespace/name" to each object of a YAML stream.
+func parse(t *testing.T, manifests []byte) map[string]map[string]any {
+	t.Helper()
+	objs := map[string]map[string]any{}
 	for doc := range strings.SplitSeq(string(manifests), "\n---") {
-		var o struct {
-			Kind     string `json:"kind"`
-			Metadata struct {
-				Name      string `json:"name"`
-				Namespace string `json:"namespace"`
-			} `json:"metadata"`
-		}
-		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
+		var o map[string]any
+		// The split took the newline that ends the last line.
+		if err := yaml.Unmarshal([]byte(doc+"\n"), &o); err != nil {
 			t.Fatalf("parsing a rendered object: %v\n%s", err, doc)
 		}
-		if o.Kind != "" {
-			ids = append(ids, fmt.Sprintf("%s %s/%s", o.Kind, o.Metadata.Namespace, o.Metadata.Name))
+		if o == nil {
+			continue
 		}
+		meta, _ := o["metadata"].(map[string]any)
+		ns, _ := meta["namespace"].(string)
+		name, _ := meta["name"].(string)
+		objs[fmt.Sprintf("%v %s/%s", o["kind"], ns, name)] = o
 	}
-	slices.Sort(ids)
-	return ids
+	return objs
+}
+
+// withoutLabels drops the labels and annotations of every metadata in an
+// object: the chart adds Helm's, and a checksum of the policy.
+func withoutLabels(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := map[string]any{}
+		for k, e := range v {
+			if m, ok := e.(map[string]any); ok && k == "metadata" {
+				m = maps.Clone(m)
+				delete(m, "labels")
+				delete(m, "annotations")
+				e = m
+			}
+			out[k] = withoutLabels(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = withoutLabels(e)
+		}
+		return out
+	}
+	return v
 }
 
 func helmTemplate(t *testing.T, args ...string) []byte {
@@ -134,15 +165,27 @@ func TestChartDefaultsPassTheAPIServer(t *testing.T) {
 }
 
 // The chart with its defaults and `kubectl apply -k config/default` install
-// the same objects.
+// the same objects, with the same specs: only labels and annotations differ.
 func TestChartDefaultsMatchKustomize(t *testing.T) {
-	chart := objects(t, helmTemplate(t))
-	kust := slices.DeleteFunc(objects(t, kustomize(t)), func(id string) bool {
-		return id == "Namespace /"+namespace // helm install --create-namespace makes it
-	})
-	if !slices.Equal(chart, kust) {
-		t.Errorf("the chart and config/default differ:\nchart:\n  %s\nkustomize:\n  %s",
-			strings.Join(chart, "\n  "), strings.Join(kust, "\n  "))
+	chart := parse(t, helmTemplate(t))
+	kust := parse(t, kustomize(t))
+	delete(kust, "Namespace /"+namespace) // helm install --create-namespace makes it
+	if c, k := slices.Sorted(maps.Keys(chart)), slices.Sorted(maps.Keys(kust)); !slices.Equal(c, k) {
+		t.Fatalf("the chart and config/default differ:\nchart:\n  %s\nkustomize:\n  %s",
+			strings.Join(c, "\n  "), strings.Join(k, "\n  "))
+	}
+	for id, c := range chart {
+		cy, err := yaml.Marshal(withoutLabels(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ky, err := yaml.Marshal(withoutLabels(kust[id]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(cy, ky) {
+			t.Errorf("%s: the chart renders\n%s\nconfig/default has\n%s", id, cy, ky)
+		}
 	}
 }
 

@@ -40,7 +40,6 @@ postgate-relay-tls
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
-fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
