@@ -9,11 +9,14 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -100,7 +103,7 @@ spec: {cidrs: [127.0.0.0/8]}
 	f := &relayFlags{
 		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
 		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
-		dnsServer: dns.Addr(), mxPort: mx.Port(), shutdownGrace: 5 * time.Second,
+		dnsServer: dns.Addr(), mxPort: mx.Port(), shutdownGrace: 5 * time.Second, metricsAddr: "127.0.0.1:0",
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -154,6 +157,41 @@ spec: {cidrs: [127.0.0.0/8]}
 	if n := len(mx.Messages()); n != 1 {
 		t.Errorf("the MX sink got %d messages: the routed one must go to the smart host only", n)
 	}
+
+	// The delivery counters moved: one attempt by MX, one by the route.
+	m := regexp.MustCompile(`msg="HTTP listening" address=(\S+)`).FindStringSubmatch(logs.String())
+	if m == nil {
+		t.Fatalf("no metrics listener in the logs:\n%s", logs)
+	}
+	for _, want := range []string{
+		`postgate_relay_delivery_attempts_total{destination="mx",status="sent"} 1`,
+		`postgate_relay_delivery_attempts_total{destination="route",status="sent"} 1`,
+	} {
+		var body []byte
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			body = scrape(t, "http://"+m[1]+"/metrics")
+			if bytes.Contains(body, []byte(want)) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("metrics: no %s in\n%s", want, body)
+		}
+	}
+}
+
+func scrape(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url) //nolint:gosec,noctx // a loopback test server
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
 
 // verifyWithPython checks a DKIM signature with Debian's python3-dkim.

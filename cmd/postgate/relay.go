@@ -24,13 +24,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/bounce"
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/follow"
 	"github.com/postgate/postgate/relay/message"
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/report"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/smtpd"
 	"github.com/postgate/postgate/relay/standalone"
@@ -154,6 +158,13 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 
 	var tables smtpd.TableSource
 	var runTables func(context.Context) error
+	reg := prometheus.NewRegistry()
+	deliveryMetrics, err := report.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	observers := report.Observers{deliveryMetrics}
+	runReport := func(context.Context) error { return nil } // standalone: nothing is written to any API
 	if len(f.manifests) > 0 {
 		src, err := standalone.New(f.manifests, standalone.Options{KeysDir: filepath.Join(f.spoolDir, "keys"), Logger: logger})
 		if err != nil {
@@ -177,6 +188,20 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			return err
 		}
 		tables, runTables = fl, fl.Run
+		// Delivery status on the resources (DESIGN.md contract 6).
+		scheme := runtime.NewScheme()
+		if err := v1alpha1.AddToScheme(scheme); err != nil {
+			return err
+		}
+		statusClient, err := ctrlclient.New(cfg, ctrlclient.Options{Scheme: scheme})
+		if err != nil {
+			return err
+		}
+		reporter, err := report.New(statusClient, report.Options{Replica: f.podName, Logger: logger})
+		if err != nil {
+			return err
+		}
+		observers, runReport = append(observers, reporter), reporter.Run
 	}
 
 	qdir, err := queue.OpenDir(filepath.Join(f.spoolDir, "queue"))
@@ -235,7 +260,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	}
 	worker, err := delivery.New(q, tables, delivery.Options{
 		Hostname: f.hostname, Logger: logger, Resolver: resolver, MXPort: f.mxPort,
-		Bouncer: &bounce.Bouncer{Queue: q, Hostname: f.hostname},
+		Bouncer: &bounce.Bouncer{Queue: q, Hostname: f.hostname}, Observer: observers,
 	})
 	if err != nil {
 		return err
@@ -243,6 +268,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { errs <- runTables(runCtx) }()
+	go func() { _ = runReport(runCtx) }() // returns when runCtx ends; its writes are retried, never fatal
 	// Delivery stops after the SMTP server: its own context, canceled last.
 	deliverCtx, stopDelivery := context.WithCancel(context.Background())
 	delivered := make(chan error, 1)
@@ -253,7 +279,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			logger.Error("Delivery stopped", "error", err)
 		}
 	}()
-	stopHTTP, err := serveRelayHTTP(f, q, tables, logger)
+	stopHTTP, err := serveRelayHTTP(f, q, tables, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -280,7 +306,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 }
 
 // serveRelayHTTP serves /metrics and the probes on their own listeners.
-func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, logger *slog.Logger) (stop func(), err error) {
+func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, logger *slog.Logger) (stop func(), err error) {
 	var servers []*http.Server
 	stop = func() {
 		for _, s := range servers {
@@ -299,7 +325,6 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, log
 		return nil
 	}
 	if f.metricsAddr != "" {
-		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "postgate_queue_messages", Help: "Messages in the relay's queue.",
