@@ -56,7 +56,10 @@ type Options struct {
 	// Interval is the least time between two writes of one object's entry;
 	// DefaultInterval when zero.
 	Interval time.Duration
-	// Window is the period the counts cover; DefaultWindow when zero.
+	// Window is the period the counts cover, cut into 15 buckets: a count
+	// leaves it between 14/15 of Window and Window after the attempt (and the
+	// entry is written once more when the last count has left);
+	// DefaultWindow when zero.
 	Window time.Duration
 	// MaxBackoff caps the delay between retries of a failed write (the
 	// delay starts at Interval and doubles); DefaultMaxBackoff when zero.
@@ -87,6 +90,7 @@ type entry struct {
 	counts                    [buckets]bucket
 	dirty                     bool
 	notBefore                 time.Time     // no write before this (interval, backoff)
+	refreshAt                 time.Time     // rewrite then, when the written counts have left the window
 	backoff                   time.Duration // of the next failed write; 0 after a success
 }
 
@@ -108,6 +112,7 @@ func New(c client.Client, opts Options) (*Reporter, error) {
 	if opts.Window <= 0 {
 		opts.Window = DefaultWindow
 	}
+	opts.Window = max(opts.Window, buckets*time.Millisecond) // a bucket lasts at least 1 ms
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
@@ -268,6 +273,13 @@ func (r *Reporter) due() ([]routing.ObjectKey, time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, e := range r.objs {
+		if !e.dirty && !e.refreshAt.IsZero() {
+			if d := e.refreshAt.Sub(now); d > 0 {
+				wait = min(wait, d)
+				continue
+			}
+			e.dirty = true
+		}
 		if !e.dirty {
 			continue
 		}
@@ -291,6 +303,7 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 	}
 	st := r.snapshot(e, now)
 	e.dirty = false
+	e.refreshAt = time.Time{}
 	r.mu.Unlock()
 
 	err := r.apply(ctx, k, st)
@@ -301,6 +314,11 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 	case err == nil:
 		e.backoff = 0
 		e.notBefore = now.Add(r.opts.Interval)
+		if w := st.Window; (w.Delivered != 0 || w.Deferred != 0 || w.Bounced != 0) && e.refreshAt.IsZero() {
+			// Without more mail the counts would stay as written: write
+			// once more when the newest of them has left the window.
+			e.refreshAt = r.windowEnd(e, now)
+		}
 	case apierrors.IsNotFound(err):
 		// The object is gone (or its kind is not served): forget it.
 		// Mail observed since the snapshot is forgotten with it; a
@@ -315,6 +333,19 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 		e.notBefore = now.Add(e.backoff)
 		r.opts.Logger.Warn("Writing delivery status failed; will retry", "object", k.String(), "retryIn", e.backoff.String(), "err", err)
 	}
+}
+
+// windowEnd is when the newest count of e leaves the window. r.mu is held.
+func (r *Reporter) windowEnd(e *entry, now time.Time) time.Time {
+	cur := r.slot(now)
+	newest := int64(-1)
+	for _, b := range e.counts {
+		if b.slot > cur-buckets && b.slot <= cur && b.slot > newest {
+			newest = b.slot
+		}
+	}
+	slice := r.opts.Window / buckets
+	return time.Unix(0, (newest+buckets)*int64(slice))
 }
 
 // snapshot builds the entry as it stands at now. r.mu is held.

@@ -423,3 +423,30 @@ func TestTruncate(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowAgesOut: without more mail the entry is written once more when
+// its counts have left the window, and keeps the last attempts.
+func TestWindowAgesOut(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	_, domain, route := fixture(t, live)
+	c := newCounting(t, func() client.WithWatch { return live })
+	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond, Window: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	r.Observe(sent(domain, route, time.Now()))
+	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
+	eventually(t, 10*time.Second, "the delivery is not counted", func() bool {
+		e := entryOf(t, live, rr, "relay-0")
+		return e != nil && e.Window != nil && e.Window.Delivered == 1
+	})
+	eventually(t, 10*time.Second, "the count did not leave the window", func() bool {
+		e := entryOf(t, live, rr, "relay-0")
+		return e.Window != nil && e.Window.Delivered == 0 && e.LastDelivered != nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	if n := c.writes.Load(); n != 2 {
+		t.Errorf("%d writes, want 2: the delivery, then the empty window", n)
+	}
+}
