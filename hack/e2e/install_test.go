@@ -255,6 +255,7 @@ relay:
   smtps: {enabled: true}
   proxyProtocolCIDRs: [10.0.0.0/8, "fd00::/8"]
   maxRecipients: 50
+  hostNetwork: true
   service:
     type: LoadBalancer
     externalTrafficPolicy: Local
@@ -323,6 +324,9 @@ func TestChartOptionalObjectsPassTheAPIServer(t *testing.T) {
 		"externalTrafficPolicy: Local",
 		"emptyDir: {}",
 		"minPrefixIPv4WithoutAuth: 16",
+		"hostNetwork: true",
+		"dnsPolicy: ClusterFirstWithHostNet",
+		"topologyKey: kubernetes.io/hostname",
 	} {
 		if !bytes.Contains(rendered, []byte(want)) {
 			t.Errorf("rendered with the optional values, no %q", want)
