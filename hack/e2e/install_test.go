@@ -367,6 +367,12 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 			}
 		})
 	}
+	t.Run("implicit TLS without a key pair", func(t *testing.T) {
+		_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--set", "relay.smtps.enabled=true")
+		if err == nil || !bytes.Contains(stderr, []byte("relay.tls.secretName")) {
+			t.Errorf("want relay.smtps.enabled refused without a key pair, got %v:\n%s", err, stderr)
+		}
+	})
 	t.Run("certificate without issuer", func(t *testing.T) {
 		_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--set", "certificate.enabled=true", "--set", "certificate.dnsNames[0]=smtp.example.com")
 		if err == nil || !bytes.Contains(stderr, []byte("certificate.issuerRef.name")) {
