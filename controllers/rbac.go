@@ -5,7 +5,8 @@ package controllers
 // their status; watch Secrets (metadata only in the cache; the data of
 // referenced Secrets is read directly) and create generated DKIM keys in the
 // tenants' namespaces; record Events. In the relay namespace only: update
-// the index and delete unused shards, and read the relays' Leases. The
+// the index and delete unused shards, read the relays' Leases, and record
+// the core Event controller-runtime writes on leader election. The
 // namespace Role also covers the guardrail ConfigMap and the leader-election
 // Lease, for the usual install where the operator and the relays share a
 // namespace; kustomize and the chart set the namespace.
@@ -17,3 +18,4 @@ package controllers
 // +kubebuilder:rbac:groups="",namespace=postgate-system,resources=secrets,verbs=update;delete
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=postgate-system,resources=leases,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups="",namespace=postgate-system,resources=configmaps,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",namespace=postgate-system,resources=events,verbs=create;patch

@@ -136,14 +136,6 @@ func startProcess(t *testing.T, name string, env map[string]string, args []strin
 			if !strings.Contains(line, "forbidden") {
 				continue
 			}
-			if strings.Contains(line, `cannot create resource \"events\" in API group \"\"`) && strings.Contains(line, "LeaderElection") {
-				// Known gap: controller-runtime records leader election as a
-				// core/v1 Event, and the operator's markers grant only
-				// events.k8s.io. Harmless (the Event is informational), to
-				// be fixed in controllers/.
-				t.Logf("%s: %s", name, line)
-				continue
-			}
 			t.Errorf("%s was refused a request by RBAC: %s", name, line)
 		}
 		if t.Failed() {
