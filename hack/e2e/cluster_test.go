@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/postgate/postgate/relay/testenv"
 )
 
 // buildPostgate builds cmd/postgate once per test run.
@@ -184,7 +182,8 @@ func waitReady(t *testing.T, url string, timeout time.Duration) {
 // the API server with helm install (no kubelet runs its pods), runs the operator and one relay replica as processes with
 // the arguments the chart gives them and the RBAC it grants (impersonating
 // their service accounts), applies the samples in a tenant namespace and
-// waits until the relay has loaded them.
+// waits until the relay has loaded them; then it runs the two-tenant
+// scenario (twoTenants) against the same processes.
 func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	const tenant = "tenant-a"
 	createNamespace(t)
@@ -196,7 +195,7 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	}
 	objs := parse(t, helmTemplate(t))
 
-	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
+	fx := startFixtures(t)
 	opEnv := map[string]string{"POD_NAMESPACE": namespace}
 	startProcess(t, "operator", opEnv, localArgs(
 		containerArgs(t, objs["Deployment "+namespace+"/postgate-operator"]),
@@ -206,17 +205,19 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 		},
 		opEnv, "", serviceAccountKubeconfig(t, "postgate-operator")))
 
-	relayEnv := map[string]string{"POD_NAMESPACE": namespace, "POD_NAME": "postgate-relay-0"}
+	fx.relayPodName = "postgate-relay-0"
+	relayEnv := map[string]string{"POD_NAMESPACE": namespace, "POD_NAME": fx.relayPodName}
 	relayProbes := freeAddr(t, "127.0.0.1")
+	fx.relaySMTP = freeAddr(t, "127.0.0.1")
 	startProcess(t, "relay", relayEnv, append(localArgs(
 		containerArgs(t, objs["StatefulSet "+namespace+"/postgate-relay"]),
 		map[string]string{
-			"--smtp-bind-address":         freeAddr(t, "127.0.0.1"),
+			"--smtp-bind-address":         fx.relaySMTP,
 			"--metrics-bind-address":      freeAddr(t, "127.0.0.1"),
 			"--health-probe-bind-address": relayProbes,
 		},
 		relayEnv, t.TempDir(), serviceAccountKubeconfig(t, "postgate-relay")),
-		"--dns-server="+dns.Addr()))
+		"--dns-server="+fx.dns.Addr(), fmt.Sprintf("--mx-port=%d", fx.mx.Port())))
 
 	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+tenant+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
 	run(t, nil, "kubectl", "apply", "-n", tenant, "-f", "config/samples")
@@ -227,5 +228,11 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	}
 	t.Logf("samples accepted, programmed and ready in %s", time.Since(start).Round(time.Millisecond))
 	waitReady(t, "http://"+relayProbes+"/readyz", 30*time.Second)
+	t.Logf("kubectl get postgate -A:\n%s", run(t, nil, "kubectl", "get", "postgate", "-A"))
+
+	// The samples trust all of loopback: take them away before the
+	// two-tenant scenario, whose clients are told apart by address.
+	run(t, nil, "kubectl", "delete", "-n", tenant, "--wait", "--timeout=60s", "-f", "config/samples")
+	twoTenants(t, fx)
 	t.Logf("kubectl get postgate -A:\n%s", run(t, nil, "kubectl", "get", "postgate", "-A"))
 }
