@@ -21,6 +21,7 @@ Commands:
   check      validate manifests offline, as the operator would judge them
   operator   run the operator: reconcile, publish the routing table, write status
   relay      run the SMTP relay (standalone with --manifests, or in a cluster)
+  queue      list, show, flush, hold, release or delete a running relay's queued mail
   version    print the version
   help       print this help
 `
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runOperator(args[1:], stderr)
 	case "relay":
 		return runRelay(args[1:], stderr)
+	case "queue":
+		return runQueue(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

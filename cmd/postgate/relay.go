@@ -29,6 +29,7 @@ import (
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/admin"
 	"github.com/postgate/postgate/relay/bounce"
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/follow"
@@ -63,6 +64,8 @@ type relayFlags struct {
 	maxRecipients             int
 	maxConns, maxConnsPerPeer int
 	metricsAddr, healthAddr   string
+	adminAddr                 string
+	adminAllowNonLoopback     bool
 	dnsServer                 string
 	mxPort                    int
 	shutdownGrace             time.Duration
@@ -96,6 +99,8 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.IntVar(&f.maxConnsPerPeer, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")
+	fs.StringVar(&f.adminAddr, "admin-bind-address", "127.0.0.1:8025", "address of the queue admin API that `postgate queue` uses (off when empty); it can delete mail, so it must be loopback unless --admin-allow-non-loopback")
+	fs.BoolVar(&f.adminAllowNonLoopback, "admin-allow-non-loopback", false, "let --admin-bind-address be a non-loopback address: the admin API has no authentication, anyone who reaches it can delete queued mail")
 	fs.StringVar(&f.dnsServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&f.mxPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
@@ -116,6 +121,8 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 		return nil, errors.New("--tls-cert-file and --tls-key-file go together")
 	case f.smtpsAddr != "" && f.tlsCert == "":
 		return nil, errors.New("--smtps-bind-address needs --tls-cert-file and --tls-key-file")
+	case f.adminAddr != "" && !f.adminAllowNonLoopback && !isLoopback(f.adminAddr):
+		return nil, fmt.Errorf("--admin-bind-address %q is not a loopback address: the admin API can delete mail and has no authentication; use a port-forward, or --admin-allow-non-loopback", f.adminAddr)
 	}
 	return f, nil
 }
@@ -308,6 +315,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 // serveRelayHTTP serves /metrics and the probes on their own listeners.
 func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, logger *slog.Logger) (stop func(), err error) {
 	var servers []*http.Server
+	var adminHandler http.Handler
 	stop = func() {
 		for _, s := range servers {
 			_ = s.Close()
@@ -318,10 +326,12 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 		if err != nil {
 			return err
 		}
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		// The admin API bounds its request bodies and work; these bound the rest.
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: 2 * admin.RequestTimeout, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10}
 		servers = append(servers, s)
 		go func() { _ = s.Serve(ln) }()
-		logger.Info("HTTP listening", "address", ln.Addr().String())
+		logger.Info("HTTP listening", "address", ln.Addr().String(), "admin", h == adminHandler)
 		return nil
 	}
 	if f.metricsAddr != "" {
@@ -353,5 +363,26 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 			return nil, err
 		}
 	}
+	if f.adminAddr != "" {
+		adminHandler = admin.New(q, admin.Options{})
+		if err := start(f.adminAddr, adminHandler); err != nil {
+			stop()
+			return nil, err
+		}
+	}
 	return stop, nil
+}
+
+// isLoopback reports whether the host of addr is a loopback address or
+// localhost.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

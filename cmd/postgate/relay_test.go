@@ -36,14 +36,18 @@ var buildPostgate = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-var listening = regexp.MustCompile(`msg="SMTP listening" address=(\S+)`)
+var (
+	listening      = regexp.MustCompile(`msg="SMTP listening" address=(\S+)`)
+	adminListening = regexp.MustCompile(`msg="HTTP listening" address=(\S+) admin=true`)
+)
 
 // relayProcess is a running `postgate relay`.
 type relayProcess struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *strings.Builder
-	mu   *sync.Mutex
+	cmd       *exec.Cmd
+	addr      string
+	adminAddr string // the queue admin API
+	log       *strings.Builder
+	mu        *sync.Mutex
 }
 
 // startRelay starts `postgate relay` with args. Its DNS server is a
@@ -58,7 +62,7 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 	}
 	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
 	dns.SetFault("dest.test", 0, testenv.DNSServFail)
-	base := []string{"relay", "--smtp-bind-address", "127.0.0.1:0", "--dns-server", dns.Addr()}
+	base := []string{"relay", "--smtp-bind-address", "127.0.0.1:0", "--dns-server", dns.Addr(), "--admin-bind-address", "127.0.0.1:0"}
 	cmd := exec.Command(bin, append(base, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -69,7 +73,7 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 	}
 	p := &relayProcess{cmd: cmd, log: &strings.Builder{}, mu: &sync.Mutex{}}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := make(chan string, 1)
+	addr, adminAddr := make(chan string, 1), make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -79,12 +83,20 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
+			if m := adminListening.FindStringSubmatch(sc.Text()); m != nil {
+				adminAddr <- m[1]
+			}
 		}
 	}()
 	select {
 	case p.addr = <-addr:
 	case <-time.After(30 * time.Second):
 		t.Fatalf("relay did not start:\n%s", p.logs())
+	}
+	select {
+	case p.adminAddr = <-adminAddr:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("relay did not serve its admin API:\n%s", p.logs())
 	}
 	return p
 }

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// queueCmd runs `postgate queue` against the relay's admin API.
+func queueCmd(t *testing.T, p *relayProcess, args ...string) (string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	args = append([]string{"queue", args[0], "--admin-address", p.adminAddr}, args[1:]...)
+	code := run(args, &stdout, &stderr)
+	if code != 0 {
+		t.Logf("postgate %q: exit %d: %s", args, code, stderr.String())
+	}
+	return stdout.String(), code
+}
+
+// TestQueueTools runs `postgate queue` against a running relay whose mail
+// stays queued (the recipients' DNS answers SERVFAIL): list, show, hold,
+// release, flush and delete.
+func TestQueueTools(t *testing.T) {
+	p := startRelay(t, "--manifests", filepath.Join("..", "..", "config", "samples"), "--spool-dir", t.TempDir())
+	var ids []string
+	for _, subject := range []string{"one", "two"} {
+		line, err := sendOne(p.addr, "alice@example.com", subject)
+		m := queuedID.FindStringSubmatch(line)
+		if err != nil || m == nil {
+			t.Fatalf("send: %q %v", line, err)
+		}
+		ids = append(ids, m[1])
+	}
+
+	out, code := queueCmd(t, p, "list")
+	if code != 0 || !strings.Contains(out, ids[0]) || !strings.Contains(out, ids[1]) || !strings.Contains(out, "<alice@example.com>") {
+		t.Fatalf("list: exit %d:\n%s", code, out)
+	}
+	if out, _ := queueCmd(t, p, "list", "--domain", "elsewhere.test"); strings.Contains(out, ids[0]) {
+		t.Fatalf("list --domain elsewhere.test shows mail to dest.test:\n%s", out)
+	}
+	if out, _ := queueCmd(t, p, "list", "--sender", "alice", "--domain", "dest.test", "--limit", "1"); !strings.Contains(out, ids[0]) ||
+		strings.Contains(out, ids[1]) || !strings.Contains(out, "more: --after "+ids[0]) {
+		t.Fatalf("list --limit 1:\n%s", out)
+	}
+	if out, code := queueCmd(t, p, "show", ids[0]); code != 0 || !strings.Contains(out, "<bob@dest.test>") || !strings.Contains(out, "pending") {
+		t.Fatalf("show: exit %d:\n%s", code, out)
+	}
+
+	if out, code := queueCmd(t, p, "hold", ids[0]); code != 0 || !strings.Contains(out, "held") {
+		t.Fatalf("hold: exit %d: %s", code, out)
+	}
+	if out, _ := queueCmd(t, p, "show", ids[0]); !strings.Contains(out, "Held:     true") {
+		t.Fatalf("show after hold:\n%s", out)
+	}
+	if out, code := queueCmd(t, p, "flush"); code != 0 || !strings.Contains(out, "flushed") {
+		t.Fatalf("flush: exit %d: %s", code, out)
+	}
+	if out, code := queueCmd(t, p, "release", ids[0]); code != 0 || !strings.Contains(out, "released") {
+		t.Fatalf("release: exit %d: %s", code, out)
+	}
+	if out, code := queueCmd(t, p, "flush", ids[0]); code != 0 || !strings.Contains(out, "flushed") {
+		t.Fatalf("flush id: exit %d: %s", code, out)
+	}
+
+	if out, code := queueCmd(t, p, "delete", ids[0]); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("delete: exit %d: %s", code, out)
+	}
+	if _, code := queueCmd(t, p, "delete", ids[0]); code != 1 {
+		t.Fatalf("second delete: exit %d, want 1", code)
+	}
+	if out, _ := queueCmd(t, p, "list"); strings.Contains(out, ids[0]) || !strings.Contains(out, ids[1]) {
+		t.Fatalf("list after delete:\n%s", out)
+	}
+	if _, code := queueCmd(t, p, "show"); code != 2 {
+		t.Fatalf("show without an ID: exit %d, want 2", code)
+	}
+}
+
+func TestAdminBindAddressLoopbackOnly(t *testing.T) {
+	base := []string{"--manifests", "x"}
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{nil, true},
+		{[]string{"--admin-bind-address", "[::1]:8025"}, true},
+		{[]string{"--admin-bind-address", "localhost:8025"}, true},
+		{[]string{"--admin-bind-address", ""}, true},
+		{[]string{"--admin-bind-address", ":8025"}, false},
+		{[]string{"--admin-bind-address", "10.0.0.1:8025"}, false},
+		{[]string{"--admin-bind-address", ":8025", "--admin-allow-non-loopback"}, true},
+	} {
+		_, err := parseRelayFlags(append(base, tc.args...), &bytes.Buffer{})
+		if (err == nil) != tc.ok {
+			t.Errorf("relay %q: error %v, want ok=%t", tc.args, err, tc.ok)
+		}
+	}
+}
