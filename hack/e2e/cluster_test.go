@@ -234,5 +234,6 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	// two-tenant scenario, whose clients are told apart by address.
 	run(t, nil, "kubectl", "delete", "-n", tenant, "--wait", "--timeout=60s", "-f", "config/samples")
 	twoTenants(t, fx)
+	argoHealthOnRealStatus(t)
 	t.Logf("kubectl get postgate -A:\n%s", run(t, nil, "kubectl", "get", "postgate", "-A"))
 }
