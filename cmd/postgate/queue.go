@@ -29,7 +29,9 @@ relay's host, or through kubectl port-forward).
   flush [ID...]    retry now the named messages, every message when none is named
   hold ID...       keep messages from delivery until released
   release ID...    end a hold
-  delete ID...     delete messages silently: no bounce is sent
+  delete [--bounce] ID...
+                   delete messages: silently, or with --bounce, telling the
+                   sender (a DSN from <>) that the pending recipients failed
 
 Flags:
 `
@@ -89,6 +91,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 	older := fs.Duration("older", 0, "list: messages that arrived longer ago than this")
 	limit := fs.Int("limit", admin.DefaultLimit, "list: at most this many messages")
 	after := fs.String("after", "", "list: messages after this ID (the next page)")
+	bounce := fs.Bool("bounce", false, "delete: send the sender a bounce for the recipients still pending")
 	if len(args) == 0 {
 		fs.Usage()
 		return 2
@@ -158,6 +161,9 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		method, suffix := http.MethodPost, "/"+verb
 		if verb == "delete" {
 			method, suffix = http.MethodDelete, ""
+			if *bounce {
+				suffix = "?bounce=true"
+			}
 		}
 		code := 0
 		for _, id := range ids {

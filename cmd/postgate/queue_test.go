@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // queueCmd runs `postgate queue` against the relay's admin API.
@@ -73,6 +74,23 @@ func TestQueueTools(t *testing.T) {
 	}
 	if out, _ := queueCmd(t, p, "list"); strings.Contains(out, ids[0]) || !strings.Contains(out, ids[1]) {
 		t.Fatalf("list after delete:\n%s", out)
+	}
+	if out, code := queueCmd(t, p, "delete", "--bounce", ids[1]); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("delete --bounce: exit %d: %s", code, out)
+	}
+	// The bounce to alice@example.com is queued from <>, and may be tried
+	// (and fail: example.com has no MX here) before we look.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, _ := queueCmd(t, p, "list")
+		if strings.Contains(out, ids[1]) {
+			t.Fatalf("list after delete --bounce:\n%s", out)
+		}
+		if strings.Contains(out, "<>") || strings.Contains(p.logs(), "to=alice@example.com") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no bounce to alice@example.com after delete --bounce:\n%s\n%s", out, p.logs())
+		}
 	}
 	if _, code := queueCmd(t, p, "show"); code != 2 {
 		t.Fatalf("show without an ID: exit %d, want 2", code)

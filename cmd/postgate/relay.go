@@ -364,7 +364,10 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 		}
 	}
 	if f.adminAddr != "" {
-		adminHandler = admin.New(q, admin.Options{})
+		bo := &bounce.Bouncer{Queue: q, Hostname: f.hostname}
+		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
+			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
+		}})
 		if err := start(f.adminAddr, adminHandler); err != nil {
 			stop()
 			return nil, err

@@ -16,6 +16,7 @@
 //	POST   /v1/messages/{id}/hold        keep it from delivery until released
 //	POST   /v1/messages/{id}/release     end a hold
 //	DELETE /v1/messages/{id}             delete it silently (no bounce)
+//	DELETE /v1/messages/{id}?bounce=true delete it and bounce its pending recipients to the sender
 //	POST   /v1/flush  {"ids": [...]}     retry now the named messages, all when none
 package admin
 
@@ -58,18 +59,27 @@ const (
 type Options struct {
 	// Now tells the time, for the age filter; time.Now when nil.
 	Now func() time.Time
+	// Bounce sends the sender a failure notification (DSN) for the
+	// recipients at the given indexes of m, which are marked Failed with
+	// the reason; the body is still queued while it runs. Nil: a delete
+	// with a bounce is refused (501).
+	Bounce func(ctx context.Context, m queue.Message, rcpts []int) error
 }
+
+// DeletedReply is the reason a bounce of a deleted message gives.
+var DeletedReply = queue.Reply{Enhanced: "5.0.0", Text: "deleted from the queue by the relay's administrator"}
 
 // Handler serves the API over q.
 type Handler struct {
-	q   Queue
-	now func() time.Time
-	mux *http.ServeMux
+	q      Queue
+	now    func() time.Time
+	bounce func(ctx context.Context, m queue.Message, rcpts []int) error
+	mux    *http.ServeMux
 }
 
 // New returns the handler of the admin API over q.
 func New(q Queue, opts Options) *Handler {
-	h := &Handler{q: q, now: opts.Now, mux: http.NewServeMux()}
+	h := &Handler{q: q, now: opts.Now, bounce: opts.Bounce, mux: http.NewServeMux()}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -77,7 +87,7 @@ func New(q Queue, opts Options) *Handler {
 	h.mux.HandleFunc("GET /v1/messages/{id}", h.show)
 	h.mux.HandleFunc("POST /v1/messages/{id}/hold", h.act(q.Hold))
 	h.mux.HandleFunc("POST /v1/messages/{id}/release", h.act(q.Release))
-	h.mux.HandleFunc("DELETE /v1/messages/{id}", h.act(q.Delete))
+	h.mux.HandleFunc("DELETE /v1/messages/{id}", h.delete)
 	h.mux.HandleFunc("POST /v1/flush", h.flush)
 	return h
 }
@@ -253,6 +263,56 @@ func (h *Handler) act(op func(context.Context, queue.ID) error) http.HandlerFunc
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"id": id.String()})
 	}
+}
+
+// DeleteResponse says what a delete did.
+type DeleteResponse struct {
+	ID string `json:"id"`
+	// Bounced counts the pending recipients handed to Options.Bounce as
+	// failed (it sends no DSN for a null sender or NOTIFY=NEVER).
+	Bounced int `json:"bounced"`
+}
+
+func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
+	id, err := queue.ParseID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	resp := DeleteResponse{ID: id.String()}
+	if b := r.URL.Query().Get("bounce"); b == "true" {
+		if h.bounce == nil {
+			writeError(w, http.StatusNotImplemented, errors.New("this relay cannot bounce deleted mail"))
+			return
+		}
+		m, err := h.q.Get(r.Context(), id)
+		if err != nil {
+			writeQueueError(w, err)
+			return
+		}
+		var rcpts []int
+		for _, i := range m.Pending() {
+			m.Recipients[i].State, m.Recipients[i].Reply = queue.Failed, DeletedReply
+			rcpts = append(rcpts, i)
+		}
+		// Bounce first: should it fail, the message stays queued. Should
+		// the delete fail after it, a second delete bounces again.
+		if len(rcpts) > 0 {
+			if err := h.bounce(r.Context(), m, rcpts); err != nil {
+				writeError(w, http.StatusInternalServerError, fmt.Errorf("bounce: %w", err))
+				return
+			}
+		}
+		resp.Bounced = len(rcpts)
+	} else if b != "" && b != "false" {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bounce=%q: want true or false", b))
+		return
+	}
+	if err := h.q.Delete(r.Context(), id); err != nil {
+		writeQueueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (h *Handler) flush(w http.ResponseWriter, r *http.Request) {

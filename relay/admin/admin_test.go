@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/admin"
+	"github.com/postgate/postgate/relay/bounce"
+	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/queue"
 )
 
@@ -42,7 +44,11 @@ type fixture struct {
 	srv *httptest.Server
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureBounce(t, false) }
+
+// newFixtureBounce makes a fixture whose handler bounces deleted mail with
+// relay/bounce into the same queue, as the relay does, when bounces is set.
+func newFixtureBounce(t *testing.T, bounces bool) *fixture {
 	t.Helper()
 	dir, err := queue.OpenDir(t.TempDir())
 	if err != nil {
@@ -54,7 +60,14 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	srv := httptest.NewServer(admin.New(q, admin.Options{Now: clk.Now}))
+	opts := admin.Options{Now: clk.Now}
+	if bounces {
+		bo := &bounce.Bouncer{Queue: q, Hostname: "relay.test", Now: clk.Now}
+		opts.Bounce = func(ctx context.Context, m queue.Message, rcpts []int) error {
+			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: clk.Now()})
+		}
+	}
+	srv := httptest.NewServer(admin.New(q, opts))
 	t.Cleanup(srv.Close)
 	return &fixture{t: t, q: q, clk: clk, srv: srv}
 }
@@ -229,4 +242,41 @@ func TestShowHoldReleaseFlushDelete(t *testing.T) {
 		t.Fatalf("after delete: %v", got)
 	}
 	f.do("GET", "/v1/messages/"+a.String()+"/hold", "", http.StatusMethodNotAllowed, nil)
+}
+
+func TestDeleteWithBounce(t *testing.T) {
+	f := newFixture(t)
+	a := f.enqueue("alice@example.com", "bob@dest.test")
+	f.do("DELETE", "/v1/messages/"+a.String()+"?bounce=true", "", http.StatusNotImplemented, nil)
+	f.do("DELETE", "/v1/messages/"+a.String()+"?bounce=maybe", "", http.StatusBadRequest, nil)
+	if _, err := f.q.Get(context.Background(), a); err != nil {
+		t.Fatalf("a refused delete removed the message: %v", err)
+	}
+
+	f = newFixtureBounce(t, true)
+	a = f.enqueue("alice@example.com", "bob@dest.test", "carol@dest.test")
+	var resp admin.DeleteResponse
+	f.do("DELETE", "/v1/messages/"+a.String()+"?bounce=true", "", http.StatusOK, &resp)
+	if resp.Bounced != 2 {
+		t.Fatalf("bounced %d recipients, want 2", resp.Bounced)
+	}
+	msgs, err := f.q.List(context.Background(), "", 10)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("queue after a delete with bounce: %v %v", msgs, err)
+	}
+	dsn := msgs[0]
+	if dsn.ID == a || dsn.Envelope.From != "" || len(dsn.Envelope.To) != 1 || dsn.Envelope.To[0].Addr != "alice@example.com" {
+		t.Fatalf("want one DSN from <> to the sender, got %+v", dsn)
+	}
+	body, err := f.q.Body(context.Background(), dsn.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = body.Close() }()
+	b, _ := io.ReadAll(body)
+	for _, want := range []string{"bob@dest.test", "carol@dest.test", "5.0.0", "deleted from the queue"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("DSN lacks %q:\n%s", want, b)
+		}
+	}
 }
