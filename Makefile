@@ -84,6 +84,7 @@ build: ## Build bin/postgate.
 .PHONY: verify
 verify: generate manifests ## Fail when generated files drift from the tree; format, vet and lint.
 	bash hack/verify-generated.sh $(GENERATED)
+	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'" >&2; go mod tidy -diff; exit 1; }
 	@unformatted=$$(gofmt -s -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "not gofmt -s formatted: $$unformatted" >&2; exit 1; fi
 	$(MAKE) vet lint

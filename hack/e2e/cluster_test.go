@@ -217,7 +217,10 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 			"--health-probe-bind-address": relayProbes,
 		},
 		relayEnv, t.TempDir(), serviceAccountKubeconfig(t, "postgate-relay")),
-		"--dns-server="+fx.dns.Addr(), fmt.Sprintf("--mx-port=%d", fx.mx.Port())))
+		"--dns-server="+fx.dns.Addr(), fmt.Sprintf("--mx-port=%d", fx.mx.Port()),
+		// The queue admin endpoint defaults to 127.0.0.1:8025, which another
+		// process on the machine may hold.
+		"--admin-bind-address="+freeAddr(t, "127.0.0.1")))
 
 	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+tenant+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
 	run(t, nil, "kubectl", "apply", "-n", tenant, "-f", "config/samples")
