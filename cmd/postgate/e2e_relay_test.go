@@ -14,34 +14,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/postgate/postgate/relay/testenv"
 )
-
-// syncBuffer is a log sink read while the relay writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRelayEndToEnd runs the standalone relay in this process against a
 // loopback DNS server and two SMTP sinks: a message from a signing domain
@@ -99,7 +79,7 @@ spec: {cidrs: [127.0.0.0/8]}
 		t.Fatal(err)
 	}
 
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	f := &relayFlags{
 		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
 		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
@@ -145,7 +125,7 @@ spec: {cidrs: [127.0.0.0/8]}
 	if signed.From != "alice@example.com" || strings.Join(signed.Rcpts, ",") != "bob@dest.test" {
 		t.Errorf("MX sink envelope: %q -> %q", signed.From, signed.Rcpts)
 	}
-	verifyWithPython(t, signed.Data, "s1._domainkey.example.com.", txt)
+	testenv.VerifyDKIMWithPython(t, signed.Data, "s1._domainkey.example.com.", txt)
 
 	routed := shMsgs[0]
 	if routed.Client.Addr() != netip.MustParseAddr("127.0.0.2") {
@@ -192,27 +172,6 @@ func scrape(t *testing.T, url string) []byte {
 		t.Fatal(err)
 	}
 	return body
-}
-
-// verifyWithPython checks a DKIM signature with Debian's python3-dkim.
-func verifyWithPython(t *testing.T, msg []byte, name, txt string) {
-	t.Helper()
-	file := filepath.Join(t.TempDir(), "msg.eml")
-	if err := os.WriteFile(file, msg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	script := `import sys, dkim
-name, txt = sys.argv[2].encode(), sys.argv[3].encode()
-def dnsfunc(q, timeout=5):
-    return txt if q == name else None
-ok = dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dnsfunc)
-print('verified' if ok else 'FAILED')
-sys.exit(0 if ok else 1)
-`
-	out, err := exec.Command("/usr/bin/python3", "-c", script, file, name, txt).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "verified") {
-		t.Errorf("python3-dkim does not verify the signature: %v\n%s\nmessage:\n%s", err, out, msg)
-	}
 }
 
 func indent(s, prefix string) string {

@@ -60,7 +60,7 @@ func operatorCluster(t *testing.T) (*testenv.APIServer, client.Client) {
 type operatorProcess struct {
 	cmd    *exec.Cmd
 	exited chan error
-	log    *syncBuffer
+	log    *testenv.LogBuffer
 }
 
 func startOperatorProcess(t *testing.T, kubeconfig string, args ...string) *operatorProcess {
@@ -69,7 +69,7 @@ func startOperatorProcess(t *testing.T, kubeconfig string, args ...string) *oper
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &operatorProcess{exited: make(chan error, 1), log: &syncBuffer{}}
+	p := &operatorProcess{exited: make(chan error, 1), log: &testenv.LogBuffer{}}
 	p.cmd = exec.Command(bin, append([]string{"operator", "--kubeconfig", kubeconfig, "--leader-elect",
 		"--operator-namespace", "postgate-system", "--relay-namespace", "postgate-system"}, args...)...)
 	p.cmd.Stderr = p.log

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,45 +105,10 @@ func (p *relayProcess) logs() string {
 	return p.log.String()
 }
 
-// sendOne sends one message from 127.0.0.1 and returns the final reply.
+// sendOne sends one message to bob@dest.test from 127.0.0.1 and returns
+// the final reply.
 func sendOne(addr, from, subject string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = conn.Close() }()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(conn)
-	reply := func() (string, error) {
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if len(line) >= 4 && line[3] == ' ' {
-				return strings.TrimSpace(line), nil
-			}
-		}
-	}
-	if _, err := reply(); err != nil {
-		return "", err
-	}
-	for _, cmd := range []string{"EHLO test.test", "MAIL FROM:<" + from + ">", "RCPT TO:<bob@dest.test>", "DATA"} {
-		if _, err := io.WriteString(conn, cmd+"\r\n"); err != nil {
-			return "", err
-		}
-		line, err := reply()
-		if err != nil {
-			return "", err
-		}
-		if line[0] != '2' && line[0] != '3' {
-			return line, nil
-		}
-	}
-	if _, err := fmt.Fprintf(conn, "Subject: %s\r\n\r\nbody\r\n.\r\n", subject); err != nil {
-		return "", err
-	}
-	return reply()
+	return testenv.SubmitMail(addr, "127.0.0.1", from, "bob@dest.test", subject)
 }
 
 var queuedID = regexp.MustCompile(`^250 2\.0\.0 OK: queued as (\S+)$`)

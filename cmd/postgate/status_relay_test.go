@@ -45,7 +45,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 
 	addrs := map[string]string{}
 	for _, name := range []string{"relay-a", "relay-b"} {
-		logs := &syncBuffer{}
+		logs := &testenv.LogBuffer{}
 		f := &relayFlags{
 			smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test",
 			kubeconfig: api.Kubeconfig, relayNamespace: "postgate-system", podName: name,

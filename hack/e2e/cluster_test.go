@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // buildPostgate builds cmd/postgate once per test run.
@@ -120,7 +122,7 @@ func startProcess(t *testing.T, name string, env map[string]string, args []strin
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	log := &syncBuffer{}
+	log := &testenv.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -140,23 +142,6 @@ func startProcess(t *testing.T, name string, env map[string]string, args []strin
 			t.Logf("%s log:\n%s", name, log.String())
 		}
 	})
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitReady polls an HTTP endpoint until it answers 200.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -11,11 +10,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,7 +148,7 @@ spec: {cidrs: [127.0.0.128/25]}
 	mustQueue(t, f.relaySMTP, clientA, "alice@a.example.org", "signed")
 	mustQueue(t, f.relaySMTP, clientB, "invoices@b.example.org", "routed")
 	mx := waitMessages(t, f.mx, 1)
-	verifyWithPython(t, mx[0].Data, "s1._domainkey.a.example.org.", txt)
+	testenv.VerifyDKIMWithPython(t, mx[0].Data, "s1._domainkey.a.example.org.", txt)
 	routed := waitMessages(t, f.smarthost, 1)
 	if routed[0].Client.Addr() != netip.MustParseAddr(sourceIPB) {
 		t.Errorf("the smart host saw the relay from %v, want the source IP %s", routed[0].Client, sourceIPB)
@@ -259,70 +255,9 @@ func mustQueue(t *testing.T, relay, client, from, subject string) {
 	}
 }
 
-// send submits one message to bob@dest.test from the local address client
-// and returns the first refusal, or the reply to the message.
+// send submits one message to bob@dest.test from the local address client.
 func send(addr, client, from, subject string) (string, error) {
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
-	conn, err := d.Dial("tcp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = conn.Close() }()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(conn)
-	reply := func() (string, error) {
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if len(line) >= 4 && line[3] == ' ' {
-				return strings.TrimSpace(line), nil
-			}
-		}
-	}
-	line, err := reply()
-	if err != nil || line[0] != '2' {
-		return line, err
-	}
-	for _, cmd := range []string{"EHLO test.test", "MAIL FROM:<" + from + ">", "RCPT TO:<bob@dest.test>", "DATA"} {
-		if _, err := io.WriteString(conn, cmd+"\r\n"); err != nil {
-			return "", err
-		}
-		line, err := reply()
-		if err != nil {
-			return "", err
-		}
-		if line[0] != '2' && line[0] != '3' {
-			return line, nil
-		}
-	}
-	if _, err := fmt.Fprintf(conn, "From: <%s>\r\nTo: <bob@dest.test>\r\nSubject: %s\r\n\r\nbody\r\n.\r\n", from, subject); err != nil {
-		return "", err
-	}
-	return reply()
-}
-
-// verifyWithPython checks a DKIM signature with Debian's python3-dkim, as
-// cmd/postgate's tests do.
-func verifyWithPython(t *testing.T, msg []byte, name, txt string) {
-	t.Helper()
-	file := filepath.Join(t.TempDir(), "msg.eml")
-	if err := os.WriteFile(file, msg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	script := `import sys, dkim
-name, txt = sys.argv[2].encode(), sys.argv[3].encode()
-def dnsfunc(q, timeout=5):
-    return txt if q == name else None
-ok = dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dnsfunc)
-print('verified' if ok else 'FAILED')
-sys.exit(0 if ok else 1)
-`
-	out, err := exec.Command("/usr/bin/python3", "-c", script, file, name, txt).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "verified") {
-		t.Errorf("python3-dkim does not verify the signature: %v\n%s\nmessage:\n%s", err, out, msg)
-	}
+	return testenv.SubmitMail(addr, client, from, "bob@dest.test", subject)
 }
 
 func indent(s, prefix string) string {

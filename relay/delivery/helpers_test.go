@@ -232,7 +232,7 @@ type env struct {
 	bouncer  *fakeBouncer
 	observer *recorder
 	wire     *wireTap
-	logs     *syncBuffer
+	logs     *testenv.LogBuffer
 	opts     Options
 	mxPort   int
 
@@ -241,22 +241,6 @@ type env struct {
 	runErr chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
@@ -269,7 +253,7 @@ func newEnv(t testing.TB) *env {
 		bouncer:  &fakeBouncer{},
 		observer: &recorder{},
 		wire:     &wireTap{},
-		logs:     &syncBuffer{},
+		logs:     &testenv.LogBuffer{},
 	}
 	e.openQueue()
 	res, err := NewResolver(ResolverOptions{Server: e.dns.Addr(), Clock: e.clock, Timeout: 300 * time.Millisecond})
