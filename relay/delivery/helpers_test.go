@@ -241,7 +241,6 @@ type env struct {
 	runErr chan error
 }
 
-
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{
