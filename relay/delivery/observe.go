@@ -87,6 +87,12 @@ func statusOf(s queue.State) Status {
 // Attempt describes one attempt to deliver one message to one destination.
 type Attempt struct {
 	QueueID queue.ID
+	// Arrival is when the message was accepted; Size its length in bytes.
+	Arrival time.Time
+	Size    int64
+	// MessageID and HeaderFrom are the message's Message-ID and From
+	// address as read at accept time, "" when unknown.
+	MessageID, HeaderFrom string
 	// Sender is the envelope sender, "" for the null sender.
 	Sender string
 	// Domain is the sender's SenderDomain in the table; nil when the domain

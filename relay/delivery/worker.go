@@ -266,7 +266,9 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 		_ = w.bounce(rctx, updated, late, o, end)
 	}
 	a := Attempt{
-		QueueID: msg.ID, Sender: msg.Envelope.From, Destination: d.name(),
+		QueueID: msg.ID, Arrival: msg.Arrival, Size: msg.Size,
+		MessageID: msg.Envelope.MessageID, HeaderFrom: msg.Envelope.HeaderFrom,
+		Sender: msg.Envelope.From, Destination: d.name(),
 		RelayHost: o.host, RelayAddr: o.remote, SourceAddr: o.local,
 		Reply: o.decisive, Cause: o.cause, TLS: o.tls,
 		Start: start, End: end, Delay: end.Sub(msg.Arrival),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/mail"
 	"strings"
 )
 
@@ -48,6 +49,10 @@ type header struct {
 	// messageID is the first Message-ID's value, unfolded and trimmed,
 	// when printable ASCII.
 	messageID string
+	// from is the address of the first From field (RFC 5322 section
+	// 3.6.2), when it parses; else its value when printable ASCII.
+	from    string
+	hasFrom bool
 }
 
 // parseHeader splits the header block into fields: a line that begins with
@@ -81,6 +86,11 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 				h.messageID = printable(strings.TrimSpace(value))
 			}
 			h.hasMessageID = true
+		case strings.EqualFold(name, "From"):
+			if !h.hasFrom {
+				h.from = fromAddress(value)
+			}
+			h.hasFrom = true
 		}
 		field = nil
 	}
@@ -104,6 +114,20 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 
 // printable returns s when it is printable ASCII of at most 998 octets,
 // "" otherwise.
+// fromAddress is the first mailbox of a From field's value, for
+// notifications (the "mimeFrom" a webhook consumer matches on); the trimmed
+// value when net/mail cannot parse it (an RFC 5322 obsolete form, or 8-bit
+// text), "" when that is not printable.
+func fromAddress(value string) string {
+	value = strings.TrimSpace(value)
+	if list, err := mail.ParseAddressList(value); err == nil && len(list) > 0 {
+		if a := printable(list[0].Address); a != "" {
+			return a
+		}
+	}
+	return printable(value)
+}
+
 func printable(s string) string {
 	if len(s) > 998 {
 		return ""

@@ -130,6 +130,9 @@ type Prepared struct {
 	// MessageID is the Message-ID field's value: the one added, or the
 	// client's when it is printable ASCII ("" otherwise), for logs.
 	MessageID string
+	// HeaderFrom is the address in the client's From field (RFC 5322
+	// section 3.6.2), "" when there is none or it is not printable ASCII.
+	HeaderFrom string
 	// Prepended is the number of bytes in front of the client's message.
 	Prepended int
 }
@@ -171,7 +174,7 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	}
 
 	var added bytes.Buffer
-	out := &Prepared{MessageID: h.messageID}
+	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from}
 	if !h.hasMessageID {
 		out.MessageID = newMessageID(p.Hostname)
 		fmt.Fprintf(&added, "Message-ID: %s\r\n", out.MessageID)

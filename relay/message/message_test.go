@@ -388,3 +388,25 @@ func checkNoLeak(t *testing.T) {
 		t.Errorf("%d goroutines left, %d before", runtime.NumGoroutine(), before)
 	})
 }
+
+func TestHeaderFrom(t *testing.T) {
+	tests := []struct{ name, msg, want string }{
+		{"plain address", "From: a@example.com\r\n\r\n", "a@example.com"},
+		{"display name", "From: \"Alice A.\" <alice@example.com>\r\nSubject: x\r\n\r\n", "alice@example.com"},
+		{"folded", "Subject: x\r\nfrom:\r\n Bob\r\n <bob@example.com>\r\n\r\n", "bob@example.com"},
+		{"first of a list", "From: a@example.com, b@example.com\r\n\r\n", "a@example.com"},
+		{"first field wins", "From: one@example.com\r\nFrom: two@example.com\r\n\r\n", "one@example.com"},
+		{"unparsable kept when printable", "From: not an address\r\n\r\n", "not an address"},
+		{"non-ASCII not reported", "From: \xff\xfe\r\n\r\n", ""},
+		{"none", "Subject: x\r\n\r\nFrom: body@example.com\r\n", ""},
+		{"look-alike", "X-From: a@example.com\r\nResent-From: b@example.com\r\n\r\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _ := prepare(t, []byte(tt.msg), baseParams(t))
+			if out.HeaderFrom != tt.want {
+				t.Errorf("HeaderFrom %q, want %q", out.HeaderFrom, tt.want)
+			}
+		})
+	}
+}

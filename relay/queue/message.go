@@ -36,6 +36,12 @@ type Envelope struct {
 	// Auth is the SMTP AUTH identity, namespace/user (DESIGN.md contract
 	// 3), or "" when the client did not authenticate.
 	Auth string `json:"auth,omitempty"`
+	// MessageID is the message's Message-ID field and HeaderFrom the
+	// address of its From field, as read at accept time (relay/message),
+	// "" when unknown: delivery notifications report them without
+	// reading the body again.
+	MessageID  string `json:"messageId,omitempty"`
+	HeaderFrom string `json:"headerFrom,omitempty"`
 }
 
 // Rcpt is one RCPT TO.
@@ -246,7 +252,7 @@ func (e *Envelope) validate(maxRcpt int) error {
 	}
 	fields := []struct{ name, value string }{
 		{"MAIL FROM", e.From}, {"ENVID", e.EnvID}, {"client address", e.ClientAddr},
-		{"HELO", e.HELO}, {"AUTH identity", e.Auth},
+		{"HELO", e.HELO}, {"AUTH identity", e.Auth}, {"Message-ID", e.MessageID}, {"From", e.HeaderFrom},
 	}
 	for _, f := range fields {
 		if err := checkField(f.name, f.value); err != nil {

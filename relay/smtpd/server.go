@@ -57,6 +57,10 @@ type Envelope struct {
 	Helo string
 	// TLS describes the client connection's TLS, nil without TLS.
 	TLS *tls.ConnectionState
+	// MessageID and HeaderFrom are the message's Message-ID (the client's
+	// or the one added) and From address, set once the header is read,
+	// for delivery notifications; "" when unknown.
+	MessageID, HeaderFrom string
 }
 
 // Config configures a Server. Zero limits take the defaults of the

@@ -189,6 +189,7 @@ func (s *session) Data(r io.Reader) error {
 	prepared, err := message.Prepare(ctx, message.NewChecker(r, s.s.cfg.MaxLineLength), params)
 	var id string
 	if err == nil {
+		env.MessageID, env.HeaderFrom = prepared.MessageID, prepared.HeaderFrom
 		id, err = s.s.cfg.Spool.Enqueue(ctx, env, prepared)
 		_ = prepared.Close()
 	}

@@ -115,3 +115,45 @@ func readBody(t *testing.T, l *queue.Lease) string {
 	}
 	return string(b)
 }
+
+// TestQueuedEnvelopeNamesTheMessage: the queued envelope carries the
+// Message-ID and From address read at accept time, which delivery
+// notifications report ("messageId", "mimeFrom").
+func TestQueuedEnvelopeNamesTheMessage(t *testing.T) {
+	q, err := queue.Open(context.Background(), queuetest.New(), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = q.Close() }()
+	srv, err := New(Config{Hostname: "relay.test", Tables: newTables(t, testInput()), Spool: QueueSpool{q}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln, false) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	c := dialFrom(t, "127.0.0.10", ln.Addr().String())
+	defer func() { _ = c.conn.Close() }()
+	c.hello()
+	c.send("MAIL FROM:<alice@example.com>\r\n")
+	c.send("RCPT TO:<bob@dest.test>\r\n")
+	c.send("DATA\r\n")
+	code, line := c.send("From: \"Alice\" <alice@example.com>\r\nMessage-ID: <m1@client.test>\r\n\r\nhi\r\n.\r\n")
+	if code != 250 {
+		t.Fatalf("DATA: %s", line)
+	}
+	m, err := q.Get(context.Background(), queue.ID(queuedAs.FindStringSubmatch(line)[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Envelope.MessageID != "<m1@client.test>" || m.Envelope.HeaderFrom != "alice@example.com" {
+		t.Errorf("envelope MessageID %q HeaderFrom %q, want <m1@client.test> and alice@example.com", m.Envelope.MessageID, m.Envelope.HeaderFrom)
+	}
+}
