@@ -432,6 +432,7 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
 
 	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionDeliveryDegraded, metav1.ConditionTrue, v1alpha1.ReasonTemporaryFailures)
+	waitEvent(t, c, tenant, "sd", v1alpha1.ReasonTemporaryFailures) // a failing period starts
 	eventually(t, waitTimeout, func() string {
 		sd = get(t, c, tenant, "sd", newSD())
 		var names []string
@@ -459,6 +460,7 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 	eventually(t, waitTimeout, func() string {
 		return hasNoCondition(get(t, c, tenant, "sd", newSD()), v1alpha1.ConditionDeliveryDegraded)
 	})
+	waitEvent(t, c, tenant, "sd", v1alpha1.EventReasonDeliveryRecovered) // and ends
 }
 
 // applyReplica writes one replica's entry as a relay does: server-side apply

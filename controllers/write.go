@@ -110,10 +110,16 @@ func (r *Reconciler) recordTransitions(obj client.Object, old view, s ownedStatu
 	for _, t := range []string{v1alpha1.ConditionAccepted, v1alpha1.ConditionResolvedRefs,
 		v1alpha1.ConditionRouteRefused, v1alpha1.ConditionDeliveryDegraded} {
 		n := findCondition(s.Conditions, t)
+		o := findCondition(old.conditions, t)
 		if n == nil {
+			// DeliveryDegraded is present only while delivery fails: its
+			// removal ends a failing period.
+			if t == v1alpha1.ConditionDeliveryDegraded && o != nil && o.Status == metav1.ConditionTrue {
+				r.events.Eventf(obj, nil, corev1.EventTypeNormal, v1alpha1.EventReasonDeliveryRecovered, t,
+					"Delivery recovered: the last attempt of every live relay succeeded (was %s)", o.Reason)
+			}
 			continue
 		}
-		o := findCondition(old.conditions, t)
 		bad := n.Status == metav1.ConditionFalse ||
 			(n.Status == metav1.ConditionTrue && (t == v1alpha1.ConditionRouteRefused || t == v1alpha1.ConditionDeliveryDegraded))
 		switch {

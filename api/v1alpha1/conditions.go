@@ -128,3 +128,17 @@ const (
 	// next hop does not offer it, or its certificate does not verify.
 	ReasonTLSRequiredButUnavailable = "TLSRequiredButUnavailable"
 )
+
+// Event reasons that are not condition reasons. Events (events.k8s.io) are
+// aggregated: the operator emits one on each transition of a condition, a
+// relay at most one per object per status write (10 s).
+const (
+	// EventReasonDeliveryRecovered (Normal, from the operator): the
+	// DeliveryDegraded condition cleared, a failing period ended. Its
+	// start is the Warning Event with the condition's reason.
+	EventReasonDeliveryRecovered = "DeliveryRecovered"
+	// EventReasonBounced (Warning, from a relay): recipients bounced or
+	// expired since the relay's last Event for the object; the note
+	// gives the count and the last reply.
+	EventReasonBounced = "Bounced"
+)

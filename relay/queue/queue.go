@@ -141,8 +141,9 @@ type Queue struct {
 // entry is what the queue keeps in memory about a message: enough to
 // schedule it. Envelope and state are read from the file when needed.
 type entry struct {
-	id   ID
-	size int64
+	id      ID
+	size    int64
+	arrival time.Time // Message.Arrival, for the oldest message's age
 
 	// io serializes changes to the message's file; the file is the
 	// authority on the message's state.
@@ -248,7 +249,7 @@ func (q *Queue) load(id ID) error {
 	if m.ID != id {
 		return fmt.Errorf("file holds message %s: %w", m.ID, ErrCorrupt)
 	}
-	e := &entry{id: id, size: m.Size}
+	e := &entry{id: id, size: m.Size, arrival: m.Arrival}
 	if !q.setSummary(e, &m) {
 		return q.fs.Remove(msgName(id))
 	}
@@ -501,7 +502,7 @@ func (q *Queue) commit(w *spoolFile, m *Message) error {
 	if err := q.group.wait(); err != nil {
 		return storageErr("sync queue directory", err)
 	}
-	e := &entry{id: m.ID, size: m.Size}
+	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival}
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.entries[m.ID] = e
@@ -558,6 +559,9 @@ type Stats struct {
 	Held     int   // of which on hold
 	Leased   int   // of which being delivered
 	Bytes    int64 // body bytes in the queue
+	// Oldest is the earliest Arrival of a message in the queue; zero when
+	// the queue is empty.
+	Oldest time.Time
 	// Since Open:
 	Enqueued  uint64 // Enqueue calls that returned an ID
 	FileSyncs uint64 // fsyncs of message files
@@ -576,6 +580,9 @@ func (q *Queue) Stats() Stats {
 			s.Leased++
 		}
 		s.Bytes += e.size
+		if s.Oldest.IsZero() || e.arrival.Before(s.Oldest) {
+			s.Oldest = e.arrival
+		}
 	}
 	q.mu.Unlock()
 	s.Enqueued = q.enqueued.Load()

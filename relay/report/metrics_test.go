@@ -1,9 +1,6 @@
 package report
 
 import (
-	"fmt"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +8,7 @@ import (
 
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func TestMetrics(t *testing.T) {
@@ -37,7 +35,7 @@ func TestMetrics(t *testing.T) {
 	d.Recipients = []delivery.RecipientResult{{Status: delivery.StatusDeferred}, {Status: delivery.StatusDeferred}}
 	Observers{m}.Observe(d)
 
-	got := gather(t, reg)
+	got := testenv.Gather(t, reg)
 	for _, tc := range []struct {
 		series string
 		want   float64
@@ -61,33 +59,4 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", tc.series, v, ok, tc.want)
 		}
 	}
-}
-
-// gather returns the registry's counters, and the sums and counts of its
-// histograms, by series name with its labels sorted.
-func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather() // the pedantic registry checks the metrics too
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			sort.Strings(labels)
-			ls := "{" + strings.Join(labels, ",") + "}"
-			switch {
-			case m.Counter != nil:
-				out[mf.GetName()+ls] = m.GetCounter().GetValue()
-			case m.Histogram != nil:
-				out[mf.GetName()+"_sum"+ls] = m.GetHistogram().GetSampleSum()
-				out[mf.GetName()+"_count"+ls] = float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return out
 }

@@ -10,6 +10,7 @@
 package report
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,9 +19,12 @@ import (
 	"time"
 	"unicode/utf8"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
@@ -68,6 +72,11 @@ type Options struct {
 	Now func() time.Time
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
+	// Events, when set, receives one Warning Event (reason Bounced) per
+	// object and write when recipients bounced or expired since the last
+	// one: aggregated, never one per message. The start and end of a
+	// failing period are the operator's Events (DeliveryDegraded).
+	Events events.EventRecorder
 }
 
 // Reporter implements delivery.Observer. Observe only updates an in-memory
@@ -92,6 +101,11 @@ type entry struct {
 	notBefore                 time.Time     // no write before this (interval, backoff)
 	refreshAt                 time.Time     // rewrite then, when the written counts have left the window
 	backoff                   time.Duration // of the next failed write; 0 after a success
+	uid                       types.UID     // of the object, for Events
+	// bounced counts recipients that bounced or expired since the last
+	// Event; lastBounce is the newest such attempt.
+	bounced    int64
+	lastBounce *v1alpha1.DeliveryAttempt
 }
 
 // bucket counts recipients in one slice of the window.
@@ -151,6 +165,17 @@ func (r *Reporter) Observe(a delivery.Attempt) {
 		r.objs[key] = e
 	}
 	at := attemptOf(a, end)
+	if ref.UID != "" {
+		e.uid = ref.UID
+	}
+	for _, rc := range a.Recipients {
+		if rc.Status == delivery.StatusBounced || rc.Status == delivery.StatusExpired {
+			e.bounced++
+			if e.lastBounce == nil || !at.Time.Before(&e.lastBounce.Time) {
+				e.lastBounce = at
+			}
+		}
+	}
 	if a.Status == delivery.StatusSent {
 		if e.lastDelivered == nil || !at.Time.Before(&e.lastDelivered.Time) {
 			e.lastDelivered = at
@@ -304,12 +329,24 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 	st := r.snapshot(e, now)
 	e.dirty = false
 	e.refreshAt = time.Time{}
+	bounced, lastBounce, uid := e.bounced, e.lastBounce, e.uid
+	e.bounced, e.lastBounce = 0, nil
 	r.mu.Unlock()
 
 	err := r.apply(ctx, k, st)
+	if err == nil && bounced > 0 {
+		r.bounceEvent(k, uid, bounced, lastBounce)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err != nil && !apierrors.IsNotFound(err) {
+		// Reported with the next write that succeeds.
+		e.bounced += bounced
+		if e.lastBounce == nil {
+			e.lastBounce = lastBounce
+		}
+	}
 	switch {
 	case err == nil:
 		e.backoff = 0
@@ -333,6 +370,36 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 		e.notBefore = now.Add(e.backoff)
 		r.opts.Logger.Warn("Writing delivery status failed; will retry", "object", k.String(), "retryIn", e.backoff.String(), "err", err)
 	}
+}
+
+// bounceEvent emits one Warning Event for n recipients that bounced or
+// expired, naming the last reply.
+func (r *Reporter) bounceEvent(k routing.ObjectKey, uid types.UID, n int64, last *v1alpha1.DeliveryAttempt) {
+	if r.opts.Events == nil {
+		return
+	}
+	var obj runtime.Object
+	meta := metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name, UID: uid}
+	switch k.Kind {
+	case routing.KindRelayRoute:
+		obj = &v1alpha1.RelayRoute{ObjectMeta: meta}
+	case routing.KindSenderDomain:
+		obj = &v1alpha1.SenderDomain{ObjectMeta: meta}
+	default:
+		return
+	}
+	note := fmt.Sprintf("Relay %s: %d recipient(s) bounced or expired", r.opts.Replica, n)
+	if last != nil {
+		note += "; last from " + cmp.Or(last.RelayHost, "no host")
+		if last.ResponseCode != 0 {
+			note += fmt.Sprintf(": %d %s", last.ResponseCode, last.EnhancedCode)
+		}
+		if last.Reply != "" {
+			note += " " + last.Reply
+		}
+	}
+	// The API bounds a note to 1 kB.
+	r.opts.Events.Eventf(obj, nil, corev1.EventTypeWarning, v1alpha1.EventReasonBounced, "Deliver", "%s", truncate(note, 1000))
 }
 
 // windowEnd is when the newest count of e leaves the window. r.mu is held.

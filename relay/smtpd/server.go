@@ -100,6 +100,9 @@ type Config struct {
 	// time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Metrics counts sessions, accepted and refused mail; nil counts
+	// nothing.
+	Metrics *Metrics
 }
 
 func (c *Config) setDefaults() {
@@ -143,6 +146,11 @@ type Server struct {
 	closed    bool
 	done      chan struct{}
 	accepting sync.WaitGroup
+	// conns are the admitted connections, so that Drain can wake the ones
+	// blocked reading their next command.
+	conns map[*clientConn]struct{}
+	// draining: Drain was called; see there.
+	draining atomic.Bool
 }
 
 // New returns a server for cfg.
@@ -155,6 +163,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:    cfg,
 		limits: &connLimits{total: cfg.MaxConnections, perClient: cfg.MaxConnectionsPerClient, open: map[netip.Addr]int{}},
 		done:   make(chan struct{}),
+		conns:  map[*clientConn]struct{}{},
 	}
 	srv := smtp.NewServer(&backend{s: s})
 	srv.Domain = cfg.Hostname
@@ -227,6 +236,7 @@ func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
 		h := pc.ProxyHeader()
 		if h == nil || h.Command.IsLocal() || !src.IsValid() {
 			log.Info("Refused connection without a PROXY header from a proxy address", "peer", peer)
+			s.cfg.Metrics.connectionRefused("proxy_header")
 			_ = raw.Close()
 			return
 		}
@@ -237,16 +247,34 @@ func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
 		// (proxyproto's REJECT policy cannot serve here: it holds back
 		// every write, the greeting included, until the client has sent
 		// its first bytes, and SMTP clients wait for the greeting.)
-		conn = &noProxyConn{Conn: raw, hostname: s.cfg.Hostname}
+		conn = &noProxyConn{Conn: raw, hostname: s.cfg.Hostname, refused: func() { s.cfg.Metrics.connectionRefused("proxy_header") }}
+	}
+	if s.draining.Load() {
+		s.refuseDraining(conn, implicitTLS)
+		return
 	}
 	if !s.limits.acquire(client.Addr()) {
 		_ = raw.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		fmt.Fprintf(raw, "421 4.7.0 %s Too many connections, try again later\r\n", s.cfg.Hostname)
 		_ = raw.Close()
 		log.Info("Refused connection over the limits", "client", client)
+		s.cfg.Metrics.connectionRefused("connection_limit")
 		return
 	}
-	var c net.Conn = &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, release: func() { s.limits.release(client.Addr()) }}
+	cc := &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, draining: &s.draining}
+	cc.release = func() {
+		s.mu.Lock()
+		delete(s.conns, cc)
+		s.mu.Unlock()
+		s.limits.release(client.Addr())
+		s.cfg.Metrics.sessionEnded()
+	}
+	// Registered before go-smtp greets it: a Drain from now on wakes it.
+	s.mu.Lock()
+	s.conns[cc] = struct{}{}
+	s.mu.Unlock()
+	var c net.Conn = cc
+	s.cfg.Metrics.sessionStarted()
 	if implicitTLS {
 		c = tls.Server(c, s.cfg.TLS)
 	}
@@ -267,8 +295,82 @@ func (s *Server) fromProxy(a netip.Addr) bool {
 	return false
 }
 
+// shuttingDown is the reply of a draining server (RFC 5321 sections 3.8
+// and 4.2.2: 421 <domain> Service not available, closing transmission
+// channel; RFC 3463 4.3.2, system not accepting network messages).
+func (s *Server) shuttingDown() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: s.cfg.Hostname + " Service shutting down"}
+}
+
+// refuseDraining answers a connection that arrives while the server drains
+// with the 421 greeting and closes it (RFC 5321 section 3.1: a server may
+// open with 421 when it cannot serve). The listener stays open while the
+// relay drains so that clients read a 421 and retry elsewhere later,
+// rather than a connection refused that some clients report as a hard
+// error. Over implicit TLS the reply goes after the handshake, bounded by
+// the proxy header timeout.
+func (s *Server) refuseDraining(conn net.Conn, implicitTLS bool) {
+	defer func() { _ = conn.Close() }()
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.ProxyHeaderTimeout))
+	if implicitTLS {
+		tc := tls.Server(conn, s.cfg.TLS)
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		conn = tc
+	}
+	e := s.shuttingDown()
+	fmt.Fprintf(conn, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
+
+// Drain makes the server stop taking mail, at once, while its listeners
+// stay open: a new connection is greeted with 421 4.3.2 and closed; a
+// session between transactions gets the same 421 and is closed (RFC 5321
+// section 3.8 lets a server that is shutting down send 421 and close); a
+// session in a transaction (MAIL accepted, message not yet answered)
+// finishes it, and gets 421 for its next command. A message is answered
+// 250 only once it is queued durably, as always, so nothing answered 250
+// is lost. Sessions protected by TLS get go-smtp's own 421 4.4.2 at that
+// point: the reply must go through the TLS layer, which cannot be written
+// from inside its own read. Shutdown then closes the listeners. Drain
+// returns at once; Idle tells when the sessions are gone.
+func (s *Server) Drain() {
+	if s.draining.Swap(true) {
+		return
+	}
+	s.mu.Lock()
+	conns := make([]*clientConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.wake()
+	}
+}
+
+// Idle waits until no session is open, or ctx ends (its error then).
+func (s *Server) Idle(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
 // Shutdown stops accepting connections and waits, until ctx ends, for the
-// sessions to finish; then it closes what is left.
+// sessions to finish; then it closes what is left. Call Drain and Idle
+// first for a graceful stop that keeps answering 421.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.closed {
@@ -322,14 +424,62 @@ type clientConn struct {
 	// for the stream to be parsed safely, the reply is sent and the
 	// connection closed, so the rest of the body is never read as commands.
 	closeAfterWrite atomic.Bool
+	// draining is the server's Drain flag; inTx is set by the session
+	// from an accepted MAIL until the transaction ends.
+	draining *atomic.Bool
+	inTx     atomic.Bool
+	// goodbye, set by the session, answers the next command of a session
+	// that is draining: nil (the default, before the session exists)
+	// closes the connection without a word.
+	goodbye atomic.Pointer[func() error]
 }
 
+// errDraining ends a session between transactions while the server
+// drains. It is a timeout to go-smtp, which then writes its own 421 and
+// closes without logging an error.
+type errDraining struct{}
+
+func (errDraining) Error() string   { return "relay shutting down" }
+func (errDraining) Timeout() bool   { return true }
+func (errDraining) Temporary() bool { return false }
+
+// Read waits for the client's next bytes, extending the idle deadline. A
+// session between transactions of a draining server is ended instead, with
+// 421 (see Server.Drain); Drain wakes a blocked read by moving its
+// deadline to now.
 func (c *clientConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
-		return 0, err
+	for {
+		if c.ending() {
+			return 0, c.sayGoodbye()
+		}
+		if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+			return 0, err
+		}
+		// Drain may have moved the deadline just before this read set it.
+		if c.ending() {
+			return 0, c.sayGoodbye()
+		}
+		n, err := c.Conn.Read(p)
+		var ne net.Error
+		if n == 0 && c.draining.Load() && errors.As(err, &ne) && ne.Timeout() {
+			continue // woken by Drain: end the session, or read on in a transaction
+		}
+		return n, err
 	}
-	return c.Conn.Read(p)
 }
+
+func (c *clientConn) ending() bool { return c.draining.Load() && !c.inTx.Load() }
+
+func (c *clientConn) sayGoodbye() error {
+	if f := c.goodbye.Load(); f != nil {
+		return (*f)()
+	}
+	_ = c.Close()
+	return net.ErrClosed
+}
+
+// wake interrupts a blocked Read so that it sees the drain.
+func (c *clientConn) wake() { _ = c.Conn.SetReadDeadline(time.Now()) }
 
 func (c *clientConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
@@ -356,6 +506,7 @@ type noProxyConn struct {
 	net.Conn
 	hostname string
 	checked  bool
+	refused  func() // counts the refusal
 }
 
 var errProxyHeaderRefused = errors.New("PROXY protocol header from a peer outside --proxy-protocol-cidrs")
@@ -367,6 +518,7 @@ func (c *noProxyConn) Read(p []byte) (int, error) {
 		if bytes.HasPrefix(p[:n], proxyproto.SIGV1) || bytes.HasPrefix(p[:n], proxyproto.SIGV2[:4]) {
 			fmt.Fprintf(c.Conn, "554 5.7.0 %s PROXY protocol is not accepted from your address\r\n", c.hostname)
 			_ = c.Conn.Close()
+			c.refused()
 			return 0, errProxyHeaderRefused
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -38,6 +39,10 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		sess.cc = cc
 	} else if tc, ok := c.Conn().(*tls.Conn); ok {
 		sess.cc, _ = tc.NetConn().(*clientConn)
+	}
+	if sess.cc != nil {
+		goodbye := sess.goodbye
+		sess.cc.goodbye.Store(&goodbye)
 	}
 	return sess, nil
 }
@@ -91,6 +96,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			if s.authFail >= maxAuthFailures && s.cc != nil {
 				s.cc.closeAfterWrite.Store(true)
 			}
+			s.s.cfg.Metrics.rejected("auth", errAuthFailed)
 			return errAuthFailed
 		}
 		s.identity = id
@@ -111,7 +117,32 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+// goodbye ends a session between transactions of a draining server (see
+// Server.Drain). It runs in the session's reading goroutine, which is
+// also the one that writes replies. In plain text it writes the 421 and
+// closes; under TLS (which it must not write through from inside the TLS
+// layer's read, and must not even query, in case a handshake holds its
+// lock) it returns errDraining, for which go-smtp writes a 421 itself.
+func (s *session) goodbye() error {
+	if _, isTLS := s.conn.Conn().(*tls.Conn); isTLS {
+		return errDraining{}
+	}
+	e := s.s.shuttingDown()
+	_ = s.cc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(s.cc, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+	_ = s.cc.Close()
+	return io.EOF
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+	defer func() { s.s.cfg.Metrics.rejected("mail", err) }()
+	// A draining server starts no transaction (RFC 5321 section 3.8).
+	if s.s.draining.Load() {
+		if s.cc != nil {
+			s.cc.closeAfterWrite.Store(true)
+		}
+		return s.s.shuttingDown()
+	}
 	if from != "" {
 		if err := checkAddress(from); err != nil {
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address refused: " + err.Error()}
@@ -129,10 +160,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil {
 		s.mailOpts = *opts
 	}
+	if s.cc != nil {
+		s.cc.inTx.Store(true)
+	}
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
+	defer func() { s.s.cfg.Metrics.rejected("rcpt", err) }()
 	if err := checkAddress(to); err != nil {
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address refused: " + err.Error()}
 	}
@@ -163,7 +198,8 @@ func (s *session) authorize() error {
 	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied: " + d.String()}
 }
 
-func (s *session) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) (err error) {
+	defer func() { s.s.cfg.Metrics.rejected("data", err) }()
 	// The table may have changed since RCPT: decide again, now.
 	if err := s.authorize(); err != nil {
 		return err
@@ -188,14 +224,17 @@ func (s *session) Data(r io.Reader) error {
 	}
 	prepared, err := message.Prepare(ctx, message.NewChecker(r, s.s.cfg.MaxLineLength), params)
 	var id string
+	body := &countingReader{}
 	if err == nil {
 		env.MessageID, env.HeaderFrom = prepared.MessageID, prepared.HeaderFrom
-		id, err = s.s.cfg.Spool.Enqueue(ctx, env, prepared)
+		body.r = prepared
+		id, err = s.s.cfg.Spool.Enqueue(ctx, env, body)
 		_ = prepared.Close()
 	}
 	var be *message.UnsafeBytesError
 	switch {
 	case err == nil:
+		s.s.cfg.Metrics.messageAccepted(body.n)
 		s.s.cfg.Logger.Info("Queued", "id", id, "client", s.client, "from", s.from, "recipients", len(s.to))
 		// go-smtp answers a nil error with a bare "OK: queued"; the queue
 		// id in the reply is what lets a sender trace a message.
@@ -236,6 +275,21 @@ func (s *session) Data(r io.Reader) error {
 
 func (s *session) Reset() {
 	s.from, s.mailOpts, s.to, s.rcptOpts = "", smtp.MailOptions{}, nil, nil
+	if s.cc != nil {
+		s.cc.inTx.Store(false)
+	}
 }
 
 func (s *session) Logout() error { return nil }
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
