@@ -239,8 +239,10 @@ func (q *Queue) Export(ctx context.Context, id ID, w io.Writer) error {
 // Import queues a record written by Export, keeping its ID, arrival time,
 // held flag and recipients' status and history. The record is checked
 // whole (header, body CRC, every journal record) before it is committed,
-// durably, as Enqueue commits. It fails with ErrExists when the ID is
-// queued here already, ErrCorrupt when the record does not check out. A
+// durably, as Enqueue commits. It fails with ErrExists, returning the ID,
+// when the ID is queued here already or being imported (Get tells which:
+// a hand-off is idempotent by ID), ErrCorrupt when the record does not
+// check out. A
 // record with no pending recipient is accepted and not stored.
 func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 	if err := q.begin(); err != nil {
@@ -271,6 +273,9 @@ func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 		return "", err
 	}
 	if err := q.reserve(h.ID); err != nil {
+		if errors.Is(err, ErrExists) {
+			return h.ID, err // the caller tells an ID queued here from one in flight (Get)
+		}
 		return "", err
 	}
 	defer q.unreserve(h.ID)

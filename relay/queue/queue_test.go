@@ -418,8 +418,11 @@ func TestExportImport(t *testing.T) {
 	if !im.Arrival.Equal(t0) || !slices.Equal(im.Recipients, m.Recipients) {
 		t.Errorf("imported state:\n got %v %+v\nwant %v %+v", im.Arrival, im.Recipients, t0, m.Recipients)
 	}
-	_, err = dst.Import(ctx, bytes.NewReader(rec.Bytes()))
+	again, err := dst.Import(ctx, bytes.NewReader(rec.Bytes()))
 	wantErr(t, err, queue.ErrExists)
+	if again != id {
+		t.Errorf("second Import named %q, want the ID %s it has", again, id)
+	}
 
 	// Any damage is refused and leaves nothing behind.
 	third := openDir(t, t.TempDir())
