@@ -46,6 +46,9 @@ type publisher struct {
 	// live relays report.
 	shards map[int64][]string
 
+	// bytes is the size of the index's shards (gzipped), for metrics.
+	bytes int64
+
 	// afterShards, when set, runs between the shard writes and the index
 	// write: tests make it fail to stand for an operator that dies there.
 	afterShards func() error
@@ -95,6 +98,12 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 		data[ref.Name] = s.Data[routing.ShardDataKey]
 	}
 	t, err := routing.Decode(idx, data, cache)
+	if err == nil {
+		p.bytes = 0
+		for _, d := range data {
+			p.bytes += int64(len(d))
+		}
+	}
 	if err != nil {
 		// Republish whatever compiles, writing every shard again.
 		p.index = &routing.Index{Version: idx.Version}
@@ -157,6 +166,10 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 		return nil, false, err
 	}
 	p.index = idx
+	p.bytes = 0
+	for _, s := range shards {
+		p.bytes += int64(len(s.Data))
+	}
 	return idx, true, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -108,6 +111,34 @@ type Stats struct {
 	PublishedAt  atomic.Int64
 	CompileNanos atomic.Int64
 	StatusNanos  atomic.Int64
+	// TableBytes and TableShards are the size of the table in force (its
+	// gzipped shards) and their count; TableObjects its objects.
+	TableBytes, TableShards, TableObjects atomic.Int64
+
+	// conditions counts the objects by kind and condition as the last
+	// status pass computed them.
+	mu         sync.Mutex
+	conditions map[conditionKey]int
+}
+
+// conditionKey is one series of MetricObjects.
+type conditionKey struct {
+	kind, condition string
+	status          metav1.ConditionStatus
+}
+
+// Conditions returns a copy of the counts by kind, condition type and
+// status from the last status pass.
+func (s *Stats) Conditions() map[conditionKey]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.conditions)
+}
+
+func (s *Stats) setConditions(c map[conditionKey]int) {
+	s.mu.Lock()
+	s.conditions = c
+	s.mu.Unlock()
 }
 
 type memoEntry struct {
@@ -370,6 +401,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		if t != nil {
 			r.book.record(t, t.Version)
 			r.stats.Version.Store(t.Version)
+			r.stats.TableBytes.Store(r.pub.bytes)
+			r.stats.TableShards.Store(int64(len(r.pub.index.Shards)))
+			r.stats.TableObjects.Store(int64(len(t.Objects())))
 			log.Info("Continuing from the published routing table", "version", t.Version)
 		}
 		r.started = true
@@ -401,6 +435,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 			r.book.record(res.Table, idx.Version)
 			r.stats.Publications.Add(1)
 			r.stats.Version.Store(idx.Version)
+			r.stats.TableBytes.Store(r.pub.bytes)
+			r.stats.TableShards.Store(int64(len(idx.Shards)))
+			r.stats.TableObjects.Store(int64(len(res.Table.Objects())))
 			r.stats.PublishedAt.Store(time.Now().UnixNano())
 			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()), "took", time.Since(began))
 		}

@@ -36,6 +36,8 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 	var clears time.Time
 	var errs []error
 	seen := map[routing.ObjectKey]bool{}
+	counts := map[conditionKey]int{}
+	defer func() { r.stats.setConditions(counts) }()
 	objs.each(func(obj client.Object) {
 		cur := viewOf(obj)
 		key := routing.ObjectKey{Kind: cur.kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
@@ -65,6 +67,9 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 			dkim = v.DKIM
 		}
 		want := desiredStatus(cur, conds, dkim, obj.GetGeneration(), now)
+		for _, c := range want.Conditions {
+			counts[conditionKey{cur.kind, c.Type, c.Status}]++
+		}
 		h := statusHash(want)
 		if m, ok := r.memo[key]; ok && m.uid == obj.GetUID() && m.hash == h {
 			return

@@ -146,6 +146,12 @@ spec: {cidrs: [127.0.0.0/8]}
 	for _, want := range []string{
 		`postgate_relay_delivery_attempts_total{destination="mx",status="sent"} 1`,
 		`postgate_relay_delivery_attempts_total{destination="route",status="sent"} 1`,
+		`postgate_relay_smtp_sessions_total 2`,
+		`postgate_relay_smtp_messages_accepted_total 2`,
+		`postgate_relay_queue_enqueued_total 2`,
+		`postgate_relay_queue_messages 0`,
+		`postgate_relay_table_version 1`,
+		`postgate_relay_table_loaded 1`,
 	} {
 		var body []byte
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
@@ -94,6 +95,14 @@ func runOperator(args []string, stderr io.Writer) int {
 	r, err := controllers.NewReconciler(mgr.GetClient(), mgr.GetCache(), mgr.GetAPIReader(), mgr.GetEventRecorder("postgate-operator"), opts)
 	if err == nil {
 		err = r.SetupWithManager(ctx, mgr)
+	}
+	if err == nil {
+		// controller-runtime serves its own registry on /metrics. An
+		// earlier operator in this process (tests) registered the same
+		// descriptors: replace it.
+		col := controllers.NewCollector(r)
+		ctrlmetrics.Registry.Unregister(col)
+		err = ctrlmetrics.Registry.Register(col)
 	}
 	if err == nil {
 		err = mgr.AddHealthzCheck("healthz", healthz.Ping)

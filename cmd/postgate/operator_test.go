@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,6 +161,24 @@ func TestOperatorCommand(t *testing.T) {
 			t.Errorf("GET %s: %v, body lacks %q", url, err, want)
 		}
 	}
+	// The operator's own metrics: the table it published and the object
+	// by its conditions (no relay is live, so not Programmed).
+	for _, want := range []string{
+		"postgate_operator_table_version 1",
+		"postgate_operator_table_objects 1",
+		"postgate_operator_table_shards ",
+		`postgate_operator_objects{condition="Accepted",kind="SenderDomain",status="True"} 1`,
+		`postgate_operator_objects{condition="Programmed",kind="SenderDomain",status="False"} 1`,
+	} {
+		body, err := httpGet("http://" + metrics + "/metrics")
+		if err != nil || !strings.Contains(body, want) {
+			t.Errorf("operator metrics: %v, no %q in\n%s", err, want, grepLines(body, "postgate_"))
+		}
+	}
+	body, _ := httpGet("http://" + metrics + "/metrics")
+	if m := regexp.MustCompile(`(?m)^postgate_operator_table_bytes (\d+)`).FindStringSubmatch(body); m == nil || m[1] == "0" {
+		t.Errorf("operator metrics: table bytes %v", m)
+	}
 	p.terminate(t)
 }
 
@@ -230,4 +249,15 @@ func poll(t *testing.T, cond func() string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

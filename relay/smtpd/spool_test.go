@@ -29,28 +29,14 @@ func TestNoAcknowledgedMessageLost(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			srv, err := New(Config{Hostname: "relay.test", Tables: newTables(t, testInput()), Spool: QueueSpool{q}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() { _ = srv.Serve(ln, false) }()
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = srv.Shutdown(ctx)
-			}()
-
+			addr := serveQueue(t, q)
 			fsys.CrashAt(crashAfter)
 			var mu sync.Mutex
 			acked := map[string]string{} // queue id -> body
 			var wg sync.WaitGroup
 			for client := range 4 {
 				wg.Go(func() {
-					c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 10+client), ln.Addr().String())
+					c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 10+client), addr)
 					defer func() { _ = c.conn.Close() }()
 					c.hello()
 					for i := range 15 {
@@ -125,21 +111,7 @@ func TestQueuedEnvelopeNamesTheMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = q.Close() }()
-	srv, err := New(Config{Hostname: "relay.test", Tables: newTables(t, testInput()), Spool: QueueSpool{q}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln, false) }()
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
-	c := dialFrom(t, "127.0.0.10", ln.Addr().String())
+	c := dialFrom(t, "127.0.0.10", serveQueue(t, q))
 	defer func() { _ = c.conn.Close() }()
 	c.hello()
 	c.send("MAIL FROM:<alice@example.com>\r\n")
@@ -156,4 +128,25 @@ func TestQueuedEnvelopeNamesTheMessage(t *testing.T) {
 	if m.Envelope.MessageID != "<m1@client.test>" || m.Envelope.HeaderFrom != "alice@example.com" {
 		t.Errorf("envelope MessageID %q HeaderFrom %q, want <m1@client.test> and alice@example.com", m.Envelope.MessageID, m.Envelope.HeaderFrom)
 	}
+}
+
+// serveQueue runs a server on q at 127.0.0.1 until the test ends and
+// returns its address.
+func serveQueue(t *testing.T, q *queue.Queue) string {
+	t.Helper()
+	srv, err := New(Config{Hostname: "relay.test", Tables: newTables(t, testInput()), Spool: QueueSpool{q}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln, false) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
 }

@@ -144,9 +144,16 @@ func (s *Source) Reload() (bool, error) {
 	in.Secrets = append(in.Secrets, generated...)
 	result := routing.Compile(in, s.cache)
 	s.report(result)
+	// Standalone versions count the loads: 1 for the first table, as a
+	// metric and in the log.
+	if prev := s.table.Load(); prev != nil {
+		result.Table.Version = prev.Version + 1
+	} else {
+		result.Table.Version = 1
+	}
 	s.table.Store(result.Table)
 	s.fingerprint = fp
-	s.opts.Logger.Info("Routing table loaded", "objects", len(result.Table.Objects()), "verdicts", len(result.Verdicts))
+	s.opts.Logger.Info("Routing table loaded", "version", result.Table.Version, "objects", len(result.Table.Objects()), "verdicts", len(result.Verdicts))
 	return true, nil
 }
 
