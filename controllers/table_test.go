@@ -20,6 +20,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func TestConflictOldestWins(t *testing.T) {
@@ -74,20 +75,7 @@ func TestConflictOldestWins(t *testing.T) {
 // waitEvent waits for an events.k8s.io Event about the object with reason.
 func waitEvent(t *testing.T, c client.Client, ns, name, reason string) {
 	t.Helper()
-	eventually(t, waitTimeout, func() string {
-		var list eventsList
-		if err := c.List(context.Background(), &list.EventList, client.InNamespace(ns)); err != nil {
-			return err.Error()
-		}
-		var seen []string
-		for _, e := range list.Items {
-			if e.Regarding.Name == name && e.Reason == reason {
-				return ""
-			}
-			seen = append(seen, e.Regarding.Name+"/"+e.Reason)
-		}
-		return fmt.Sprintf("no Event %s for %s; events: %v", reason, name, seen)
-	})
+	testenv.WaitEvent(t, c, ns, name, reason, waitTimeout)
 }
 
 func TestSigningExclusivity(t *testing.T) {
