@@ -98,3 +98,33 @@ $(GOLANGCI_LINT):
 	mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(LOCALBIN)/golangci-lint $@
+
+# Benchmarks, the crash harness and fuzzing (README: Benchmarks).
+BENCH_RUNS ?= 3
+BENCH_FLAGS ?=
+CRASH_KILLS ?= 25
+FUZZTIME ?= 20s
+
+.PHONY: bench crash fuzz
+bench: build ## postgate against Postfix on loopback, medians of BENCH_RUNS runs (installs postfix from Debian when missing; Postfix needs root).
+	@if ! command -v smtp-source >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-source ]; then \
+	  echo "installing postfix (smtp-source, smtp-sink) from Debian"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends postfix; \
+	fi
+	uptime
+	go run ./hack/bench -postgate $(LOCALBIN)/postgate -runs $(BENCH_RUNS) $(BENCH_FLAGS)
+	go test -run '^$$' -bench '^(BenchmarkCompile|BenchmarkLookup)$$' -benchmem ./relay/routing/
+
+crash: ## The full crash harness: kill -9 the relay CRASH_KILLS times under load, then a spool that fills up (a short version runs in make test).
+	POSTGATE_CRASH_KILLS=$(CRASH_KILLS) go test -count=1 -v -timeout 30m ./hack/crash/
+
+fuzz: ## Run every native Go fuzz target for FUZZTIME each, one at a time; fails when any finds a crash (kept in its testdata/fuzz).
+	@failed=""; \
+	for pkg in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz' | xargs -n1 dirname | sort -u); do \
+	  for target in $$(go test -list '^Fuzz' ./$$pkg | grep '^Fuzz'); do \
+	    echo "--- ./$$pkg $$target ($(FUZZTIME))"; \
+	    go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./$$pkg || failed="$$failed ./$$pkg:$$target"; \
+	  done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzzing found crashes in:$$failed (inputs under each package's testdata/fuzz)" >&2; exit 1; fi

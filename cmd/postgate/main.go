@@ -20,7 +20,8 @@ Usage:
 Commands:
   check      validate manifests offline, as the operator would judge them
   operator   run the operator: reconcile, publish the routing table, write status
-  relay      run the SMTP relay (standalone with --manifests, or in a cluster)
+  relay      run the SMTP relay (standalone with --manifests, or in a cluster);
+             relay drain: hand a running relay's queue to its peers
   queue      list, show, flush, hold, release or delete a running relay's queued mail
   version    print the version
   help       print this help
@@ -46,6 +47,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "operator":
 		return runOperator(args[1:], stderr)
 	case "relay":
+		if len(args) > 1 && args[1] == "drain" {
+			return runRelayDrain(args[2:], stdout, stderr)
+		}
 		return runRelay(args[1:], stderr)
 	case "queue":
 		return runQueue(args[1:], stdout, stderr)

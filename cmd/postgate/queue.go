@@ -42,6 +42,14 @@ type queueClient struct {
 	http *http.Client
 }
 
+// newQueueClient talks to the admin API at addr, host:port or a URL.
+func newQueueClient(addr string, timeout time.Duration) *queueClient {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &queueClient{base: strings.TrimSuffix(addr, "/"), http: &http.Client{Timeout: timeout}}
+}
+
 func (c *queueClient) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -118,11 +126,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	base := *addr
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	c := &queueClient{base: strings.TrimSuffix(base, "/"), http: &http.Client{Timeout: *timeout}}
+	c := newQueueClient(*addr, *timeout)
 	ctx := context.Background()
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "postgate queue %s: %v\n", verb, err)

@@ -70,6 +70,7 @@ type relayFlags struct {
 	mxPort                    int
 	shutdownGrace             time.Duration
 	kubeconfig, podName       string
+	lifecycleFlags            // drain and hand-off: relay_lifecycle.go
 }
 
 // stringList is a repeatable flag.
@@ -106,6 +107,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: kubeconfig file; default: in-cluster, or $KUBECONFIG")
 	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
+	f.lifecycleFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -164,6 +166,8 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	}
 
 	var tables smtpd.TableSource
+	var kube kubernetes.Interface // cluster mode: for the lifecycle
+	var follower *follow.Follower
 	var runTables func(context.Context) error
 	reg := prometheus.NewRegistry()
 	deliveryMetrics, err := report.NewMetrics(reg)
@@ -195,6 +199,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			return err
 		}
 		tables, runTables = fl, fl.Run
+		kube, follower = client, fl
 		// Delivery status on the resources (DESIGN.md contract 6).
 		scheme := runtime.NewScheme()
 		if err := v1alpha1.AddToScheme(scheme); err != nil {
@@ -272,6 +277,10 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	lc, err := startLifecycle(ctx, f, logger, q, srv, kube, follower)
+	if err != nil {
+		return err
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { errs <- runTables(runCtx) }()
@@ -286,7 +295,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			logger.Error("Delivery stopped", "error", err)
 		}
 	}()
-	stopHTTP, err := serveRelayHTTP(f, q, tables, reg, logger)
+	stopHTTP, err := serveRelayHTTP(f, q, tables, reg, logger, lc)
 	if err != nil {
 		return err
 	}
@@ -300,20 +309,12 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 			return err
 		}
 	}
-	shutdownCtx, done := context.WithTimeout(context.Background(), f.shutdownGrace)
-	defer done()
-	// SMTP first (no new mail, in-flight sessions finish), then delivery:
-	// attempts under way finish within the grace period, or are aborted and
-	// not recorded, so the schedule resumes intact on restart.
-	err = srv.Shutdown(shutdownCtx)
-	if derr := worker.Shutdown(shutdownCtx); derr != nil && err == nil {
-		err = derr
-	}
-	return err
+	// Drain, hand over when leaving for good, then close: relay_lifecycle.go.
+	return lc.shutdown(worker)
 }
 
 // serveRelayHTTP serves /metrics and the probes on their own listeners.
-func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, logger *slog.Logger) (stop func(), err error) {
+func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, logger *slog.Logger, lc *lifecycle) (stop func(), err error) {
 	var servers []*http.Server
 	var adminHandler http.Handler
 	stop = func() {
@@ -352,6 +353,10 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 		// Ready once a table is loaded: before that every sender would be
 		// told 451, so the Service should not send clients here.
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := lc.ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 			if tables.Table() == nil {
 				http.Error(w, "no routing table loaded yet", http.StatusServiceUnavailable)
 				return
@@ -368,6 +373,7 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
 		}})
+		adminHandler = lc.adminHandler(adminHandler) // POST /v1/drain
 		if err := start(f.adminAddr, adminHandler); err != nil {
 			stop()
 			return nil, err

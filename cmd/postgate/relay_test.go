@@ -196,6 +196,15 @@ func TestRelayKill9(t *testing.T) {
 		t.Fatal("no message was acknowledged: the test proves nothing")
 	}
 
+	lost, queued := assertQueued(t, spool, &acked)
+	t.Logf("%d rounds of kill -9: %d messages acknowledged, %d lost, %d in the queue", rounds, total.Load(), lost, queued)
+}
+
+// assertQueued opens the queue of the spool (its relay stopped) and fails
+// the test for each acknowledged queue ID (the keys of acked) missing
+// there.
+func assertQueued(t *testing.T, spool string, acked *sync.Map) (lost, queued int) {
+	t.Helper()
 	dir, err := queue.OpenDir(filepath.Join(spool, "queue"))
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +214,6 @@ func TestRelayKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = q.Close() }()
-	lost := 0
 	acked.Range(func(k, _ any) bool {
 		if _, err := q.Get(context.Background(), queue.ID(k.(string))); err != nil {
 			lost++
@@ -213,5 +221,5 @@ func TestRelayKill9(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("%d rounds of kill -9: %d messages acknowledged, %d lost, %d in the queue", rounds, total.Load(), lost, q.Stats().Messages)
+	return lost, q.Stats().Messages
 }

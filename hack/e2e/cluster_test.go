@@ -200,6 +200,7 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 			"--smtp-bind-address":         fx.relaySMTP,
 			"--metrics-bind-address":      freeAddr(t, "127.0.0.1"),
 			"--health-probe-bind-address": relayProbes,
+			"--handoff-bind-address":      freeAddr(t, "127.0.0.1"),
 		},
 		relayEnv, t.TempDir(), serviceAccountKubeconfig(t, "postgate-relay")),
 		"--dns-server="+fx.dns.Addr(), fmt.Sprintf("--mx-port=%d", fx.mx.Port()),

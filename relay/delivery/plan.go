@@ -104,7 +104,12 @@ func recipientDomain(addr string) (string, *failure) {
 			break
 		}
 	}
-	return strings.ToLower(strings.TrimSuffix(domain, ".")), nil
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if domain == "" || strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") || strings.Contains(domain, "..") {
+		// An empty label: no DNS name, so no MX to retry for.
+		return "", localFailure(true, CauseMessage, "5.1.3", "recipient domain %q is not a valid domain name", addr[i+1:])
+	}
+	return domain, nil
 }
 
 // limitKey names the destination for the concurrency bound.

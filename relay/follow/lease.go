@@ -28,7 +28,31 @@ type leaseKeeper struct {
 	log      logr.Logger
 
 	version atomic.Int64
+	// handoff is the hand-off address announced on the Lease; empty
+	// announces none (a draining replica takes no hand-offs).
+	handoff atomic.Pointer[string]
 	kick    chan struct{}
+}
+
+// setHandoff records the hand-off address and asks for a renewal now.
+func (k *leaseKeeper) setHandoff(addr string) {
+	if old := k.handoff.Swap(&addr); old != nil && *old == addr {
+		return
+	}
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
+// annotate sets the annotations this replica owns on its Lease.
+func (k *leaseKeeper) annotate(a map[string]string, version string) {
+	a[routing.TableVersionAnnotation] = version
+	if p := k.handoff.Load(); p != nil && *p != "" {
+		a[HandoffAddressAnnotation] = *p
+	} else {
+		delete(a, HandoffAddressAnnotation)
+	}
 }
 
 // setVersion records the loaded version and asks for a renewal now.
@@ -68,11 +92,12 @@ func (k *leaseKeeper) renewOnce(ctx context.Context) error {
 	l, err := k.leases.Get(ctx, k.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		l = &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: k.name, Annotations: map[string]string{routing.TableVersionAnnotation: version}},
+			ObjectMeta: metav1.ObjectMeta{Name: k.name, Annotations: map[string]string{}},
 			Spec: coordinationv1.LeaseSpec{
 				HolderIdentity: &k.holder, LeaseDurationSeconds: &seconds, AcquireTime: &now, RenewTime: &now,
 			},
 		}
+		k.annotate(l.Annotations, version)
 		_, err = k.leases.Create(ctx, l, metav1.CreateOptions{})
 		return err
 	}
@@ -82,7 +107,7 @@ func (k *leaseKeeper) renewOnce(ctx context.Context) error {
 	if l.Annotations == nil {
 		l.Annotations = map[string]string{}
 	}
-	l.Annotations[routing.TableVersionAnnotation] = version
+	k.annotate(l.Annotations, version)
 	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != k.holder || l.Spec.AcquireTime == nil {
 		l.Spec.AcquireTime = &now
 	}

@@ -7,12 +7,21 @@ package follow
 // narrowed to names), lists and watches only the index Secret (the informer
 // uses a metadata.name field selector, which RBAC matches against
 // resourceNames), and keeps its Lease (create cannot be narrowed to a name).
+// For the queue hand-off (issue 9, relay/handoff) it lists the relay Leases
+// (peer discovery), creates the hand-off key Secret postgate-relay-handoff
+// when it is missing (create cannot be narrowed to a name either; the relay
+// never updates or deletes a Secret, and a Secret it could create does not
+// pass as a table shard, whose hashes the index names), and gets its
+// StatefulSet to tell a scale-down from a restart. That get is on
+// statefulsets in the relay namespace, not narrowed to the chart's name:
+// these markers are generated once for every release name.
 // Cluster-wide it patches the status subresource of the three kinds (its own
 // status.delivery.replicas entry, with server-side apply) and records Events.
 // The namespace is replaced by kustomize and the chart.
 //
-// +kubebuilder:rbac:groups="",namespace=postgate-system,resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",namespace=postgate-system,resources=secrets,verbs=get;create
+// +kubebuilder:rbac:groups=apps,namespace=postgate-system,resources=statefulsets,verbs=get
 // +kubebuilder:rbac:groups="",namespace=postgate-system,resources=secrets,resourceNames=postgate-table,verbs=list;watch
-// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=postgate-system,resources=leases,verbs=get;create;update
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=postgate-system,resources=leases,verbs=get;list;create;update
 // +kubebuilder:rbac:groups=postgate.io,resources=senderdomains/status;relayroutes/status;trustednetworks/status,verbs=patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

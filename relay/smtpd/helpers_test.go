@@ -114,6 +114,13 @@ func (s *memSpool) all() []queued {
 // testServer runs a Server on 127.0.0.1 and returns its address.
 func testServer(t *testing.T, cfg Config) (addr string, spool *memSpool, ts *tables) {
 	t.Helper()
+	_, addr, spool, ts = startServer(t, cfg)
+	return addr, spool, ts
+}
+
+// startServer is testServer that also returns the server.
+func startServer(t *testing.T, cfg Config) (srv *Server, addr string, spool *memSpool, ts *tables) {
+	t.Helper()
 	spool = &memSpool{}
 	ts = newTables(t, testInput())
 	if cfg.Tables == nil {
@@ -143,7 +150,7 @@ func testServer(t *testing.T, cfg Config) (addr string, spool *memSpool, ts *tab
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return ln.Addr().String(), spool, ts
+	return srv, ln.Addr().String(), spool, ts
 }
 
 // rawClient speaks SMTP byte for byte, so tests can send what a well-behaved

@@ -34,42 +34,68 @@ func (l *LogBuffer) String() string {
 	return l.b.String()
 }
 
-// SubmitMail sends one small message over SMTP to addr, from the local
-// address client (any when empty), as a submitting application would, and
-// returns the first refusal or the reply to the message (with its queue
-// id). Bounded by a 10 s deadline.
-func SubmitMail(addr, client, from, to, subject string) (string, error) {
+// SMTPLineConn is a client connection that a test steps through one
+// command line at a time, bounded by a 10 s deadline.
+type SMTPLineConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// DialSMTPLine connects to addr from the local address client (any when
+// empty); read the greeting with Reply.
+func DialSMTPLine(addr, client string) (*SMTPLineConn, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if client != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(client)}
 	}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(conn)
-	reply := func() (string, error) {
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if len(line) >= 4 && line[3] == ' ' {
-				return strings.TrimSpace(line), nil
-			}
+	return &SMTPLineConn{conn: conn, r: bufio.NewReader(conn)}, nil
+}
+
+// Reply reads one (possibly multi-line) reply and returns its last line.
+func (c *SMTPLineConn) Reply() (string, error) {
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if len(line) >= 4 && line[3] == ' ' {
+			return strings.TrimSpace(line), nil
 		}
 	}
-	line, err := reply()
+}
+
+// Cmd sends line with CRLF and returns the reply.
+func (c *SMTPLineConn) Cmd(line string) (string, error) {
+	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
+		return "", err
+	}
+	return c.Reply()
+}
+
+// Close closes the connection.
+func (c *SMTPLineConn) Close() error { return c.conn.Close() }
+
+// SubmitMail sends one small message over SMTP to addr, from the local
+// address client (any when empty), as a submitting application would, and
+// returns the first refusal or the reply to the message (with its queue
+// id). Bounded by a 10 s deadline.
+func SubmitMail(addr, client, from, to, subject string) (string, error) {
+	c, err := DialSMTPLine(addr, client)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = c.Close() }()
+	line, err := c.Reply()
 	if err != nil || line[0] != '2' {
 		return line, err
 	}
 	for _, cmd := range []string{"EHLO test.test", "MAIL FROM:<" + from + ">", "RCPT TO:<" + to + ">", "DATA"} {
-		if _, err := io.WriteString(conn, cmd+"\r\n"); err != nil {
-			return "", err
-		}
-		line, err := reply()
+		line, err := c.Cmd(cmd)
 		if err != nil {
 			return "", err
 		}
@@ -77,10 +103,7 @@ func SubmitMail(addr, client, from, to, subject string) (string, error) {
 			return line, nil
 		}
 	}
-	if _, err := fmt.Fprintf(conn, "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nbody\r\n.\r\n", from, to, subject); err != nil {
-		return "", err
-	}
-	return reply()
+	return c.Cmd(fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\nbody\r\n.", from, to, subject))
 }
 
 // VerifyDKIMWithPython checks msg's DKIM signature with Debian's

@@ -1,0 +1,247 @@
+// Package load is the SMTP load client of the benchmark (hack/bench) and the
+// crash harness (hack/crash): concurrent sessions that each send messages
+// one after another over one connection, every message to a recipient of
+// its own, and report each message's reply and accept latency (from MAIL
+// FROM to the reply after the data). smtp-source sends the same load but
+// measures no latency.
+package load
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Options describe one load.
+type Options struct {
+	// Addr is the relay's SMTP address, host:port on loopback.
+	Addr string
+	// Sessions is the number of concurrent SMTP sessions.
+	Sessions int
+	// Size is the approximate size of each message in bytes.
+	Size int
+	// From is the envelope and header sender.
+	From string
+	// RcptDomain is the domain of the recipients; each message goes to
+	// <Prefix>-<n>@RcptDomain, n counting from 0.
+	RcptDomain string
+	// Prefix makes recipients unique across runs.
+	Prefix string
+	// Max bounds the messages sent by all sessions together; 0: until ctx
+	// ends.
+	Max int
+	// Reconnect makes a session whose connection fails dial again (after
+	// a short pause) until ctx ends, as the crash harness needs; otherwise
+	// the session ends with its first connection error.
+	Reconnect bool
+	// OnResult, when set, sees every message's result, from the session's
+	// goroutine.
+	OnResult func(Result)
+}
+
+// Result is the outcome of one message.
+type Result struct {
+	// Rcpt is the message's only recipient; unique within one Run.
+	Rcpt string
+	// Code is the reply code to the message (250 when acknowledged), or
+	// the refusal of MAIL, RCPT or DATA; 0 when the connection failed
+	// before any reply, in which case nothing is known of the message.
+	Code int
+	// Latency is from MAIL FROM to the reply after the data.
+	Latency time.Duration
+	// Err is the refusal or the connection error; nil when acknowledged.
+	Err error
+}
+
+// Acknowledged reports whether the relay took responsibility for the message.
+func (r Result) Acknowledged() bool { return r.Err == nil && r.Code == 250 }
+
+// Stats sum up a Run.
+type Stats struct {
+	// Sent counts the messages whose data was sent, Acknowledged those
+	// answered 250.
+	Sent, Acknowledged int
+	// Start is when the first session began; LastAck when the last 250
+	// arrived.
+	Start, LastAck time.Time
+	// Latencies of the acknowledged messages, in arrival order.
+	Latencies []time.Duration
+	// Errors counts results by their error text (first 60 bytes).
+	Errors map[string]int
+}
+
+// Run sends the load until ctx ends or Max messages are sent, and waits for
+// every session to finish.
+func Run(ctx context.Context, o Options) Stats {
+	filler := fillerLines(o.Size)
+	var next atomic.Int64
+	var mu sync.Mutex
+	st := Stats{Start: time.Now(), Errors: map[string]int{}}
+	record := func(r Result) {
+		if o.OnResult != nil {
+			o.OnResult(r)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		st.Sent++
+		if r.Acknowledged() {
+			st.Acknowledged++
+			st.LastAck = time.Now()
+			st.Latencies = append(st.Latencies, r.Latency)
+			return
+		}
+		msg := r.Err.Error()
+		if r.Code == 0 && ctx.Err() != nil {
+			msg = "cut off at the end of the run"
+		}
+		if len(msg) > 60 {
+			msg = msg[:60]
+		}
+		st.Errors[msg]++
+	}
+	take := func() (int, bool) {
+		n := int(next.Add(1) - 1)
+		return n, ctx.Err() == nil && (o.Max == 0 || n < o.Max)
+	}
+	var wg sync.WaitGroup
+	for range o.Sessions {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				err := session(ctx, o, filler, take, record)
+				if !o.Reconnect || (o.Max > 0 && int(next.Load()) >= o.Max) {
+					return
+				}
+				if err != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return st
+}
+
+// session sends messages over one connection until take says stop or the
+// connection fails.
+func session(ctx context.Context, o Options, filler []byte, take func() (int, bool), record func(Result)) error {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", o.Addr)
+	if err != nil {
+		return err
+	}
+	// Unblock the session when ctx ends mid-command.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	c := smtp.NewClient(conn)
+	c.CommandTimeout, c.SubmissionTimeout = time.Minute, time.Minute
+	defer func() { _ = c.Close() }()
+	if err := c.Hello("load.test"); err != nil {
+		return err
+	}
+	for {
+		n, ok := take()
+		if !ok {
+			_ = c.Quit()
+			return nil
+		}
+		rcpt := fmt.Sprintf("%s-%d@%s", o.Prefix, n, o.RcptDomain)
+		start := time.Now()
+		code, err := send(c, o.From, rcpt, filler)
+		if code == 0 && err != nil {
+			// The connection failed: nothing is known of this message.
+			record(Result{Rcpt: rcpt, Err: err})
+			return err
+		}
+		record(Result{Rcpt: rcpt, Code: code, Latency: time.Since(start), Err: err})
+		if err != nil {
+			if c.Reset() != nil {
+				return err
+			}
+		}
+	}
+}
+
+// send runs one transaction and returns the reply code that ended it.
+func send(c *smtp.Client, from, rcpt string, filler []byte) (int, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return code(err), err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return code(err), err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return code(err), err
+	}
+	local := rcpt[:strings.IndexByte(rcpt, '@')]
+	header := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: load %s\r\nMessage-ID: <%s@load.test>\r\n\r\n", from, rcpt, local, local)
+	if _, err := w.Write([]byte(header)); err != nil {
+		return 0, err
+	}
+	if _, err := w.Write(filler); err != nil {
+		return 0, err
+	}
+	if err := w.Close(); err != nil {
+		return code(err), err
+	}
+	return 250, nil
+}
+
+// code is the SMTP reply code in err, 0 when err is not a reply.
+func code(err error) int {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+// fillerLines is a body of about size bytes in 78-byte lines.
+func fillerLines(size int) []byte {
+	line := strings.Repeat("0123456789", 7) + "abcdef\r\n"
+	n := max(size/len(line), 1)
+	return []byte(strings.Repeat(line, n))
+}
+
+// Percentile returns the p-th percentile (0 to 100) of sorted durations,
+// nearest rank; 0 when there are none.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p/100*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// RelayManifests are the standalone relay's configuration for a load: loopback
+// clients may send as bench.example.com, whose mail goes to the sink as a
+// RelayRoute target without TLS.
+func RelayManifests(sinkHost string, sinkPort int) string {
+	return fmt.Sprintf(`apiVersion: postgate.io/v1alpha1
+kind: SenderDomain
+metadata: {name: bench}
+spec: {domain: bench.example.com}
+---
+apiVersion: postgate.io/v1alpha1
+kind: RelayRoute
+metadata: {name: bench}
+spec:
+  senderDomainRef: {name: bench}
+  target: {host: %s, port: %d, tlsPolicy: None}
+---
+apiVersion: postgate.io/v1alpha1
+kind: TrustedNetwork
+metadata: {name: loopback}
+spec: {cidrs: [127.0.0.0/8]}
+`, sinkHost, sinkPort)
+}

@@ -1,0 +1,48 @@
+package smtpd
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestDrain: once the server drains, a session in a transaction finishes
+// it (250) and gets 421 for its next command, an idle session is told 421
+// and closed, and a new connection is greeted with 421, on a listener
+// still open (RFC 5321 section 3.8).
+func TestDrain(t *testing.T) {
+	srv, addr, spool, _ := startServer(t, Config{})
+	busy := dialFrom(t, "127.0.0.10", addr)
+	busy.hello()
+	busy.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	busy.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	idle := dialFrom(t, "127.0.0.11", addr)
+	idle.hello()
+
+	srv.Drain()
+	if code, line := idle.reply(); code != 421 || line != "421 4.3.2 relay.test Service shutting down" {
+		t.Errorf("idle session told %q, want 421 4.3.2", line)
+	}
+	if !idle.closed() {
+		t.Error("idle session left open")
+	}
+	busy.expect("DATA\r\n", 354, "")
+	busy.expect("Subject: x\r\n\r\nbody\r\n.\r\n", 250, "queued as")
+	busy.expect("MAIL FROM:<alice@example.com>\r\n", 421, "4.3.2 relay.test Service shutting down")
+	if !busy.closed() {
+		t.Error("session left open after its transaction")
+	}
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want the one in flight", n)
+	}
+
+	late := dialFrom(t, "127.0.0.12", addr)
+	if code, line := late.reply(); code != 421 || line != "421 4.3.2 relay.test Service shutting down" {
+		t.Errorf("new connection greeted %q, want 421 4.3.2", line)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Idle(ctx); err != nil {
+		t.Errorf("sessions left after the drain: %v", err)
+	}
+}
