@@ -14,7 +14,7 @@ import (
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 
 func attempt(at time.Duration, code int32, mutate ...func(*v1alpha1.DeliveryAttempt)) *v1alpha1.DeliveryAttempt {
-	a := &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(t0.Add(at)), RelayHost: "mx.example.com", ResponseCode: code}
+	a := &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(t0.Add(at)), RelayHost: "mx.example.com", ResponseCode: code}
 	for _, m := range mutate {
 		m(a)
 	}

@@ -414,10 +414,10 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 
 	now := time.Now()
 	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-gone",
-		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250}})
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250}})
 	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a",
-		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250},
-		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now.Add(-time.Minute)), RelayHost: "mx.example.com", ResponseCode: 250},
+		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
 
 	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionDeliveryDegraded, metav1.ConditionTrue, v1alpha1.ReasonTemporaryFailures)
 	waitEvent(t, c, tenant, "sd", v1alpha1.ReasonTemporaryFailures) // a failing period starts
@@ -443,8 +443,8 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 	}
 	// The live relay's entry is still its own: it can apply it again.
 	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a",
-		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now.Add(time.Second)), RelayHost: "mx.example.com", ResponseCode: 250},
-		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
+		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now.Add(time.Second)), RelayHost: "mx.example.com", ResponseCode: 250},
+		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
 	eventually(t, waitTimeout, func() string {
 		return hasNoCondition(get(t, c, tenant, "sd", newSD()), v1alpha1.ConditionDeliveryDegraded)
 	})

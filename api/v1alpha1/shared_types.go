@@ -145,9 +145,10 @@ type ReplicaDeliveryStatus struct {
 
 // DeliveryAttempt describes one delivery attempt to a next hop.
 type DeliveryAttempt struct {
-	// time the attempt ended.
+	// time the attempt ended, with microseconds (RFC 3339), so that a
+	// success and a failure within one second are ordered.
 	// +required
-	Time metav1.Time `json:"time"`
+	Time metav1.MicroTime `json:"time"`
 
 	// relayHost is the host name of the next hop (MX host or target relay).
 	// +optional

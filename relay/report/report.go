@@ -228,7 +228,7 @@ func (b *bucket) add(s delivery.Status, n int64) {
 
 func attemptOf(a delivery.Attempt, end time.Time) *v1alpha1.DeliveryAttempt {
 	at := &v1alpha1.DeliveryAttempt{
-		Time:         metav1.NewTime(end),
+		Time:         metav1.NewMicroTime(end),
 		RelayHost:    truncate(a.RelayHost, maxHost),
 		ResponseCode: int32(min(max(a.Reply.Code, 0), 599)), //nolint:gosec // clamped to the API's range
 		EnhancedCode: truncate(a.Reply.Enhanced, maxEnhanced),
