@@ -26,6 +26,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
@@ -209,7 +210,13 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		reporter, err := report.New(statusClient, report.Options{Replica: f.podName, Logger: logger})
+		// Bounce Events (events.k8s.io), aggregated by the reporter and
+		// by client-go's series.
+		broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+		broadcaster.StartRecordingToSink(ctx.Done())
+		defer broadcaster.Shutdown()
+		reporter, err := report.New(statusClient, report.Options{Replica: f.podName, Logger: logger,
+			Events: broadcaster.NewRecorder(scheme, "postgate-relay")})
 		if err != nil {
 			return err
 		}
@@ -238,7 +245,12 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	if err := os.MkdirAll(stageDir, 0o700); err != nil { //nolint:gosec // under the spool directory the operator chose
 		return err
 	}
+	smtpMetrics, err := smtpd.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	srv, err := smtpd.New(smtpd.Config{
+		Metrics:  smtpMetrics,
 		StageDir: stageDir,
 		Hostname: f.hostname, Tables: tables, Spool: smtpd.QueueSpool{Queue: q}, TLS: tlsConfig,
 		ProxyCIDRs: proxies, MaxMessageBytes: f.maxMessageBytes, MaxRecipients: f.maxRecipients,
@@ -337,9 +349,7 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 	}
 	if f.metricsAddr != "" {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "postgate_queue_messages", Help: "Messages in the relay's queue.",
-		}, func() float64 { return float64(q.Stats().Messages) }))
+		reg.MustRegister(report.NewQueueCollector(q, nil), report.NewTableCollector(tables))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		if err := start(f.metricsAddr, mux); err != nil {
