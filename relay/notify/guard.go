@@ -1,0 +1,134 @@
+package notify
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+)
+
+// guard decides which addresses a webhook may connect to. It runs in
+// net.Dialer.Control, on the address actually being connected to, so a
+// name that resolves (or later re-resolves) to a refused address is caught.
+type guard struct {
+	allow []netip.Prefix
+	// self are the relay's own listeners; an unspecified address stands for
+	// every local address.
+	self []netip.AddrPort
+	// metadata are the cloud metadata endpoints.
+	metadata []netip.Addr
+	// thisNet is 0.0.0.0/8, which reaches the local host on Linux.
+	thisNet netip.Prefix
+	// localAddrs lists the host's addresses (net.InterfaceAddrs).
+	localAddrs func() []netip.Addr
+}
+
+func newGuard(allow []netip.Prefix, self []netip.AddrPort) *guard {
+	return &guard{
+		allow: allow,
+		self:  self,
+		metadata: []netip.Addr{
+			netip.AddrFrom4([4]byte{169, 254, 169, 254}), // AWS, GCP, Azure, ...
+			netip.MustParseAddr("fd00:ec2::254"),         // AWS IPv6
+			netip.AddrFrom4([4]byte{100, 100, 100, 200}), // Alibaba Cloud
+		},
+		thisNet:    netip.PrefixFrom(netip.IPv4Unspecified(), 8),
+		localAddrs: interfaceAddrs,
+	}
+}
+
+// RefusedError says why a webhook's address was refused.
+type RefusedError struct {
+	Addr   netip.AddrPort
+	Reason string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("webhook address %s refused: %s", e.Addr, e.Reason)
+}
+
+// control is a net.Dialer.Control function.
+func (g *guard) control(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("webhook address %q: %w", address, err)
+	}
+	return g.check(ap)
+}
+
+// check refuses the relay's own listeners always (the admin API can delete
+// mail; no range makes that a webhook), and the special ranges unless an
+// Allow prefix contains the address.
+func (g *guard) check(ap netip.AddrPort) error {
+	a := ap.Addr().Unmap().WithZone("")
+	ap = netip.AddrPortFrom(a, ap.Port())
+	for _, s := range g.self {
+		if s.Port() != ap.Port() {
+			continue
+		}
+		sa := s.Addr().Unmap()
+		if sa == a || (sa.IsUnspecified() && g.isLocal(a)) {
+			return &RefusedError{ap, "the relay's own listener"}
+		}
+	}
+	for _, p := range g.allow {
+		if p.Contains(a) {
+			return nil
+		}
+	}
+	reason := ""
+	switch {
+	case a.IsLoopback():
+		reason = "loopback"
+	case g.isMetadata(a):
+		reason = "cloud metadata endpoint"
+	case a.IsLinkLocalUnicast():
+		reason = "link-local"
+	case a.IsUnspecified() || g.thisNet.Contains(a):
+		reason = "unspecified"
+	case a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		reason = "multicast or broadcast"
+	default:
+		return nil
+	}
+	return &RefusedError{ap, reason}
+}
+
+func (g *guard) isMetadata(a netip.Addr) bool {
+	for _, m := range g.metadata {
+		if m == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *guard) isLocal(a netip.Addr) bool {
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	for _, l := range g.localAddrs() {
+		if l == a {
+			return true
+		}
+	}
+	return false
+}
+
+// interfaceAddrs lists the host's addresses; none when they cannot be read
+// (then only loopback counts as local, and loopback is refused anyway).
+func interfaceAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, x := range addrs {
+		if n, ok := x.(*net.IPNet); ok {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,246 @@
+package notify
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// A segment is a sequence of records:
+//
+//	length  uint32, big endian: the payload's length
+//	crc     uint32, big endian: CRC-32C of the payload
+//	payload JSON of a record
+//
+// A crash can leave the last record of a segment cut short; that record
+// was never acknowledged to anyone (nothing is sent before its fsync), so it
+// is skipped. A record that fails its checksum ends what can be read of the
+// segment: the length of what follows cannot be trusted.
+const (
+	recordHeader = 8
+	// maxRecord bounds one record: a notification is a few hundred bytes
+	// (reply text is at most 512 bytes), so a larger length is corruption.
+	maxRecord = 64 << 10
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors of readRecord.
+var (
+	errTruncated = errors.New("record cut short")
+	errCorrupt   = errors.New("corrupt record")
+)
+
+// appendRecord appends payload, framed, to dst.
+func appendRecord(dst, payload []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload))) // #nosec G115 -- payloads are below maxRecord
+	dst = binary.BigEndian.AppendUint32(dst, crc32.Checksum(payload, crcTable))
+	return append(dst, payload...)
+}
+
+// readRecord reads one record. It returns io.EOF at a clean end,
+// errTruncated when r ends inside a record, errCorrupt when the header or
+// checksum is wrong.
+func readRecord(r io.Reader) ([]byte, error) {
+	var h [recordHeader]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, io.EOF
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, errTruncated
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[:4])
+	if n == 0 || n > maxRecord {
+		return nil, errCorrupt
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, errTruncated
+		}
+		return nil, err
+	}
+	if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(h[4:]) {
+		return nil, errCorrupt
+	}
+	return p, nil
+}
+
+// segment is one file of a queue.
+type segment struct {
+	id   uint64
+	path string
+	// end is where the readable records end: the committed (fsynced) size
+	// of the segment being written, the end of the last valid record of
+	// one found at startup.
+	end int64
+	// size is the file's size, for the journal's disk use.
+	size int64
+	// count is how many records lie between the cursor at startup (or the
+	// segment's start) and end; acked how many of them are done with.
+	count, acked int
+	// f is open for appending while the writer uses the segment.
+	f *os.File
+}
+
+func segmentName(id uint64) string { return fmt.Sprintf("%020d.seg", id) }
+
+// position is a place in a queue: a segment and an offset in it.
+type position struct {
+	seg uint64
+	off int64
+}
+
+// outbox is the journal of one sender domain: a queue of notifications.
+type outbox struct {
+	name, dir string
+	wake      chan struct{} // the writer committed records
+
+	mu   sync.Mutex
+	segs []*segment // oldest first; the writer appends to the last when its f is set
+	// cursor: every record before it was acknowledged or dropped.
+	cursor position
+	// pending counts the records after cursor.
+	pending int
+	// lastID is the highest segment id used; active the segment the writer
+	// appends to (writer only; its f, under mu, tells the sender).
+	lastID uint64
+	active *segment
+	// retire asks the writer to close active: the sender has read it all.
+	retire bool
+	// cursorFile is the sender's, open while it runs.
+	cursorFile *os.File
+}
+
+// scanResult is what opening a segment found.
+type scanResult struct {
+	count int
+	end   int64
+	err   error // errTruncated or errCorrupt at end, nil for a clean end
+}
+
+// scanSegment reads a segment's records from off and reports where the
+// readable ones end.
+func scanSegment(path string, off int64) (scanResult, error) {
+	f, err := os.Open(path) // #nosec G304 -- a path under Options.Dir
+	if err != nil {
+		return scanResult{}, err
+	}
+	defer func() { _ = f.Close() }() // read only
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return scanResult{}, err
+	}
+	r := bufio.NewReader(f)
+	res := scanResult{end: off}
+	for {
+		p, err := readRecord(r)
+		if errors.Is(err, io.EOF) {
+			return res, nil
+		}
+		if errors.Is(err, errTruncated) || errors.Is(err, errCorrupt) {
+			res.err = err
+			return res, nil
+		}
+		if err != nil {
+			return res, err
+		}
+		res.count++
+		res.end += int64(recordHeader + len(p))
+	}
+}
+
+// The cursor file holds "<segment> <offset> <crc>\n" in fixed widths, the
+// CRC-32C covering what precedes it. It is overwritten in place and not
+// fsynced: a rename (which ext4 flushes) or an fsync per acknowledged
+// request would bound the send rate by the disk. A cursor lost or torn in a
+// crash fails its checksum and the queue is resent: duplicates, which
+// receivers handle, rather than losses.
+const cursorLen = 20 + 1 + 20 + 1 + 8 + 1
+
+func formatCursor(p position) []byte {
+	b := fmt.Appendf(make([]byte, 0, cursorLen), "%020d %020d ", p.seg, p.off)
+	return fmt.Appendf(b, "%08x\n", crc32.Checksum(b, crcTable))
+}
+
+// readCursor reads a queue's cursor file; the zero position (everything
+// pending) when there is none.
+func readCursor(dir string) (position, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cursor")) // #nosec G304 -- a path under Options.Dir
+	if errors.Is(err, os.ErrNotExist) {
+		return position{}, nil
+	}
+	if err != nil {
+		return position{}, err
+	}
+	f := strings.Fields(string(b))
+	if len(b) != cursorLen || len(f) != 3 {
+		return position{}, errors.New("cursor file damaged")
+	}
+	s, err1 := strconv.ParseUint(f[0], 10, 64)
+	o, err2 := strconv.ParseInt(f[1], 10, 64)
+	if err1 != nil || err2 != nil || o < 0 || !bytes.Equal(formatCursor(position{s, o}), b) {
+		return position{}, errors.New("cursor file damaged")
+	}
+	return position{s, o}, nil
+}
+
+// writeCursor overwrites the cursor file f (opened by openCursor).
+func writeCursor(f *os.File, p position) error {
+	_, err := f.WriteAt(formatCursor(p), 0)
+	return err
+}
+
+func openCursor(dir string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(dir, "cursor"), os.O_CREATE|os.O_WRONLY, 0o600) // #nosec G304 -- a path under Options.Dir
+}
+
+// listSegments returns the segment ids in dir, sorted.
+func listSegments(dir string) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint64
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".seg")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		id, err := strconv.ParseUint(name, 10, 64)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// validName reports whether a domain name can name a queue directory: a
+// lowercased domain name, which holds no path separator and is not "." or
+// "..". Anything else cannot be a SenderDomain.
+func validName(s string) bool {
+	if s == "" || len(s) > 253 || s[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}

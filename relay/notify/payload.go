@@ -1,0 +1,203 @@
+package notify
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/delivery"
+)
+
+// The body of a request. The field names are those of the push
+// notifications users of the "Relay Service" already consume
+// (DESIGN.md reference/): they must not change.
+
+// Body is what one request carries: notifications about one message (a
+// "job"). Notifications of one message that are queued together go in one
+// request, up to Options.BatchSize.
+type Body struct {
+	Meta          BodyMeta       `json:"meta"`
+	Notifications []Notification `json:"notifications"`
+}
+
+// BodyMeta describes the message (job) the notifications are about.
+type BodyMeta struct {
+	// ReceivedTs is when the relay accepted the message.
+	ReceivedTs string `json:"receivedTs"`
+	// JobID is the relay's queue ID of the message: the ID the SMTP client
+	// got in "250 2.0.0 Ok: queued as <ID>".
+	JobID string `json:"jobId"`
+	// Version is the format version, "1".
+	Version string `json:"version"`
+}
+
+// Notification is one recipient's outcome in one delivery attempt.
+type Notification struct {
+	Meta    NotificationMeta `json:"meta"`
+	Content *Content         `json:"content,omitempty"`
+}
+
+// NotificationMeta says which mail and what happened.
+type NotificationMeta struct {
+	Mail  Mail  `json:"mail"`
+	Event Event `json:"event"`
+}
+
+// Mail identifies one recipient's copy of a message.
+type Mail struct {
+	// ID is "<jobId>.<n>", n being the recipient's index in the envelope:
+	// stable across the attempts of that recipient.
+	ID string `json:"id"`
+	// Email is the recipient; From the envelope sender; MimeFrom the
+	// header From address, omitted when unknown.
+	Email    string `json:"email"`
+	From     string `json:"from"`
+	MimeFrom string `json:"mimeFrom,omitempty"`
+}
+
+// Event types, states and sub-types.
+const (
+	TypeDelivered = "DELIVERED"
+	TypeDeferred  = "DEFERRED"
+	TypeBounced   = "BOUNCED"
+	TypeExpired   = "EXPIRED"
+
+	PhaseDeliver = "DELIVER"
+
+	StateFinished = "FINISHED"
+	StateRetrying = "RETRYING"
+
+	SubTypeOK         = "OK"
+	SubTypeSoftBounce = "SOFT_BOUNCE"
+	SubTypeHardBounce = "HARD_BOUNCE"
+)
+
+// Event is the outcome. Type, Ts and Mail.ID identify a notification: a
+// request that is retried repeats them unchanged, so a receiver that
+// de-duplicates on (mail.id, event.type, event.ts) sees each outcome once.
+type Event struct {
+	Type        string `json:"type"`
+	Phase       string `json:"phase"`
+	State       string `json:"state"`
+	SubType     string `json:"subType"`
+	Ts          string `json:"ts"`
+	Description string `json:"description"`
+}
+
+// Content describes the message and the SMTP exchange.
+type Content struct {
+	Mime *Mime `json:"mime,omitempty"`
+	SMTP *SMTP `json:"smtp,omitempty"`
+}
+
+// Mime describes the message; Size is its length in bytes, as a string.
+type Mime struct {
+	MessageID string `json:"messageId,omitempty"`
+	Size      string `json:"size,omitempty"`
+}
+
+// SMTP is the reply that decided the recipient's outcome.
+type SMTP struct {
+	// ResponseCode is the reply code as a string; omitted when no server
+	// replied (DNS or connection failures: Reason says what happened).
+	ResponseCode string `json:"responseCode,omitempty"`
+	// Reason is "<status> (<reply>)", as mail logs show it.
+	Reason string `json:"reason,omitempty"`
+	// Relay is the host that answered (the MX host or the target relay).
+	Relay string `json:"relay,omitempty"`
+	// DSN is the enhanced status code (RFC 3463), or the one the reply
+	// code implies.
+	DSN                 string               `json:"dsn"`
+	TransportEncryption *TransportEncryption `json:"transportEncryption,omitempty"`
+}
+
+// TransportEncryption describes TLS on the connection.
+type TransportEncryption struct {
+	// Requested is true when the TLS policy was not None.
+	Requested   bool           `json:"requested"`
+	Established bool           `json:"established"`
+	Properties  *TLSProperties `json:"properties,omitempty"`
+}
+
+// TLSProperties are those of an established TLS connection; Protocol is
+// written as in the reference ("TLS1.3").
+type TLSProperties struct {
+	Protocol    string `json:"protocol,omitempty"`
+	CipherSuite string `json:"cipherSuite,omitempty"`
+}
+
+// timeFormat is RFC 3339 with milliseconds, always UTC, as in the reference.
+const timeFormat = "2006-01-02T15:04:05.000Z"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
+
+// notificationOf builds the notification of one recipient of an attempt.
+// ok is false for a status that has no notification.
+func notificationOf(a *delivery.Attempt, r *delivery.RecipientResult) (n Notification, ok bool) {
+	var e Event
+	switch r.Status {
+	case delivery.StatusSent:
+		e = Event{Type: TypeDelivered, State: StateFinished, SubType: SubTypeOK, Description: "mail delivered"}
+	case delivery.StatusDeferred:
+		e = Event{Type: TypeDeferred, State: StateRetrying, SubType: SubTypeSoftBounce, Description: "delivery deferred, will retry"}
+	case delivery.StatusBounced:
+		e = Event{Type: TypeBounced, State: StateFinished, SubType: SubTypeHardBounce, Description: "mail bounced"}
+	case delivery.StatusExpired:
+		// Expiry ends a run of temporary failures: the sub-type stays within
+		// the values receivers know, and says the failures were soft.
+		e = Event{Type: TypeExpired, State: StateFinished, SubType: SubTypeSoftBounce, Description: "queue lifetime expired"}
+	default:
+		return Notification{}, false
+	}
+	e.Phase = PhaseDeliver
+	end := a.End
+	e.Ts = formatTime(end)
+
+	reply := r.Reply
+	if reply.Code == 0 && reply.Enhanced == "" && reply.Text == "" {
+		reply = a.Reply
+	}
+	smtp := &SMTP{Relay: a.RelayHost, DSN: dsnOf(reply.Code, reply.Enhanced, r.Status)}
+	if reply.Code != 0 {
+		smtp.ResponseCode = strconv.Itoa(reply.Code)
+	}
+	if s := reply.String(); s != "" {
+		smtp.Reason = string(r.Status) + " (" + s + ")"
+	} else {
+		smtp.Reason = string(r.Status)
+	}
+	if a.TLS.Requested != "" || a.TLS.Established {
+		te := &TransportEncryption{Requested: a.TLS.Requested != "" && a.TLS.Requested != v1alpha1.TLSPolicyNone, Established: a.TLS.Established}
+		if a.TLS.Established {
+			te.Properties = &TLSProperties{Protocol: strings.Replace(a.TLS.Protocol, "TLSv", "TLS", 1), CipherSuite: a.TLS.CipherSuite}
+		}
+		smtp.TransportEncryption = te
+	}
+	mime := &Mime{MessageID: a.MessageID}
+	if a.Size > 0 {
+		mime.Size = strconv.FormatInt(a.Size, 10)
+	}
+	return Notification{
+		Meta: NotificationMeta{
+			Mail:  Mail{ID: string(a.QueueID) + "." + strconv.Itoa(r.Index), Email: r.Addr, From: a.Sender, MimeFrom: a.HeaderFrom},
+			Event: e,
+		},
+		Content: &Content{Mime: mime, SMTP: smtp},
+	}, true
+}
+
+// dsnOf is the enhanced status code, or the one the reply code (or, with
+// none, the status) implies.
+func dsnOf(code int, enhanced string, s delivery.Status) string {
+	switch {
+	case enhanced != "":
+		return enhanced
+	case code/100 == 2:
+		return "2.0.0"
+	case code/100 == 5 || s == delivery.StatusBounced:
+		return "5.0.0"
+	default:
+		return "4.0.0"
+	}
+}
