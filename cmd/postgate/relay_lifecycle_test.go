@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -62,8 +63,10 @@ func (p *relayProcess) terminate(t *testing.T) {
 // processes against a real API server, with mail deferred because the MX
 // answers 451. The StatefulSet goes from 3 to 2 replicas and relay-2 gets
 // SIGTERM: its messages move to relay-0 and relay-1 with their queue IDs,
-// arrival times and attempt counts, relay-2's queue is empty, and once the
-// MX recovers every recipient gets its message exactly once.
+// arrival times and attempt history. Then `postgate relay drain` empties
+// relay-1 into relay-0 the same way, and relay-1 answers 421. Once the MX
+// recovers every recipient gets its message exactly once.
+// POSTGATE_HANDOFF_MESSAGES sets the messages per relay (default 4).
 func TestRelayScaleDownHandsOff(t *testing.T) {
 	api, c := operatorCluster(t)
 	startOperatorProcess(t, api.Kubeconfig, "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
@@ -113,7 +116,10 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	})
 
 	// Four messages a relay, one recipient each, all deferred by the MX.
-	const perRelay = 4
+	perRelay := 4
+	if s := os.Getenv("POSTGATE_HANDOFF_MESSAGES"); s != "" {
+		_, _ = fmt.Sscanf(s, "%d", &perRelay)
+	}
 	owner := map[string]int{} // queue id -> relay
 	for i, p := range relays {
 		for j := range perRelay {
@@ -161,30 +167,54 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	}
 
 	// The survivors hold relay-2's messages as they were.
-	moved := 0
-	for i, p := range relays[:2] {
-		for id, m := range adminList(t, p) {
-			if owner[id] != 2 {
-				continue
-			}
-			moved++
-			b := before[id]
-			if !m.Arrival.Equal(b.Arrival) || m.Recipients[0].Attempts < b.Recipients[0].Attempts || !m.Recipients[0].NextAttempt.Equal(b.Recipients[0].NextAttempt) {
-				t.Errorf("relay-%d got %s as %+v, was %+v on relay-2: arrival or history not kept", i, id, m, b)
+	checkMoved := func(from int, to []*relayProcess) {
+		t.Helper()
+		moved := 0
+		for _, p := range to {
+			for id, m := range adminList(t, p) {
+				if owner[id] != from {
+					continue
+				}
+				moved++
+				b := before[id]
+				if !m.Arrival.Equal(b.Arrival) || m.Recipients[0].Attempts != b.Recipients[0].Attempts || !m.Recipients[0].NextAttempt.Equal(b.Recipients[0].NextAttempt) {
+					t.Errorf("%s arrived as %+v, was %+v on relay-%d: arrival or history not kept", id, m.Recipients[0], b.Recipients[0], from)
+				}
 			}
 		}
+		if moved != perRelay {
+			t.Fatalf("%d of relay-%d's %d messages reached the other relays", moved, from, perRelay)
+		}
 	}
-	if moved != perRelay {
-		t.Fatalf("%d of relay-2's %d messages reached the other relays", moved, perRelay)
-	}
+	checkMoved(2, relays[:2])
 
-	// The MX recovers; flush the survivors rather than wait for the
-	// schedule. Each recipient gets exactly one message.
+	// postgate relay drain empties relay-1 into relay-0, the only peer
+	// left; relay-1 stays up and takes no mail.
+	onRelay1 := adminList(t, relays[1])
+	for id, m := range onRelay1 {
+		before[id] = m
+	}
+	var stdout, stderr strings.Builder
+	start = time.Now()
+	if code := run([]string{"relay", "drain", "--admin-address", relays[1].adminAddr}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), fmt.Sprintf("handed off %d, remaining 0", len(onRelay1))) {
+		t.Fatalf("postgate relay drain: exit %d: %s%s\n%s", code, stdout.String(), stderr.String(), relays[1].logs())
+	}
+	t.Logf("postgate relay drain handed %d messages over in %s:\n%s", len(onRelay1), time.Since(start).Round(time.Millisecond), stdout.String())
+	if n := len(adminList(t, relays[1])); n != 0 {
+		t.Errorf("relay-1 holds %d messages after the drain", n)
+	}
+	if line, _ := sendOne(relays[1].addr, "app@example.com", "late"); !strings.HasPrefix(line, "421 4.3.2 relay.test Service shutting down") {
+		t.Errorf("a drained relay greeted %q, want 421 4.3.2", line)
+	}
+	checkMoved(1, relays[:1])
+	checkMoved(2, relays[:1])
+
+	// The MX recovers; flush relay-0 rather than wait for the schedule.
+	// Each recipient gets exactly one message.
 	mx.ClearFaults()
-	for _, p := range relays[:2] {
-		if _, code := queueCmd(t, p, "flush"); code != 0 {
-			t.Fatal("flush failed")
-		}
+	if _, code := queueCmd(t, relays[0], "flush"); code != 0 {
+		t.Fatal("flush failed")
 	}
 	want := 3 * perRelay
 	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
