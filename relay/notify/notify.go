@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,8 @@ type Options struct {
 	// API): never a webhook. An unspecified address (0.0.0.0:9090) stands
 	// for that port on every local address.
 	Self []netip.AddrPort
+	// RootCAs verifies receivers' certificates; the system pool when nil.
+	RootCAs *x509.CertPool
 	// Now is the clock of timestamps and ages; time.Now when nil.
 	Now func() time.Time
 	// Logger; slog.Default() when nil.
@@ -178,7 +181,7 @@ func New(opts Options) (*Notifier, error) {
 		retireWake: make(chan struct{}, 1),
 		queues:     map[string]*outbox{},
 	}
-	n.client = newClient(newGuard(opts.Allow, opts.Self), opts.RequestTimeout)
+	n.client = newClient(newGuard(opts.Allow, opts.Self), opts.RootCAs, opts.RequestTimeout)
 	m, err := newMetrics(opts.Registerer, n)
 	if err != nil {
 		return nil, fmt.Errorf("notify: metrics: %w", err)
@@ -202,13 +205,13 @@ func setDefault[T int | int64 | time.Duration](v *T, d T) {
 // newClient returns the HTTP client of webhooks: no proxy (the guard must
 // see the receiver's address), no redirects (a redirect could lead past
 // the URL the domain's owner configured), bounded everywhere.
-func newClient(g *guard, timeout time.Duration) *http.Client {
+func newClient(g *guard, roots *x509.CertPool, timeout time.Duration) *http.Client {
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second, Control: g.control}
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  nil,
 			DialContext:            dialer.DialContext,
-			TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12},
+			TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
 			TLSHandshakeTimeout:    timeout,
 			ResponseHeaderTimeout:  timeout,
 			MaxIdleConns:           100,

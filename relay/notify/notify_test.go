@@ -1,9 +1,12 @@
 package notify
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -91,6 +94,36 @@ func TestOutcomes(t *testing.T) {
 	eventually(t, "sent counted", func() bool { return e.count(resultSent) == 4 })
 	if v := counterValue(e.n.m.requests.WithLabelValues("2xx")); v != 1 {
 		t.Errorf("2xx requests = %v", v)
+	}
+}
+
+// TestHTTPS: a receiver behind TLS, its certificate verified.
+func TestHTTPS(t *testing.T) {
+	rcv := &receiver{t: t}
+	rcv.srv = httptest.NewUnstartedServer(http.HandlerFunc(rcv.serve))
+	rcv.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake below
+	rcv.srv.StartTLS()
+	t.Cleanup(rcv.close)
+	var src tables
+	src.set(t, hook{"example.test", rcv.url(), key1})
+	opts := fastOptions(t.TempDir(), &src)
+	pool := x509.NewCertPool()
+	pool.AddCert(rcv.srv.Certificate())
+	opts.RootCAs = pool
+	e := start(t, opts)
+	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
+	eventually(t, "sent over TLS", func() bool { return len(rcv.notifications(key1)) == 1 })
+
+	// Without the CA, the certificate is refused and nothing is sent.
+	opts = fastOptions(t.TempDir(), &src)
+	e2 := start(t, opts)
+	e2.n.Observe(attempt("Q2", "example.test", delivery.StatusSent))
+	eventually(t, "a TLS failure", func() bool { return counterValue(e2.n.m.requests.WithLabelValues("error")) >= 1 })
+	if !strings.Contains(e2.logs.String(), "certificate") {
+		t.Errorf("log does not say why:\n%s", e2.logs)
+	}
+	if n := len(rcv.requests()); n != 1 {
+		t.Errorf("%d requests, want 1", n)
 	}
 }
 
