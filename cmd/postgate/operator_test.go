@@ -238,17 +238,7 @@ func httpGet(url string) (string, error) {
 
 func poll(t *testing.T, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(why)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitFor(t, 30*time.Second, cond)
 }
 
 // grepLines returns the lines of s that contain sub.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,7 @@ import (
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/follow"
 	"github.com/postgate/postgate/relay/message"
+	"github.com/postgate/postgate/relay/notify"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/report"
 	"github.com/postgate/postgate/relay/routing"
@@ -71,6 +73,7 @@ type relayFlags struct {
 	mxPort                    int
 	shutdownGrace             time.Duration
 	kubeconfig, podName       string
+	webhookAllowCIDRs         string
 	lifecycleFlags            // drain and hand-off: relay_lifecycle.go
 }
 
@@ -108,6 +111,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: kubeconfig file; default: in-cluster, or $KUBECONFIG")
 	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
+	fs.StringVar(&f.webhookAllowCIDRs, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")
 	f.lifecycleFlags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -151,16 +155,13 @@ func runRelay(args []string, stderr io.Writer) int {
 // relayMain wires the relay: table source, queue, SMTP listeners, probes,
 // until ctx ends; then it shuts down gracefully.
 func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
-	var proxies []netip.Prefix
-	for _, s := range strings.Split(f.proxyCIDRs, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("--proxy-protocol-cidrs: %w", err)
-		}
-		proxies = append(proxies, p.Masked())
+	proxies, err := parsePrefixes("--proxy-protocol-cidrs", f.proxyCIDRs)
+	if err != nil {
+		return err
+	}
+	webhookAllow, err := parsePrefixes("--webhook-allow-cidrs", f.webhookAllowCIDRs)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(f.spoolDir, 0o700); err != nil { //nolint:gosec // the operator chooses the spool directory
 		return err
@@ -282,6 +283,16 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Delivery notifications: journaled under the spool, sent to the
+	// SenderDomains' webhooks, never to the relay's own endpoints.
+	notifier, err := notify.New(notify.Options{
+		Dir: filepath.Join(f.spoolDir, "notify"), Tables: tables, Allow: webhookAllow,
+		Self: ownAddresses(f), Logger: logger, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	observers = append(observers, notifier)
 	worker, err := delivery.New(q, tables, delivery.Options{
 		Hostname: f.hostname, Logger: logger, Resolver: resolver, MXPort: f.mxPort,
 		Bouncer: &bounce.Bouncer{Queue: q, Hostname: f.hostname}, Observer: observers,
@@ -297,6 +308,17 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 	defer cancel()
 	go func() { errs <- runTables(runCtx) }()
 	go func() { _ = runReport(runCtx) }() // returns when runCtx ends; its writes are retried, never fatal
+	// The notifier stops after delivery (deferred first, so run last): the
+	// outcomes of the last attempts reach its journal.
+	notifyCtx, stopNotify := context.WithCancel(context.Background())
+	notified := make(chan error, 1)
+	go func() { notified <- notifier.Run(notifyCtx) }()
+	defer func() {
+		stopNotify()
+		if err := <-notified; err != nil {
+			logger.Error("Notifications stopped", "error", err)
+		}
+	}()
 	// Delivery stops after the SMTP server: its own context, canceled last.
 	deliverCtx, stopDelivery := context.WithCancel(context.Background())
 	delivered := make(chan error, 1)
@@ -404,4 +426,50 @@ func isLoopback(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
+}
+
+// parsePrefixes parses a comma-separated list of networks for flag name.
+func parsePrefixes(name, list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ownAddresses are the relay's own HTTP and SMTP listen addresses, which a
+// webhook must never reach: an empty host is every local address
+// (0.0.0.0), localhost is 127.0.0.1; other names cannot be listened on.
+func ownAddresses(f *relayFlags) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, a := range []string{f.metricsAddr, f.healthAddr, f.adminAddr, f.handoffAddr, f.smtpAddr, f.smtpsAddr} {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || p == 0 {
+			continue // port 0: chosen at listen time (tests)
+		}
+		var ip netip.Addr
+		switch host {
+		case "":
+			ip = netip.IPv4Unspecified()
+		case "localhost":
+			ip = netip.MustParseAddr("127.0.0.1")
+		default:
+			if ip, err = netip.ParseAddr(host); err != nil {
+				continue
+			}
+		}
+		out = append(out, netip.AddrPortFrom(ip, uint16(p)))
+	}
+	return out
 }
