@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"syscall"
 )
 
@@ -131,4 +132,41 @@ func interfaceAddrs() []netip.Addr {
 		}
 	}
 	return out
+}
+
+// SelfAddrs turns the relay's listen addresses (as its flags give them:
+// "127.0.0.1:8025", ":9090", "localhost:8081"; "" for a listener that is
+// off) into Options.Self. A missing host means every local address.
+func SelfAddrs(binds ...string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, b := range binds {
+		if b == "" {
+			continue
+		}
+		host, portStr, err := net.SplitHostPort(b)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: %w", b, err)
+		}
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: bad port: %w", b, err)
+		}
+		var addrs []netip.Addr
+		switch host {
+		case "", "0.0.0.0", "::":
+			addrs = []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+		case "localhost":
+			addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+		default:
+			a, err := netip.ParseAddr(host)
+			if err != nil {
+				return nil, fmt.Errorf("listen address %q: the host must be an IP address or localhost: %w", b, err)
+			}
+			addrs = []netip.Addr{a.Unmap()}
+		}
+		for _, a := range addrs {
+			out = append(out, netip.AddrPortFrom(a, uint16(port)))
+		}
+	}
+	return out, nil
 }

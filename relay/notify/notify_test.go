@@ -235,6 +235,33 @@ func TestGuard(t *testing.T) {
 	}
 }
 
+func TestSelfAddrs(t *testing.T) {
+	got, err := SelfAddrs("127.0.0.1:8025", "", ":9090", "localhost:8081", "[::1]:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:8025"),
+		netip.MustParseAddrPort("0.0.0.0:9090"), netip.MustParseAddrPort("[::]:9090"),
+		netip.MustParseAddrPort("127.0.0.1:8081"), netip.MustParseAddrPort("[::1]:8081"),
+		netip.MustParseAddrPort("[::1]:1"),
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v", got)
+	}
+	g := newGuard(loopback, got)
+	for _, a := range []string{"127.0.0.1:8025", "127.0.0.9:9090", "[::1]:9090", "127.0.0.1:8081"} {
+		if err := g.check(netip.MustParseAddrPort(a)); err == nil {
+			t.Errorf("%s allowed", a)
+		}
+	}
+	for _, bad := range []string{"8025", "relay.example.com:25", "127.0.0.1:http", "127.0.0.1:70000"} {
+		if _, err := SelfAddrs(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
 // TestReceiverDown: the receiver refuses connections, the relay restarts,
 // the receiver answers 503 a few times, then accepts: every notification
 // arrives.
