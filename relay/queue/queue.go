@@ -2,6 +2,7 @@ package queue
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	crand "crypto/rand"
 	"errors"
@@ -599,28 +600,62 @@ func (q *Queue) Changed() <-chan struct{} { return q.changed }
 // Due returns up to limit messages that are due at now (a pending
 // recipient's next attempt has come), neither held nor leased, earliest
 // first.
+//
+// Under a backlog most of the queue is due and the delivery loop asks for
+// a batch at a time: the limit earliest are kept in a bounded heap, so a
+// call costs O(n log limit) rather than a sort of every due message.
 func (q *Queue) Due(now time.Time, limit int) []ID {
-	type candidate struct {
-		id  ID
-		due time.Time
+	if limit <= 0 {
+		return []ID{}
 	}
+	h := make(dueHeap, 0, min(limit, 256))
 	q.mu.Lock()
-	var due []candidate
 	for _, e := range q.entries {
-		if !e.held && !e.leased && e.pending > 0 && !e.nextDue.After(now) {
-			due = append(due, candidate{e.id, e.nextDue})
+		if e.held || e.leased || e.pending == 0 || e.nextDue.After(now) {
+			continue
+		}
+		c := dueCandidate{e.id, e.nextDue}
+		switch {
+		case len(h) < limit:
+			heap.Push(&h, c)
+		case c.compare(h[0]) < 0:
+			h[0] = c
+			heap.Fix(&h, 0)
 		}
 	}
 	q.mu.Unlock()
-	slices.SortFunc(due, func(a, b candidate) int {
-		return cmp.Or(a.due.Compare(b.due), strings.Compare(string(a.id), string(b.id)))
-	})
-	n := min(len(due), max(limit, 0))
-	ids := make([]ID, n)
-	for i, e := range due[:n] {
-		ids[i] = e.id
+	slices.SortFunc(h, dueCandidate.compare)
+	ids := make([]ID, len(h))
+	for i, c := range h {
+		ids[i] = c.id
 	}
 	return ids
+}
+
+// dueCandidate is a message Due may return.
+type dueCandidate struct {
+	id  ID
+	due time.Time
+}
+
+// compare orders by due time, then ID.
+func (a dueCandidate) compare(b dueCandidate) int {
+	return cmp.Or(a.due.Compare(b.due), strings.Compare(string(a.id), string(b.id)))
+}
+
+// dueHeap is a max-heap (container/heap) of candidates: its root is the
+// latest of those kept, the first to give way to an earlier one.
+type dueHeap []dueCandidate
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].compare(h[j]) > 0 }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueCandidate)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
 }
 
 // NextDue returns the earliest time a message that is neither held nor
