@@ -13,7 +13,8 @@ package main
 //     being deleted, is a scale-down, anything else (a rollout, an
 //     eviction, a node drain: the pod comes back with the same PVC) a
 //     restart. When the API server cannot be asked, restart is assumed:
-//     the queue stays on the PVC, late but never lost.
+//     the queue stays on the PVC, late but never lost. With
+//     --spool-ephemeral (an emptyDir spool) every SIGTERM hands over.
 //   - Leaving for good, it hands every queued message to the live peers
 //     (relay/handoff, authenticated with the key in the Secret
 //     postgate-relay-handoff), within --handoff-timeout; what no peer took
@@ -57,6 +58,7 @@ type lifecycleFlags struct {
 	handoffAddr      string
 	handoffAdvertise string
 	handoffTimeout   time.Duration
+	spoolEphemeral   bool
 }
 
 func (l *lifecycleFlags) register(fs *flag.FlagSet) {
@@ -64,6 +66,7 @@ func (l *lifecycleFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.handoffAddr, "handoff-bind-address", "", "cluster mode: address of the authenticated endpoint where peers hand over queued mail (off when empty)")
 	fs.StringVar(&l.handoffAdvertise, "handoff-advertise-address", "", "host:port peers use to reach --handoff-bind-address (default: $POD_IP with its port, else the bound address)")
 	fs.DurationVar(&l.handoffTimeout, "handoff-timeout", time.Minute, "how long a leaving replica may take to hand its queue over, after --shutdown-grace")
+	fs.BoolVar(&l.spoolEphemeral, "spool-ephemeral", false, "cluster mode: the spool does not outlive the pod (an emptyDir), so every SIGTERM hands the queue over, restarts included")
 }
 
 // lifecycle drains the relay and hands its queue over.
@@ -81,6 +84,9 @@ type lifecycle struct {
 
 	mu    sync.Mutex
 	drain *drainStatus // the on-demand drain, once started
+	// handingOver serializes hand-offs (a SIGTERM during `relay drain`):
+	// a held message is sent without a lease, and must not go twice.
+	handingOver sync.Mutex
 }
 
 // drainStatus is the admin API's answer about an on-demand drain.
@@ -189,6 +195,8 @@ func (l *lifecycle) beginDrain() {
 
 // handOver hands the queue to the live peers within ctx.
 func (l *lifecycle) handOver(ctx context.Context) (handoff.Result, error) {
+	l.handingOver.Lock()
+	defer l.handingOver.Unlock()
 	if err := l.loadKey(ctx); err != nil {
 		return handoff.Result{Remaining: l.q.Stats().Messages}, err
 	}
@@ -207,7 +215,12 @@ func (l *lifecycle) handOver(ctx context.Context) (handoff.Result, error) {
 // leavingForGood tells a scale-down from a restart (see the top of this
 // file), and why.
 func (l *lifecycle) leavingForGood(ctx context.Context) (bool, string) {
-	if l.kube == nil || l.f.statefulSet == "" {
+	switch {
+	case l.kube == nil:
+		return false, "standalone: nobody to hand over to"
+	case l.f.spoolEphemeral:
+		return true, "--spool-ephemeral: the queue would die with the pod"
+	case l.f.statefulSet == "":
 		return false, "no --statefulset-name: a restart"
 	}
 	i := strings.LastIndexByte(l.f.podName, '-')
