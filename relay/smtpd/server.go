@@ -330,9 +330,7 @@ func (s *Server) refuseDraining(conn net.Conn, implicitTLS bool) {
 // session in a transaction (MAIL accepted, message not yet answered)
 // finishes it, and gets 421 for its next command. A message is answered
 // 250 only once it is queued durably, as always, so nothing answered 250
-// is lost. Sessions protected by TLS get go-smtp's own 421 4.4.2 at that
-// point: the reply must go through the TLS layer, which cannot be written
-// from inside its own read. Shutdown then closes the listeners. Drain
+// is lost. Shutdown then closes the listeners. Drain
 // returns at once; Idle tells when the sessions are gone.
 func (s *Server) Drain() {
 	if s.draining.Swap(true) {
@@ -432,16 +430,10 @@ type clientConn struct {
 	// that is draining: nil (the default, before the session exists)
 	// closes the connection without a word.
 	goodbye atomic.Pointer[func() error]
+	// writes counts writes; startTLS: the server said 220 to STARTTLS.
+	writes   atomic.Int64
+	startTLS atomic.Bool
 }
-
-// errDraining ends a session between transactions while the server
-// drains. It is a timeout to go-smtp, which then writes its own 421 and
-// closes without logging an error.
-type errDraining struct{}
-
-func (errDraining) Error() string   { return "relay shutting down" }
-func (errDraining) Timeout() bool   { return true }
-func (errDraining) Temporary() bool { return false }
 
 // Read waits for the client's next bytes, extending the idle deadline. A
 // session between transactions of a draining server is ended instead, with
@@ -482,6 +474,12 @@ func (c *clientConn) sayGoodbye() error {
 func (c *clientConn) wake() { _ = c.Conn.SetReadDeadline(time.Now()) }
 
 func (c *clientConn) Write(p []byte) (int, error) {
+	// A 220 after the greeting is the go-ahead for STARTTLS (RFC 3207
+	// section 4): from here on a handshake may be under way above this
+	// connection, which no plain-text reply may interrupt.
+	if c.writes.Add(1) > 1 && bytes.HasPrefix(p, []byte("220 ")) {
+		c.startTLS.Store(true)
+	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfterWrite.Load() {
 		_ = c.Close()

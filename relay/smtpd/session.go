@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"time"
 
@@ -118,20 +119,26 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 // goodbye ends a session between transactions of a draining server (see
-// Server.Drain). It runs in the session's reading goroutine, which is
-// also the one that writes replies. In plain text it writes the 421 and
-// closes; under TLS (which it must not write through from inside the TLS
-// layer's read, and must not even query, in case a handshake holds its
-// lock) it returns errDraining, for which go-smtp writes a 421 itself.
+// Server.Drain) with 421 4.3.2 and closes it. It runs in the session's
+// reading goroutine, inside the read, which is also the goroutine that
+// writes replies, so nothing interleaves. Under TLS the reply goes through
+// the TLS connection: its writes take another lock than the read under
+// way, and its handshake is complete (go-smtp swaps it in only then).
+// During a STARTTLS handshake no reply can be written, plain or not: the
+// connection just closes, and the client retries later.
 func (s *session) goodbye() error {
-	if _, isTLS := s.conn.Conn().(*tls.Conn); isTLS {
-		return errDraining{}
+	w := net.Conn(s.cc)
+	if tc, isTLS := s.conn.Conn().(*tls.Conn); isTLS {
+		w = tc
+	} else if s.cc.startTLS.Load() {
+		_ = s.cc.Close()
+		return net.ErrClosed
 	}
 	e := s.s.shuttingDown()
 	_ = s.cc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(s.cc, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+	fmt.Fprintf(w, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
 	_ = s.cc.Close()
-	return io.EOF
+	return net.ErrClosed // go-smtp ends the session without a word more
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
