@@ -244,3 +244,19 @@ func validName(s string) bool {
 	}
 	return true
 }
+
+// pendingBytes is the size of the records after the cursor: what a domain
+// holds of the journal, for MaxDomainJournalBytes. Sent records in a
+// segment not yet deleted do not count: they go with their segment.
+func (q *outbox) pendingBytes() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var b int64
+	for i, s := range q.segs {
+		b += s.end
+		if i == 0 && q.cursor.seg == s.id {
+			b -= min(q.cursor.off, s.end)
+		}
+	}
+	return b
+}

@@ -97,6 +97,10 @@ type Options struct {
 	// MaxJournalBytes caps the journal's disk use; notifications that would
 	// exceed it are dropped. DefaultMaxJournalBytes when zero.
 	MaxJournalBytes int64
+	// MaxDomainJournalBytes caps one sender domain's share of the journal,
+	// so that a receiver that stays down cannot fill it for the others;
+	// MaxJournalBytes/4 when zero.
+	MaxDomainJournalBytes int64
 	// SegmentBytes is the size after which the writer starts a new segment
 	// file (space is given back a segment at a time);
 	// DefaultSegmentBytes when zero.
@@ -172,6 +176,7 @@ func New(opts Options) (*Notifier, error) {
 	setDefault(&opts.MaxAge, DefaultMaxAge)
 	setDefault(&opts.MaxJournalBytes, DefaultMaxJournalBytes)
 	setDefault(&opts.SegmentBytes, DefaultSegmentBytes)
+	setDefault(&opts.MaxDomainJournalBytes, opts.MaxJournalBytes/4)
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
 
 	n := &Notifier{

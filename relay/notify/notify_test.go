@@ -399,6 +399,7 @@ func TestJournalFull(t *testing.T) {
 	src.set(t, hook{"example.test", "http://127.0.0.1:1/hook", key1})
 	opts := fastOptions(t.TempDir(), &src)
 	opts.MaxJournalBytes = 4096
+	opts.MaxDomainJournalBytes = 4096
 	opts.SegmentBytes = 1024
 	opts.MinBackoff = time.Hour // keep it all on disk
 	opts.MaxBackoff = time.Hour
@@ -440,6 +441,36 @@ func TestJournalRecycled(t *testing.T) {
 	}
 	if d := e.count(resultJournalFull); d != 0 {
 		t.Errorf("%v dropped as journal full", d)
+	}
+}
+
+// TestJournalShare: a domain whose receiver stays down fills only its
+// share of the journal; another domain's notifications are still kept.
+func TestJournalShare(t *testing.T) {
+	rcv := newReceiver(t)
+	var src tables
+	src.set(t, hook{"down.test", "http://127.0.0.1:1/hook", key1}, hook{"up.test", rcv.url(), key2})
+	opts := fastOptions(t.TempDir(), &src)
+	opts.MaxJournalBytes = 32 << 10
+	opts.MaxDomainJournalBytes = 4 << 10 // a few notifications
+	opts.MinBackoff, opts.MaxBackoff = time.Hour, time.Hour
+	e := start(t, opts)
+	for i := range 100 {
+		e.n.Observe(attempt(fmt.Sprintf("D%d", i), "down.test", delivery.StatusDeferred))
+	}
+	eventually(t, "the down domain's share used", func() bool {
+		return e.n.pendingDisk.Load()+int64(e.count(resultJournalFull)) == 100 && e.count(resultJournalFull) > 0
+	})
+	if b := e.n.diskBytes.Load(); b > opts.MaxDomainJournalBytes {
+		t.Errorf("journal %d bytes, the domain's share is %d", b, opts.MaxDomainJournalBytes)
+	}
+	dropped := e.count(resultJournalFull)
+	for i := range 20 {
+		e.n.Observe(attempt(fmt.Sprintf("U%d", i), "up.test", delivery.StatusSent))
+		eventually(t, "the other domain's notification", func() bool { return len(rcv.notifications(key2)) == i+1 })
+	}
+	if d := e.count(resultJournalFull); d != dropped {
+		t.Errorf("%v more dropped", d-dropped)
 	}
 }
 

@@ -99,7 +99,8 @@ func (n *Notifier) appendItems(q *outbox, items []item) {
 			continue
 		}
 		size := int64(recordHeader + len(p))
-		if n.diskBytes.Load()+reserved+size > n.opts.MaxJournalBytes {
+		domainBytes := q.pendingBytes()
+		if n.diskBytes.Load()+reserved+size > n.opts.MaxJournalBytes || domainBytes+reserved+size > n.opts.MaxDomainJournalBytes {
 			n.m.count(resultJournalFull, 1)
 			n.logDrop(n.opts.Now(), "journal full")
 			continue
