@@ -101,6 +101,9 @@ type drainStatus struct {
 // start it keeps trying in the background until ctx ends.
 func startLifecycle(ctx context.Context, f *relayFlags, logger *slog.Logger, q *queue.Queue, srv *smtpd.Server, kube kubernetes.Interface, fl *follow.Follower) (*lifecycle, error) {
 	l := &lifecycle{f: f, log: logger, q: q, srv: srv, kube: kube, fl: fl}
+	if kube == nil && f.handoffAddr != "" {
+		logger.Warn("--handoff-bind-address ignored: the hand-off needs cluster mode (--relay-namespace)")
+	}
 	if kube == nil || f.handoffAddr == "" {
 		return l, nil
 	}
