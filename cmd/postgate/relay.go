@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -445,31 +444,14 @@ func parsePrefixes(name, list string) ([]netip.Prefix, error) {
 }
 
 // ownAddresses are the relay's own HTTP and SMTP listen addresses, which a
-// webhook must never reach: an empty host is every local address
-// (0.0.0.0), localhost is 127.0.0.1; other names cannot be listened on.
+// webhook must never reach. A listen address given by host name (possible
+// for SMTP only) is left out: it cannot be matched at dial time anyway.
 func ownAddresses(f *relayFlags) []netip.AddrPort {
 	var out []netip.AddrPort
 	for _, a := range []string{f.metricsAddr, f.healthAddr, f.adminAddr, f.handoffAddr, f.smtpAddr, f.smtpsAddr} {
-		host, port, err := net.SplitHostPort(a)
-		if err != nil {
-			continue
+		if self, err := notify.SelfAddrs(a); err == nil {
+			out = append(out, self...)
 		}
-		p, err := strconv.ParseUint(port, 10, 16)
-		if err != nil || p == 0 {
-			continue // port 0: chosen at listen time (tests)
-		}
-		var ip netip.Addr
-		switch host {
-		case "":
-			ip = netip.IPv4Unspecified()
-		case "localhost":
-			ip = netip.MustParseAddr("127.0.0.1")
-		default:
-			if ip, err = netip.ParseAddr(host); err != nil {
-				continue
-			}
-		}
-		out = append(out, netip.AddrPortFrom(ip, uint16(p)))
 	}
 	return out
 }
