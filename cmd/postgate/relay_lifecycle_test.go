@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,11 +160,58 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	if err := c.Update(ctx, sts); err != nil {
 		t.Fatal(err)
 	}
+	// Clients keep submitting to relay-2 through its SIGTERM: what they
+	// got 250 for must reach the other relays too.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var loadMu sync.Mutex
+	loadAcked := map[string]string{} // queue id -> recipient
+	var greeted421 atomic.Int64
+	var wg sync.WaitGroup
+	for c := range 3 {
+		wg.Go(func() {
+			for i := 0; loadCtx.Err() == nil; i++ {
+				to := fmt.Sprintf("load%d-%d@dest.test", c, i)
+				line, err := testenv.SubmitMail(relays[2].addr, "127.0.0.1", "app@example.com", to, to)
+				m := queuedID.FindStringSubmatch(line)
+				switch {
+				case err == nil && m != nil:
+					loadMu.Lock()
+					loadAcked[m[1]] = to
+					loadMu.Unlock()
+				case strings.HasPrefix(line, "421 4.3.2"):
+					greeted421.Add(1)
+				default:
+					time.Sleep(10 * time.Millisecond) // the listener is closed
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	relays[2].terminate(t)
-	t.Logf("relay-2 handed %d messages over and exited in %s", perRelay, time.Since(start).Round(time.Millisecond))
-	if logs := relays[2].logs(); !strings.Contains(logs, "a scale-down") || !strings.Contains(logs, fmt.Sprintf(`msg="Hand-off finished" handedOff=%d remaining=0`, perRelay)) {
-		t.Fatalf("relay-2 did not hand its queue over:\n%s", logs)
+	took := time.Since(start).Round(time.Millisecond)
+	stopLoad()
+	wg.Wait()
+	m := regexp.MustCompile(`msg="Hand-off finished" handedOff=(\d+) remaining=0`).FindStringSubmatch(relays[2].logs())
+	if m == nil || !strings.Contains(relays[2].logs(), "a scale-down") {
+		t.Fatalf("relay-2 did not hand its queue over:\n%s", relays[2].logs())
+	}
+	t.Logf("relay-2 handed %s messages over (%d deferred before, %d acknowledged under load; %d clients greeted 421) and exited in %s",
+		m[1], perRelay, len(loadAcked), greeted421.Load(), took)
+	if len(loadAcked) == 0 || greeted421.Load() == 0 {
+		t.Fatalf("the load proves nothing: %d acknowledged, %d greeted 421", len(loadAcked), greeted421.Load())
+	}
+	// Every message acknowledged under load is on a surviving relay.
+	survivors := map[string]bool{}
+	for _, p := range relays[:2] {
+		for id := range adminList(t, p) {
+			survivors[id] = true
+		}
+	}
+	for id, to := range loadAcked {
+		if !survivors[id] {
+			t.Errorf("%s (to %s) got 250 from relay-2 and is on no surviving relay", id, to)
+		}
 	}
 
 	// The survivors hold relay-2's messages as they were.
@@ -216,7 +264,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	if _, code := queueCmd(t, relays[0], "flush"); code != 0 {
 		t.Fatal("flush failed")
 	}
-	want := 3 * perRelay
+	want := 3*perRelay + len(loadAcked)
 	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := mx.WaitMessages(wait, want); err != nil {
@@ -234,6 +282,11 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 			if r := fmt.Sprintf("r%d-%d@dest.test", i, j); got[r] != 1 {
 				t.Errorf("%s got %d messages, want 1", r, got[r])
 			}
+		}
+	}
+	for _, to := range loadAcked {
+		if got[to] != 1 {
+			t.Errorf("%s, acknowledged under load, got %d messages, want 1", to, got[to])
 		}
 	}
 	if len(got) != want {
