@@ -93,6 +93,9 @@ type receiver struct {
 	status   int           // answer; 200 when 0
 	hang     chan struct{} // when set, requests wait for it to close
 	failures int           // answer 503 to this many requests first
+	// rejectJob answers rejectStatus to every request of that job.
+	rejectJob    string
+	rejectStatus int
 }
 
 func newReceiver(t testing.TB) *receiver {
@@ -133,6 +136,9 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	rq := request{ts: req.Header.Get(HeaderTimestamp), sig: req.Header.Get(HeaderSignature), body: body}
 	if err := json.Unmarshal(body, &rq.parsed); err != nil {
 		r.t.Errorf("body is not JSON: %v: %s", err, body)
+	}
+	if r.rejectJob != "" && rq.parsed.Meta.JobID == r.rejectJob {
+		status = r.rejectStatus
 	}
 	r.reqs = append(r.reqs, rq)
 	r.mu.Unlock()

@@ -14,7 +14,9 @@ const (
 	// journal_full (the journal reached MaxJournalBytes),
 	// journal_error (writing the journal failed), no_webhook (the domain
 	// or its webhook left the table before the notification was sent),
-	// expired (not accepted within MaxAge), corrupt (a damaged journal
+	// expired (not accepted within MaxAge), rejected (the receiver refused
+	// the request with a 4xx other than 408, 425 and 429 MaxRejections times
+	// in a row), corrupt (a damaged journal
 	// record: counted once per damaged segment, as what followed cannot be
 	// counted).
 	MetricNotifications = "postgate_relay_webhook_notifications_total"
@@ -41,6 +43,7 @@ const (
 	resultNoWebhook    = "dropped_no_webhook"
 	resultExpired      = "dropped_expired"
 	resultCorrupt      = "dropped_corrupt"
+	resultRejected     = "dropped_rejected"
 )
 
 type metrics struct {
@@ -74,7 +77,7 @@ func newMetrics(reg prometheus.Registerer, n *Notifier) (*metrics, error) {
 		}
 	}
 	// Start the counters at zero, so that rates work from the first scrape.
-	for _, r := range []string{resultSent, resultBufferFull, resultJournalFull, resultJournalError, resultNoWebhook, resultExpired, resultCorrupt} {
+	for _, r := range []string{resultSent, resultBufferFull, resultJournalFull, resultJournalError, resultNoWebhook, resultExpired, resultCorrupt, resultRejected} {
 		m.notifications.WithLabelValues(r)
 	}
 	for _, c := range []string{"2xx", "3xx", "4xx", "5xx", "error"} {

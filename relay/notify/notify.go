@@ -31,6 +31,7 @@ const (
 	DefaultMinBackoff      = 2 * time.Second
 	DefaultMaxBackoff      = 5 * time.Minute
 	DefaultMaxAge          = 48 * time.Hour
+	DefaultMaxRejections   = 8
 	DefaultMaxJournalBytes = 100 << 20
 	DefaultSegmentBytes    = 4 << 20
 )
@@ -94,6 +95,12 @@ type Options struct {
 	// MaxAge is how long a notification is retried before it is dropped;
 	// DefaultMaxAge (the queue lifetime of mail) when zero.
 	MaxAge time.Duration
+	// MaxRejections is how many times in a row a receiver may refuse one
+	// request with a 4xx (but 408, 425, 429) before its notifications are
+	// dropped, so that one request the receiver will never take does not
+	// hold up the domain's later ones for MaxAge; DefaultMaxRejections
+	// when zero. The tries are MinBackoff, doubling, apart.
+	MaxRejections int
 	// MaxJournalBytes caps the journal's disk use; notifications that would
 	// exceed it are dropped. DefaultMaxJournalBytes when zero.
 	MaxJournalBytes int64
@@ -174,6 +181,7 @@ func New(opts Options) (*Notifier, error) {
 	setDefault(&opts.MinBackoff, DefaultMinBackoff)
 	setDefault(&opts.MaxBackoff, DefaultMaxBackoff)
 	setDefault(&opts.MaxAge, DefaultMaxAge)
+	setDefault(&opts.MaxRejections, DefaultMaxRejections)
 	setDefault(&opts.MaxJournalBytes, DefaultMaxJournalBytes)
 	setDefault(&opts.SegmentBytes, DefaultSegmentBytes)
 	setDefault(&opts.MaxDomainJournalBytes, opts.MaxJournalBytes/4)

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -647,5 +648,51 @@ func TestOptions(t *testing.T) {
 	}
 	if n.opts.BatchSize != DefaultBatchSize || n.opts.MaxAge != DefaultMaxAge || n.opts.RequestTimeout != DefaultRequestTimeout {
 		t.Errorf("defaults not applied: %+v", n.opts)
+	}
+}
+
+// TestRejectedRequest: a receiver that refuses one message's request with
+// 400 gets it MaxRejections times, then it is dropped (counted) and the
+// domain's later notifications flow; 429 is retried, never dropped.
+func TestRejectedRequest(t *testing.T) {
+	for _, tc := range []struct {
+		status      int
+		wantDropped bool
+	}{{http.StatusBadRequest, true}, {http.StatusRequestEntityTooLarge, true}, {http.StatusTooManyRequests, false}} {
+		t.Run(strconv.Itoa(tc.status), func(t *testing.T) {
+			rcv := newReceiver(t)
+			rcv.rejectJob, rcv.rejectStatus = "M00", tc.status
+			var src tables
+			src.set(t, hook{"example.test", rcv.url(), key1})
+			opts := fastOptions(t.TempDir(), &src)
+			opts.MaxRejections = 3
+			e := start(t, opts)
+			e.n.Observe(attempt("M00", "example.test", delivery.StatusSent))
+			e.n.Observe(attempt("M01", "example.test", delivery.StatusSent))
+			if !tc.wantDropped {
+				eventually(t, "retried past MaxRejections", func() bool { return len(rcv.requests()) > 2*opts.MaxRejections })
+				if e.count(resultRejected) != 0 || e.count(resultSent) != 0 {
+					t.Fatalf("%d: dropped %v, sent %v; want it retried, the next one waiting", tc.status, e.count(resultRejected), e.count(resultSent))
+				}
+				rcv.mu.Lock()
+				rcv.rejectJob = ""
+				rcv.mu.Unlock()
+				eventually(t, "both sent", func() bool { return e.count(resultSent) == 2 })
+				return
+			}
+			eventually(t, "M01 sent after M00 was dropped", func() bool { return e.count(resultSent) == 1 && e.count(resultRejected) == 1 })
+			var m00 int
+			for _, rq := range rcv.requests() {
+				if rq.parsed.Meta.JobID == "M00" {
+					m00++
+				}
+			}
+			if m00 != opts.MaxRejections {
+				t.Errorf("M00 was posted %d times, want MaxRejections = %d", m00, opts.MaxRejections)
+			}
+			if !strings.Contains(e.logs.String(), "the receiver refused them 3 times: HTTP "+strconv.Itoa(tc.status)) {
+				t.Errorf("no drop logged:\n%s", e.logs)
+			}
+		})
 	}
 }

@@ -33,6 +33,7 @@ func (n *Notifier) sendLoop(ctx context.Context, q *outbox) {
 		}
 	}()
 	var backoff time.Duration
+	rejections := 0 // of the current batch, in a row
 	for {
 		b := n.next(q)
 		switch {
@@ -47,10 +48,27 @@ func (n *Notifier) sendLoop(ctx context.Context, q *outbox) {
 			}
 			continue
 		}
-		if n.deliver(ctx, q, b.recs) {
+		err := n.deliver(ctx, q, b.recs)
+		var rej *rejectedError
+		switch {
+		case err == nil:
 			n.ack(q, b.end, len(b.recs))
-			backoff = 0
+			backoff, rejections = 0, 0
 			continue
+		case errors.As(err, &rej):
+			// The receiver refuses this request for good (a 4xx): after a
+			// few tries, drop it rather than hold up every later
+			// notification of the domain for MaxAge.
+			if rejections++; rejections >= n.opts.MaxRejections {
+				n.m.count(resultRejected, len(b.recs))
+				n.log.Warn("Dropping webhook notifications", "domain", q.name, "job", b.recs[0].Job.JobID,
+					"dropped", len(b.recs), "reason", fmt.Sprintf("the receiver refused them %d times: HTTP %d", rejections, rej.code))
+				n.ack(q, b.end, len(b.recs))
+				backoff, rejections = 0, 0
+				continue
+			}
+		default:
+			rejections = 0
 		}
 		backoff = min(max(2*backoff, n.opts.MinBackoff), n.opts.MaxBackoff)
 		t := time.NewTimer(backoff)
@@ -196,10 +214,10 @@ func (n *Notifier) skipSegment(q *outbox, end position) {
 // table has it now. It reports whether they are done with: sent, or
 // dropped because they are too old or their webhook is gone. With no table
 // loaded yet it waits: a relay starting up must not drop what it journaled.
-func (n *Notifier) deliver(ctx context.Context, q *outbox, recs []record) bool {
+func (n *Notifier) deliver(ctx context.Context, q *outbox, recs []record) error {
 	t := n.opts.Tables.Table()
 	if t == nil {
-		return false
+		return errNoTable
 	}
 	now := n.opts.Now()
 	d := t.Domain(q.name)
@@ -226,24 +244,33 @@ func (n *Notifier) deliver(ctx context.Context, q *outbox, recs []record) bool {
 			"reason", "the sender domain or its webhook is no longer in the routing table")
 	}
 	if len(keep) == 0 {
-		return true
+		return nil
 	}
 	body, err := json.Marshal(Body{Meta: recs[0].Job, Notifications: keep})
 	if err != nil {
 		// Cannot happen with these types; dropping beats retrying forever.
 		n.m.count(resultJournalError, len(keep))
-		return true
+		return nil //nolint:nilerr // dropped and counted: done with
 	}
 	if err := n.post(ctx, d.Webhook, body); err != nil {
 		if ctx.Err() == nil {
 			n.log.Warn("Webhook request failed, will retry", "domain", q.name, "webhook", redact(d.Webhook.URL),
 				"job", recs[0].Job.JobID, "pending", n.queued(q), "error", err)
 		}
-		return false
+		return err
 	}
 	n.m.count(resultSent, len(keep))
-	return true
+	return nil
 }
+
+// errNoTable: no routing table is loaded yet, so nothing can be sent.
+var errNoTable = errors.New("no routing table loaded yet")
+
+// rejectedError is a 4xx answer that a retry will not change: every 4xx
+// but 408 Request Timeout, 425 Too Early and 429 Too Many Requests.
+type rejectedError struct{ code int }
+
+func (e *rejectedError) Error() string { return fmt.Sprintf("receiver answered HTTP %d", e.code) }
 
 func (n *Notifier) queued(q *outbox) int {
 	q.mu.Lock()
@@ -282,8 +309,12 @@ func (n *Notifier) post(ctx context.Context, wh *routing.Webhook, body []byte) e
 	defer func() { _ = resp.Body.Close() }()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBody))
 	n.m.requests.WithLabelValues(codeClass(resp.StatusCode)).Inc()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("receiver answered HTTP %d", resp.StatusCode)
+	switch c := resp.StatusCode; {
+	case c/100 == 2:
+	case c/100 == 4 && c != http.StatusRequestTimeout && c != http.StatusTooEarly && c != http.StatusTooManyRequests:
+		return &rejectedError{code: c}
+	default:
+		return fmt.Errorf("receiver answered HTTP %d", c)
 	}
 	return nil
 }
