@@ -145,13 +145,15 @@ func startLifecycle(ctx context.Context, f *relayFlags, logger *slog.Logger, q *
 		}
 		s := &http.Server{Handler: hs, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: handoff.RequestTimeout,
 			WriteTimeout: handoff.RequestTimeout + 10*time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+		logger.Info("Hand-off listening", "address", ln.Addr().String(), "advertised", advertise)
+		// Under l.mu, so that a drain starting now withdraws the address
+		// after it is announced, not before.
 		l.mu.Lock()
 		l.handoff = s
-		l.mu.Unlock()
-		logger.Info("Hand-off listening", "address", ln.Addr().String(), "advertised", advertise)
 		if fl != nil && !l.draining.Load() {
 			fl.SetHandoffAddress(advertise)
 		}
+		l.mu.Unlock()
 		_ = s.Serve(ln)
 	}()
 	return l, nil
@@ -192,7 +194,9 @@ func (l *lifecycle) beginDrain() {
 	}
 	l.srv.Drain()
 	if l.fl != nil {
+		l.mu.Lock()
 		l.fl.SetHandoffAddress("")
+		l.mu.Unlock()
 	}
 }
 
