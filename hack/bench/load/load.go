@@ -7,16 +7,15 @@
 package load
 
 import (
+	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // Options describe one load.
@@ -132,81 +131,126 @@ func Run(ctx context.Context, o Options) Stats {
 }
 
 // session sends messages over one connection until take says stop or the
-// connection fails.
+// connection fails. It speaks SMTP itself, without dot-stuffing (no line
+// of the message starts with a dot), so that the client costs little CPU
+// next to the relay it measures.
 func session(ctx context.Context, o Options, filler []byte, take func() (int, bool), record func(Result)) error {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", o.Addr)
 	if err != nil {
 		return err
 	}
+	defer func() { _ = conn.Close() }()
 	// Unblock the session when ctx ends mid-command.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	c := smtp.NewClient(conn)
-	c.CommandTimeout, c.SubmissionTimeout = time.Minute, time.Minute
-	defer func() { _ = c.Close() }()
-	if err := c.Hello("load.test"); err != nil {
+	c := &client{conn: conn, r: bufio.NewReader(conn), w: bufio.NewWriterSize(conn, 64<<10)}
+	if _, err := c.reply(220); err != nil {
+		return err
+	}
+	if _, err := c.cmd(250, "EHLO load.test"); err != nil {
 		return err
 	}
 	for {
 		n, ok := take()
 		if !ok {
-			_ = c.Quit()
+			_, _ = c.cmd(221, "QUIT")
 			return nil
 		}
 		rcpt := fmt.Sprintf("%s-%d@%s", o.Prefix, n, o.RcptDomain)
 		start := time.Now()
-		code, err := send(c, o.From, rcpt, filler)
-		if code == 0 && err != nil {
+		code, err := c.send(o.From, rcpt, filler)
+		if code == 0 {
 			// The connection failed: nothing is known of this message.
 			record(Result{Rcpt: rcpt, Err: err})
 			return err
 		}
 		record(Result{Rcpt: rcpt, Code: code, Latency: time.Since(start), Err: err})
 		if err != nil {
-			if c.Reset() != nil {
+			if _, err := c.cmd(250, "RSET"); err != nil {
 				return err
 			}
 		}
 	}
 }
 
+// client is the client side of one SMTP connection.
+type client struct {
+	conn net.Conn
+	r    *bufio.Reader
+	w    *bufio.Writer
+}
+
+// ReplyError is a reply other than the one expected.
+type ReplyError struct {
+	Code int
+	Line string
+}
+
+func (e *ReplyError) Error() string { return e.Line }
+
+// reply reads a whole reply and returns its code, with a *ReplyError when
+// it is not want, or the connection's error (code 0).
+func (c *client) reply(want int) (int, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(time.Minute))
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return 0, err
+		}
+		if len(line) < 4 {
+			return 0, fmt.Errorf("malformed reply %q", line)
+		}
+		if line[3] == '-' {
+			continue
+		}
+		code, err := strconv.Atoi(line[:3])
+		if err != nil {
+			return 0, fmt.Errorf("malformed reply %q", line)
+		}
+		if code != want {
+			return code, &ReplyError{Code: code, Line: strings.TrimSpace(line)}
+		}
+		return code, nil
+	}
+}
+
+// cmd sends a command line and reads its reply.
+func (c *client) cmd(want int, line string) (int, error) {
+	if _, err := c.w.WriteString(line + "\r\n"); err != nil {
+		return 0, err
+	}
+	if err := c.w.Flush(); err != nil {
+		return 0, err
+	}
+	return c.reply(want)
+}
+
 // send runs one transaction and returns the reply code that ended it.
-func send(c *smtp.Client, from, rcpt string, filler []byte) (int, error) {
-	if err := c.Mail(from, nil); err != nil {
-		return code(err), err
+func (c *client) send(from, rcpt string, filler []byte) (int, error) {
+	if code, err := c.cmd(250, "MAIL FROM:<"+from+">"); err != nil {
+		return code, err
 	}
-	if err := c.Rcpt(rcpt, nil); err != nil {
-		return code(err), err
+	if code, err := c.cmd(250, "RCPT TO:<"+rcpt+">"); err != nil {
+		return code, err
 	}
-	w, err := c.Data()
-	if err != nil {
-		return code(err), err
+	if code, err := c.cmd(354, "DATA"); err != nil {
+		return code, err
 	}
 	local := rcpt[:strings.IndexByte(rcpt, '@')]
-	header := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: load %s\r\nMessage-ID: <%s@load.test>\r\n\r\n", from, rcpt, local, local)
-	if _, err := w.Write([]byte(header)); err != nil {
+	_, _ = fmt.Fprintf(c.w, "From: <%s>\r\nTo: <%s>\r\nSubject: load %s\r\nMessage-ID: <%s@load.test>\r\n\r\n", from, rcpt, local, local)
+	_, _ = c.w.Write(filler)
+	if _, err := c.w.WriteString(".\r\n"); err != nil {
 		return 0, err
 	}
-	if _, err := w.Write(filler); err != nil {
+	if err := c.w.Flush(); err != nil {
 		return 0, err
 	}
-	if err := w.Close(); err != nil {
-		return code(err), err
-	}
-	return 250, nil
+	return c.reply(250)
 }
 
-// code is the SMTP reply code in err, 0 when err is not a reply.
-func code(err error) int {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se.Code
-	}
-	return 0
-}
-
-// fillerLines is a body of about size bytes in 78-byte lines.
+// fillerLines is a body of about size bytes in 78-byte lines, none of
+// which starts with a dot.
 func fillerLines(size int) []byte {
 	line := strings.Repeat("0123456789", 7) + "abcdef\r\n"
 	n := max(size/len(line), 1)
