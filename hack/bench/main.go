@@ -293,10 +293,10 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 		sampler := startSampler(pf.pids)
 		addr, peakRSS = pf.addr, sampler.stop
 	}
-	lctx, cancel := context.WithTimeout(ctx, b.cfg.duration)
+	lctx, cancel := context.WithTimeout(ctx, b.cfg.duration+2*time.Minute)
 	st := load.Run(lctx, load.Options{
 		Addr: addr, Sessions: lk.sessions, Size: lk.size, From: from, RcptDomain: rcptDomain,
-		Prefix: fmt.Sprintf("r%d", b.seq),
+		Prefix: fmt.Sprintf("r%d", b.seq), Duration: b.cfg.duration,
 	})
 	cancel()
 	for e, n := range st.Errors {

@@ -36,6 +36,12 @@ type Options struct {
 	// Max bounds the messages sent by all sessions together; 0: until ctx
 	// ends.
 	Max int
+	// Duration, when set, makes every session connect and say EHLO first;
+	// the clock (Stats.Start) starts once all are ready, so that a relay
+	// that starts a process per connection is not timed doing so, and the
+	// sessions take no new message Duration later (those under way
+	// finish).
+	Duration time.Duration
 	// Reconnect makes a session whose connection fails dial again (after
 	// a short pause) until ctx ends, as the crash harness needs; otherwise
 	// the session ends with its first connection error.
@@ -67,8 +73,8 @@ type Stats struct {
 	// Sent counts the messages whose data was sent, Acknowledged those
 	// answered 250.
 	Sent, Acknowledged int
-	// Start is when the first session began; LastAck when the last 250
-	// arrived.
+	// Start is when the sessions were let go (with Duration, once all
+	// had said EHLO); LastAck when the last 250 arrived.
 	Start, LastAck time.Time
 	// Latencies of the acknowledged messages, in arrival order.
 	Latencies []time.Duration
@@ -82,7 +88,7 @@ func Run(ctx context.Context, o Options) Stats {
 	filler := fillerLines(o.Size)
 	var next atomic.Int64
 	var mu sync.Mutex
-	st := Stats{Start: time.Now(), Errors: map[string]int{}}
+	st := Stats{Errors: map[string]int{}}
 	record := func(r Result) {
 		if o.OnResult != nil {
 			o.OnResult(r)
@@ -105,15 +111,31 @@ func Run(ctx context.Context, o Options) Stats {
 		}
 		st.Errors[msg]++
 	}
+	var deadline atomic.Int64 // Unix nanoseconds; 0: none
 	take := func() (int, bool) {
+		if d := deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+			return 0, false
+		}
 		n := int(next.Add(1) - 1)
 		return n, ctx.Err() == nil && (o.Max == 0 || n < o.Max)
 	}
-	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	var ready, wg sync.WaitGroup
+	ready.Add(o.Sessions)
 	for range o.Sessions {
 		wg.Go(func() {
+			arrive := sync.OnceFunc(ready.Done)
+			defer arrive()
+			waitStart := func() {
+				arrive()
+				select {
+				case <-gate:
+				case <-ctx.Done():
+				}
+			}
 			for ctx.Err() == nil {
-				err := session(ctx, o, filler, take, record)
+				err := session(ctx, o, filler, waitStart, take, record)
+				arrive()
 				if !o.Reconnect || (o.Max > 0 && int(next.Load()) >= o.Max) {
 					return
 				}
@@ -126,15 +148,25 @@ func Run(ctx context.Context, o Options) Stats {
 			}
 		})
 	}
+	if o.Duration > 0 {
+		ready.Wait()
+	}
+	mu.Lock()
+	st.Start = time.Now()
+	if o.Duration > 0 {
+		deadline.Store(st.Start.Add(o.Duration).UnixNano())
+	}
+	mu.Unlock()
+	close(gate)
 	wg.Wait()
 	return st
 }
 
-// session sends messages over one connection until take says stop or the
-// connection fails. It speaks SMTP itself, without dot-stuffing (no line
+// session sends messages over one connection, from when waitStart returns
+// until take says stop or the connection fails. It speaks SMTP itself, without dot-stuffing (no line
 // of the message starts with a dot), so that the client costs little CPU
 // next to the relay it measures.
-func session(ctx context.Context, o Options, filler []byte, take func() (int, bool), record func(Result)) error {
+func session(ctx context.Context, o Options, filler []byte, waitStart func(), take func() (int, bool), record func(Result)) error {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", o.Addr)
 	if err != nil {
@@ -151,6 +183,7 @@ func session(ctx context.Context, o Options, filler []byte, take func() (int, bo
 	if _, err := c.cmd(250, "EHLO load.test"); err != nil {
 		return err
 	}
+	waitStart()
 	for {
 		n, ok := take()
 		if !ok {
