@@ -65,6 +65,7 @@ type relayFlags struct {
 	maxMessageBytes           int64
 	maxRecipients             int
 	maxConns, maxConnsPerPeer int
+	minDataRate               int64
 	metricsAddr, healthAddr   string
 	adminAddr                 string
 	adminAllowNonLoopback     bool
@@ -101,6 +102,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.IntVar(&f.maxRecipients, "max-recipients", 100, "most recipients of one message (452 4.5.3 above)")
 	fs.IntVar(&f.maxConns, "max-connections", 1000, "most open SMTP connections (421 above)")
 	fs.IntVar(&f.maxConnsPerPeer, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
+	fs.Int64Var(&f.minDataRate, "min-data-rate", 100, "least average rate of a message body in bytes/s once the idle timeout has passed since it began; slower bodies get 421 4.4.2 (slow-loris guard; negative: off)")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")
 	fs.StringVar(&f.adminAddr, "admin-bind-address", "127.0.0.1:8025", "address of the queue admin API that `postgate queue` uses (off when empty); it can delete mail, so it must be loopback unless --admin-allow-non-loopback")
@@ -254,7 +256,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 		StageDir: stageDir,
 		Hostname: f.hostname, Tables: tables, Spool: smtpd.QueueSpool{Queue: q}, TLS: tlsConfig,
 		ProxyCIDRs: proxies, MaxMessageBytes: f.maxMessageBytes, MaxRecipients: f.maxRecipients,
-		MaxConnections: f.maxConns, MaxConnectionsPerClient: f.maxConnsPerPeer, Logger: logger,
+		MaxConnections: f.maxConns, MaxConnectionsPerClient: f.maxConnsPerPeer, MinDataRate: f.minDataRate, Logger: logger,
 	})
 	if err != nil {
 		return err

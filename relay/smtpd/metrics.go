@@ -45,6 +45,7 @@ const (
 	ReasonAuthFailed  = "auth_failed"  // 535 5.7.8
 	ReasonAuthOther   = "auth_unavailable"
 	ReasonShutdown    = "shutting_down" // 421 4.3.2
+	ReasonTimeout     = "timeout"       // 421 4.4.2: a body too slow
 	ReasonOther       = "other"
 )
 
@@ -149,6 +150,8 @@ func rejectionReason(se *smtp.SMTPError) string {
 		return ReasonEnvelope
 	case "5.7.8":
 		return ReasonAuthFailed
+	case "4.4.2":
+		return ReasonTimeout
 	case "5.7.4", "5.7.0":
 		return ReasonAuthOther
 	}

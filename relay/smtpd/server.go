@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,14 @@ type Config struct {
 	// IdleTimeout closes a connection that sends nothing for this long
 	// (default 5 minutes, RFC 5321 section 4.5.3.2.7).
 	IdleTimeout time.Duration
+	// MinDataRate is the least average rate, in bytes per second, of a
+	// message body (DATA or BDAT) once IdleTimeout has passed since it
+	// began: the body must arrive within IdleTimeout + size/MinDataRate.
+	// A client that keeps the idle timer alive with a byte now and then
+	// (slow loris) is cut off like an idle one, 421 4.4.2. Default 100,
+	// far below any real client (Postfix's smtpd_min_data_rate is 500);
+	// negative: only silence counts.
+	MinDataRate int64
 	// ProxyHeaderTimeout bounds the wait for a PROXY header (default 5s).
 	ProxyHeaderTimeout time.Duration
 	// MaxLineLength bounds a line of a command or message, in octets
@@ -120,6 +129,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.MinDataRate == 0 {
+		c.MinDataRate = 100
 	}
 	if c.ProxyHeaderTimeout == 0 {
 		c.ProxyHeaderTimeout = 5 * time.Second
@@ -261,7 +273,7 @@ func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
 		s.cfg.Metrics.connectionRefused("connection_limit")
 		return
 	}
-	cc := &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, draining: &s.draining}
+	cc := &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, minRate: s.cfg.MinDataRate, draining: &s.draining}
 	cc.release = func() {
 		s.mu.Lock()
 		delete(s.conns, cc)
@@ -433,6 +445,38 @@ type clientConn struct {
 	// writes counts writes; startTLS: the server said 220 to STARTTLS.
 	writes   atomic.Int64
 	startTLS atomic.Bool
+	// minRate is Config.MinDataRate; dataSince (Unix nanoseconds) is when
+	// the message body being read began, 0 outside one, and dataBytes
+	// what has been read of it.
+	minRate   int64
+	dataSince atomic.Int64
+	dataBytes atomic.Int64
+	// timedOut: a message body timed out; every later read fails at
+	// once, so go-smtp stops reading the body and sends the reply.
+	timedOut atomic.Bool
+}
+
+// beginData and endData bracket a message body, for MinDataRate.
+func (c *clientConn) beginData() {
+	c.dataBytes.Store(0)
+	c.dataSince.Store(time.Now().UnixNano())
+}
+
+func (c *clientConn) endData() { c.dataSince.Store(0) }
+
+// readDeadline is the idle deadline, or sooner inside a message body when
+// the body is behind MinDataRate.
+func (c *clientConn) readDeadline(now time.Time) time.Time {
+	d := now.Add(c.idle)
+	since := c.dataSince.Load()
+	if since == 0 || c.minRate <= 0 {
+		return d
+	}
+	allowance := c.idle + time.Duration(float64(c.dataBytes.Load())/float64(c.minRate)*float64(time.Second))
+	if rate := time.Unix(0, since).Add(allowance); rate.Before(d) {
+		return rate
+	}
+	return d
 }
 
 // Read waits for the client's next bytes, extending the idle deadline. A
@@ -441,10 +485,13 @@ type clientConn struct {
 // deadline to now.
 func (c *clientConn) Read(p []byte) (int, error) {
 	for {
+		if c.timedOut.Load() {
+			return 0, os.ErrDeadlineExceeded
+		}
 		if c.ending() {
 			return 0, c.sayGoodbye()
 		}
-		if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		if err := c.Conn.SetReadDeadline(c.readDeadline(time.Now())); err != nil {
 			return 0, err
 		}
 		// Drain may have moved the deadline just before this read set it.
@@ -452,6 +499,9 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			return 0, c.sayGoodbye()
 		}
 		n, err := c.Conn.Read(p)
+		if c.dataSince.Load() != 0 {
+			c.dataBytes.Add(int64(n))
+		}
 		var ne net.Error
 		if n == 0 && c.draining.Load() && errors.As(err, &ne) && ne.Timeout() {
 			continue // woken by Drain: end the session, or read on in a transaction

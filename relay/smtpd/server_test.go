@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -304,7 +305,8 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestIdleAndSlowClients(t *testing.T) {
-	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond})
+	// A floor of 10 bytes/s: the slow body below sends about 50.
+	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond, MinDataRate: 10})
 	idle := dialFrom(t, "127.0.0.10", addr)
 	idle.hello()
 	time.Sleep(700 * time.Millisecond)
@@ -313,7 +315,7 @@ func TestIdleAndSlowClients(t *testing.T) {
 	}
 
 	// A body that takes 3 idle timeouts to arrive, one line every 150ms, is
-	// not cut off: only silence counts.
+	// not cut off: it stays above the minimum data rate.
 	slow := dialFrom(t, "127.0.0.10", addr)
 	slow.hello()
 	slow.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
@@ -328,6 +330,61 @@ func TestIdleAndSlowClients(t *testing.T) {
 	slow.expect(".\r\n", 250, "queued as")
 	if n := len(spool.all()); n != 1 {
 		t.Errorf("%d messages queued, want 1", n)
+	}
+}
+
+// TestSlowLoris: a body that trickles in a byte every 100 ms never lets the
+// idle timer (400 ms) fire, but falls behind MinDataRate and is cut off
+// with 421 4.4.2; nothing is queued. A body at a steady rate above the
+// floor passes.
+func TestSlowLoris(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond, MinDataRate: 200})
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	start := time.Now()
+	var cut bool
+	for i := 0; i < 100 && !cut; i++ { // 10 s at most
+		if _, err := c.conn.Write([]byte("x")); err != nil {
+			cut = true
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+		_ = c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.r.Peek(1); err == nil {
+			cut = true
+		}
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if !cut {
+		t.Fatal("a body at 10 bytes/s was not cut off within 10 s")
+	}
+	if code, line := c.reply(); code != 421 || !strings.Contains(line, "4.4.2") {
+		t.Errorf("slow loris: %q after %s, want 421 4.4.2", line, time.Since(start).Round(time.Millisecond))
+	}
+	t.Logf("cut off after %s", time.Since(start).Round(time.Millisecond))
+	if !c.closed() {
+		t.Error("the connection stays open after the timeout")
+	}
+
+	// 300 bytes every 100 ms for 1.5 s (3 kB/s) passes.
+	ok := dialFrom(t, "127.0.0.10", addr)
+	ok.hello()
+	ok.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	ok.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	ok.expect("DATA\r\n", 354, "")
+	line := strings.Repeat("y", 298) + "\r\n"
+	for range 15 {
+		if _, err := io.WriteString(ok.conn, line); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ok.expect(".\r\n", 250, "queued as")
+	if n := len(spool.all()); n != 1 {
+		t.Errorf("%d messages queued, want 1 (the steady one)", n)
 	}
 }
 

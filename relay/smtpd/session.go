@@ -207,6 +207,10 @@ func (s *session) authorize() error {
 
 func (s *session) Data(r io.Reader) (err error) {
 	defer func() { s.s.cfg.Metrics.rejected("data", err) }()
+	if s.cc != nil {
+		s.cc.beginData()
+		defer s.cc.endData()
+	}
 	// The table may have changed since RCPT: decide again, now.
 	if err := s.authorize(); err != nil {
 		return err
@@ -266,6 +270,17 @@ func (s *session) Data(r io.Reader) (err error) {
 		return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: fmt.Sprintf("Line longer than %d octets, closing the connection", s.s.cfg.MaxLineLength)}
 	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
 		return err
+	case isTimeout(err) && s.cc != nil:
+		// Silence, or a body behind MinDataRate: the rest of the body is
+		// not read (the stream cannot be resynchronized), the reply is
+		// the last word, as for an idle client (RFC 5321 section
+		// 4.5.3.2.7 lets a server close a connection that times out).
+		s.cc.timedOut.Store(true)
+		s.cc.closeAfterWrite.Store(true)
+		s.s.cfg.Logger.Info("Message body timed out", "client", s.client, "minDataRate", s.s.cfg.MinDataRate)
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+			Message: fmt.Sprintf("%s Timeout: the message arrived too slowly (idle %s, or under %d bytes/s), closing the connection",
+				s.s.cfg.Hostname, s.s.cfg.IdleTimeout, s.s.cfg.MinDataRate)}
 	case errors.Is(err, queue.ErrNoSpace):
 		s.s.cfg.Logger.Warn("Refusing mail: spool full", "client", s.client, "error", err)
 		return errStorage
@@ -299,4 +314,10 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n += int64(n)
 	return n, err
+}
+
+// isTimeout reports whether err is a read deadline that passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
