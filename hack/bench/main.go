@@ -122,6 +122,7 @@ type sample struct {
 	accepted, endToEnd float64 // messages per second
 	p50, p99           time.Duration
 	rssMB              float64
+	cpuMs              float64 // the relay's CPU time per acknowledged message
 	acked              int
 	complete           bool // the sink had every acknowledged message in time
 }
@@ -215,8 +216,8 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 					if err != nil {
 						return fmt.Errorf("%s, %d bytes, %d sessions: %w", k, lk.size, lk.sessions, err)
 					}
-					fmt.Fprintf(b.log, "%-20s %6d B %3d sessions run %d: accepted %7.0f/s, end to end %7.0f/s, p50 %v, p99 %v, RSS %.0f MB, %d acknowledged%s\n",
-						k, lk.size, lk.sessions, r+1, s.accepted, s.endToEnd, s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.rssMB, s.acked, incomplete(s))
+					fmt.Fprintf(b.log, "%-20s %6d B %3d sessions run %d: accepted %7.0f/s, end to end %7.0f/s, p50 %v, p99 %v, RSS %.0f MB, CPU %.2f ms/msg, %d acknowledged%s\n",
+						k, lk.size, lk.sessions, r+1, s.accepted, s.endToEnd, s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.rssMB, s.cpuMs, s.acked, incomplete(s))
 					results[lk][k] = append(results[lk][k], s)
 				}
 			}
@@ -271,7 +272,7 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 		return b.measureSource(ctx, sink, lk)
 	}
 	addr := sink.addr
-	var peakRSS func() float64
+	var peakRSS, cpu func() float64
 	switch k {
 	case kindPostgate:
 		pg, err := b.startPostgate(dir, sink.port)
@@ -279,7 +280,9 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 			return sample{}, err
 		}
 		defer pg.stop()
-		addr, peakRSS = pg.addr, func() float64 { return statusKB(pg.cmd.Process.Pid, "VmHWM") / 1024 }
+		pid := pg.cmd.Process.Pid
+		addr, peakRSS = pg.addr, func() float64 { return statusKB(pid, "VmHWM") / 1024 }
+		cpu = func() float64 { return cpuSeconds([]int{pid}, false) }
 		if b.cfg.profileRelay == fmt.Sprintf("%d/%d", lk.size, lk.sessions) {
 			stopProfile := b.perf(dir, pg.cmd.Process.Pid)
 			defer stopProfile()
@@ -292,6 +295,11 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 		defer pf.stop()
 		sampler := startSampler(pf.pids)
 		addr, peakRSS = pf.addr, sampler.stop
+		cpu = func() float64 { return cpuSeconds(pf.pids(), true) }
+	}
+	var cpu0 float64
+	if cpu != nil {
+		cpu0 = cpu()
 	}
 	lctx, cancel := context.WithTimeout(ctx, b.cfg.duration+2*time.Minute)
 	st := load.Run(lctx, load.Options{
@@ -306,6 +314,9 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 	s := summarize(st, reached, ok)
 	if peakRSS != nil {
 		s.rssMB = peakRSS()
+	}
+	if cpu != nil && st.Acknowledged > 0 {
+		s.cpuMs = (cpu() - cpu0) * 1000 / float64(st.Acknowledged)
 	}
 	if k == kindDirect {
 		b.lastDirect[lk] = st.Acknowledged
@@ -545,6 +556,34 @@ func procKB(path, field string) float64 {
 		}
 	}
 	return 0
+}
+
+// cpuSeconds is the CPU time (user and system) that the processes have
+// used, and with children, that the first one's exited children used (the
+// Postfix master reaps its daemons). Linux counts it in ticks of 1/100 s.
+func cpuSeconds(pids []int, children bool) float64 {
+	var ticks float64
+	for i, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)) // #nosec G304 -- /proc
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: utime and stime are fields 14 and
+		// 15, cutime and cstime 16 and 17 (proc(5)).
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		fields := []int{11, 12}
+		if children && i == 0 {
+			fields = append(fields, 13, 14)
+		}
+		for _, j := range fields {
+			v, _ := strconv.ParseFloat(f[j], 64)
+			ticks += v
+		}
+	}
+	return ticks / 100
 }
 
 // sampler follows the memory of a group of processes (Postfix's master and

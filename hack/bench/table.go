@@ -36,6 +36,7 @@ func median(runs []sample) sample {
 	m.p50 = time.Duration(pick(func(s sample) float64 { return float64(s.p50) }))
 	m.p99 = time.Duration(pick(func(s sample) float64 { return float64(s.p99) }))
 	m.rssMB = pick(func(s sample) float64 { return s.rssMB })
+	m.cpuMs = pick(func(s sample) float64 { return s.cpuMs })
 	m.acked = int(pick(func(s sample) float64 { return float64(s.acked) }))
 	for _, r := range runs {
 		m.complete = m.complete && r.complete
@@ -59,8 +60,8 @@ func ms(d time.Duration) string {
 
 func printTable(out io.Writer, cfg *config, loads []loadKey, kinds []kind, results map[loadKey]map[kind][]sample) {
 	fmt.Fprintf(out, "\nMedians of %d runs of %v each, %d CPUs; the relays alternate run by run. Ratio: postgate/Postfix, end to end. Ceiling: direct smtp-source -> smtp-sink, end to end.\n\n", cfg.runs, cfg.duration, runtime.NumCPU())
-	fmt.Fprintln(out, "| load | relay | accepted msg/s | end-to-end msg/s | p50 accept | p99 accept | peak RSS | postgate/Postfix | of ceiling |")
-	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(out, "| load | relay | accepted msg/s | end-to-end msg/s | p50 accept | p99 accept | peak RSS | CPU per msg | postgate/Postfix | of ceiling |")
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	var targets []string
 	for _, lk := range loads {
 		name := fmt.Sprintf("%s x %d", sizeName(lk.size), lk.sessions)
@@ -68,7 +69,7 @@ func printTable(out io.Writer, cfg *config, loads []loadKey, kinds []kind, resul
 		pg, pf, ceiling := median(r[kindPostgate]), median(r[kindPostfix]), median(r[kindSource])
 		for _, k := range append(slices.Clone(kinds), kindDirect, kindSource) {
 			s := median(r[k])
-			ratio, ofCeiling, rss := "", "", "-"
+			ratio, ofCeiling, rss, cpu := "", "", "-", "-"
 			if k == kindPostgate && len(r[kindPostfix]) > 0 && pf.endToEnd > 0 {
 				ratio = fmt.Sprintf("%.2fx", s.endToEnd/pf.endToEnd)
 			}
@@ -78,6 +79,9 @@ func printTable(out io.Writer, cfg *config, loads []loadKey, kinds []kind, resul
 			if s.rssMB > 0 {
 				rss = fmt.Sprintf("%.0f MB", s.rssMB)
 			}
+			if s.cpuMs > 0 {
+				cpu = fmt.Sprintf("%.2f ms", s.cpuMs)
+			}
 			mark := ""
 			if !s.complete {
 				mark = " (incomplete)"
@@ -86,7 +90,7 @@ func printTable(out io.Writer, cfg *config, loads []loadKey, kinds []kind, resul
 			if k == kindSource {
 				p50, p99 = "-", "-"
 			}
-			fmt.Fprintf(out, "| %s | %s%s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", name, k, mark, s.accepted, s.endToEnd, p50, p99, rss, ratio, ofCeiling)
+			fmt.Fprintf(out, "| %s | %s%s | %.0f | %.0f | %s | %s | %s | %s | %s | %s |\n", name, k, mark, s.accepted, s.endToEnd, p50, p99, rss, cpu, ratio, ofCeiling)
 		}
 		if len(r[kindPostfix]) == 0 || pf.endToEnd == 0 {
 			continue
@@ -103,7 +107,7 @@ func printTable(out io.Writer, cfg *config, loads []loadKey, kinds []kind, resul
 			targets = append(targets, verdict(fmt.Sprintf("%s end to end >= 2x Postfix", name), ratio >= 2, fmt.Sprintf("%.2fx", ratio)))
 		}
 	}
-	fmt.Fprintln(out, "\nPeak RSS: postgate's VmHWM; Postfix's peak of the summed PSS of its processes (sampled every 250 ms).")
+	fmt.Fprintln(out, "\nPeak RSS: postgate's VmHWM; Postfix's peak of the summed PSS of its processes (sampled every 250 ms). CPU per msg: the relay's user and system time (all of Postfix's processes) from the start of the load until the sink had every message, per acknowledged message.")
 	if len(targets) > 0 {
 		fmt.Fprintln(out, "\nTargets:")
 		for _, t := range targets {
