@@ -48,7 +48,7 @@ func checkAddress(addr string) error {
 	if len(local) > 64 {
 		return errors.New("local part longer than 64 characters")
 	}
-	if strings.HasPrefix(local, ".") || strings.HasSuffix(local, ".") || strings.Contains(local, "..") {
+	if strings.HasPrefix(local, ".") || strings.HasSuffix(local, ".") || strings.Contains(local, "..") || !dotAtomText(local) {
 		return errors.New("the local part is not a dot-atom")
 	}
 	if strings.HasPrefix(domain, "[") {
@@ -79,6 +79,22 @@ func validDomain(d string) bool {
 			if r < 0x80 && !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// dotAtomText reports whether every character of s is atext or '.' (RFC
+// 5322 section 3.2.3), or non-ASCII (RFC 6531 for SMTPUTF8 clients): the
+// specials ( ) < > [ ] : ; @ \ , " have no place in an unquoted local part.
+func dotAtomText(s string) bool {
+	for _, r := range s {
+		switch {
+		case r >= 0x80, r == '.',
+			r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9',
+			strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", r):
+		default:
+			return false
 		}
 	}
 	return true

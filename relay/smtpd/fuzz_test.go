@@ -20,3 +20,17 @@ func FuzzCheckAddress(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckAddressLocalPart: an unquoted local part is a dot-atom (RFC 5322
+// section 3.2.3); the specials are refused, atext and UTF-8 pass.
+func TestCheckAddressLocalPart(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"o'brien@example.com": true, "a+tag@example.com": true, "x_y=z~{}|@example.com": true, "ä@example.com": true,
+		"[@0.0": false, "a[b]@example.com": false, "a(b)@example.com": false, "a<b>@example.com": false,
+		"a,b@example.com": false, "a;b@example.com": false, "a b@example.com": false, ".a@example.com": false,
+	} {
+		if err := checkAddress(addr); (err == nil) != ok {
+			t.Errorf("checkAddress(%q) = %v, want accepted %v", addr, err, ok)
+		}
+	}
+}
