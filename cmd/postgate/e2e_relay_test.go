@@ -84,6 +84,7 @@ spec: {cidrs: [127.0.0.0/8]}
 		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
 		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
 		dnsServer: dns.Addr(), mxPort: mx.Port(), shutdownGrace: 5 * time.Second, metricsAddr: "127.0.0.1:0",
+		pprof: true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -142,6 +143,9 @@ spec: {cidrs: [127.0.0.0/8]}
 	m := regexp.MustCompile(`msg="HTTP listening" address=(\S+)`).FindStringSubmatch(logs.String())
 	if m == nil {
 		t.Fatalf("no metrics listener in the logs:\n%s", logs)
+	}
+	if body := scrape(t, "http://"+m[1]+"/debug/pprof/"); !bytes.Contains(body, []byte("profile")) {
+		t.Errorf("--pprof: no profile index at /debug/pprof/:\n%s", body)
 	}
 	for _, want := range []string{
 		`postgate_relay_delivery_attempts_total{destination="mx",status="sent"} 1`,

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -74,6 +75,7 @@ type relayFlags struct {
 	shutdownGrace             time.Duration
 	kubeconfig, podName       string
 	webhookAllowCIDRs         string
+	pprof                     bool
 	lifecycleFlags            // drain and hand-off: relay_lifecycle.go
 }
 
@@ -104,6 +106,7 @@ func parseRelayFlags(args []string, stderr io.Writer) (*relayFlags, error) {
 	fs.IntVar(&f.maxConnsPerPeer, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
 	fs.Int64Var(&f.minDataRate, "min-data-rate", 100, "least average rate of a message body in bytes/s once the idle timeout has passed since it began; slower bodies get 421 4.4.2 (slow-loris guard; negative: off)")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve Go's CPU and heap profiles (net/http/pprof) under /debug/pprof/ on the metrics listener, for performance work; off by default: a profile shows message data in memory")
 	fs.StringVar(&f.healthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")
 	fs.StringVar(&f.adminAddr, "admin-bind-address", "127.0.0.1:8025", "address of the queue admin API that `postgate queue` uses (off when empty); it can delete mail, so it must be loopback unless --admin-allow-non-loopback")
 	fs.BoolVar(&f.adminAllowNonLoopback, "admin-allow-non-loopback", false, "let --admin-bind-address be a non-loopback address: the admin API has no authentication, anyone who reaches it can delete queued mail")
@@ -375,6 +378,11 @@ func serveRelayHTTP(f *relayFlags, q *queue.Queue, tables smtpd.TableSource, reg
 		reg.MustRegister(report.NewQueueCollector(q, nil), report.NewTableCollector(tables))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if f.pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		}
 		if err := start(f.metricsAddr, mux); err != nil {
 			stop()
 			return nil, err
