@@ -215,6 +215,15 @@ func (c *rawClient) expect(s string, code int, fragment string) {
 	}
 }
 
+// startData opens a transaction from alice@example.com to bob@dest.test
+// and says DATA, expecting 250, 250 and 354.
+func (c *rawClient) startData() {
+	c.t.Helper()
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+}
+
 // hello reads the greeting and says EHLO.
 func (c *rawClient) hello() {
 	c.t.Helper()

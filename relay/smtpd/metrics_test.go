@@ -27,9 +27,7 @@ func TestMetrics(t *testing.T) {
 	c.expect("RCPT TO:<carol%elsewhere.test@dest.test>\r\n", 553, "5.1.3")
 	c.expect("DATA\r\n", 354, "")
 	c.expect("Subject: hi\r\n\r\nhello\r\n.\r\n", 250, "queued as")
-	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	c.expect("DATA\r\n", 354, "")
+	c.startData()
 	c.expect("Subject: x\r\n\r\nbare\nLF\r\n.\r\n", 550, "5.5.2")
 
 	// The same client address again: over MaxConnectionsPerClient.

@@ -126,9 +126,7 @@ func TestMessageBytesRefused(t *testing.T) {
 		t.Run("DATA "+tc.desc, func(t *testing.T) {
 			c := dialFrom(t, "127.0.0.10", addr)
 			c.hello()
-			c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-			c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-			c.expect("DATA\r\n", 354, "")
+			c.startData()
 			c.expect(tc.body+".\r\n", 550, "5.5.2 Message refused: "+tc.want)
 			// The session stays in sync: the next command is a command.
 			c.expect("NOOP\r\n", 250, "")
@@ -178,9 +176,7 @@ func TestLimits(t *testing.T) {
 	t.Run("too large in DATA", func(t *testing.T) {
 		c := dialFrom(t, "127.0.0.10", addr)
 		c.hello()
-		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-		c.expect("DATA\r\n", 354, "")
+		c.startData()
 		c.expect(strings.Repeat("0123456789012345678901234567890123456789\r\n", 30)+".\r\n", 552, "5.3.4")
 		c.expect("NOOP\r\n", 250, "")
 	})
@@ -201,14 +197,10 @@ func TestLineLength(t *testing.T) {
 	addr, spool, _ := testServer(t, Config{})
 	c := dialFrom(t, "127.0.0.10", addr)
 	c.hello()
-	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	c.expect("DATA\r\n", 354, "")
+	c.startData()
 	c.expect("Subject: x\r\n\r\n"+strings.Repeat("a", 998)+"\r\n.\r\n", 250, "queued as")
 
-	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	c.expect("DATA\r\n", 354, "")
+	c.startData()
 	code, line := c.send("Subject: x\r\n\r\n" + strings.Repeat("a", 5000) + "\r\nMAIL FROM:<evil@example.com>\r\n.\r\n")
 	if code/100 != 5 {
 		t.Errorf("over-long line: %q, want a 5xx", line)
@@ -318,9 +310,7 @@ func TestIdleAndSlowClients(t *testing.T) {
 	// not cut off: it stays above the minimum data rate.
 	slow := dialFrom(t, "127.0.0.10", addr)
 	slow.hello()
-	slow.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	slow.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	slow.expect("DATA\r\n", 354, "")
+	slow.startData()
 	for i := range 8 {
 		if _, err := fmt.Fprintf(slow.conn, "line %d\r\n", i); err != nil {
 			t.Fatal(err)
@@ -341,9 +331,7 @@ func TestSlowLoris(t *testing.T) {
 	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond, MinDataRate: 200})
 	c := dialFrom(t, "127.0.0.10", addr)
 	c.hello()
-	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	c.expect("DATA\r\n", 354, "")
+	c.startData()
 	start := time.Now()
 	var cut bool
 	for i := 0; i < 100 && !cut; i++ { // 10 s at most
@@ -372,9 +360,7 @@ func TestSlowLoris(t *testing.T) {
 	// 300 bytes every 100 ms for 1.5 s (3 kB/s) passes.
 	ok := dialFrom(t, "127.0.0.10", addr)
 	ok.hello()
-	ok.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	ok.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	ok.expect("DATA\r\n", 354, "")
+	ok.startData()
 	line := strings.Repeat("y", 298) + "\r\n"
 	for range 15 {
 		if _, err := io.WriteString(ok.conn, line); err != nil {
@@ -445,9 +431,7 @@ func TestSignsAtAccept(t *testing.T) {
 
 	c := dialFrom(t, "127.0.0.10", addr)
 	c.hello()
-	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-	c.expect("DATA\r\n", 354, "")
+	c.startData()
 	c.expect("From: alice@example.com\r\nTo: bob@dest.test\r\nSubject: signed\r\n\r\nhello\r\n.\r\n", 250, "queued")
 	body := spool.all()[0].body
 	if !strings.HasPrefix(string(body), "DKIM-Signature:") {

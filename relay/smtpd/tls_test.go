@@ -175,9 +175,7 @@ func TestProxyProtocol(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.hello()
-		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
-		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
-		c.expect("DATA\r\n", 354, "")
+		c.startData()
 		c.expect("Subject: x\r\n\r\nhi\r\n.\r\n", 250, "queued")
 	}
 	msgs := spool.all()
