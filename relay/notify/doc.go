@@ -28,7 +28,9 @@
 // each restart, and once the sender has read a segment of 64 KiB or more to
 // its end) and the file cursor ("<segment> <offset> <crc>": what receivers
 // acknowledged, overwritten in place). A segment is deleted once the cursor
-// is past it and the writer is done with it.
+// is past it and the writer is done with it. Segment numbers only grow,
+// across restarts too: a new one is numbered after every segment found and
+// after the one the cursor names, so a cursor never applies to a newer file.
 //
 // Requests carry the notifications of one message (Body.Meta.JobID is its
 // queue ID), so a domain's queue sends one request at a time, in order.

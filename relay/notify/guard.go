@@ -68,7 +68,7 @@ func (g *guard) check(ap netip.AddrPort) error {
 			continue
 		}
 		sa := s.Addr().Unmap()
-		if sa == a || (sa.IsUnspecified() && g.isLocal(a)) {
+		if sa == a || g.thisHost(a) || (sa.IsUnspecified() && g.isLocal(a)) {
 			return &RefusedError{ap, "the relay's own listener"}
 		}
 	}
@@ -85,7 +85,7 @@ func (g *guard) check(ap netip.AddrPort) error {
 		reason = "cloud metadata endpoint"
 	case a.IsLinkLocalUnicast():
 		reason = "link-local"
-	case a.IsUnspecified() || g.thisNet.Contains(a):
+	case g.thisHost(a):
 		reason = "unspecified"
 	case a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		reason = "multicast or broadcast"
@@ -104,8 +104,18 @@ func (g *guard) isMetadata(a netip.Addr) bool {
 	return false
 }
 
+// thisHost reports whether a is the unspecified address or in 0.0.0.0/8
+// ("this host on this network", RFC 1122 section 3.2.1.3; :: is RFC 4291
+// section 2.5.2). Linux connects 0.0.0.0 and :: to the local host, so
+// whatever listens on the port answers, one of the relay's own listeners
+// included, whichever address it is bound to. IPv4-mapped forms
+// (::ffff:0.0.0.0) arrive unmapped.
+func (g *guard) thisHost(a netip.Addr) bool {
+	return a.IsUnspecified() || g.thisNet.Contains(a)
+}
+
 func (g *guard) isLocal(a netip.Addr) bool {
-	if a.IsLoopback() || a.IsUnspecified() {
+	if a.IsLoopback() || g.thisHost(a) {
 		return true
 	}
 	for _, l := range g.localAddrs() {

@@ -127,24 +127,30 @@ type outbox struct {
 
 // scanResult is what opening a segment found.
 type scanResult struct {
+	// count is how many readable records start at or after the offset
+	// asked for.
 	count int
 	end   int64
 	err   error // errTruncated or errCorrupt at end, nil for a clean end
+	// boundary reports whether the offset asked for is the start of the
+	// segment or the end of one of its readable records: a place a cursor
+	// of this segment can be.
+	boundary bool
 }
 
-// scanSegment reads a segment's records from off and reports where the
-// readable ones end.
+// scanSegment reads a segment's records from its start, counts those at or
+// after off and reports where the readable ones end. It reads from the start
+// so that a cursor that does not fit the segment (past its end, or inside a
+// record: written for an older file of the same number, or damaged) is
+// caught rather than trusted.
 func scanSegment(path string, off int64) (scanResult, error) {
 	f, err := os.Open(path) // #nosec G304 -- a path under Options.Dir
 	if err != nil {
 		return scanResult{}, err
 	}
 	defer func() { _ = f.Close() }() // read only
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return scanResult{}, err
-	}
 	r := bufio.NewReader(f)
-	res := scanResult{end: off}
+	res := scanResult{boundary: off == 0}
 	for {
 		p, err := readRecord(r)
 		if errors.Is(err, io.EOF) {
@@ -157,8 +163,11 @@ func scanSegment(path string, off int64) (scanResult, error) {
 		if err != nil {
 			return res, err
 		}
-		res.count++
+		if res.end >= off {
+			res.count++
+		}
 		res.end += int64(recordHeader + len(p))
+		res.boundary = res.boundary || res.end == off
 	}
 }
 

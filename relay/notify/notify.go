@@ -258,6 +258,12 @@ func (n *Notifier) open() error {
 
 // openQueue loads one queue directory: it deletes the segments the cursor
 // is past and counts the records after it.
+//
+// Segment numbers only grow, across restarts too: the next new segment is
+// numbered after both the segments found and the one the cursor names, even
+// when that one is gone (read to its end and deleted). A new segment that
+// took the cursor's number would be read from the cursor's offset, past its
+// records, and deleted at the next start as if they had been sent.
 func (n *Notifier) openQueue(name string) (*outbox, error) {
 	q := &outbox{name: name, dir: filepath.Join(n.opts.Dir, name), wake: make(chan struct{}, 1)}
 	cur, err := readCursor(q.dir)
@@ -270,6 +276,7 @@ func (n *Notifier) openQueue(name string) (*outbox, error) {
 		return nil, err
 	}
 	q.cursor = cur
+	q.lastID = cur.seg
 	for _, id := range ids {
 		path := filepath.Join(q.dir, segmentName(id))
 		q.lastID = max(q.lastID, id)
@@ -284,11 +291,23 @@ func (n *Notifier) openQueue(name string) (*outbox, error) {
 		}
 		off := int64(0)
 		if id == cur.seg {
-			off = min(cur.off, st.Size())
+			off = cur.off
 		}
 		res, err := scanSegment(path, off)
 		if err != nil {
 			return nil, err
+		}
+		if !res.boundary {
+			// The cursor cannot belong to this file: it points past the
+			// readable records or into one. Sending the segment again
+			// costs duplicates, which receivers handle; trusting the
+			// cursor could lose notifications.
+			n.log.Warn("Webhook journal cursor does not fit its segment, resending the segment", "domain", name,
+				"segment", segmentName(id), "offset", off, "readable", res.end)
+			if res, err = scanSegment(path, 0); err != nil {
+				return nil, err
+			}
+			off = 0
 		}
 		if res.err != nil {
 			// A cut-short last record is what a crash leaves; either way
@@ -298,9 +317,7 @@ func (n *Notifier) openQueue(name string) (*outbox, error) {
 				"offset", res.end, "size", st.Size(), "error", res.err)
 			n.m.count(resultCorrupt, 1)
 		}
-		if len(q.segs) == 0 && id != cur.seg {
-			q.cursor = position{id, 0}
-		} else if len(q.segs) == 0 {
+		if len(q.segs) == 0 {
 			q.cursor = position{id, off}
 		}
 		q.segs = append(q.segs, &segment{id: id, path: path, end: res.end, size: st.Size(), count: res.count})
