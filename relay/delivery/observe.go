@@ -93,6 +93,9 @@ type Attempt struct {
 	// MessageID and HeaderFrom are the message's Message-ID and From
 	// address as read at accept time, "" when unknown.
 	MessageID, HeaderFrom string
+	// Tag is the client's label for the message (its X-Postgate-Tag), ""
+	// when none.
+	Tag string
 	// Sender is the envelope sender, "" for the null sender.
 	Sender string
 	// Domain is the sender's SenderDomain in the table; nil when the domain

@@ -267,7 +267,7 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 	}
 	a := Attempt{
 		QueueID: msg.ID, Arrival: msg.Arrival, Size: msg.Size,
-		MessageID: msg.Envelope.MessageID, HeaderFrom: msg.Envelope.HeaderFrom,
+		MessageID: msg.Envelope.MessageID, HeaderFrom: msg.Envelope.HeaderFrom, Tag: msg.Envelope.Tag,
 		Sender: msg.Envelope.From, Destination: d.name(),
 		RelayHost: o.host, RelayAddr: o.remote, SourceAddr: o.local,
 		Reply: o.decisive, Cause: o.cause, TLS: o.tls,

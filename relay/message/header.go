@@ -139,3 +139,73 @@ func printable(s string) string {
 	}
 	return s
 }
+
+// TagField is the header field in which a client labels a message for its
+// delivery notifications (their meta.tag). It is for the relay only: Prepare
+// removes it from the message, before signing, so it never leaves.
+const TagField = "X-Postgate-Tag"
+
+// MaxTagBytes bounds a tag: it travels in the queue's envelope and in every
+// notification of the message.
+const MaxTagBytes = 128
+
+// ErrBadTag: the message has more than one TagField, or one whose value is
+// not 1 to MaxTagBytes visible ASCII characters (550 5.6.0).
+var ErrBadTag = errors.New("invalid " + TagField + " field")
+
+// stripTag removes the TagField (with its continuation lines) from the
+// header block and returns its value, unfolded and trimmed; "" when there
+// is none or it is empty. hdr is returned as it is when it has none.
+func stripTag(hdr []byte) (out []byte, tag string, err error) {
+	var value []byte
+	found, dropping := 0, false
+	for rest, start := hdr, 0; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line = rest[:i+1]
+		}
+		rest = rest[len(line):]
+		content := bytes.TrimRight(line, "\r\n")
+		switch {
+		case dropping && (line[0] == ' ' || line[0] == '\t'):
+			value = append(value, content...)
+		case isTagField(content):
+			if found++; found == 1 {
+				out = append(out, hdr[:start]...)
+			}
+			dropping = true
+			value = append(value, content[bytes.IndexByte(content, ':')+1:]...)
+		default:
+			dropping = false
+			if found > 0 {
+				out = append(out, line...)
+			}
+		}
+		start += len(line)
+	}
+	switch {
+	case found == 0:
+		return hdr, "", nil
+	case found > 1:
+		return nil, "", fmt.Errorf("%d %s fields, at most one: %w", found, TagField, ErrBadTag)
+	}
+	tag = strings.Trim(string(value), " \t")
+	if len(tag) > MaxTagBytes {
+		return nil, "", fmt.Errorf("%s is %d bytes, at most %d: %w", TagField, len(tag), MaxTagBytes, ErrBadTag)
+	}
+	for i := range len(tag) {
+		if c := tag[i]; c <= ' ' || c >= 0x7f {
+			return nil, "", fmt.Errorf("%s may hold visible ASCII characters only (no spaces): %w", TagField, ErrBadTag)
+		}
+	}
+	return out, tag, nil
+}
+
+// isTagField reports whether a header line starts the TagField: its name,
+// before the colon, compared case-insensitively (RFC 5322 section 1.2.2),
+// with the spaces go-msgauth would trim.
+func isTagField(line []byte) bool {
+	name, _, ok := bytes.Cut(line, []byte(":"))
+	return ok && len(line) > 0 && line[0] != ' ' && line[0] != '\t' &&
+		strings.EqualFold(strings.TrimSpace(string(name)), TagField)
+}

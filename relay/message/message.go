@@ -5,8 +5,11 @@
 // DKIM-signs at accept time when the sender's domain has a key (DESIGN.md
 // contract 5), so the queued message carries its signature.
 //
-// The client's bytes are never changed, only prepended to: a signature an
-// upstream signer made stays valid. What is prepended, top to bottom:
+// The client's bytes are never changed, only prepended to, but for one
+// field meant for the relay alone: X-Postgate-Tag (TagField), which labels
+// the message's delivery notifications and is removed before signing. A
+// signature an upstream signer made stays valid unless it covered that
+// field. What is prepended, top to bottom:
 //
 //	DKIM-Signature   only when signing
 //	Received         always
@@ -133,6 +136,9 @@ type Prepared struct {
 	// HeaderFrom is the address in the client's From field (RFC 5322
 	// section 3.6.2), "" when there is none or it is not printable ASCII.
 	HeaderFrom string
+	// Tag is the value of the client's TagField, which is not in the
+	// prepared message; "" when it had none.
+	Tag string
 	// Prepended is the number of bytes in front of the client's message.
 	Prepended int
 }
@@ -168,13 +174,17 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	if err != nil {
 		return nil, err
 	}
+	hdr, tag, err := stripTag(hdr)
+	if err != nil {
+		return nil, err
+	}
 	h, err := parseHeader(hdr, complete)
 	if err != nil {
 		return nil, err
 	}
 
 	var added bytes.Buffer
-	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from}
+	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from, Tag: tag}
 	if !h.hasMessageID {
 		out.MessageID = newMessageID(p.Hostname)
 		fmt.Fprintf(&added, "Message-ID: %s\r\n", out.MessageID)

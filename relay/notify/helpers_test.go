@@ -43,12 +43,18 @@ type hook struct {
 // domain) with the given webhooks; an empty url leaves a domain without one.
 func (s *tables) set(t testing.TB, hooks ...hook) {
 	t.Helper()
+	s.setAnnotated(t, nil, hooks...)
+}
+
+// setAnnotated is set with these annotations on every SenderDomain.
+func (s *tables) setAnnotated(t testing.TB, annotations map[string]string, hooks ...hook) {
+	t.Helper()
 	var in routing.Input
 	for _, h := range hooks {
 		name := strings.ReplaceAll(h.domain, ".", "-")
 		sd := v1alpha1.SenderDomain{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: name, Generation: 1, UID: types.UID("uid-" + name),
-				CreationTimestamp: metav1.NewTime(time.Unix(1e9, 0))},
+				CreationTimestamp: metav1.NewTime(time.Unix(1e9, 0)), Annotations: annotations},
 			Spec: v1alpha1.SenderDomainSpec{Domain: v1alpha1.DomainName(h.domain)},
 		}
 		if h.url != "" {

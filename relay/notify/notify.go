@@ -351,7 +351,8 @@ func (n *Notifier) Observe(a delivery.Attempt) {
 	if a.End.IsZero() {
 		a.End = now
 	}
-	job := BodyMeta{ReceivedTs: formatTime(a.Arrival), JobID: string(a.QueueID), Version: "1"}
+	job := BodyMeta{Account: d.Account, CustomerNo: d.CustomerNo, Tenant: d.Object.Namespace,
+		ReceivedTs: formatTime(a.Arrival), JobID: string(a.QueueID), Version: "1"}
 	for i := range a.Recipients {
 		nt, ok := notificationOf(&a, &a.Recipients[i])
 		if !ok {

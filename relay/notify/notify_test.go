@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/delivery"
+	"github.com/postgate/postgate/relay/routing"
 )
 
 // TestOutcomes: one notification per recipient outcome, in one signed
@@ -29,10 +30,12 @@ import (
 func TestOutcomes(t *testing.T) {
 	rcv := newReceiver(t)
 	var src tables
-	src.set(t, hook{"example.test", rcv.url(), key1})
+	src.setAnnotated(t, map[string]string{routing.AccountKey: "m4a_test_user", routing.CustomerNoKey: "99999"}, hook{"example.test", rcv.url(), key1})
 	e := start(t, fastOptions(t.TempDir(), &src))
 
-	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent, delivery.StatusDeferred, delivery.StatusBounced, delivery.StatusExpired))
+	a := attempt("Q1", "example.test", delivery.StatusSent, delivery.StatusDeferred, delivery.StatusBounced, delivery.StatusExpired)
+	a.Tag = testTag
+	e.n.Observe(a)
 	eventually(t, "4 notifications", func() bool { return len(rcv.notifications(key1)) == 4 })
 	if reqs := rcv.requests(); len(reqs) != 1 {
 		t.Errorf("%d requests, want 1 for one message", len(reqs))
@@ -45,7 +48,8 @@ func TestOutcomes(t *testing.T) {
 		"bounced@rcpt.test":  {TypeBounced, StateFinished, SubTypeHardBounce, "5.1.1"},
 		"expired@rcpt.test":  {TypeExpired, StateFinished, SubTypeSoftBounce, "4.4.1"},
 	}
-	if got := rq.parsed.Meta; got != (BodyMeta{ReceivedTs: "2026-11-23T10:00:00.000Z", JobID: "Q1", Version: "1"}) {
+	if got := rq.parsed.Meta; got != (BodyMeta{Account: "m4a_test_user", CustomerNo: "99999", Tenant: "team",
+		ReceivedTs: "2026-11-23T10:00:00.000Z", JobID: "Q1", Version: "1"}) {
 		t.Errorf("meta = %+v", got)
 	}
 	for i, n := range rq.parsed.Notifications {
@@ -73,6 +77,7 @@ func TestOutcomes(t *testing.T) {
 	first := raw["notifications"].([]any)[0].(map[string]any)
 	wantJSON := map[string]any{
 		"meta": map[string]any{
+			"tag":   testTag,
 			"mail":  map[string]any{"id": "Q1.0", "email": "sent@rcpt.test", "from": "bounces@example.test", "mimeFrom": "news@example.test"},
 			"event": map[string]any{"type": "DELIVERED", "phase": "DELIVER", "state": "FINISHED", "subType": "OK", "ts": "2026-11-23T10:00:07.043Z", "description": "mail delivered"},
 		},
@@ -89,7 +94,8 @@ func TestOutcomes(t *testing.T) {
 		got, _ := json.MarshalIndent(first, "", "  ")
 		t.Errorf("first notification:\n%s", got)
 	}
-	if top := raw["meta"].(map[string]any); !reflect.DeepEqual(top, map[string]any{"receivedTs": "2026-11-23T10:00:00.000Z", "jobId": "Q1", "version": "1"}) {
+	if top := raw["meta"].(map[string]any); !reflect.DeepEqual(top, map[string]any{"account": "m4a_test_user", "customerNo": "99999", "tenant": "team",
+		"receivedTs": "2026-11-23T10:00:00.000Z", "jobId": "Q1", "version": "1"}) {
 		t.Errorf("meta = %v", top)
 	}
 	eventually(t, "sent counted", func() bool { return e.count(resultSent) == 4 })

@@ -10,8 +10,8 @@ import (
 )
 
 // The body of a request. The field names are those of the push
-// notifications users of the "Relay Service" already consume
-// (DESIGN.md reference/): they must not change.
+// notifications users of the "Relay Service" already consume, field for
+// field: they must not change.
 
 // Body is what one request carries: notifications about one message (a
 // "job"). Notifications of one message that are queued together go in one
@@ -23,6 +23,13 @@ type Body struct {
 
 // BodyMeta describes the message (job) the notifications are about.
 type BodyMeta struct {
+	// Account and CustomerNo are the sender's SenderDomain annotations (or
+	// labels) postgate.io/account and postgate.io/customer-no, "" when
+	// unset; Tenant is its namespace. They are the SenderDomain's when the
+	// outcome was observed, journaled with the notification.
+	Account    string `json:"account"`
+	CustomerNo string `json:"customerNo"`
+	Tenant     string `json:"tenant"`
 	// ReceivedTs is when the relay accepted the message.
 	ReceivedTs string `json:"receivedTs"`
 	// JobID is the relay's queue ID of the message: the ID the SMTP client
@@ -40,8 +47,11 @@ type Notification struct {
 
 // NotificationMeta says which mail and what happened.
 type NotificationMeta struct {
-	Mail  Mail  `json:"mail"`
-	Event Event `json:"event"`
+	// Tag is the client's label for the message: its X-Postgate-Tag field
+	// (removed before delivery), "" when it set none.
+	Tag   string `json:"tag"`
+	Mail  Mail   `json:"mail"`
+	Event Event  `json:"event"`
 }
 
 // Mail identifies one recipient's copy of a message.
@@ -180,6 +190,7 @@ func notificationOf(a *delivery.Attempt, r *delivery.RecipientResult) (n Notific
 	}
 	return Notification{
 		Meta: NotificationMeta{
+			Tag:   a.Tag,
 			Mail:  Mail{ID: string(a.QueueID) + "." + strconv.Itoa(r.Index), Email: r.Addr, From: a.Sender, MimeFrom: a.HeaderFrom},
 			Event: e,
 		},

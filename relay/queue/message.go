@@ -42,6 +42,10 @@ type Envelope struct {
 	// reading the body again.
 	MessageID  string `json:"messageId,omitempty"`
 	HeaderFrom string `json:"headerFrom,omitempty"`
+	// Tag is the client's label for the message's delivery notifications
+	// (its X-Postgate-Tag field, removed from the message at accept time),
+	// "" when none.
+	Tag string `json:"tag,omitempty"`
 }
 
 // Rcpt is one RCPT TO.
@@ -253,6 +257,7 @@ func (e *Envelope) validate(maxRcpt int) error {
 	fields := []struct{ name, value string }{
 		{"MAIL FROM", e.From}, {"ENVID", e.EnvID}, {"client address", e.ClientAddr},
 		{"HELO", e.HELO}, {"AUTH identity", e.Auth}, {"Message-ID", e.MessageID}, {"From", e.HeaderFrom},
+		{"tag", e.Tag},
 	}
 	for _, f := range fields {
 		if err := checkField(f.name, f.value); err != nil {

@@ -392,6 +392,7 @@ func TestExportImport(t *testing.T) {
 	ctx := context.Background()
 	src := openQueue(t, openDir(t, t.TempDir()), options(clock))
 	env := envelope("a@example.net", "b@example.net", "c@example.net")
+	env.Tag = "campaign-7" // a hand-off keeps the notifications' tag
 	b := body(7, 200<<10)
 	id := enqueue(t, src, env, b)
 	clock.Add(time.Hour)

@@ -273,6 +273,8 @@ func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain) (*domainUnit, *refPr
 		SourceIP:         string(sd.Spec.SourceIP),
 		MaxQueueLifetime: DefaultMaxQueueLifetime.String(),
 		MXTLSPolicy:      v1alpha1.TLSPolicyOpportunistic,
+		Account:          metaValue(&sd.ObjectMeta, AccountKey),
+		CustomerNo:       metaValue(&sd.ObjectMeta, CustomerNoKey),
 	}
 	if s := sd.Spec.Signing; s != nil {
 		name, key := DKIMKeySecret(sd)
@@ -588,7 +590,7 @@ func validateSenderDomain(sd *v1alpha1.SenderDomain) string {
 			}
 		}
 	}
-	return ""
+	return validateNotifyMeta(&sd.ObjectMeta)
 }
 
 func validateRelayRoute(rr *v1alpha1.RelayRoute) string {

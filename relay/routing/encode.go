@@ -48,6 +48,10 @@ type domainUnit struct {
 	MXTLSPolicy      v1alpha1.TLSPolicy `json:"mxTLSPolicy"`
 	Webhook          *webhookUnit       `json:"webhook,omitempty"`
 	Route            *routeUnit         `json:"route,omitempty"`
+	// Account and CustomerNo are left out when empty, so that a table
+	// without them encodes (and hashes) as before.
+	Account    string `json:"account,omitempty"`
+	CustomerNo string `json:"customerNo,omitempty"`
 }
 
 type dkimUnit struct {
@@ -167,7 +171,8 @@ func build(units []unit, keys keyParser) (*Table, error) {
 }
 
 func buildDomain(u *domainUnit, keys keyParser) (*Domain, error) {
-	d := &Domain{Object: u.Object, Name: u.Name, Namespace: u.Object.Namespace, MXTLSPolicy: u.MXTLSPolicy}
+	d := &Domain{Object: u.Object, Name: u.Name, Namespace: u.Object.Namespace, MXTLSPolicy: u.MXTLSPolicy,
+		Account: u.Account, CustomerNo: u.CustomerNo}
 	var err error
 	if d.MaxQueueLifetime, err = time.ParseDuration(u.MaxQueueLifetime); err != nil {
 		return nil, err

@@ -46,6 +46,10 @@ type Domain struct {
 	Webhook *Webhook
 	// Route is the accepted RelayRoute; nil when mail goes to MX.
 	Route *Route
+	// Account and CustomerNo are the SenderDomain's AccountKey and
+	// CustomerNoKey annotations (or labels), "" when unset: delivery
+	// notifications carry them.
+	Account, CustomerNo string
 }
 
 // DKIM is a domain's signing key.

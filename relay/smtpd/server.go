@@ -62,6 +62,9 @@ type Envelope struct {
 	// or the one added) and From address, set once the header is read,
 	// for delivery notifications; "" when unknown.
 	MessageID, HeaderFrom string
+	// Tag is the message's X-Postgate-Tag (removed from the message), for
+	// delivery notifications; "" when none.
+	Tag string
 }
 
 // Config configures a Server. Zero limits take the defaults of the

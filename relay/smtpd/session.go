@@ -237,7 +237,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	var id string
 	body := &countingReader{}
 	if err == nil {
-		env.MessageID, env.HeaderFrom = prepared.MessageID, prepared.HeaderFrom
+		env.MessageID, env.HeaderFrom, env.Tag = prepared.MessageID, prepared.HeaderFrom, prepared.Tag
 		body.r = prepared
 		id, err = s.s.cfg.Spool.Enqueue(ctx, env, body)
 		_ = prepared.Close()
@@ -260,6 +260,9 @@ func (s *session) Data(r io.Reader) (err error) {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: fmt.Sprintf("Message refused: %s; lines must end with CRLF and contain no NUL (RFC 5321 section 2.3.8)", be)}
 	case errors.Is(err, smtp.ErrDataTooLarge), errors.Is(err, message.ErrHeaderTooLarge):
 		return smtp.ErrDataTooLarge
+	case errors.Is(err, message.ErrBadTag):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf(
+			"Message refused: %s; one %s field of 1 to %d visible ASCII characters is allowed", err, message.TagField, message.MaxTagBytes)}
 	case errors.Is(err, message.ErrMalformed):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message refused: the header begins with a folded continuation line"}
 	case errors.Is(err, smtp.ErrTooLongLine):

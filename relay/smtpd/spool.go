@@ -23,7 +23,7 @@ func (s QueueSpool) Enqueue(ctx context.Context, env *Envelope, body io.Reader) 
 		From: env.From, Size: o.Size, Body: string(o.Body), SMTPUTF8: o.UTF8, RequireTLS: o.RequireTLS,
 		Ret: string(o.Return), EnvID: o.EnvelopeID,
 		ClientAddr: env.Client.String(), HELO: env.Helo, Auth: env.Identity,
-		MessageID: env.MessageID, HeaderFrom: env.HeaderFrom,
+		MessageID: env.MessageID, HeaderFrom: env.HeaderFrom, Tag: env.Tag,
 	}
 	for i, addr := range env.To {
 		r := queue.Rcpt{Addr: addr}
