@@ -3,6 +3,9 @@ package smtpd
 import (
 	"errors"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
 )
 
 // checkAddress refuses envelope addresses that could route mail somewhere
@@ -26,6 +29,10 @@ func checkAddress(addr string) error {
 	}
 	if addr[0] == '@' || strings.Contains(addr, ":") {
 		return errors.New("source routes are not accepted")
+	}
+	if !utf8.ValidString(addr) {
+		// RFC 6531 section 3.3: UTF-8 addresses must be valid UTF-8.
+		return errors.New("the address is not valid UTF-8")
 	}
 	for _, r := range addr {
 		if r < 0x21 || r == 0x7f {
@@ -98,4 +105,19 @@ func dotAtomText(s string) bool {
 		}
 	}
 	return true
+}
+
+// needsSMTPUTF8 refuses a non-ASCII address in a transaction that was not
+// opened with the SMTPUTF8 parameter: 553 5.6.7 (RFC 6531 section 3.3, and
+// its enhanced code X.6.7, "non-ASCII addresses not permitted"). An
+// internationalized domain in A-label form ("xn--") is ASCII and needs
+// nothing.
+func needsSMTPUTF8(addr string) error {
+	for i := 0; i < len(addr); i++ {
+		if addr[i] >= 0x80 {
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+				Message: "Non-ASCII address <" + addr + "> needs the SMTPUTF8 parameter on MAIL FROM (RFC 6531)"}
+		}
+	}
+	return nil
 }

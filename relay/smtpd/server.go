@@ -182,14 +182,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	srv := smtp.NewServer(&backend{s: s})
 	srv.Domain = cfg.Hostname
-	srv.TLSConfig = cfg.TLS
+	// TLS is protoConn's (it must see the plain text); AUTH is offered
+	// by the session over TLS only.
+	srv.AllowInsecureAuth = true
+	// RFC 6531: the session takes non-ASCII addresses only in a
+	// transaction opened with the SMTPUTF8 parameter.
+	srv.EnableSMTPUTF8 = true
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength
 	// No ReadTimeout: go-smtp sets it once per command line, which would
 	// bound a whole DATA body. clientConn extends a deadline on every read.
 	srv.WriteTimeout = cfg.IdleTimeout
-	srv.AllowInsecureAuth = false
 	srv.ErrorLog = slogLogger{cfg.Logger}
 	s.smtp = srv
 	return s, nil
@@ -288,11 +292,11 @@ func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
 	s.mu.Lock()
 	s.conns[cc] = struct{}{}
 	s.mu.Unlock()
-	var c net.Conn = cc
+	pc := newProtoConn(cc, s.cfg.TLS, implicitTLS, s.cfg.MaxLineLength, s.cfg.Logger)
+	goodbye := func() error { return pc.goodbye(s.shuttingDown()) }
+	cc.goodbye.Store(&goodbye)
+	var c net.Conn = pc
 	s.cfg.Metrics.sessionStarted()
-	if implicitTLS {
-		c = tls.Server(c, s.cfg.TLS)
-	}
 	select {
 	case out.conns <- c:
 	case <-s.done:
@@ -441,13 +445,9 @@ type clientConn struct {
 	// from an accepted MAIL until the transaction ends.
 	draining *atomic.Bool
 	inTx     atomic.Bool
-	// goodbye, set by the session, answers the next command of a session
-	// that is draining: nil (the default, before the session exists)
-	// closes the connection without a word.
+	// goodbye answers the next command of a session that is draining
+	// (protoConn.goodbye); nil closes the connection without a word.
 	goodbye atomic.Pointer[func() error]
-	// writes counts writes; startTLS: the server said 220 to STARTTLS.
-	writes   atomic.Int64
-	startTLS atomic.Bool
 	// minRate is Config.MinDataRate; dataSince (Unix nanoseconds) is when
 	// the message body being read began, 0 outside one, and dataBytes
 	// what has been read of it.
@@ -527,12 +527,6 @@ func (c *clientConn) sayGoodbye() error {
 func (c *clientConn) wake() { _ = c.Conn.SetReadDeadline(time.Now()) }
 
 func (c *clientConn) Write(p []byte) (int, error) {
-	// A 220 after the greeting is the go-ahead for STARTTLS (RFC 3207
-	// section 4): from here on a handshake may be under way above this
-	// connection, which no plain-text reply may interrupt.
-	if c.writes.Add(1) > 1 && bytes.HasPrefix(p, []byte("220 ")) {
-		c.startTLS.Store(true)
-	}
 	n, err := c.Conn.Write(p)
 	if c.closeAfterWrite.Load() {
 		_ = c.Close()

@@ -71,7 +71,7 @@ func TestRelayAccessDenied(t *testing.T) {
 			c.hello()
 			c.expect("MAIL FROM:<"+tc.from+">\r\n", 250, "")
 			c.expect("RCPT TO:<bob@dest.test>\r\n", 554, "5.7.1 Relay access denied: "+tc.reason)
-			c.expect("DATA\r\n", 502, "")
+			c.expect("DATA\r\n", 503, "5.5.1")
 		})
 	}
 	if n := len(spool.all()); n != 0 {

@@ -2,13 +2,11 @@ package smtpd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -26,6 +24,12 @@ var (
 	errQueueWrite = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Could not queue the message, try again later"}
 	// errAuthFailed: 535 5.7.8 (RFC 4954 section 6).
 	errAuthFailed = smtp.ErrAuthFailed
+	// errTLSRequired: AUTH before STARTTLS, 523 5.7.10 (RFC 5248's
+	// "Encryption Needed"; go-smtp's own answer, kept).
+	errTLSRequired = &smtp.SMTPError{Code: 523, EnhancedCode: smtp.EnhancedCode{5, 7, 10}, Message: "TLS is required"}
+	// errNestedMail: MAIL inside a transaction, 503 5.5.1 (RFC 5321
+	// sections 4.1.1.2 and 4.1.4: RSET or end the transaction first).
+	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Nested MAIL command: a transaction is already open"}
 )
 
 // maxAuthFailures closes a session after this many failed AUTH attempts,
@@ -35,17 +39,11 @@ const maxAuthFailures = 3
 type backend struct{ s *Server }
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	sess := &session{s: b.s, conn: c, client: addrPort(c.Conn().RemoteAddr())}
-	if cc, ok := c.Conn().(*clientConn); ok {
-		sess.cc = cc
-	} else if tc, ok := c.Conn().(*tls.Conn); ok {
-		sess.cc, _ = tc.NetConn().(*clientConn)
+	pc, ok := c.Conn().(*protoConn)
+	if !ok {
+		return nil, errors.New("smtpd: a connection that did not come through the accept path")
 	}
-	if sess.cc != nil {
-		goodbye := sess.goodbye
-		sess.cc.goodbye.Store(&goodbye)
-	}
-	return sess, nil
+	return &session{s: b.s, conn: c, pc: pc, cc: pc.cc, client: addrPort(c.Conn().RemoteAddr())}, nil
 }
 
 // session is one client's SMTP session. go-smtp calls its methods from the
@@ -54,11 +52,13 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type session struct {
 	s        *Server
 	conn     *smtp.Conn
+	pc       *protoConn
 	cc       *clientConn
 	client   netip.AddrPort
 	identity string
-	authFail int
 
+	// inTx: MAIL was accepted and the transaction has not ended.
+	inTx     bool
 	from     string
 	mailOpts smtp.MailOptions
 	to       []string
@@ -72,18 +72,18 @@ func (s *session) table() *routing.Table { return s.s.cfg.Tables.Table() }
 // API server away, nothing spooled) asks clients to come back.
 var errNotReady = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Relay not ready: no routing table loaded yet, try again later"}
 
-// AuthMechanisms offers PLAIN and LOGIN to clients in a network that accepts
-// AUTH; go-smtp advertises them only over TLS (AllowInsecureAuth false).
+// AuthMechanisms offers PLAIN and LOGIN over TLS to clients in a network
+// that accepts AUTH.
 func (s *session) AuthMechanisms() []string {
-	if t := s.table(); t == nil || !t.AuthOffered(s.client.Addr()) {
+	if t := s.table(); t == nil || s.pc.TLS() == nil || !t.AuthOffered(s.client.Addr()) {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
-	if _, isTLS := s.conn.TLSConnectionState(); !isTLS {
-		return nil, smtp.ErrAuthUnsupported
+	if s.pc.TLS() == nil {
+		return nil, errTLSRequired
 	}
 	check := func(username, password string) error {
 		t := s.table()
@@ -92,11 +92,8 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		}
 		id := t.Authenticate(s.client.Addr(), username, password)
 		if id == "" {
-			s.authFail++
-			s.s.cfg.Logger.Info("SMTP AUTH failed", "client", s.client, "failures", s.authFail)
-			if s.authFail >= maxAuthFailures && s.cc != nil {
-				s.cc.closeAfterWrite.Store(true)
-			}
+			n := s.pc.authFailed()
+			s.s.cfg.Logger.Info("SMTP AUTH failed", "client", s.client, "failures", n)
 			s.s.cfg.Metrics.rejected("auth", errAuthFailed)
 			return errAuthFailed
 		}
@@ -118,29 +115,6 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 }
 
-// goodbye ends a session between transactions of a draining server (see
-// Server.Drain) with 421 4.3.2 and closes it. It runs in the session's
-// reading goroutine, inside the read, which is also the goroutine that
-// writes replies, so nothing interleaves. Under TLS the reply goes through
-// the TLS connection: its writes take another lock than the read under
-// way, and its handshake is complete (go-smtp swaps it in only then).
-// During a STARTTLS handshake no reply can be written, plain or not: the
-// connection just closes, and the client retries later.
-func (s *session) goodbye() error {
-	w := net.Conn(s.cc)
-	if tc, isTLS := s.conn.Conn().(*tls.Conn); isTLS {
-		w = tc
-	} else if s.cc.startTLS.Load() {
-		_ = s.cc.Close()
-		return net.ErrClosed
-	}
-	e := s.s.shuttingDown()
-	_ = s.cc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(w, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
-	_ = s.cc.Close()
-	return net.ErrClosed // go-smtp ends the session without a word more
-}
-
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer func() { s.s.cfg.Metrics.rejected("mail", err) }()
 	// A draining server starts no transaction (RFC 5321 section 3.8).
@@ -150,9 +124,17 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		}
 		return s.s.shuttingDown()
 	}
+	if s.inTx {
+		return errNestedMail
+	}
 	if from != "" {
 		if err := checkAddress(from); err != nil {
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Sender address refused: " + err.Error()}
+		}
+		if opts == nil || !opts.UTF8 {
+			if err := needsSMTPUTF8(from); err != nil {
+				return err
+			}
 		}
 	}
 	var size int64
@@ -163,7 +145,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 		s.s.cfg.Logger.Warn("Refusing mail: spool low on space", "client", s.client, "error", err)
 		return errStorage
 	}
-	s.from = from
+	s.from, s.inTx = from, true
 	if opts != nil {
 		s.mailOpts = *opts
 	}
@@ -177,6 +159,11 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	defer func() { s.s.cfg.Metrics.rejected("rcpt", err) }()
 	if err := checkAddress(to); err != nil {
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Recipient address refused: " + err.Error()}
+	}
+	if !s.mailOpts.UTF8 {
+		if err := needsSMTPUTF8(to); err != nil {
+			return err
+		}
 	}
 	if err := s.authorize(); err != nil {
 		return err
@@ -219,9 +206,7 @@ func (s *session) Data(r io.Reader) (err error) {
 		From: s.from, To: s.to, MailOptions: s.mailOpts, RcptOptions: s.rcptOpts,
 		Client: s.client, Identity: s.identity, Helo: s.conn.Hostname(),
 	}
-	if st, ok := s.conn.TLSConnectionState(); ok {
-		env.TLS = &st
-	}
+	env.TLS = s.pc.TLS()
 	ctx := context.Background()
 	// Received, Message-ID and Date when missing, and the DKIM signature of
 	// a signing domain, are added now, at accept time (DESIGN.md contract
@@ -233,7 +218,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if d := s.table().Lookup(s.from).Domain; d != nil && d.DKIM != nil {
 		params.SenderDomain, params.DKIM = d.Name, d.DKIM
 	}
-	prepared, err := message.Prepare(ctx, message.NewChecker(r, s.s.cfg.MaxLineLength), params)
+	prepared, err := message.Prepare(ctx, message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength), params)
 	var id string
 	body := &countingReader{}
 	if err == nil {
@@ -299,7 +284,7 @@ func (s *session) Data(r io.Reader) (err error) {
 }
 
 func (s *session) Reset() {
-	s.from, s.mailOpts, s.to, s.rcptOpts = "", smtp.MailOptions{}, nil, nil
+	s.from, s.mailOpts, s.to, s.rcptOpts, s.inTx = "", smtp.MailOptions{}, nil, nil, false
 	if s.cc != nil {
 		s.cc.inTx.Store(false)
 	}
@@ -323,4 +308,22 @@ func (c *countingReader) Read(b []byte) (int, error) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// rawFaults fails a DATA body with the fault protoConn saw in its raw
+// bytes (a bare CR after a leading dot, which go-smtp's dot-decoding
+// deletes): the message is refused, not stored changed.
+type rawFaults struct {
+	r  io.Reader
+	pc *protoConn
+}
+
+func (f *rawFaults) Read(b []byte) (int, error) {
+	n, err := f.r.Read(b)
+	// protoConn has seen these bytes, and the bytes of the end-of-data
+	// line before the EOF, in their raw form already.
+	if fault := f.pc.takeDataFault(); fault != nil {
+		return 0, fault
+	}
+	return n, err
 }
