@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/queue"
@@ -195,4 +196,32 @@ func TestSmartHostAuth(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestNullSenderDeliveredAsItsAuthor: a message from the null sender that
+// the SMTP server accepted for its From address goes with that address's
+// SenderDomain (here its source IP, which the target requires), with
+// MAIL FROM:<> unchanged, and a recipient that fails gets no DSN (RFC 3834,
+// RFC 5321 section 4.5.5).
+func TestNullSenderDeliveredAsItsAuthor(t *testing.T) {
+	e := newEnv(t)
+	sink := e.mxSink("127.0.0.3", testenv.SMTPSinkOptions{AllowedClients: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
+	sink.SetRcptFault("gone@rcpt.test", testenv.Fault{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1}, Text: "no such user"})
+	e.dnsAdd("rcpt.test. MX 10 mx.rcpt.test.", "mx.rcpt.test. A 127.0.0.3")
+	e.setTable(senderDomain("sender.test", sourceIP("127.0.0.2")))
+	e.start()
+
+	id := e.enqueueEnv(queue.Envelope{From: "", HeaderFrom: "alerts@sender.test",
+		To: []queue.Rcpt{{Addr: "user@rcpt.test"}, {Addr: "gone@rcpt.test"}}}, testBody)
+	e.waitGone(id)
+	msgs := sink.Messages()
+	if len(msgs) != 1 || msgs[0].Client.Addr().String() != "127.0.0.2" || msgs[0].From != "" || !strings.HasPrefix(msgs[0].RawMail, "MAIL FROM:<> ") {
+		t.Fatalf("sink got %+v", msgs)
+	}
+	if a := e.attempt(1); a.Recipients[1].Status != StatusBounced {
+		t.Errorf("attempt %+v", a)
+	}
+	if n := len(e.bouncer.Calls()); n != 0 {
+		t.Errorf("%d DSN requests for a message from the null sender, want none", n)
+	}
 }

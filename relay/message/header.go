@@ -53,6 +53,10 @@ type header struct {
 	// 3.6.2), when it parses; else its value when printable ASCII.
 	from    string
 	hasFrom bool
+	// author is the mailbox of the From field when the header has exactly
+	// one From field holding exactly one mailbox that parses (RFC 5322
+	// section 3.6.2), "" otherwise.
+	author string
 }
 
 // parseHeader splits the header block into fields: a line that begins with
@@ -89,6 +93,9 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 		case strings.EqualFold(name, "From"):
 			if !h.hasFrom {
 				h.from = fromAddress(value)
+				h.author = singleMailbox(value)
+			} else {
+				h.author = "" // several From fields: nobody in particular
 			}
 			h.hasFrom = true
 		}
@@ -126,6 +133,16 @@ func fromAddress(value string) string {
 		}
 	}
 	return printable(value)
+}
+
+// singleMailbox is the address of a From field's value that holds exactly
+// one mailbox, "" otherwise.
+func singleMailbox(value string) string {
+	list, err := mail.ParseAddressList(strings.TrimSpace(value))
+	if err != nil || len(list) != 1 {
+		return ""
+	}
+	return printable(list[0].Address)
 }
 
 func printable(s string) string {

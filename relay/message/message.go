@@ -113,6 +113,13 @@ type Params struct {
 	// DKIM is the sender domain's key in the current routing table; nil
 	// when the domain does not sign.
 	DKIM *routing.DKIM
+	// Author, when set, decides who a message from the null sender is
+	// from, once the header is read: it is called with the address of the
+	// From field when there is exactly one From field holding exactly one
+	// mailbox ("" otherwise), and returns the domain that signs and its
+	// key (SenderDomain and DKIM; a nil key leaves the message unsigned),
+	// or an error, which Prepare returns as it is.
+	Author func(from string) (domain string, key *routing.DKIM, err error)
 	// StageDir holds the temporary file of a signed message larger than
 	// MaxMemory: the spool's staging directory (not the queue's directory
 	// itself). The file is unlinked as soon as it is created, so a crash
@@ -181,6 +188,14 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	h, err := parseHeader(hdr, complete)
 	if err != nil {
 		return nil, err
+	}
+	if p.Author != nil {
+		if p.SenderDomain, p.DKIM, err = p.Author(h.author); err != nil {
+			return nil, err
+		}
+		if err := p.check(); err != nil {
+			return nil, err
+		}
 	}
 
 	var added bytes.Buffer

@@ -64,7 +64,7 @@ func TestRelayAccessDenied(t *testing.T) {
 		{"unknown sender domain", "127.0.0.10", "alice@unknown.test", "sender domain is not an accepted sender domain"},
 		{"another namespace's domain", "127.0.0.10", "bob@other.test", "sender domain is not covered by the client's trusted networks"},
 		{"AUTH required and not given", "127.0.0.70", "bob@other.test", "authentication required"},
-		{"null sender", "127.0.0.10", "", "sender domain is not an accepted sender domain"},
+		{"null sender from outside", "127.0.0.200", "", "client is in no trusted network"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			c := dialFrom(t, tc.client, addr)
@@ -413,7 +413,10 @@ func TestNoTableYet(t *testing.T) {
 // TestSignsAtAccept: a signing domain's mail is queued with its
 // DKIM-Signature (DESIGN.md contract 5), verified here with go-msgauth
 // against the record the compiler publishes.
-func TestSignsAtAccept(t *testing.T) {
+// signingTables is the test table with example.com signing (Ed25519,
+// selector s1), and the DNS record of its key.
+func signingTables(t *testing.T) (*tables, v1alpha1.DKIMRecord) {
+	t.Helper()
 	in := testInput()
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
@@ -427,13 +430,12 @@ func TestSignsAtAccept(t *testing.T) {
 	record := result.Verdict(routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: "app", Name: "example"}).DKIM
 	ts := &tables{}
 	ts.p.Store(result.Table)
-	addr, spool, _ := testServer(t, Config{Tables: ts, StageDir: t.TempDir()})
+	return ts, *record
+}
 
-	c := dialFrom(t, "127.0.0.10", addr)
-	c.hello()
-	c.startData()
-	c.expect("From: alice@example.com\r\nTo: bob@dest.test\r\nSubject: signed\r\n\r\nhello\r\n.\r\n", 250, "queued")
-	body := spool.all()[0].body
+// verifyDKIM checks that body carries a valid signature of example.com.
+func verifyDKIM(t *testing.T, body []byte, record v1alpha1.DKIMRecord) {
+	t.Helper()
 	if !strings.HasPrefix(string(body), "DKIM-Signature:") {
 		t.Fatalf("queued message does not start with its signature:\n%s", body)
 	}
@@ -447,5 +449,64 @@ func TestSignsAtAccept(t *testing.T) {
 	})
 	if err != nil || len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "example.com" {
 		t.Fatalf("DKIM verification: %v %+v", err, verifications)
+	}
+}
+
+func TestSignsAtAccept(t *testing.T) {
+	ts, record := signingTables(t)
+	addr, spool, _ := testServer(t, Config{Tables: ts, StageDir: t.TempDir()})
+
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.startData()
+	c.expect("From: alice@example.com\r\nTo: bob@dest.test\r\nSubject: signed\r\n\r\nhello\r\n.\r\n", 250, "queued")
+	verifyDKIM(t, spool.all()[0].body, record)
+}
+
+// TestNullSender: MAIL FROM:<> (auto-replies, RFC 3834; application
+// bounces) is accepted from a trusted client, and decided at the end of
+// the message by its From field: one address the client may send as, or
+// 554 5.7.1. The message is signed by that address's domain and queued
+// with the null sender unchanged.
+func TestNullSender(t *testing.T) {
+	ts, record := signingTables(t)
+	addr, spool, _ := testServer(t, Config{Tables: ts, StageDir: t.TempDir()})
+	const rest = "To: bob@dest.test\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nAway.\r\n"
+	for _, tc := range []struct {
+		desc, client, header string
+		code                 int
+		want                 string
+	}{
+		{"a domain of the client", "127.0.0.10", "From: Alerts <alerts@example.com>\r\n", 250, "queued as"},
+		{"another namespace's domain", "127.0.0.10", "From: x@other.test\r\n", 554, "5.7.1 Relay access denied: From field: sender domain is not covered"},
+		{"an unknown domain", "127.0.0.10", "From: x@unknown.test\r\n", 554, "5.7.1 Relay access denied: From field: sender domain is not an accepted"},
+		{"no From field", "127.0.0.10", "", 554, "5.7.1"},
+		{"two From fields", "127.0.0.10", "From: alerts@example.com\r\nFrom: x@other.test\r\n", 554, "5.7.1"},
+		{"two addresses", "127.0.0.10", "From: alerts@example.com, x@other.test\r\n", 554, "5.7.1"},
+		{"AUTH required and not given", "127.0.0.70", "From: x@other.test\r\n", 554, "5.7.1 Relay access denied: From field: authentication required"},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			c := dialFrom(t, tc.client, addr)
+			c.hello()
+			c.expect("MAIL FROM:<>\r\n", 250, "")
+			c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+			c.expect("DATA\r\n", 354, "")
+			c.expect(tc.header+rest+".\r\n", tc.code, tc.want)
+			// The same with BDAT.
+			msg := tc.header + rest
+			c.expect("MAIL FROM:<>\r\n", 250, "")
+			c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+			c.expect(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg), tc.code, tc.want)
+		})
+	}
+	msgs := spool.all()
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages queued, want the 2 from the client's own domain", len(msgs))
+	}
+	for _, m := range msgs {
+		if m.env.From != "" || m.env.HeaderFrom != "alerts@example.com" {
+			t.Errorf("queued envelope %+v", m.env)
+		}
+		verifyDKIM(t, m.body, record)
 	}
 }

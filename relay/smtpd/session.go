@@ -178,18 +178,62 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 }
 
 // authorize answers 554 5.7.1 Relay access denied unless the current table
-// lets this client send as this sender.
+// lets this client send as this sender. The null sender is for a trusted
+// client only, and who it is from is decided by the From field at the end
+// of the message (author).
 func (s *session) authorize() error {
 	t := s.table()
 	if t == nil {
 		return errNotReady
 	}
-	d := t.MaySend(s.client.Addr(), s.identity, s.from)
+	if s.from == "" {
+		if t.Trusted(s.client.Addr()) {
+			return nil
+		}
+		return s.denied(routing.DenyUntrusted, "")
+	}
+	return s.denied(t.MaySend(s.client.Addr(), s.identity, s.from), "")
+}
+
+// denied is the reply to a Denial, nil for Allowed; what prefixes the
+// reason.
+func (s *session) denied(d routing.Denial, what string) error {
 	if d == routing.Allowed {
 		return nil
 	}
-	s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", s.from, "reason", d.String())
-	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied: " + d.String()}
+	s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", s.from, "reason", what+d.String())
+	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied: " + what + d.String()}
+}
+
+// signing is the domain and key that sign a message from sender; a nil key
+// when its domain does not sign.
+func (s *session) signing(sender string) (string, *routing.DKIM) {
+	if d := s.table().Lookup(sender).Domain; d != nil && d.DKIM != nil {
+		return d.Name, d.DKIM
+	}
+	return "", nil
+}
+
+// author decides, once the header is read, whether a message from the
+// null sender (an auto-reply, RFC 3834, or an application's bounce) may
+// go: its single From address must be one the client may send as, exactly
+// as a MAIL FROM would be (554 5.7.1 otherwise). Its domain signs it, and
+// delivery takes that domain's route and source address.
+func (s *session) author(from string) (string, *routing.DKIM, error) {
+	if from == "" {
+		s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", "", "reason", "no single From address")
+		return "", nil, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "Relay access denied: a message from the null sender needs exactly one From field with exactly one address"}
+	}
+	t := s.table()
+	if t == nil {
+		return "", nil, errNotReady
+	}
+	if err := s.denied(t.MaySend(s.client.Addr(), s.identity, from), "From field: "); err != nil {
+		return "", nil, err
+	}
+	domain, key := s.signing(from)
+	return domain, key, nil
 }
 
 func (s *session) Data(r io.Reader) (err error) {
@@ -215,8 +259,10 @@ func (s *session) Data(r io.Reader) (err error) {
 		Hostname: s.s.cfg.Hostname, Helo: env.Helo, Client: env.Client, TLS: env.TLS, Identity: env.Identity,
 		Recipients: env.To, Now: s.s.cfg.Now(), StageDir: s.s.cfg.StageDir,
 	}
-	if d := s.table().Lookup(s.from).Domain; d != nil && d.DKIM != nil {
-		params.SenderDomain, params.DKIM = d.Name, d.DKIM
+	if s.from == "" {
+		params.Author = s.author
+	} else {
+		params.SenderDomain, params.DKIM = s.signing(s.from)
 	}
 	prepared, err := message.Prepare(ctx, message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength), params)
 	var id string
@@ -228,6 +274,7 @@ func (s *session) Data(r io.Reader) (err error) {
 		_ = prepared.Close()
 	}
 	var be *message.UnsafeBytesError
+	var refused *smtp.SMTPError
 	switch {
 	case err == nil:
 		s.s.cfg.Metrics.messageAccepted(body.n)
@@ -235,6 +282,8 @@ func (s *session) Data(r io.Reader) (err error) {
 		// go-smtp answers a nil error with a bare "OK: queued"; the queue
 		// id in the reply is what lets a sender trace a message.
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+	case errors.As(err, &refused):
+		return refused
 	case errors.As(err, &be) && be.LongLine:
 		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
