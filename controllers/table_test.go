@@ -75,7 +75,7 @@ func TestConflictOldestWins(t *testing.T) {
 // waitEvent waits for an events.k8s.io Event about the object with reason.
 func waitEvent(t *testing.T, c client.Client, ns, name, reason string) {
 	t.Helper()
-	testenv.WaitEvent(t, c, ns, name, reason, waitTimeout)
+	testenv.WaitEvent(t, c, ns, name, reason)
 }
 
 func TestSigningExclusivity(t *testing.T) {

@@ -150,8 +150,8 @@ func TestRelayDeliveryStatus(t *testing.T) {
 	})
 	// Events: the operator's at the start of the failing period, the
 	// relay's aggregated bounce report.
-	testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.ReasonBounces, 30*time.Second)
-	if e := testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.EventReasonBounced, 30*time.Second); !strings.Contains(e.Note, "relay-a: 1 recipient(s) bounced") ||
+	testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.ReasonBounces)
+	if e := testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.EventReasonBounced); !strings.Contains(e.Note, "relay-a: 1 recipient(s) bounced") ||
 		!strings.Contains(e.Note, "554 5.7.1 refused by policy") || e.ReportingController != "postgate-relay" {
 		t.Errorf("the relay's Bounced Event: controller %q note %q", e.ReportingController, e.Note)
 	}
@@ -165,5 +165,5 @@ func TestRelayDeliveryStatus(t *testing.T) {
 		}
 		return ""
 	})
-	testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.EventReasonDeliveryRecovered, 30*time.Second)
+	testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.EventReasonDeliveryRecovered)
 }

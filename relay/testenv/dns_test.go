@@ -278,17 +278,13 @@ func TestDNSServerLifecycle(t *testing.T) {
 	mustAdd(t, s, "example.test. A 127.0.0.3")
 	mustQuery(t, s, "udp", "example.test", dns.TypeA)
 	cancel()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	Eventually(t, func() string {
 		l, err := net.Listen("tcp", s.Addr())
-		if err == nil {
-			_ = l.Close()
-			break
+		if err != nil {
+			return fmt.Sprintf("the server still holds its port after its context ended: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the server still holds its port after its context ended: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		_ = l.Close()
+		return ""
+	})
 	s.Close() // again, after the context closed it
 }

@@ -16,15 +16,18 @@ import (
 )
 
 // LogBuffer collects a process's or a logger's output while a test reads
-// it: safe for concurrent Write and String.
+// it: safe for concurrent Write and String. WaitFor blocks until a line
+// shows up, woken by each write.
 type LogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changes Changes
 }
 
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	defer l.changes.Changed()
 	return l.b.Write(p)
 }
 
@@ -32,6 +35,23 @@ func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Count returns how often substr occurs in the output so far.
+func (l *LogBuffer) Count(substr string) int {
+	return strings.Count(l.String(), substr)
+}
+
+// WaitFor waits until substr occurs n times or more in the output, and
+// fails the test with the output when WaitTimeout passes first.
+func (l *LogBuffer) WaitFor(tb testing.TB, substr string, n int) {
+	tb.Helper()
+	l.changes.Wait(tb, func() string {
+		if out := l.String(); strings.Count(out, substr) < n {
+			return fmt.Sprintf("%q not %d times in the log:\n%s", substr, n, out)
+		}
+		return ""
+	})
 }
 
 // SMTPLineConn is a client connection that a test steps through one

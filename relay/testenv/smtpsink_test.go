@@ -498,11 +498,29 @@ func TestSinkDelay(t *testing.T) {
 	if _, err := s.WaitStats(t.Context(), func(st SinkStats) bool { return st.Connections == 2 }); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
-	s.Close()
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Close took %v", d)
+	// The sink has read MAIL: it waits out its hour.
+	Eventually(t, func() string {
+		mails := 0
+		for _, c := range s.Conns() {
+			if slices.ContainsFunc(c.Transcript, func(l string) bool { return strings.HasPrefix(l, "C: MAIL FROM:") }) {
+				mails++
+			}
+		}
+		if mails < 2 {
+			return "the sink has not read the second connection's MAIL"
+		}
+		return ""
+	})
+	// Close returns while MAIL still waits.
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(WaitTimeout):
+		t.Fatalf("Close did not return within %s: it waits for the delay", WaitTimeout)
 	}
 	if err := <-errc; err == nil {
 		t.Error("MAIL succeeded on a closed sink")
