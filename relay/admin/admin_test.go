@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,32 +14,16 @@ import (
 	"github.com/postgate/postgate/relay/bounce"
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // fixture is a real queue in a temporary directory behind the handler.
 type fixture struct {
 	t   *testing.T
 	q   *queue.Queue
-	clk *clock
+	clk *testenv.Clock
 	srv *httptest.Server
 }
 
@@ -54,7 +37,7 @@ func newFixtureBounce(t *testing.T, bounces bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := &clock{t: t0}
+	clk := testenv.NewClock(t0)
 	q, err := queue.Open(context.Background(), dir, queue.Options{Clock: clk, MinFreeBytes: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/queue/queuetest"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // TestEnqueueDurableAtReturn: a power loss right after Enqueue returns
@@ -132,7 +133,7 @@ func crashUpdate(t *testing.T, tear bool) {
 	// update (whose Update the crash tests), or reports whether it
 	// compacted.
 	var k int
-	setup := func(updates int) (*queuetest.FS, *queue.Queue, *fakeClock, queue.ID, queue.Message) {
+	setup := func(updates int) (*queuetest.FS, *queue.Queue, *testenv.Clock, queue.ID, queue.Message) {
 		fsys := queuetest.New()
 		clock := newClock()
 		opts := options(clock)

@@ -7,40 +7,21 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // t0 is when test messages arrive.
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: t0} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *fakeClock) Add(d time.Duration) { c.Set(c.Now().Add(d)) }
+func newClock() *testenv.Clock { return testenv.NewClock(t0) }
 
 // options returns test options: the clock, a fixed jitter seed, no
 // free-space margin to speak of.
-func options(c *fakeClock) queue.Options {
+func options(c *testenv.Clock) queue.Options {
 	return queue.Options{Clock: c, Rand: rand.New(rand.NewPCG(1, 2)), MinFreeBytes: 1}
 }
 
