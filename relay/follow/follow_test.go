@@ -122,48 +122,13 @@ func (p publisher) publish(tbl *routing.Table, version int64) (*routing.Index, [
 	return idx, shards
 }
 
-// logLines records the follower's log messages.
-type logLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logLines) logger() logr.Logger {
+// logger writes the follower's log messages into logs, a line each, for
+// the test to wait on.
+func logger(logs *testenv.LogBuffer) logr.Logger {
 	return funcr.New(func(prefix, args string) {
-		l.mu.Lock()
-		l.lines = append(l.lines, prefix+args)
-		l.mu.Unlock()
+		_, _ = logs.Write([]byte(prefix + args + "\n"))
 	}, funcr.Options{})
 }
-
-func (l *logLines) count(substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, s := range l.lines {
-		if strings.Contains(s, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-func eventually(t *testing.T, timeout time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-const timeout = 20 * time.Second
 
 func run(t *testing.T, f *Follower) (stop func()) {
 	t.Helper()
@@ -182,7 +147,7 @@ func run(t *testing.T, f *Follower) (stop func()) {
 			if err != nil {
 				t.Error(err)
 			}
-		case <-time.After(timeout):
+		case <-time.After(testenv.WaitTimeout):
 			t.Error("Run did not return")
 		}
 	}
@@ -196,6 +161,24 @@ func versionIs(f *Follower, v int64) func() string {
 			return fmt.Sprintf("follower at %v, want version %d", versionOf(tbl), v)
 		}
 		return ""
+	}
+}
+
+// waitVersion waits until f serves version v, woken by each table f swaps
+// in.
+func waitVersion(t *testing.T, f *Follower, v int64) {
+	t.Helper()
+	tables, cancel := f.Subscribe()
+	defer cancel()
+	timeout := time.NewTimer(testenv.WaitTimeout)
+	defer timeout.Stop()
+	// Subscribed before looking: a swap after the look is on the channel.
+	for tbl := f.Table(); tbl == nil || tbl.Version != v; {
+		select {
+		case tbl = <-tables:
+		case <-timeout.C:
+			t.Fatalf("after %s: %s", testenv.WaitTimeout, versionIs(f, v)())
+		}
 	}
 }
 
@@ -220,7 +203,7 @@ func TestFollowLoadsSwapsAndAcknowledges(t *testing.T) {
 	tables, cancel := f.Subscribe()
 	defer cancel()
 	stop := run(t, f)
-	eventually(t, timeout, versionIs(f, 1))
+	waitVersion(t, f, 1)
 	if d := f.Table().Domain("one-002.example.com"); d == nil {
 		t.Fatal("the loaded table lacks one-002")
 	}
@@ -229,7 +212,7 @@ func TestFollowLoadsSwapsAndAcknowledges(t *testing.T) {
 		if got.Version != 1 {
 			t.Errorf("subscriber got version %d, want 1", got.Version)
 		}
-	case <-time.After(timeout):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatal("subscriber got nothing")
 	}
 	leaseIs := func(v string) func() string {
@@ -247,14 +230,14 @@ func TestFollowLoadsSwapsAndAcknowledges(t *testing.T) {
 			return ""
 		}
 	}
-	eventually(t, timeout, leaseIs("1"))
+	testenv.Eventually(t, leaseIs("1"))
 
 	p.publish(table("two", 5), 2)
-	eventually(t, timeout, versionIs(f, 2))
+	waitVersion(t, f, 2)
 	if f.Table().Domain("one-000.example.com") != nil || f.Table().Domain("two-004.example.com") == nil {
 		t.Error("version 2 is not the table published as version 2")
 	}
-	eventually(t, timeout, leaseIs("2"))
+	testenv.Eventually(t, leaseIs("2"))
 	s, err := loadSpool(spool)
 	if err != nil || s == nil || s.Index.Version != 2 {
 		t.Fatalf("spool: %+v, %v; want version 2", s, err)
@@ -262,7 +245,7 @@ func TestFollowLoadsSwapsAndAcknowledges(t *testing.T) {
 
 	// The Lease is renewed.
 	first := lease(t, cs, ns).Spec.RenewTime.Time
-	eventually(t, timeout, func() string {
+	testenv.Eventually(t, func() string {
 		if !lease(t, cs, ns).Spec.RenewTime.After(first) {
 			return "not renewed"
 		}
@@ -295,17 +278,20 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 	ns := namespace(t, cs)
 	p := publisher{t, cs, ns}
 	_, shards1 := p.publish(table("v1", 20), 1)
-	logs := &logLines{}
-	// The follower reads each shard 30ms late, so that the publisher below
-	// overtakes it: it meets indexes whose shards are already deleted.
+	logs := &testenv.LogBuffer{}
+	// While the publisher below races it, the follower's shard reads wait
+	// until the publisher has deleted the shards they ask for: the
+	// follower meets indexes whose shards are gone, however the machine
+	// schedules the two.
+	gate := &publishGate{}
 	slow := rest.CopyConfig(cfg)
-	slow.Wrap(func(rt http.RoundTripper) http.RoundTripper { return lateShards{rt, 30 * time.Millisecond} })
-	f, err := New(kubernetes.NewForConfigOrDie(slow), Options{Namespace: ns, PodName: "relay-0", RetryInterval: 50 * time.Millisecond, Log: logs.logger()})
+	slow.Wrap(func(rt http.RoundTripper) http.RoundTripper { return lateShards{rt, gate} })
+	f, err := New(kubernetes.NewForConfigOrDie(slow), Options{Namespace: ns, PodName: "relay-0", RetryInterval: 50 * time.Millisecond, Log: logger(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, f)
-	eventually(t, timeout, versionIs(f, 1))
+	waitVersion(t, f, 1)
 
 	// An index naming a shard that is not there (deleted, or a publisher
 	// that wrote the index first). Small tables have one shard.
@@ -315,12 +301,7 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 	}
 	p.shards(shards2[1:])
 	p.index(idx2)
-	eventually(t, timeout, func() string {
-		if logs.count("version 2: shard "+shards2[0].Name) < 2 {
-			return "the follower has not tried version 2 twice yet"
-		}
-		return ""
-	})
+	logs.WaitFor(t, "version 2: shard "+shards2[0].Name, 2) // tried twice
 	if why := versionIs(f, 1)(); why != "" {
 		t.Fatal(why)
 	}
@@ -333,12 +314,7 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, timeout, func() string {
-		if logs.count("does not match the index") < 1 {
-			return "the follower has not read the corrupt shard yet"
-		}
-		return ""
-	})
+	logs.WaitFor(t, "does not match the index", 1)
 	if why := versionIs(f, 1)(); why != "" {
 		t.Fatal(why)
 	}
@@ -346,20 +322,26 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.shards(shards2[:1])
-	eventually(t, timeout, versionIs(f, 2))
+	waitVersion(t, f, 2)
 
-	// Race the loader.
-	failedBefore := logs.count("Loading the routing table failed")
+	// Race the loader. The subscriber collects every table swapped in
+	// until the last version, so the check below sees each one.
+	const last = 40
+	failedBefore := logs.Count("Loading the routing table failed")
 	tables, cancel := f.Subscribe()
 	defer cancel()
 	var swapped []*routing.Table
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	sawLast := make(chan struct{})
+	go func() {
+		defer close(sawLast)
 		for tbl := range tables {
 			swapped = append(swapped, tbl)
+			if tbl.Version == last {
+				return
+			}
 		}
-	})
-	const last = 40
+	}()
+	gate.hold()
 	prev := shards2
 	for v := int64(3); v <= last; v++ {
 		_, shards := p.publish(table(fmt.Sprintf("v%d", v), 20), v)
@@ -369,10 +351,14 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 			}
 		}
 		prev = shards
+		gate.move()
 	}
-	eventually(t, timeout, versionIs(f, last))
-	cancel()
-	wg.Wait()
+	gate.release()
+	select {
+	case <-sawLast:
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatalf("after %s: %s", testenv.WaitTimeout, versionIs(f, last)())
+	}
 	if len(swapped) == 0 {
 		t.Fatal("no swap seen")
 	}
@@ -389,21 +375,70 @@ func TestFollowNeverSwapsInHalfATable(t *testing.T) {
 		}
 	}
 	t.Logf("%d versions published while the follower loaded: %d swapped in, %d loads failed on a shard already gone and were retried",
-		last-2, len(swapped), logs.count("Loading the routing table failed")-failedBefore)
+		last-2, len(swapped), logs.Count("Loading the routing table failed")-failedBefore)
 }
 
-// lateShards delays the reads of shard Secrets.
+// publishGate holds each reader until the publisher has moved on twice:
+// past the version the reader was reading, and past deleting its shards.
+// Open (held nil), it holds nobody.
+type publishGate struct {
+	mu         sync.Mutex
+	held, next chan struct{} // closed at the next move, at the one after
+}
+
+// hold makes the readers that come from now on wait.
+func (g *publishGate) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held, g.next = make(chan struct{}), make(chan struct{})
+}
+
+// move releases the readers that came before the last move.
+func (g *publishGate) move() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.held)
+	g.held, g.next = g.next, make(chan struct{})
+}
+
+// release lets every reader through, now and later.
+func (g *publishGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.held)
+	close(g.next)
+	g.held, g.next = nil, nil
+}
+
+// wait returns the channel a reader waits on, nil when it need not.
+func (g *publishGate) wait() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.next
+}
+
+// lateShards holds each read of a shard Secret at the gate.
 type lateShards struct {
-	next  http.RoundTripper
-	delay time.Duration
+	next http.RoundTripper
+	gate *publishGate
 }
 
 func (l lateShards) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/secrets/"+routing.ShardNamePrefix) {
-		time.Sleep(l.delay)
+		if held := l.gate.wait(); held != nil {
+			select {
+			case <-held:
+			case <-r.Context().Done():
+				return nil, r.Context().Err()
+			}
+		}
 	}
 	return l.next.RoundTrip(r)
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func containsShard(shards []routing.Shard, name string) bool {
 	for _, s := range shards {
@@ -424,11 +459,24 @@ func TestFollowStartsFromSpoolWithoutAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := run(t, f)
-	eventually(t, timeout, versionIs(f, 7))
+	waitVersion(t, f, 7)
 	stop()
 
-	// Nothing listens on port 1 of 127.0.0.1: the API server is away.
-	away := kubernetes.NewForConfigOrDie(&rest.Config{Host: "https://127.0.0.1:1", Timeout: time.Second})
+	// Nothing listens on port 1 of 127.0.0.1: the API server is away. Run
+	// goes on until the follower has tried it and failed.
+	failed := make(chan struct{})
+	var once sync.Once
+	awayCfg := &rest.Config{Host: "https://127.0.0.1:1", Timeout: time.Second}
+	awayCfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			resp, err := rt.RoundTrip(r)
+			if err != nil {
+				once.Do(func() { close(failed) })
+			}
+			return resp, err
+		})
+	})
+	away := kubernetes.NewForConfigOrDie(awayCfg)
 	f2, err := New(away, Options{Namespace: ns, PodName: "relay-0", SpoolDir: spool})
 	if err != nil {
 		t.Fatal(err)
@@ -439,8 +487,16 @@ func TestFollowStartsFromSpoolWithoutAPIServer(t *testing.T) {
 	if f2.Table().Domain("spooled-003.example.com") == nil {
 		t.Error("the spooled table lacks spooled-003")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go func() {
+		select {
+		case <-failed:
+		case <-time.After(testenv.WaitTimeout):
+			t.Error("the follower never tried the API server")
+		}
+		cancel()
+	}()
 	if err := f2.Run(ctx); err != nil {
 		t.Errorf("Run without an API server: %v", err)
 	}
@@ -478,12 +534,12 @@ func TestSpoolIsReplacedWhole(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, spoolFile), []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logLines{}
-	f, err := New(kubernetes.NewForConfigOrDie(cfg), Options{Namespace: "x", PodName: "p", SpoolDir: dir, Log: logs.logger()})
+	logs := &testenv.LogBuffer{}
+	f, err := New(kubernetes.NewForConfigOrDie(cfg), Options{Namespace: "x", PodName: "p", SpoolDir: dir, Log: logger(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Table() != nil || logs.count("Ignoring the spooled routing table") != 1 {
+	if f.Table() != nil || logs.Count("Ignoring the spooled routing table") != 1 {
 		t.Errorf("a damaged spool gave table %v", f.Table())
 	}
 }
