@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -51,27 +52,74 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// counting wraps a client and counts the status patches that reach it.
+// counting wraps a client and counts the status patches that reach it, per
+// object name; a test waits on the counts, woken by each patch.
 type counting struct {
 	client.Client
-	writes, failures atomic.Int64
+	mu               sync.Mutex
+	writes, failures int64
+	byName           map[string]int64 // writes that succeeded
+	changes          testenv.Changes
+	// before, when set, runs before each patch reaches the API server.
+	before func()
 }
 
 func newCounting(t *testing.T, inner func() client.WithWatch) *counting {
 	t.Helper()
-	c := &counting{}
+	c := &counting{byName: map[string]int64{}}
 	c.Client = interceptor.NewClient(inner(), interceptor.Funcs{
 		SubResourcePatch: func(ctx context.Context, _ client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+			if c.before != nil {
+				c.before()
+			}
 			err := inner().SubResource(sub).Patch(ctx, obj, patch, opts...)
+			defer c.changes.Changed()
+			c.mu.Lock()
+			defer c.mu.Unlock()
 			if err != nil {
-				c.failures.Add(1)
+				c.failures++
 			} else {
-				c.writes.Add(1)
+				c.writes++
+				c.byName[obj.GetName()]++
 			}
 			return err
 		},
 	})
 	return c
+}
+
+// counts returns the writes and the failed writes so far.
+func (c *counting) counts() (writes, failures int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes, c.failures
+}
+
+// written returns how often the object named name was written.
+func (c *counting) written(name string) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byName[name]
+}
+
+// wait waits until cond holds for the counts (read under the lock).
+func (c *counting) wait(t *testing.T, what string, cond func(c *counting) bool) {
+	t.Helper()
+	if err := c.await(what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// await is wait for goroutines other than the test's.
+func (c *counting) await(what string, cond func(c *counting) bool) error {
+	return c.changes.Await(func() string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cond(c) {
+			return ""
+		}
+		return fmt.Sprintf("%s (%d writes, %d failed)", what, c.writes, c.failures)
+	})
 }
 
 func newClient(t *testing.T, cfg *rest.Config) client.WithWatch {
@@ -176,52 +224,44 @@ func entryOf(t *testing.T, c client.Client, obj client.Object, replica string) *
 	return nil
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestCoalesced observes 1,000 deliveries and a bounce: with the default
 // interval of 10 s the route's entry is written a handful of times and
-// ends up showing both.
+// ends up showing both. The Reporter's clock is the test's: the
+// observations are spread over a second of it and the writes an interval
+// allows are counted in it, however slowly the machine runs.
 func TestCoalesced(t *testing.T) {
 	live := newClient(t, apiServer.Config)
 	c := newCounting(t, func() client.WithWatch { return live })
 	_, domain, route := fixture(t, live)
-	r, err := New(c, Options{Replica: "relay-0"})
+	clk := testenv.NewClock(time.Now())
+	r, err := New(c, Options{Replica: "relay-0", Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, r)
 
-	start := time.Now()
+	start := clk.Now()
 	const n = 1000
 	for i := range n {
-		r.Observe(sent(domain, route, time.Now()))
+		r.Observe(sent(domain, route, clk.Now()))
 		if i%100 == 99 {
-			time.Sleep(100 * time.Millisecond) // spread over about a second
+			clk.Add(100 * time.Millisecond) // spread over about a second
 		}
 	}
-	r.Observe(bounced(domain, route, time.Now()))
-	r.Observe(sent(domain, nil, time.Now())) // MX mail: the SenderDomain
-	observeTook := time.Since(start)
+	r.Observe(bounced(domain, route, clk.Now()))
+	r.Observe(sent(domain, nil, clk.Now())) // MX mail: the SenderDomain
+	// Whatever was not in the first write is due one interval later.
+	clk.Add(DefaultInterval)
 
 	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
 	var e *v1alpha1.ReplicaDeliveryStatus
-	eventually(t, 30*time.Second, "the route's entry does not count every attempt", func() bool {
+	testenv.EventuallyTrue(t, "the route's entry does not count every attempt", func() bool {
 		e = entryOf(t, live, rr, "relay-0")
 		return e != nil && e.Window != nil && e.Window.Delivered+e.Window.Bounced == n+1
 	})
-	elapsed := time.Since(start)
-	writes := c.writes.Load()
-	t.Logf("%d attempts observed in %s; %d status writes (2 objects) in %s", n+2, observeTook, writes, elapsed.Round(time.Millisecond))
+	elapsed := clk.Now().Sub(start)
+	writes, _ := c.counts()
+	t.Logf("%d attempts observed; %d status writes (2 objects) in %s of the Reporter's clock", n+2, writes, elapsed)
 	// One write per object straight away, then one per object and 10 s.
 	if limit := 2 * (1 + int64(elapsed/DefaultInterval) + 1); writes > limit {
 		t.Errorf("%d writes in %s, want at most %d", writes, elapsed, limit)
@@ -248,7 +288,7 @@ func TestCoalesced(t *testing.T) {
 	}
 
 	sd := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: domain.Namespace, Name: domain.Name}}
-	eventually(t, 15*time.Second, "the SenderDomain's entry does not show the MX delivery", func() bool {
+	testenv.EventuallyTrue(t, "the SenderDomain's entry does not show the MX delivery", func() bool {
 		e := entryOf(t, live, sd, "relay-0")
 		return e != nil && e.LastDelivered != nil && e.Window.Delivered == 1
 	})
@@ -280,34 +320,46 @@ func TestReplicasAndConditions(t *testing.T) {
 	}
 
 	reporters := map[string]*Reporter{}
+	clients := map[*Reporter]*counting{}
 	for _, name := range []string{"relay-a", "relay-b"} {
-		r, err := New(live, Options{Replica: name, Interval: 100 * time.Millisecond})
+		c := newCounting(t, func() client.WithWatch { return live })
+		r, err := New(c, Options{Replica: name, Interval: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
 		run(t, r)
 		reporters[name] = r
+		clients[r] = c
 	}
 	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
 	reporters["relay-a"].Observe(sent(domain, route, t0))
 	reporters["relay-b"].Observe(bounced(domain, route, t0))
-	eventually(t, 15*time.Second, "both replicas' entries are not there", func() bool {
+	testenv.EventuallyTrue(t, "both replicas' entries are not there", func() bool {
 		a, b := entryOf(t, live, rr, "relay-a"), entryOf(t, live, rr, "relay-b")
 		return a != nil && a.LastDelivered != nil && b != nil && b.LastFailed != nil
 	})
-	// More from each, concurrently.
+	// More from each, concurrently: each replica waits for its own write
+	// after every ten, so that the writes of the two interleave.
 	var wg sync.WaitGroup
 	for _, r := range reporters {
 		wg.Go(func() {
+			c := clients[r]
 			for i := range 50 {
+				before := c.written(route.Name)
 				r.Observe(sent(domain, route, t0.Add(time.Duration(i+1)*time.Second)))
-				time.Sleep(5 * time.Millisecond)
+				if i%10 != 9 {
+					continue
+				}
+				if err := c.await("no write of the route", func(c *counting) bool { return c.byName[route.Name] > before }); err != nil {
+					t.Error(err)
+					return
+				}
 			}
 		})
 	}
 	wg.Wait()
 	want := t0.Add(50 * time.Second)
-	eventually(t, 15*time.Second, "the later deliveries do not show in both entries", func() bool {
+	testenv.EventuallyTrue(t, "the later deliveries do not show in both entries", func() bool {
 		a, b := entryOf(t, live, rr, "relay-a"), entryOf(t, live, rr, "relay-b")
 		return a != nil && b != nil && a.LastDelivered != nil && b.LastDelivered != nil &&
 			a.LastDelivered.Time.Sub(want).Abs() < time.Microsecond && b.LastDelivered.Time.Sub(want).Abs() < time.Microsecond
@@ -353,32 +405,62 @@ func TestAPIServerAway(t *testing.T) {
 	away := newClient(t, closed)
 	current.Store(&away)
 	c := newCounting(t, func() client.WithWatch { return *current.Load() })
+	// The first write hangs until the test lets it go: the API server does
+	// not answer. Observe must not wait for it.
+	writing, release := make(chan struct{}), make(chan struct{})
+	var hung sync.Once
+	c.before = func() {
+		hung.Do(func() {
+			close(writing)
+			<-release
+		})
+	}
 
 	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond, MaxBackoff: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, r)
-	start := time.Now()
-	for range 1000 {
-		r.Observe(sent(domain, route, time.Now()))
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	r.Observe(sent(domain, route, time.Now()))
+	select {
+	case <-writing:
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatal("no write was tried")
 	}
-	r.Observe(bounced(domain, route, time.Now()))
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("Observe waited for the API server: 1,001 calls took %s", took)
+	observed := make(chan struct{})
+	go func() {
+		defer close(observed)
+		for range 999 {
+			r.Observe(sent(domain, route, time.Now()))
+		}
+		r.Observe(bounced(domain, route, time.Now()))
+	}()
+	select {
+	case <-observed:
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatal("Observe waited for the API server: 1,001 calls did not return while a write hung")
 	}
-	eventually(t, 10*time.Second, "no write was tried", func() bool { return c.failures.Load() >= 2 })
-	if c.writes.Load() != 0 {
+	close(release)
+	c.wait(t, "the write was not retried", func(c *counting) bool { return c.failures >= 2 })
+	if w, _ := c.counts(); w != 0 {
 		t.Fatal("a write reached a closed port")
 	}
 	current.Store(&live)
 
 	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
-	eventually(t, 10*time.Second, "the entry was not written once the API server was back", func() bool {
+	testenv.EventuallyTrue(t, "the entry was not written once the API server was back", func() bool {
 		e := entryOf(t, live, rr, "relay-0")
 		return e != nil && e.LastFailed != nil && e.LastFailed.ResponseCode == 550 && e.Window.Delivered == 1000
 	})
-	t.Logf("%d failed writes while away", c.failures.Load())
+	_, failed := c.counts()
+	t.Logf("%d failed writes while away", failed)
 }
 
 // TestGone: an object that does not exist is forgotten quietly.
@@ -386,18 +468,22 @@ func TestGone(t *testing.T) {
 	live := newClient(t, apiServer.Config)
 	ns, domain, _ := fixture(t, live)
 	c := newCounting(t, func() client.WithWatch { return live })
-	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond})
+	logs := &testenv.LogBuffer{}
+	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, r)
 	gone := &routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: ns, Name: "deleted"}
 	r.Observe(sent(domain, gone, time.Now()))
-	eventually(t, 10*time.Second, "the missing route is still remembered", func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return c.failures.Load() == 1 && len(r.objs) == 0
-	})
+	logs.WaitFor(t, "the object is gone", 1)
+	r.mu.Lock()
+	remembered := len(r.objs)
+	r.mu.Unlock()
+	if _, failed := c.counts(); failed != 1 || remembered != 0 {
+		t.Fatalf("the missing route is still remembered: %d failed writes, %d objects", failed, remembered)
+	}
 	r.Observe(sent(nil, nil, time.Now())) // neither route nor domain: nothing to report
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -430,23 +516,34 @@ func TestWindowAgesOut(t *testing.T) {
 	live := newClient(t, apiServer.Config)
 	_, domain, route := fixture(t, live)
 	c := newCounting(t, func() client.WithWatch { return live })
-	r, err := New(c, Options{Replica: "relay-0", Interval: 100 * time.Millisecond, Window: 1500 * time.Millisecond})
+	clk := testenv.NewClock(time.Now())
+	const interval, window = 100 * time.Millisecond, 1500 * time.Millisecond
+	r, err := New(c, Options{Replica: "relay-0", Interval: interval, Window: window, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, r)
-	r.Observe(sent(domain, route, time.Now()))
+	r.Observe(sent(domain, route, clk.Now()))
 	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
-	eventually(t, 10*time.Second, "the delivery is not counted", func() bool {
+	testenv.EventuallyTrue(t, "the delivery is not counted", func() bool {
 		e := entryOf(t, live, rr, "relay-0")
 		return e != nil && e.Window != nil && e.Window.Delivered == 1
 	})
-	eventually(t, 10*time.Second, "the count did not leave the window", func() bool {
+	clk.Add(window)
+	testenv.EventuallyTrue(t, "the count did not leave the window", func() bool {
 		e := entryOf(t, live, rr, "relay-0")
 		return e.Window != nil && e.Window.Delivered == 0 && e.LastDelivered != nil
 	})
-	time.Sleep(500 * time.Millisecond)
-	if n := c.writes.Load(); n != 2 {
-		t.Errorf("%d writes, want 2: the delivery, then the empty window", n)
+	// Much later, two writes of the SenderDomain, an interval apart: the
+	// Reporter writes every object that is due in one pass, so once the
+	// second is done, a third write of the route would have been done too.
+	clk.Add(10 * window)
+	for i := range int64(2) {
+		r.Observe(sent(domain, nil, clk.Now()))
+		c.wait(t, "the SenderDomain is not written", func(c *counting) bool { return c.byName[domain.Name] > i })
+		clk.Add(interval)
+	}
+	if n := c.written(route.Name); n != 2 {
+		t.Errorf("%d writes of the route, want 2: the delivery, then the empty window", n)
 	}
 }
