@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -30,9 +31,32 @@ import (
 var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 
 // tables is a delivery.TableSource the test swaps.
-type tables struct{ p atomic.Pointer[routing.Table] }
+type tables struct {
+	p atomic.Pointer[routing.Table]
 
-func (s *tables) Table() *routing.Table { return s.p.Load() }
+	misses  atomic.Int64 // lookups that found no table
+	changes testenv.Changes
+}
+
+func (s *tables) Table() *routing.Table {
+	t := s.p.Load()
+	if t == nil {
+		s.misses.Add(1)
+		s.changes.Changed()
+	}
+	return t
+}
+
+// waitMisses waits until n lookups found no table.
+func (s *tables) waitMisses(t *testing.T, n int64) {
+	t.Helper()
+	s.changes.Wait(t, func() string {
+		if got := s.misses.Load(); got < n {
+			return fmt.Sprintf("the table was looked up without success %d times, want %d", got, n)
+		}
+		return ""
+	})
+}
 
 // hook is one domain's webhook in a test table.
 type hook struct {
@@ -252,18 +276,6 @@ func (e *env) stop() {
 
 func (e *env) count(result string) float64 {
 	return counterValue(e.n.m.notifications.WithLabelValues(result))
-}
-
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 var epoch = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // TestOutcomes: one notification per recipient outcome, in one signed
@@ -36,7 +37,7 @@ func TestOutcomes(t *testing.T) {
 	a := attempt("Q1", "example.test", delivery.StatusSent, delivery.StatusDeferred, delivery.StatusBounced, delivery.StatusExpired)
 	a.Tag = testTag
 	e.n.Observe(a)
-	eventually(t, "4 notifications", func() bool { return len(rcv.notifications(key1)) == 4 })
+	testenv.EventuallyTrue(t, "still waiting for 4 notifications", func() bool { return len(rcv.notifications(key1)) == 4 })
 	if reqs := rcv.requests(); len(reqs) != 1 {
 		t.Errorf("%d requests, want 1 for one message", len(reqs))
 	}
@@ -98,7 +99,7 @@ func TestOutcomes(t *testing.T) {
 		"receivedTs": "2026-11-23T10:00:00.000Z", "jobId": "Q1", "version": "1"}) {
 		t.Errorf("meta = %v", top)
 	}
-	eventually(t, "sent counted", func() bool { return e.count(resultSent) == 4 })
+	testenv.EventuallyTrue(t, "still waiting for sent counted", func() bool { return e.count(resultSent) == 4 })
 	if v := counterValue(e.n.m.requests.WithLabelValues("2xx")); v != 1 {
 		t.Errorf("2xx requests = %v", v)
 	}
@@ -119,13 +120,13 @@ func TestHTTPS(t *testing.T) {
 	opts.RootCAs = pool
 	e := start(t, opts)
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "sent over TLS", func() bool { return len(rcv.notifications(key1)) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for sent over TLS", func() bool { return len(rcv.notifications(key1)) == 1 })
 
 	// Without the CA, the certificate is refused and nothing is sent.
 	opts = fastOptions(t.TempDir(), &src)
 	e2 := start(t, opts)
 	e2.n.Observe(attempt("Q2", "example.test", delivery.StatusSent))
-	eventually(t, "a TLS failure", func() bool { return counterValue(e2.n.m.requests.WithLabelValues("error")) >= 1 })
+	testenv.EventuallyTrue(t, "still waiting for a TLS failure", func() bool { return counterValue(e2.n.m.requests.WithLabelValues("error")) >= 1 })
 	if !strings.Contains(e2.logs.String(), "certificate") {
 		t.Errorf("log does not say why:\n%s", e2.logs)
 	}
@@ -163,7 +164,7 @@ func TestRefusedLoopback(t *testing.T) {
 	opts.Allow = nil
 	e := start(t, opts)
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "refused requests", func() bool { return counterValue(e.n.m.requests.WithLabelValues("error")) >= 2 })
+	testenv.EventuallyTrue(t, "still waiting for refused requests", func() bool { return counterValue(e.n.m.requests.WithLabelValues("error")) >= 2 })
 	e.stop()
 	if n := len(rcv.requests()); n != 0 {
 		t.Errorf("receiver got %d requests", n)
@@ -190,7 +191,7 @@ func TestNoRedirects(t *testing.T) {
 	src.set(t, hook{"example.test", redirect.URL, key1})
 	e := start(t, fastOptions(t.TempDir(), &src))
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "3xx answers", func() bool { return counterValue(e.n.m.requests.WithLabelValues("3xx")) >= 2 })
+	testenv.EventuallyTrue(t, "still waiting for 3xx answers", func() bool { return counterValue(e.n.m.requests.WithLabelValues("3xx")) >= 2 })
 	if n := len(rcv.requests()); n != 0 {
 		t.Errorf("the redirect was followed: %d requests", n)
 	}
@@ -293,7 +294,7 @@ func TestReceiverDown(t *testing.T) {
 	for i := range messages {
 		e.n.Observe(attempt(fmt.Sprintf("M%02d", i), "example.test", delivery.StatusSent, delivery.StatusDeferred))
 	}
-	eventually(t, "journaled and refused", func() bool {
+	testenv.EventuallyTrue(t, "still waiting for journaled and refused", func() bool {
 		return e.n.pendingDisk.Load() == 2*messages && counterValue(e.n.m.requests.WithLabelValues("error")) >= 3
 	})
 	e.stop()
@@ -312,7 +313,7 @@ func TestReceiverDown(t *testing.T) {
 		t.Fatalf("after restart %d pending, want %d", p, 2*messages)
 	}
 	e2.run()
-	eventually(t, "all sent", func() bool { return e2.count(resultSent) == 2*messages })
+	testenv.EventuallyTrue(t, "still waiting for all sent", func() bool { return e2.count(resultSent) == 2*messages })
 	seen := map[string]int{}
 	for _, n := range rcv.notifications(key1) {
 		seen[n.Meta.Mail.ID+" "+n.Meta.Event.Type]++
@@ -337,7 +338,7 @@ func TestReceiverDown(t *testing.T) {
 	}
 	// Sent notifications leave the disk while the relay runs, the segment
 	// being written included.
-	eventually(t, "journal emptied", func() bool { return e2.n.pendingDisk.Load() == 0 && e2.n.diskBytes.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for journal emptied", func() bool { return e2.n.pendingDisk.Load() == 0 && e2.n.diskBytes.Load() == 0 })
 	segs, _ := filepath.Glob(filepath.Join(dir, "example.test", "*.seg"))
 	if len(segs) != 0 {
 		t.Errorf("segments left: %v", segs)
@@ -362,7 +363,7 @@ func TestHangingReceiver(t *testing.T) {
 	e := start(t, opts)
 
 	e.n.Observe(attempt("S0", "slow.test", delivery.StatusSent))
-	eventually(t, "a stuck request", func() bool { return len(slow.requests()) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for a stuck request", func() bool { return len(slow.requests()) == 1 })
 	const calls = 2000
 	for i := range calls {
 		e.n.Observe(attempt(fmt.Sprintf("S%d", i+1), "slow.test", delivery.StatusDeferred))
@@ -370,8 +371,8 @@ func TestHangingReceiver(t *testing.T) {
 	e.n.Observe(attempt("F1", "fast.test", delivery.StatusSent))
 	// Every Observe call returned; what they queued is in the buffer or the
 	// journal, or counted as dropped.
-	eventually(t, "the other domain's notification", func() bool { return len(fast.notifications(key2)) == 1 })
-	eventually(t, "everything journaled", func() bool {
+	testenv.EventuallyTrue(t, "still waiting for the other domain's notification", func() bool { return len(fast.notifications(key2)) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for everything journaled", func() bool {
 		return len(e.n.in) == 0 && e.n.pendingDisk.Load()+int64(e.count(resultBufferFull)) >= calls
 	})
 	if n := len(slow.requests()); n != 1 {
@@ -415,7 +416,7 @@ func TestJournalFull(t *testing.T) {
 	for i := range calls {
 		e.n.Observe(attempt(fmt.Sprintf("Q%d", i), "example.test", delivery.StatusSent))
 	}
-	eventually(t, "all written or dropped", func() bool {
+	testenv.EventuallyTrue(t, "still waiting for all written or dropped", func() bool {
 		return len(e.n.in) == 0 && e.n.pendingDisk.Load()+int64(e.count(resultJournalFull)) == calls
 	})
 	if b := e.n.diskBytes.Load(); b > opts.MaxJournalBytes || e.count(resultJournalFull) == 0 {
@@ -444,7 +445,7 @@ func TestJournalRecycled(t *testing.T) {
 	const calls = 100
 	for i := range calls {
 		e.n.Observe(attempt(fmt.Sprintf("Q%d", i), "example.test", delivery.StatusSent))
-		eventually(t, "sent", func() bool { return e.count(resultSent) == float64(i+1) })
+		testenv.EventuallyTrue(t, "still waiting for sent", func() bool { return e.count(resultSent) == float64(i+1) })
 	}
 	if d := e.count(resultJournalFull); d != 0 {
 		t.Errorf("%v dropped as journal full", d)
@@ -465,7 +466,7 @@ func TestJournalShare(t *testing.T) {
 	for i := range 100 {
 		e.n.Observe(attempt(fmt.Sprintf("D%d", i), "down.test", delivery.StatusDeferred))
 	}
-	eventually(t, "the down domain's share used", func() bool {
+	testenv.EventuallyTrue(t, "still waiting for the down domain's share used", func() bool {
 		return e.n.pendingDisk.Load()+int64(e.count(resultJournalFull)) == 100 && e.count(resultJournalFull) > 0
 	})
 	if b := e.n.diskBytes.Load(); b > opts.MaxDomainJournalBytes {
@@ -474,7 +475,7 @@ func TestJournalShare(t *testing.T) {
 	dropped := e.count(resultJournalFull)
 	for i := range 20 {
 		e.n.Observe(attempt(fmt.Sprintf("U%d", i), "up.test", delivery.StatusSent))
-		eventually(t, "the other domain's notification", func() bool { return len(rcv.notifications(key2)) == i+1 })
+		testenv.EventuallyTrue(t, "still waiting for the other domain's notification", func() bool { return len(rcv.notifications(key2)) == i+1 })
 	}
 	if d := e.count(resultJournalFull); d != dropped {
 		t.Errorf("%v more dropped", d-dropped)
@@ -489,18 +490,18 @@ func TestKeyRotation(t *testing.T) {
 	src.set(t, hook{"example.test", rcv.url(), key1})
 	e := start(t, fastOptions(t.TempDir(), &src))
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "first", func() bool { return e.count(resultSent) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for first", func() bool { return e.count(resultSent) == 1 })
 
 	rcv.mu.Lock()
 	rcv.status = http.StatusServiceUnavailable
 	rcv.mu.Unlock()
 	e.n.Observe(attempt("Q2", "example.test", delivery.StatusSent))
-	eventually(t, "a refused try", func() bool { return len(rcv.requests()) >= 2 })
+	testenv.EventuallyTrue(t, "still waiting for a refused try", func() bool { return len(rcv.requests()) >= 2 })
 	src.set(t, hook{"example.test", rcv.url(), key2})
 	rcv.mu.Lock()
 	rcv.status = http.StatusOK
 	rcv.mu.Unlock()
-	eventually(t, "second", func() bool { return e.count(resultSent) == 2 })
+	testenv.EventuallyTrue(t, "still waiting for second", func() bool { return e.count(resultSent) == 2 })
 
 	reqs := rcv.requests()
 	last := reqs[len(reqs)-1]
@@ -524,10 +525,10 @@ func TestWebhookGone(t *testing.T) {
 	src.set(t, hook{"example.test", rcv.url(), key1})
 	e := start(t, fastOptions(t.TempDir(), &src))
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent, delivery.StatusBounced))
-	eventually(t, "a refused try", func() bool { return len(rcv.requests()) >= 1 })
+	testenv.EventuallyTrue(t, "still waiting for a refused try", func() bool { return len(rcv.requests()) >= 1 })
 	src.set(t, hook{"example.test", "", ""})
-	eventually(t, "dropped", func() bool { return e.count(resultNoWebhook) == 2 })
-	eventually(t, "journal emptied", func() bool { return e.n.pendingDisk.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for dropped", func() bool { return e.count(resultNoWebhook) == 2 })
+	testenv.EventuallyTrue(t, "still waiting for journal emptied", func() bool { return e.n.pendingDisk.Load() == 0 })
 	if !strings.Contains(e.logs.String(), "no longer in the routing table") {
 		t.Errorf("no log line:\n%s", e.logs)
 	}
@@ -546,9 +547,9 @@ func TestMaxAge(t *testing.T) {
 	opts.MaxAge = time.Hour
 	e := start(t, opts)
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusDeferred))
-	eventually(t, "a refused try", func() bool { return len(rcv.requests()) >= 1 })
+	testenv.EventuallyTrue(t, "still waiting for a refused try", func() bool { return len(rcv.requests()) >= 1 })
 	now.Add(int64(time.Hour + time.Second))
-	eventually(t, "expired", func() bool { return e.count(resultExpired) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for expired", func() bool { return e.count(resultExpired) == 1 })
 }
 
 // TestNoTableYet: with no table loaded, queued notifications wait.
@@ -562,7 +563,7 @@ func TestNoTableYet(t *testing.T) {
 	rcv.status = http.StatusServiceUnavailable
 	rcv.mu.Unlock()
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "a refused try", func() bool { return len(rcv.requests()) >= 1 })
+	testenv.EventuallyTrue(t, "still waiting for a refused try", func() bool { return len(rcv.requests()) >= 1 })
 	e.stop()
 
 	var empty tables
@@ -570,12 +571,12 @@ func TestNoTableYet(t *testing.T) {
 	rcv.mu.Lock()
 	rcv.status = http.StatusOK
 	rcv.mu.Unlock()
-	time.Sleep(50 * time.Millisecond) // some retries without a table
+	empty.waitMisses(t, 3) // some retries without a table
 	if e2.count(resultNoWebhook) != 0 || e2.n.pendingDisk.Load() != 1 {
 		t.Fatalf("without a table: dropped %v, pending %d", e2.count(resultNoWebhook), e2.n.pendingDisk.Load())
 	}
 	empty.p.Store(src.Table())
-	eventually(t, "sent", func() bool { return e2.count(resultSent) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for sent", func() bool { return e2.count(resultSent) == 1 })
 }
 
 // TestTruncatedJournal: a record cut short at the end of a segment (a
@@ -591,7 +592,7 @@ func TestTruncatedJournal(t *testing.T) {
 	for i := range 5 {
 		e.n.Observe(attempt(fmt.Sprintf("Q%d", i), "example.test", delivery.StatusSent))
 	}
-	eventually(t, "journaled", func() bool { return e.n.pendingDisk.Load() == 5 })
+	testenv.EventuallyTrue(t, "still waiting for journaled", func() bool { return e.n.pendingDisk.Load() == 5 })
 	e.stop()
 	segs, _ := filepath.Glob(filepath.Join(dir, "example.test", "*.seg"))
 	if len(segs) != 1 {
@@ -608,7 +609,7 @@ func TestTruncatedJournal(t *testing.T) {
 	if e2.count(resultCorrupt) != 1 || !strings.Contains(e2.logs.String(), "segment damaged") {
 		t.Errorf("damage not reported: %v\n%s", e2.count(resultCorrupt), e2.logs)
 	}
-	eventually(t, "sent", func() bool { return e2.count(resultSent) == 4 })
+	testenv.EventuallyTrue(t, "still waiting for sent", func() bool { return e2.count(resultSent) == 4 })
 	var jobs []string
 	for _, rq := range rcv.requests() {
 		jobs = append(jobs, rq.parsed.Meta.JobID)
@@ -616,7 +617,7 @@ func TestTruncatedJournal(t *testing.T) {
 	if !slices.Equal(jobs, []string{"Q0", "Q1", "Q2", "Q3"}) {
 		t.Errorf("jobs sent: %v", jobs)
 	}
-	eventually(t, "journal emptied", func() bool { return e2.n.pendingDisk.Load() == 0 && e2.n.diskBytes.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for journal emptied", func() bool { return e2.n.pendingDisk.Load() == 0 && e2.n.diskBytes.Load() == 0 })
 }
 
 // TestCursorUnreadable: a damaged cursor file resends rather than loses.
@@ -676,17 +677,17 @@ func TestRejectedRequest(t *testing.T) {
 			e.n.Observe(attempt("M00", "example.test", delivery.StatusSent))
 			e.n.Observe(attempt("M01", "example.test", delivery.StatusSent))
 			if !tc.wantDropped {
-				eventually(t, "retried past MaxRejections", func() bool { return len(rcv.requests()) > 2*opts.MaxRejections })
+				testenv.EventuallyTrue(t, "still waiting for retried past MaxRejections", func() bool { return len(rcv.requests()) > 2*opts.MaxRejections })
 				if e.count(resultRejected) != 0 || e.count(resultSent) != 0 {
 					t.Fatalf("%d: dropped %v, sent %v; want it retried, the next one waiting", tc.status, e.count(resultRejected), e.count(resultSent))
 				}
 				rcv.mu.Lock()
 				rcv.rejectJob = ""
 				rcv.mu.Unlock()
-				eventually(t, "both sent", func() bool { return e.count(resultSent) == 2 })
+				testenv.EventuallyTrue(t, "still waiting for both sent", func() bool { return e.count(resultSent) == 2 })
 				return
 			}
-			eventually(t, "M01 sent after M00 was dropped", func() bool { return e.count(resultSent) == 1 && e.count(resultRejected) == 1 })
+			testenv.EventuallyTrue(t, "still waiting for M01 sent after M00 was dropped", func() bool { return e.count(resultSent) == 1 && e.count(resultRejected) == 1 })
 			var m00 int
 			for _, rq := range rcv.requests() {
 				if rq.parsed.Meta.JobID == "M00" {

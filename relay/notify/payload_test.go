@@ -7,6 +7,7 @@ import (
 
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // testTag is a tag as the reference shows one (a SHA-256 in hex).
@@ -66,7 +67,7 @@ func TestReferenceFields(t *testing.T) {
 	a := attempt("Q1", "example.test", delivery.StatusSent)
 	a.Tag = testTag
 	e.n.Observe(a)
-	eventually(t, "a request", func() bool { return len(rcv.requests()) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for a request", func() bool { return len(rcv.requests()) == 1 })
 
 	var ref, got any
 	if err := json.Unmarshal([]byte(referenceBody), &ref); err != nil {
@@ -105,7 +106,7 @@ func TestMetaUnset(t *testing.T) {
 	src.set(t, hook{"example.test", rcv.url(), key1})
 	e := start(t, fastOptions(t.TempDir(), &src))
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "a request", func() bool { return len(rcv.requests()) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for a request", func() bool { return len(rcv.requests()) == 1 })
 	var body struct {
 		Meta          map[string]any `json:"meta"`
 		Notifications []struct {
@@ -137,13 +138,13 @@ func TestMetaSurvivesRestart(t *testing.T) {
 	a := attempt("Q1", "example.test", delivery.StatusSent)
 	a.Tag = "campaign-7"
 	e.n.Observe(a)
-	eventually(t, "a refused try", func() bool { return len(rcv.requests()) >= 1 })
+	testenv.EventuallyTrue(t, "still waiting for a refused try", func() bool { return len(rcv.requests()) >= 1 })
 	e.stop()
 	rcv.mu.Lock()
 	rcv.status = 0
 	rcv.mu.Unlock()
 	e = start(t, fastOptions(dir, &src))
-	eventually(t, "sent", func() bool { return e.count(resultSent) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for sent", func() bool { return e.count(resultSent) == 1 })
 	reqs := rcv.requests()
 	last := reqs[len(reqs)-1].parsed
 	if last.Meta.Account != "acct-1" || last.Meta.CustomerNo != "42" || last.Meta.Tenant != "team" ||

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/delivery"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // jobsSent lists the job IDs of the requests a receiver got, in order.
@@ -36,13 +37,13 @@ func TestNotificationSurvivesRestarts(t *testing.T) {
 
 	e := start(t, fastOptions(dir, &src))
 	e.n.Observe(attempt("Q1", "example.test", delivery.StatusSent))
-	eventually(t, "Q1 sent and acknowledged", func() bool { return e.count(resultSent) == 1 && e.n.pendingDisk.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for Q1 sent and acknowledged", func() bool { return e.count(resultSent) == 1 && e.n.pendingDisk.Load() == 0 })
 	e.stop()
 
 	// First restart: the drained segment is deleted; the cursor still
 	// names it.
 	e = start(t, fastOptions(dir, &src))
-	eventually(t, "the drained segment deleted", func() bool { return e.n.diskBytes.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for the drained segment deleted", func() bool { return e.n.diskBytes.Load() == 0 })
 	e.stop()
 	if segs, _ := filepath.Glob(filepath.Join(dir, "example.test", "*.seg")); len(segs) != 0 {
 		t.Fatalf("segments left after the drain: %v", segs)
@@ -51,12 +52,12 @@ func TestNotificationSurvivesRestarts(t *testing.T) {
 	for i, id := range []string{"Q2", "Q3", "Q4"} {
 		e = start(t, fastOptions(dir, &src))
 		e.n.Observe(attempt(id, "example.test", delivery.StatusSent))
-		eventually(t, id+" sent", func() bool { return e.count(resultSent) == 1 && e.n.pendingDisk.Load() == 0 })
+		testenv.EventuallyTrue(t, "still waiting for "+id+" sent", func() bool { return e.count(resultSent) == 1 && e.n.pendingDisk.Load() == 0 })
 		e.stop()
 		if i == 0 {
 			// One more restart in between with nothing new.
 			e = start(t, fastOptions(dir, &src))
-			eventually(t, "the drained segment deleted", func() bool { return e.n.diskBytes.Load() == 0 })
+			testenv.EventuallyTrue(t, "still waiting for the drained segment deleted", func() bool { return e.n.diskBytes.Load() == 0 })
 			e.stop()
 		}
 	}
@@ -78,25 +79,25 @@ func TestNotificationSurvivesHalfReadRestarts(t *testing.T) {
 	for _, id := range []string{"Q1", "Q2", "Q3"} {
 		e.n.Observe(attempt(id, "example.test", delivery.StatusSent))
 	}
-	eventually(t, "Q1 sent, Q2 retried", func() bool { return e.count(resultSent) == 1 && len(rcv.requests()) >= 2 })
+	testenv.EventuallyTrue(t, "still waiting for Q1 sent, Q2 retried", func() bool { return e.count(resultSent) == 1 && len(rcv.requests()) >= 2 })
 	e.stop()
 	e = start(t, fastOptions(dir, &src))
 	if p := e.n.pendingDisk.Load(); p != 2 {
 		t.Errorf("pending after a restart half-way: %d, want 2", p)
 	}
 	e.n.Observe(attempt("Q4", "example.test", delivery.StatusSent))
-	eventually(t, "Q4 journaled", func() bool { return e.n.pendingDisk.Load() == 3 })
+	testenv.EventuallyTrue(t, "still waiting for Q4 journaled", func() bool { return e.n.pendingDisk.Load() == 3 })
 	e.stop()
 
 	rcv.mu.Lock()
 	rcv.rejectJob = ""
 	rcv.mu.Unlock()
 	e = start(t, fastOptions(dir, &src))
-	eventually(t, "all sent", func() bool { return e.count(resultSent) == 3 && e.n.pendingDisk.Load() == 0 })
+	testenv.EventuallyTrue(t, "still waiting for all sent", func() bool { return e.count(resultSent) == 3 && e.n.pendingDisk.Load() == 0 })
 	e.stop()
 	e = start(t, fastOptions(dir, &src))
 	e.n.Observe(attempt("Q5", "example.test", delivery.StatusSent))
-	eventually(t, "Q5 sent", func() bool { return e.count(resultSent) == 1 })
+	testenv.EventuallyTrue(t, "still waiting for Q5 sent", func() bool { return e.count(resultSent) == 1 })
 	e.stop()
 
 	sent := jobsSent(rcv)
@@ -180,7 +181,7 @@ func TestJournalStates(t *testing.T) {
 				e := start(t, fastOptions(dir, &src))
 				e.n.Observe(attempt(id, "example.test", delivery.StatusSent))
 				want = append(want, id)
-				eventually(t, id+" sent", func() bool { return len(rcv.requests()) >= len(want) && e.n.pendingDisk.Load() == 0 })
+				testenv.EventuallyTrue(t, "still waiting for "+id+" sent", func() bool { return len(rcv.requests()) >= len(want) && e.n.pendingDisk.Load() == 0 })
 				e.stop()
 				if got := jobsSent(rcv); !slices.Equal(got, want) {
 					t.Fatalf("after %s: jobs sent %v, want %v", id, got, want)
