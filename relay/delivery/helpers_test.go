@@ -33,6 +33,9 @@ type fakeClock struct {
 	mu     sync.Mutex
 	now    time.Time
 	timers []*fakeTimer
+	// armed is every time a timer was set for, in order.
+	armed   []time.Time
+	changes testenv.Changes
 }
 
 type fakeTimer struct {
@@ -42,6 +45,28 @@ type fakeTimer struct {
 }
 
 func newFakeClock() *fakeClock { return &fakeClock{now: epoch} }
+
+// timersSet counts the timers set so far, for waitArmed.
+func (c *fakeClock) timersSet() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.armed)
+}
+
+// waitArmed waits until a timer has been set for at, after the first
+// `after` timers: the code under test has gone as far as waiting for that
+// time.
+func (c *fakeClock) waitArmed(t testing.TB, after int, at time.Time) {
+	t.Helper()
+	c.changes.Wait(t, func() string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !slices.Contains(c.armed[after:], at) {
+			return fmt.Sprintf("no timer set for %s", at)
+		}
+		return ""
+	})
+}
 
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
@@ -53,6 +78,8 @@ func (c *fakeClock) At(at time.Time, f func()) func() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTimer{at: at, f: f}
+	c.armed = append(c.armed, at)
+	defer c.changes.Changed()
 	if !at.After(c.now) {
 		t.ended = true
 		go f()
@@ -488,21 +515,21 @@ func (e *env) enqueueEnv(env queue.Envelope, body string) queue.ID {
 	return id
 }
 
-// waitFor polls cond for up to 10 seconds.
+// waitFor waits until cond holds, with the tests' shared bounded poll.
 func (e *env) waitFor(what string, cond func() bool) {
 	e.t.Helper()
-	e.waitWithin(10*time.Second, what, cond)
+	testenv.EventuallyTrue(e.t, "still waiting for "+what, cond)
 }
 
+// waitWithin is waitFor with a longer bound, for benchmarks.
 func (e *env) waitWithin(limit time.Duration, what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
+	testenv.EventuallyWithin(e.t, limit, func() string {
+		if cond() {
+			return ""
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return "still waiting for " + what
+	})
 }
 
 // waitAttempts waits until the observer saw n attempts and returns them.

@@ -87,8 +87,12 @@ func TestWaitsForFirstTable(t *testing.T) {
 	table := e.tables.Table()
 	e.tables.p.Store(nil)
 	id := e.enqueue("app@sender.test", "user@rcpt.test")
+	t0 := e.clock.Now()
 	e.start()
-	time.Sleep(50 * time.Millisecond)
+	// The worker looks for a table every tablePoll: twice without one.
+	e.clock.waitArmed(t, 0, t0.Add(tablePoll))
+	e.clock.Advance(tablePoll)
+	e.clock.waitArmed(t, 0, t0.Add(2*tablePoll))
 	if m, _ := e.message(id); m.Recipients[0].Attempts != 0 || sink.Stats().Connections != 0 {
 		t.Fatal("attempted without a table")
 	}

@@ -123,13 +123,14 @@ func TestShutdownAbortsAndRestartResumes(t *testing.T) {
 	if err := e.q.Release(context.Background(), slow); err != nil {
 		t.Fatal(err)
 	}
+	restarted := e.clock.timersSet()
 	e.start()
 	e.waitGone(slow)
 	m, _ = e.message(deferred)
 	if !m.Recipients[0].NextAttempt.Equal(next) || m.Recipients[0].Attempts != 1 {
 		t.Fatalf("schedule after restart %+v, want next attempt %v", m.Recipients[0], next)
 	}
-	time.Sleep(50 * time.Millisecond)
+	e.clock.waitArmed(t, restarted, next) // the restarted worker waits for the deferred message's time
 	if _, ok := e.message(deferred); !ok {
 		t.Fatal("the deferred message went before its time")
 	}
