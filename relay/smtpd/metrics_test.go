@@ -1,8 +1,8 @@
 package smtpd
 
 import (
+	"fmt"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -67,13 +67,10 @@ func TestMetrics(t *testing.T) {
 	// Sessions that end leave the active gauge.
 	_ = c.conn.Close()
 	_ = d.conn.Close()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		v := testenv.Gather(t, reg)[MetricSessionsActive+"{}"]
-		if v == 0 {
-			break
+	testenv.Eventually(t, func() string {
+		if v := testenv.Gather(t, reg)[MetricSessionsActive+"{}"]; v != 0 {
+			return fmt.Sprintf("%s = %v after the clients left, want 0", MetricSessionsActive, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s = %v after the clients left, want 0", MetricSessionsActive, v)
-		}
-	}
+		return ""
+	})
 }

@@ -19,6 +19,7 @@ import (
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func TestAdmittedMessageIsQueuedVerbatim(t *testing.T) {
@@ -278,22 +279,11 @@ func TestConnectionLimits(t *testing.T) {
 	}
 	// A closed connection frees its slot.
 	a1.expect("QUIT\r\n", 221, "")
-	waitFor(t, func() bool {
+	testenv.EventuallyTrue(t, "a closed connection did not free its slot", func() bool {
 		c := dialFrom(t, "127.0.0.13", addr)
 		code, _ := c.reply()
 		return code == 220
 	})
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestIdleAndSlowClients(t *testing.T) {
@@ -301,7 +291,6 @@ func TestIdleAndSlowClients(t *testing.T) {
 	addr, spool, _ := testServer(t, Config{IdleTimeout: 400 * time.Millisecond, MinDataRate: 10})
 	idle := dialFrom(t, "127.0.0.10", addr)
 	idle.hello()
-	time.Sleep(700 * time.Millisecond)
 	if code, line := idle.reply(); code != 421 || !strings.Contains(line, "4.4.2") {
 		t.Errorf("idle client: %q, want 421 4.4.2", line)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func TestSamples(t *testing.T) {
@@ -90,7 +91,7 @@ func TestReloadOnChange(t *testing.T) {
 	if err := os.WriteFile(file, []byte(domainA+domainB), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return src.Table().Domain("b.example.com") != nil })
+	testenv.EventuallyTrue(t, "the table in force lacks b.example.com", func() bool { return src.Table().Domain("b.example.com") != nil })
 	if old.Domain("b.example.com") != nil {
 		t.Error("the old table changed: tables must be immutable")
 	}
@@ -118,16 +119,5 @@ func TestStartRefusesUnreadableManifests(t *testing.T) {
 	}
 	if _, err := New([]string{filepath.Join(dir, "missing")}, Options{KeysDir: t.TempDir()}); err == nil {
 		t.Error("started on a missing path")
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
