@@ -13,10 +13,10 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 const dated = "Date: Fri, 13 Mar 2026 10:00:00 +0000\r\nMessage-ID: <m1@client.example.com>\r\nFrom: a@example.com\r\n\r\nbody\r\n"
@@ -379,13 +379,12 @@ func TestMaxPrepended(t *testing.T) {
 func checkNoLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		for range 100 {
-			if runtime.NumGoroutine() <= before {
-				return
+		testenv.Eventually(t, func() string {
+			if n := runtime.NumGoroutine(); n > before {
+				return fmt.Sprintf("%d goroutines left, %d before", n, before)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Errorf("%d goroutines left, %d before", runtime.NumGoroutine(), before)
+			return ""
+		})
 	})
 }
 

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/queue/queuetest"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // TestConcurrentDelivery runs enqueuers, two delivery workers and an
@@ -109,9 +111,12 @@ func TestConcurrentDelivery(t *testing.T) {
 		}
 	})
 	producers.Wait()
-	for q.Stats().Messages > 0 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, func() string {
+		if n := q.Stats().Messages; n > 0 {
+			return fmt.Sprintf("%d messages still queued", n)
+		}
+		return ""
+	})
 	close(done)
 	others.Wait()
 
