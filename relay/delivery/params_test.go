@@ -147,3 +147,45 @@ func TestLogLineMasked(t *testing.T) {
 		t.Errorf("%d log lines for one attempt, want 1", n)
 	}
 }
+
+// TestSMTPUTF8NotOffered: to a next hop that does not offer SMTPUTF8 (only
+// 8BITMIME and PIPELINING), a non-ASCII recipient fails with 5.6.7 and is
+// never sent, while an ASCII one of the same message goes as 8-bit,
+// without SMTPUTF8 (RFC 6531 section 3.2), also when the message was
+// queued without the SMTPUTF8 flag; a non-ASCII sender fails every
+// recipient.
+func TestSMTPUTF8NotOffered(t *testing.T) {
+	e := newEnv(t)
+	sink := e.mxSink("127.0.0.3", testenv.SMTPSinkOptions{NoSMTPUTF8: true})
+	e.dnsAdd("rcpt.test. MX 10 mx.rcpt.test.", "mx.rcpt.test. A 127.0.0.3")
+	e.start()
+	const utf8Body = "From: <app@sender.test>\r\nTo: <user@rcpt.test>\r\nSubject: caf\xc3\xa9\r\n\r\nHello.\r\n"
+	for n, flag := range []bool{false, true} {
+		id := e.enqueueEnv(queue.Envelope{From: "app@sender.test", SMTPUTF8: flag,
+			To: []queue.Rcpt{{Addr: "josé@rcpt.test"}, {Addr: "user@rcpt.test"}}}, utf8Body)
+		e.waitGone(id)
+		a := e.attempt(n + 1)
+		if len(a.Recipients) != 2 || a.Recipients[0].Status != StatusBounced || a.Recipients[0].Reply.Enhanced != "5.6.7" || a.Recipients[1].Status != StatusSent {
+			t.Fatalf("SMTPUTF8 flag %v: attempt %+v", flag, a)
+		}
+		msgs := sink.Messages()
+		if len(msgs) != n+1 {
+			t.Fatalf("sink got %d messages", len(msgs))
+		}
+		m := msgs[n]
+		if m.MailOptions.UTF8 || strings.Join(m.RawRcpts, ",") != "RCPT TO:<user@rcpt.test>" || !strings.Contains(string(m.Data), "caf\xc3\xa9") {
+			t.Errorf("SMTPUTF8 flag %v: sent %+v", flag, m)
+		}
+	}
+	id := e.enqueueEnv(queue.Envelope{From: "jösé@sender.test", SMTPUTF8: true, To: []queue.Rcpt{{Addr: "user@rcpt.test"}}}, testBody)
+	e.waitGone(id)
+	if a := e.attempt(3); a.Recipients[0].Status != StatusBounced || a.Recipients[0].Reply.Enhanced != "5.6.7" {
+		t.Errorf("non-ASCII sender: %+v", a)
+	}
+	if n := len(sink.Messages()); n != 2 {
+		t.Errorf("%d messages sent, want 2", n)
+	}
+	if calls := e.bouncer.Calls(); len(calls) != 3 {
+		t.Errorf("%d DSN requests, want one per failed message", len(calls))
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
@@ -24,13 +26,22 @@ func (w *Worker) transaction(ctx context.Context, s *session, msg *queue.Message
 	if printableASCII(env.EnvID) {
 		opts.EnvelopeID = env.EnvID
 	}
-	if env.SMTPUTF8 {
-		if ok, _ := s.c.Extension("SMTPUTF8"); ok {
-			opts.UTF8 = true
-		} else if !asciiEnvelope(env, d.rcpts) {
-			// RFC 6531 section 3.2: an address that needs SMTPUTF8
-			// cannot go to a server without it.
-			t.failAll(localFailure(true, CauseMessage, "5.6.7", "an address needs SMTPUTF8 (RFC 6531), which %s does not offer", s.where))
+	// RFC 6531 section 3.2: a non-ASCII address never goes to a server
+	// that does not offer SMTPUTF8; its recipient (every recipient, for a
+	// non-ASCII sender) fails with 5.6.7 and the others go on. A message
+	// whose header alone is UTF-8 goes as 8-bit, without SMTPUTF8. The
+	// envelope is looked at, not only the SMTPUTF8 flag: a message queued
+	// without the flag may still hold a UTF-8 address.
+	utf8Offered, _ := s.c.Extension("SMTPUTF8")
+	ascii := asciiEnvelope(env, d.rcpts)
+	if utf8Offered && (env.SMTPUTF8 || !ascii) {
+		opts.UTF8 = true
+	}
+	var utf8Refused *failure
+	if !utf8Offered && !ascii {
+		utf8Refused = localFailure(true, CauseMessage, "5.6.7", "the address needs SMTPUTF8 (RFC 6531), which %s does not offer", s.where)
+		if !isASCII(env.From) || !slices.ContainsFunc(d.rcpts, func(idx int) bool { return isASCII(env.To[idx].Addr) }) {
+			t.failAll(utf8Refused)
 			return nil
 		}
 	}
@@ -40,6 +51,10 @@ func (w *Worker) transaction(ctx context.Context, s *session, msg *queue.Message
 	var accepted []int
 	for i, idx := range d.rcpts {
 		rcpt := env.To[idx]
+		if utf8Refused != nil && !isASCII(rcpt.Addr) {
+			t.fail(i, utf8Refused)
+			continue
+		}
 		err := s.c.Rcpt(rcpt.Addr, rcptOptions(rcpt))
 		if err == nil {
 			accepted = append(accepted, i)
@@ -178,16 +193,18 @@ func printableASCII(s string) bool {
 // asciiEnvelope reports whether the sender and the recipients at idx are
 // ASCII, so that the message may go to a server without SMTPUTF8.
 func asciiEnvelope(env *queue.Envelope, idx []int) bool {
-	addrs := []string{env.From}
-	for _, i := range idx {
-		addrs = append(addrs, env.To[i].Addr)
+	if !isASCII(env.From) {
+		return false
 	}
-	for _, a := range addrs {
-		for j := range len(a) {
-			if a[j] >= 0x80 {
-				return false
-			}
+	for _, i := range idx {
+		if !isASCII(env.To[i].Addr) {
+			return false
 		}
 	}
 	return true
+}
+
+// isASCII: invalid UTF-8 decodes as U+FFFD, which is not ASCII either.
+func isASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf })
 }

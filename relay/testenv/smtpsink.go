@@ -90,6 +90,10 @@ type SMTPSinkOptions struct {
 	AllowedClients []netip.Prefix
 	// MaxMessageBytes is the SIZE limit (RFC 1870); 64 MiB when zero.
 	MaxMessageBytes int64
+	// NoSMTPUTF8 leaves SMTPUTF8 (RFC 6531) out of the EHLO keywords, as
+	// an MX that offers only 8BITMIME and PIPELINING does; the sink still
+	// records whatever addresses it is sent.
+	NoSMTPUTF8 bool
 	// IdleTimeout ends a connection whose client sends nothing for that
 	// long; each read restarts it, so a slow but steady message gets through.
 	// 30 seconds when zero.
@@ -491,7 +495,7 @@ func (s *SMTPSink) serve(tap *tapConn, rec *connRecord) {
 	srv.AllowInsecureAuth = s.opts.InsecureAuth
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
 	// A permissive sink: the relay's parameters are recorded, not refused.
-	srv.EnableSMTPUTF8, srv.EnableDSN, srv.EnableREQUIRETLS = true, true, true
+	srv.EnableSMTPUTF8, srv.EnableDSN, srv.EnableREQUIRETLS = !s.opts.NoSMTPUTF8, true, true
 	srv.WriteTimeout = 10 * time.Second
 	srv.ErrorLog = s.errorLog
 	srv.Debug = rec.tr
