@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 )
@@ -265,5 +268,13 @@ func domainOf(addr string) string {
 	if i < 0 {
 		return ""
 	}
-	return strings.ToLower(addr[i+1:])
+	d := strings.ToLower(addr[i+1:])
+	// SenderDomains are written in A-label form; the domain of an SMTPUTF8
+	// sender (RFC 6531) may come as U-labels, the same name (RFC 5890).
+	if strings.ContainsFunc(d, func(r rune) bool { return r >= utf8.RuneSelf }) {
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			return a
+		}
+	}
+	return d
 }

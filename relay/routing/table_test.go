@@ -83,6 +83,26 @@ func TestTableMaySend(t *testing.T) {
 	}
 }
 
+// TestTableUTF8Domain: a SenderDomain is written in A-label form; a sender
+// whose domain is the same name in UTF-8 (an SMTPUTF8 client, RFC 6531)
+// is that domain.
+func TestTableUTF8Domain(t *testing.T) {
+	in := tenantFixture(t)
+	in.SenderDomains = append(in.SenderDomains, senderDomain("app", "buecher", "xn--bcher-kva.example", 0, sourceIP("127.0.0.3")))
+	tbl := Compile(in, nil).Table
+	for _, sender := range []string{"jörg@bücher.example", "jörg@BÜCHER.example", "joerg@xn--bcher-kva.example"} {
+		if d := tbl.MaySend(netip.MustParseAddr("127.0.0.1"), "", sender); d != Allowed {
+			t.Errorf("MaySend(%q) = %v", sender, d)
+		}
+		if dl := tbl.Lookup(sender); dl.Domain == nil || dl.Domain.Name != "xn--bcher-kva.example" {
+			t.Errorf("Lookup(%q) = %+v", sender, dl)
+		}
+	}
+	if d := tbl.MaySend(netip.MustParseAddr("127.0.0.1"), "", "jörg@bucher.example"); d != DenyUnknownDomain {
+		t.Errorf("another name: %v", d)
+	}
+}
+
 func TestTableAuthenticate(t *testing.T) {
 	tbl := Compile(tenantFixture(t), nil).Table
 	tests := []struct {
