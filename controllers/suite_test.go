@@ -288,30 +288,11 @@ func namespaces(t testing.TB, c client.Client, prefixes ...string) []string {
 	return out
 }
 
-// eventually polls cond every 50ms until it returns "" or the timeout ends,
-// then fails with the last reason.
-func eventually(t testing.TB, timeout time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	why := ""
-	for {
-		if why = cond(); why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // ctrlConfig lets each test's manager register the controller again.
 func ctrlConfig() config.Controller {
 	skip := true
 	return config.Controller{SkipNameValidation: &skip}
 }
-
-const waitTimeout = 20 * time.Second
 
 // get reads an object, failing the test on error.
 func get[T client.Object](t testing.TB, c client.Client, ns, name string, obj T) T {
@@ -353,7 +334,7 @@ func hasNoCondition(obj client.Object, typ string) string {
 func waitCond[T client.Object](t testing.TB, c client.Client, ns, name string, newObj func() T, typ string, status metav1.ConditionStatus, reason string) T {
 	t.Helper()
 	var obj T
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		obj = newObj()
 		if err := c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
 			return err.Error()

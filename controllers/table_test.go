@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -164,7 +165,7 @@ func TestMissingSecretResolvesWithoutEdit(t *testing.T) {
 
 func TestProgrammedFollowsLiveRelays(t *testing.T) {
 	c, tenant, relayNS := setup(t)
-	startOperator(t, relayNS)
+	op := startOperator(t, relayNS)
 	domain := tenant + ".example.com"
 
 	create(t, c, senderDomain(tenant, "sd", domain))
@@ -188,24 +189,26 @@ func TestProgrammedFollowsLiveRelays(t *testing.T) {
 
 	// A second relay that lags: its Lease reports the current version
 	// only, and it does not follow. Stand-in for a replica still loading.
+	// Its Lease lasts long enough not to expire on a slow machine while
+	// the test looks.
 	v1 := fa.Table().Version
-	lagging := relayLease(relayNS, "relay-b", v1, time.Now(), 4)
+	lagging := relayLease(relayNS, "relay-b", v1, time.Now(), 60)
 	create(t, c, lagging)
 	sd = get(t, c, tenant, "sd", newSD())
 	sd.Spec.SourceIP = "192.0.2.10"
 	update(t, c, sd)
 	waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending)
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		if tbl := fa.Table(); !tbl.Contains(key, 2) {
 			return "follower a has not loaded generation 2"
 		}
 		return ""
 	})
 	// Follower a has it; relay b holds Programmed back while its Lease
-	// is live. Renew b (still at v1) and check again after a's Lease
-	// update has been seen.
-	renewLease(t, c, relayNS, "relay-b", v1, 4)
-	time.Sleep(300 * time.Millisecond) // not synchronization: a window in which the state must not change
+	// is live. Renew b (still at v1) and check again after a status pass
+	// that saw a's Lease update.
+	renewLease(t, c, relayNS, "relay-b", v1, 60)
+	passAfterLeases(t, c, op, relayNS, fa.Table().Version, "relay-a", "relay-b")
 	sd = get(t, c, tenant, "sd", newSD())
 	if why := condIs(sd, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending); why != "" {
 		t.Fatalf("with relay b at version %d: %s", v1, why)
@@ -238,6 +241,53 @@ func relayLease(ns, pod string, version int64, renew time.Time, seconds int32) *
 			Annotations: map[string]string{routing.TableVersionAnnotation: fmt.Sprint(version)}},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &seconds, RenewTime: &rt},
 	}
+}
+
+// passAfterLeases waits until the operator has finished a reconcile that
+// began after its cache held the current Leases of the relays named (as the
+// API server has them now, relay a at version at least v): the state the
+// test checks next is that reconcile's.
+func passAfterLeases(t *testing.T, c client.Client, op *operator, ns string, v int64, pods ...string) {
+	t.Helper()
+	testenv.Eventually(t, func() string {
+		for _, pod := range pods {
+			want := get(t, c, ns, routing.RelayLeasePrefix+pod, &coordinationv1.Lease{})
+			if got, _ := strconv.ParseInt(want.Annotations[routing.TableVersionAnnotation], 10, 64); pod == pods[0] && got < v {
+				return fmt.Sprintf("%s has not reported version %d", pod, v)
+			}
+			var cached coordinationv1.Lease
+			if err := op.r.client.Get(t.Context(), client.ObjectKeyFromObject(want), &cached); err != nil {
+				return err.Error()
+			}
+			if cached.Annotations[routing.TableVersionAnnotation] != want.Annotations[routing.TableVersionAnnotation] ||
+				!cached.Spec.RenewTime.Equal(want.Spec.RenewTime) {
+				return fmt.Sprintf("the operator's cache does not have the current Lease of %s", pod)
+			}
+		}
+		return ""
+	})
+	// Reconciles count when they begin, one at a time: the first to begin
+	// from now on reads the Leases above; once the one after it has begun,
+	// it has ended. A probe relay at the current version starts each
+	// without changing what the relays have loaded.
+	begun := op.r.Stats().Reconciles.Load()
+	probe := relayLease(ns, "probe", v, time.Now(), 60)
+	create(t, c, probe)
+	testenv.Eventually(t, func() string {
+		if op.r.Stats().Reconciles.Load() <= begun {
+			return "no reconcile after the probe relay appeared"
+		}
+		return ""
+	})
+	if err := c.Delete(t.Context(), probe); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, func() string {
+		if op.r.Stats().Reconciles.Load() <= begun+1 {
+			return "no reconcile after the probe relay went"
+		}
+		return ""
+	})
 }
 
 func renewLease(t *testing.T, c client.Client, ns, pod string, version int64, seconds int32) {
@@ -275,7 +325,7 @@ func TestGeneratedDKIMKeySurvivesRecreate(t *testing.T) {
 	if err := c.Delete(context.Background(), sd); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		if err := c.Get(context.Background(), client.ObjectKeyFromObject(sd), newSD()); err == nil {
 			return "still there"
 		}
@@ -349,7 +399,7 @@ func TestUnchangedObjectsAreNotRewritten(t *testing.T) {
 		create(t, c, trustedNetwork(tenant, fmt.Sprintf("net-%02d", i), fmt.Sprintf("10.%d.0.0/16", i)))
 	}
 	rvs := map[string]string{}
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		var list v1alpha1.TrustedNetworkList
 		if err := c.List(context.Background(), &list, client.InNamespace(tenant)); err != nil {
 			return err.Error()
@@ -421,7 +471,7 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 
 	sd := waitCond(t, c, tenant, "sd", newSD, v1alpha1.ConditionDeliveryDegraded, metav1.ConditionTrue, v1alpha1.ReasonTemporaryFailures)
 	waitEvent(t, c, tenant, "sd", v1alpha1.ReasonTemporaryFailures) // a failing period starts
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		sd = get(t, c, tenant, "sd", newSD())
 		var names []string
 		for _, r := range sd.Status.Delivery.Replicas {
@@ -445,7 +495,7 @@ func TestDeliveryDegradedAndPruning(t *testing.T) {
 	applyReplica(t, c, tenant, "sd", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a",
 		LastDelivered: &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now.Add(time.Second)), RelayHost: "mx.example.com", ResponseCode: 250},
 		LastFailed:    &v1alpha1.DeliveryAttempt{Time: metav1.NewMicroTime(now), RelayHost: "mx.example.com", ResponseCode: 451, EnhancedCode: "4.3.0", Reply: "try again later"}})
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		return hasNoCondition(get(t, c, tenant, "sd", newSD()), v1alpha1.ConditionDeliveryDegraded)
 	})
 	waitEvent(t, c, tenant, "sd", v1alpha1.EventReasonDeliveryRecovered) // and ends
@@ -492,7 +542,7 @@ func TestOperatorDiesBetweenShardsAndIndex(t *testing.T) {
 	create(t, c, senderDomain(tenant, "two", "two."+tenant+".example.com"))
 	select {
 	case <-died:
-	case <-time.After(waitTimeout):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatal("the dying operator never reached the index write")
 	}
 	dying.stop()
@@ -516,7 +566,7 @@ func TestOperatorDiesBetweenShardsAndIndex(t *testing.T) {
 	if v := f.Table().Version; v != v1+1 {
 		t.Errorf("follower at version %d, want %d: the new operator continues the sequence", v, v1+1)
 	}
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		have, want := shardSecrets(t, c, relayNS), indexShards(t, c, relayNS)
 		if !slices.Equal(have, want) {
 			return fmt.Sprintf("shard Secrets %v, want those of the index %v", have, want)
@@ -527,7 +577,7 @@ func TestOperatorDiesBetweenShardsAndIndex(t *testing.T) {
 
 	// A restart with nothing changed publishes nothing.
 	again := startOperator(t, relayNS)
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		if again.r.Stats().Reconciles.Load() == 0 {
 			return "no reconcile yet"
 		}
@@ -593,10 +643,10 @@ func TestRotatedBackSecretRepublishesDeletedShard(t *testing.T) {
 			return ""
 		}
 	}
-	eventually(t, waitTimeout, authenticates("first-password"))
+	testenv.Eventually(t, authenticates("first-password"))
 	rotate("second-password")
-	eventually(t, waitTimeout, authenticates("second-password"))
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, authenticates("second-password"))
+	testenv.Eventually(t, func() string {
 		for _, name := range shardSecrets(t, c, relayNS) {
 			if slices.Contains(first, name) {
 				return "the first version's shard is not deleted yet"
@@ -605,7 +655,7 @@ func TestRotatedBackSecretRepublishesDeletedShard(t *testing.T) {
 		return ""
 	})
 	rotate("first-password")
-	eventually(t, waitTimeout, authenticates("first-password"))
+	testenv.Eventually(t, authenticates("first-password"))
 	if got := indexShards(t, c, relayNS); !slices.Equal(got, first) {
 		t.Errorf("shards %v, want the first version's %v again", got, first)
 	}
