@@ -28,7 +28,7 @@ type RelayRouteSpec struct {
 }
 
 // RelayTarget is a target relay and how to talk to it.
-// +kubebuilder:validation:XValidation:rule="!has(self.credentialsSecretRef) || (has(self.tlsPolicy) && self.tlsPolicy in ['Required', 'Verify'])",message="credentialsSecretRef needs tlsPolicy Required or Verify: credentials are never sent without TLS"
+// +kubebuilder:validation:XValidation:rule="!has(self.credentialsSecretRef) || (has(self.tlsPolicy) && (self.tlsPolicy in ['Required', 'Verify'] || (self.tlsPolicy == 'Opportunistic' && has(self.tlsMode) && self.tlsMode == 'Implicit')))",message="credentialsSecretRef needs TLS: tlsPolicy Required or Verify, or tlsMode Implicit (where Opportunistic behaves as Required); credentials are never sent without TLS"
 // +kubebuilder:validation:XValidation:rule="!has(self.caBundleSecretRef) || (has(self.tlsPolicy) && self.tlsPolicy == 'Verify')",message="caBundleSecretRef is used only with tlsPolicy Verify"
 // +kubebuilder:validation:XValidation:rule="!has(self.tlsMode) || self.tlsMode != 'Implicit' || !has(self.tlsPolicy) || self.tlsPolicy != 'None'",message="tlsMode Implicit cannot be combined with tlsPolicy None"
 type RelayTarget struct {
@@ -50,7 +50,8 @@ type RelayTarget struct {
 	TLSPolicy TLSPolicy `json:"tlsPolicy,omitempty"`
 
 	// tlsMode is how TLS starts: STARTTLS (default) or Implicit (port 465).
-	// With Implicit, Opportunistic behaves as Required.
+	// With Implicit, Opportunistic behaves as Required: a connection without
+	// TLS is never used, so credentials may be sent with either.
 	// +optional
 	// +kubebuilder:default=STARTTLS
 	TLSMode TLSMode `json:"tlsMode,omitempty"`
@@ -63,7 +64,8 @@ type RelayTarget struct {
 
 	// credentialsSecretRef names a Secret of type kubernetes.io/basic-auth,
 	// in this namespace, whose username and password authenticate us to the
-	// target with SMTP AUTH (PLAIN or LOGIN), only over TLS.
+	// target with SMTP AUTH (PLAIN or LOGIN), only over TLS: it needs
+	// tlsPolicy Required or Verify, or tlsMode Implicit.
 	// +optional
 	CredentialsSecretRef *LocalObjectReference `json:"credentialsSecretRef,omitempty"`
 }

@@ -5,6 +5,7 @@ import (
 )
 
 // SenderDomainSpec declares a domain the relay may send mail from.
+// +kubebuilder:validation:XValidation:rule="!has(self.signing) || size(self.signing.selector) + size(self.domain) <= 241",fieldPath=".signing.selector",message="is too long for this domain: the DKIM record name <selector>._domainkey.<domain> must be at most 253 characters"
 type SenderDomainSpec struct {
 	// domain is the domain of the envelope senders (MAIL FROM) this object
 	// covers, such as example.com. Subdomains are separate SenderDomains.
@@ -21,8 +22,11 @@ type SenderDomainSpec struct {
 
 	// sourceIP is the dedicated local address the relay binds to when it
 	// delivers this domain's mail, so that a target relay can authenticate us
-	// by source address. The relay's host must own the address.
+	// by source address. The relay's host must own the address; it cannot be
+	// unspecified (0.0.0.0, ::), multicast (224.0.0.0/4, ff00::/8), broadcast
+	// or reserved (240.0.0.0/4), nor in 0.0.0.0/8 .
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!isIP(self) || !(ip(self).isUnspecified() || ['0.0.0.0/8', '224.0.0.0/4', '240.0.0.0/4', 'ff00::/8'].exists(c, cidr(c).containsIP(self)))",message="must be an address mail can be sent from: not unspecified (0.0.0.0, ::), multicast (224.0.0.0/4, ff00::/8), broadcast or reserved (240.0.0.0/4), nor in 0.0.0.0/8"
 	SourceIP IPAddress `json:"sourceIP,omitempty"`
 
 	// delivery sets how this domain's mail is delivered.
@@ -47,10 +51,12 @@ const (
 // generates (generate).
 // +kubebuilder:validation:XValidation:rule="has(self.keySecretRef) != has(self.generate)",message="exactly one of keySecretRef and generate must be set"
 type DKIMSigning struct {
-	// selector is the DKIM selector (RFC 6376 section 3.1): the public key is
-	// published as a TXT record at <selector>._domainkey.<domain>.
+	// selector is the DKIM selector (RFC 6376 section 3.1), one or more DNS
+	// labels such as s2024 or eu.s2024: the public key is published as a TXT
+	// record at <selector>._domainkey.<domain>, which must fit in 253
+	// characters.
 	// +required
-	Selector DNSLabel `json:"selector"`
+	Selector DKIMSelector `json:"selector"`
 
 	// algorithm of the key. A key from keySecretRef must match it.
 	// +optional
@@ -73,7 +79,10 @@ type DKIMSigning struct {
 // DKIMKeyGeneration says where the operator keeps a generated DKIM key.
 type DKIMKeyGeneration struct {
 	// secretName is the name of the Secret the operator creates. Defaults to
-	// postgate-dkim-<domain>-<selector>.
+	// postgate-dkim-<selector>.<domain>; when that is longer than the 253
+	// characters of a Secret name, it is cut and ends with '-' and 10
+	// hexadecimal digits of its SHA-256, so that every domain and selector
+	// has its own Secret.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
@@ -87,7 +96,9 @@ type DeliveryPolicy struct {
 	// as expired, from 1m to 120h. Defaults to 48h.
 	// +optional
 	// +kubebuilder:default="48h"
-	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1m') && duration(self) <= duration('120h')",message="must be a duration from 1m to 120h, such as 48h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && !self.matches('(^|[hms])0*([1-9][0-9]{3,}([.][0-9]+)?h|[1-9][0-9]{4,}([.][0-9]+)?m([0-9]|$)|[1-9][0-9]{6,}([.][0-9]+)?s|[1-9][0-9]{9,}([.][0-9]+)?ms|[1-9][0-9]{12,}([.][0-9]+)?us|[1-9][0-9]{15,}([.][0-9]+)?ns)') && duration(self) >= duration('1m') && duration(self) <= duration('120h')",message="must be a duration from 1m to 120h, such as 48h"
 	MaxQueueLifetime *metav1.Duration `json:"maxQueueLifetime,omitempty"`
 
 	// tlsPolicy for delivery to the recipients' MX hosts. Defaults to
@@ -107,11 +118,19 @@ type DeliveryPolicy struct {
 // the Secret.
 type NotificationWebhook struct {
 	// url of the endpoint. It must use https; http is accepted only for a
-	// loopback host (localhost, 127.0.0.0/8, ::1), for tests.
+	// loopback host (localhost, 127.0.0.0/8, ::1), for tests. The host is a
+	// DNS name or an IP address, the port from 1 to 65535; credentials
+	// (user:password@) are not accepted, since the HMAC signature
+	// authenticates the requests, and neither are spaces or control
+	// characters (percent-encode them).
 	// +required
 	// +kubebuilder:validation:MinLength=8
 	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:XValidation:rule="self.matches('^https?://[^/?#@\\\\s]+([/?#].*)?$') && isURL(self)",message="must be an absolute URL such as https://hooks.example.com/postgate"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[A-Za-z][-+.A-Za-z0-9]*://[^/?#]*@')",message="must not contain credentials (user:password@): the HMAC signature authenticates the requests"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('[[:space:][:cntrl:]]')",message="must not contain spaces or control characters: percent-encode them (a space is %20)"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z][-+.A-Za-z0-9]*://[^/?#]*@') || self.matches('[[:space:][:cntrl:]]') || (self.matches('^https?://[^/?#@]+([/?#].*)?$') && isURL(self))",message="must be an absolute URL such as https://hooks.example.com/postgate"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^https?://[^/?#@]+([/?#].*)?$') || self.matches('^https?://([[][0-9A-Fa-f:.]+[]]|((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])|([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?[.])*[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?[.]?)(:[0-9]*)?([/?#].*)?$')",message="must have a host that is a DNS name or an IP address (IPv6 in brackets), such as hooks.example.com"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^https?://[^/?#]*:[0-9]*([/?#].*)?$') || self.matches('^https?://[^/?#]*:0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})([/?#].*)?$')",message="must have a port from 1 to 65535"
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || self.matches('^http://(localhost|127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}|\\\\[::1\\\\])(:[0-9]{1,5})?([/?#].*)?$')",message="must use https; http is allowed only for a loopback host"
 	URL string `json:"url"`
 

@@ -13,19 +13,21 @@ import (
 // +kubebuilder:validation:XValidation:rule="self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')",message="must be a lowercase fully-qualified domain name (RFC 1123 labels of a-z, 0-9 and '-', at least two labels, no IP address, no trailing dot)"
 type DomainName string
 
-// DNSLabel is one RFC 1123 DNS label: lowercase letters, digits and hyphens,
-// at most 63 characters, starting and ending with a letter or digit.
+// DKIMSelector is a DKIM selector (RFC 6376 section 3.1): one or more
+// lowercase DNS labels separated by dots, such as s2024 or eu.s2024.
 // +kubebuilder:validation:MinLength=1
-// +kubebuilder:validation:MaxLength=63
-// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
-type DNSLabel string
+// +kubebuilder:validation:MaxLength=238
+// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')",message="must be a DKIM selector: DNS labels of lowercase letters, digits and '-', separated by dots, such as s2024 or eu.s2024"
+type DKIMSelector string
 
 // EmailAddress is an RFC 5321 mailbox (section 4.1.2) in its common form:
-// a dot-atom local part of at most 64 characters, '@', and a fully-qualified
-// domain. Quoted local parts and address literals are not accepted.
+// a dot-atom local part of at most 64 characters (RFC 5322 section 3.2.3:
+// letters, digits and !#$%&'*+-/=?^_`{|}~, so o'brien@example.com is one),
+// '@', and a fully-qualified domain. Quoted local parts, address literals
+// and non-ASCII (RFC 6531) addresses are not accepted.
 // +kubebuilder:validation:MinLength=6
 // +kubebuilder:validation:MaxLength=254
-// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9!#$%&*+/=?^_`{|}~-]+([.][A-Za-z0-9!#$%&*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?[.])+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && self.indexOf('@') <= 64",message="must be an email address (addr-spec) such as billing@example.com, with a local part of at most 64 characters and a fully-qualified domain"
+// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9!#$%&\\'*+/=?^_`{|}~-]+([.][A-Za-z0-9!#$%&\\'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?[.])+[A-Za-z]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$') && self.indexOf('@') <= 64",message="must be an email address (addr-spec) such as billing@example.com, with a dot-atom local part of at most 64 characters (letters, digits and !#$%&'*+-/=?^_`{|}~) and a fully-qualified domain"
 type EmailAddress string
 
 // IPAddress is a single IPv4 or IPv6 address, without a prefix length.
@@ -35,11 +37,15 @@ type EmailAddress string
 type IPAddress string
 
 // CIDR is an IPv4 or IPv6 network in CIDR notation, written as its network
-// address (host bits zero), such as 10.0.0.0/8 or 2001:db8::/32.
+// address (host bits zero), such as 10.0.0.0/8 or 2001:db8::/32. IPv4-mapped
+// IPv6 networks (::ffff:0:0/96) are not accepted: the IPv4 network is
+// written as such.
 // +kubebuilder:validation:MinLength=4
 // +kubebuilder:validation:MaxLength=49
-// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="must be a network in CIDR notation, such as 10.0.0.0/8 or 2001:db8::/32"
-// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="must be written as its network address with the host bits zero, such as 10.0.0.0/8 rather than 10.1.2.3/8"
+// +kubebuilder:validation:XValidation:rule="isCIDR(self) || self.matches('(?i)^[0:]*:ffff:([0-9]{1,3}([.][0-9]{1,3}){3}|[0-9a-f]{1,4}:[0-9a-f]{1,4})/[0-9]+$')",message="must be a network in CIDR notation, such as 10.0.0.0/8 or 2001:db8::/32"
+// +kubebuilder:validation:XValidation:rule="isCIDR(self) || !self.matches('(?i)^[0:]*:ffff:([0-9]{1,3}([.][0-9]{1,3}){3}|[0-9a-f]{1,4}:[0-9a-f]{1,4})/[0-9]+$')",message="IPv4-mapped IPv6 networks (::ffff:0:0/96) are not allowed: write the IPv4 network, such as 10.0.0.0/8"
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() != 4 || cidr(self) == cidr(self).masked()",message="must be written as its IPv4 network address with the host bits zero, such as 10.0.0.0/8 rather than 10.1.2.3/8"
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() != 6 || cidr(self) == cidr(self).masked()",message="must be written as its IPv6 network address with the host bits zero, such as 2001:db8::/32 rather than 2001:db8::1/32"
 type CIDR string
 
 // TLSPolicy says how much TLS a delivery insists on.
@@ -76,20 +82,24 @@ const (
 // LocalObjectReference names an object in the same namespace.
 // +structType=atomic
 type LocalObjectReference struct {
-	// name of the referent, in the namespace of the referring object.
+	// name of the referent, in the namespace of the referring object: an
+	// object name (lowercase RFC 1123 subdomain).
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="must be an object name: a lowercase RFC 1123 subdomain of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
 	Name string `json:"name"`
 }
 
 // SecretKeyReference names one key of a Secret in the same namespace.
 // +structType=atomic
 type SecretKeyReference struct {
-	// name of the Secret, in the namespace of the referring object.
+	// name of the Secret, in the namespace of the referring object: an
+	// object name (lowercase RFC 1123 subdomain).
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="must be an object name: a lowercase RFC 1123 subdomain of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
 	Name string `json:"name"`
 
 	// key in the Secret's data. Each field that holds a SecretKeyReference

@@ -107,6 +107,11 @@ func TestSchemaValidation(t *testing.T) {
 					t.Errorf("error does not contain %q:\n%v", want, err)
 				}
 			}
+			for _, bad := range tt.ForbidError {
+				if strings.Contains(err.Error(), bad) {
+					t.Errorf("error contains %q:\n%v", bad, err)
+				}
+			}
 		})
 	}
 }

@@ -638,7 +638,7 @@ status: {observedGeneration: 7}
 			{"6", "metadata.team: Forbidden: unknown field"},
 			{"11", "spec.target.tlsPolice: Forbidden: unknown field"},
 			{"15", `spec.senderAddresses[1]: Duplicate value: "a@example.com"`},
-			{"9", "spec.target: Invalid value: credentialsSecretRef needs tlsPolicy Required or Verify: credentials are never sent without TLS"},
+			{"9", "spec.target: Invalid value: credentialsSecretRef needs TLS: tlsPolicy Required or Verify, or tlsMode Implicit (where Opportunistic behaves as Required); credentials are never sent without TLS"},
 		}},
 		{"TrustedNetwork default/tn", []fieldError{
 			{"26", `spec.authentication.mode: Unsupported value: "Sometimes": supported values: "Required", "Optional"`},

@@ -42,6 +42,11 @@ func TestSchemaValidation(t *testing.T) {
 					t.Errorf("errors do not contain %q:\n%s", want, got)
 				}
 			}
+			for _, bad := range tt.forbidError {
+				if strings.Contains(got, bad) {
+					t.Errorf("errors contain %q:\n%s", bad, got)
+				}
+			}
 		})
 	}
 }
@@ -69,15 +74,17 @@ func object(kind, spec string) []byte {
 func schemaCases() []schemaCase {
 	var out []schemaCase
 	for _, c := range schematest.Cases() {
-		out = append(out, schemaCase{desc: c.Desc, doc: object(c.Object.Kind, c.Object.Spec), wantError: c.WantError})
+		out = append(out, schemaCase{desc: c.Desc, doc: object(c.Object.Kind, c.Object.Spec), wantError: c.WantError, forbidError: c.ForbidError})
 	}
 	return out
 }
 
 // schemaCase is a row of the table of schematest: a document, and the
-// fragments of the API server's refusal (none when it accepts the object).
+// fragments of the API server's refusal (none when it accepts the object),
+// and fragments it must not contain.
 type schemaCase struct {
-	desc      string
-	doc       []byte
-	wantError []string
+	desc        string
+	doc         []byte
+	wantError   []string
+	forbidError []string
 }

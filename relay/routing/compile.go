@@ -3,10 +3,11 @@ package routing
 import (
 	"cmp"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -239,14 +240,20 @@ func secretID(s *corev1.Secret, key string, value []byte) string {
 
 // GeneratedKeySecretName is the default name of the Secret that holds a
 // generated DKIM key: postgate-dkim-<selector>.<domain>, a valid Secret name
-// (an RFC 1123 subdomain of at most 253 characters).
+// (an RFC 1123 subdomain of at most 253 characters). A longer name is cut,
+// and ends with '-' and 10 hexadecimal digits of the SHA-256 of the whole
+// name, so that two domains that share their first 240 characters still get
+// Secrets of their own; names that fit are never changed, so that existing
+// installations keep their keys.
 func GeneratedKeySecretName(domain, selector string) string {
+	const maxName = 253
 	name := "postgate-dkim-" + selector + "." + domain
-	if len(name) > 253 {
-		name = name[:253]
-		name = strings.TrimRight(name, ".-")
+	if len(name) <= maxName {
+		return name
 	}
-	return name
+	sum := sha256.Sum256([]byte(name))
+	suffix := "-" + hex.EncodeToString(sum[:5])
+	return strings.TrimRight(name[:maxName-len(suffix)], ".-") + suffix
 }
 
 // DKIMKeySecret returns the Secret name and data key that hold the signing
@@ -466,6 +473,7 @@ func (c *compiler) trustedNetworks() {
 	for i := range c.in.TrustedNetworks {
 		tns[i] = &c.in.TrustedNetworks[i]
 	}
+	overBound := c.namespaceBounds(tns)
 	verdicts := make([]Verdict, len(tns))
 	for i, tn := range tns {
 		v := &verdicts[i]
@@ -480,6 +488,8 @@ func (c *compiler) trustedNetworks() {
 			v.Accepted = statusFalse(v1alpha1.ReasonInvalid, invalid)
 		case tooBroad != "":
 			v.Accepted = statusFalse(v1alpha1.ReasonNetworkTooBroad, tooBroad)
+		case overBound[tn] != "":
+			v.Accepted = statusFalse(v1alpha1.ReasonNetworkTooBroad, overBound[tn])
 		default:
 			v.Accepted = statusTrue(v1alpha1.ReasonAccepted, fmt.Sprintf("Clients in these networks may send as the SenderDomains of namespace %q", tn.Namespace))
 		}
@@ -541,10 +551,12 @@ func parseCIDRs(cidrs []v1alpha1.CIDR) ([]netip.Prefix, string) {
 	out := make([]netip.Prefix, 0, len(cidrs))
 	for _, s := range cidrs {
 		p, err := netip.ParsePrefix(string(s))
-		if err != nil {
+		switch {
+		case err != nil:
 			return nil, fmt.Sprintf("spec.cidrs: %q is not a network in CIDR notation", s)
-		}
-		if p.Masked() != p {
+		case p.Addr().Is4In6():
+			return nil, fmt.Sprintf("spec.cidrs: %q is an IPv4-mapped IPv6 network, which is not allowed: write the IPv4 network", s)
+		case p.Masked() != p:
 			return nil, fmt.Sprintf("spec.cidrs: %q must be written as its network address %s", s, p.Masked())
 		}
 		out = append(out, p)
@@ -555,10 +567,7 @@ func parseCIDRs(cidrs []v1alpha1.CIDR) ([]netip.Prefix, string) {
 // The schema validates every object the API server stores; these checks
 // repeat the few that the table's soundness depends on, for input that did
 // not pass through an API server.
-var (
-	dnsLabel   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	domainName = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
-)
+var domainName = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 func isDomainName(s string) bool { return len(s) <= 253 && domainName.MatchString(s) }
 
@@ -568,13 +577,13 @@ func validateSenderDomain(sd *v1alpha1.SenderDomain) string {
 		return fmt.Sprintf("spec.domain: %q is not a lowercase fully-qualified domain name", s.Domain)
 	}
 	if s.SourceIP != "" {
-		if _, err := netip.ParseAddr(string(s.SourceIP)); err != nil {
-			return fmt.Sprintf("spec.sourceIP: %q is not an IP address", s.SourceIP)
+		if a, err := netip.ParseAddr(string(s.SourceIP)); err != nil || !v1alpha1.IsSourceAddress(a) {
+			return fmt.Sprintf("spec.sourceIP: %q is not an address mail can be sent from", s.SourceIP)
 		}
 	}
 	if g := s.Signing; g != nil {
-		if !dnsLabel.MatchString(string(g.Selector)) {
-			return fmt.Sprintf("spec.signing.selector: %q is not a DNS label", g.Selector)
+		if !v1alpha1.IsDKIMSelector(string(g.Selector)) {
+			return fmt.Sprintf("spec.signing.selector: %q is not a DKIM selector", g.Selector)
 		}
 		if (g.KeySecretRef == nil) == (g.Generate == nil) {
 			return "spec.signing: exactly one of keySecretRef and generate must be set"
@@ -585,8 +594,8 @@ func validateSenderDomain(sd *v1alpha1.SenderDomain) string {
 			return fmt.Sprintf("spec.delivery.maxQueueLifetime: %s is not from 1m to 120h", l.Duration)
 		}
 		if w := d.Webhook; w != nil {
-			if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				return fmt.Sprintf("spec.delivery.webhook.url: %q is not an absolute http(s) URL", w.URL)
+			if err := v1alpha1.CheckWebhookURL(w.URL); err != nil {
+				return fmt.Sprintf("spec.delivery.webhook.url: %q %v", w.URL, err)
 			}
 		}
 	}
@@ -605,7 +614,7 @@ func validateRelayRoute(rr *v1alpha1.RelayRoute) string {
 		return "spec.senderAddresses: at most 10 addresses"
 	}
 	for _, a := range rr.Spec.SenderAddresses {
-		if i := strings.LastIndexByte(string(a), '@'); i < 1 || !isDomainName(strings.ToLower(string(a[i+1:]))) {
+		if !v1alpha1.IsEmailAddress(string(a)) {
 			return fmt.Sprintf("spec.senderAddresses: %q is not an email address", a)
 		}
 	}

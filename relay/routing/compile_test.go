@@ -319,6 +319,59 @@ func TestCompileRules(t *testing.T) {
 			},
 		},
 		{
+			desc: "guardrail: four TrustedNetworks of 64 /8s each would admit all of IPv4",
+			input: Input{TrustedNetworks: []v1alpha1.TrustedNetwork{
+				trustedNetwork("app", "q1", slashEights(0, 64)),
+				trustedNetwork("app", "q2", slashEights(64, 128)),
+				trustedNetwork("app", "q3", slashEights(128, 192)),
+				trustedNetwork("app", "q4", slashEights(192, 256)),
+			}},
+			want: []want{
+				{tnKind, "app", "q1", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonNetworkTooBroad, "These networks would admit more addresses than one /6 holds"},
+				{tnKind, "app", "q4", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonNetworkTooBroad, "more addresses than one /6"},
+			},
+		},
+		{
+			desc: "guardrail: a namespace's networks without AUTH are bounded together, the oldest keep their place",
+			input: Input{
+				TrustedNetworks: []v1alpha1.TrustedNetwork{
+					aged(trustedNetwork("app", "private", []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}), 1),
+					aged(trustedNetwork("app", "cgnat", []string{"100.64.0.0/10", "127.0.0.0/8"}), 2),
+					// The same networks again count once.
+					aged(trustedNetwork("app", "again", []string{"10.0.0.0/8", "127.0.0.0/8"}, authWith(v1alpha1.SMTPAuthOptional, "user")), 3),
+					aged(trustedNetwork("app", "more", []string{"11.0.0.0/8", "12.0.0.0/8"}), 4),
+					// AUTH Required does not count; other namespaces have their own bound.
+					aged(trustedNetwork("app", "authed", []string{"0.0.0.0/1"}, authWith(v1alpha1.SMTPAuthRequired, "user")), 5),
+					aged(trustedNetwork("other", "more", []string{"11.0.0.0/8", "12.0.0.0/8"}), 6),
+				},
+				Secrets: []corev1.Secret{basicAuthSecret("app", "user", "mailer", "a-long-password")},
+			},
+			want: []want{
+				{tnKind, "app", "private", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{tnKind, "app", "cgnat", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{tnKind, "app", "again", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{tnKind, "app", "more", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonNetworkTooBroad, `namespace "app" (private, cgnat, again)`},
+				{tnKind, "app", "authed", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{tnKind, "other", "more", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+			},
+		},
+		{
+			desc: "guardrail: the namespace bound is a policy setting, for IPv6 too",
+			input: Input{
+				TrustedNetworks: []v1alpha1.TrustedNetwork{
+					aged(trustedNetwork("app", "a", []string{"10.0.0.0/16", "fd00::/48"}), 1),
+					aged(trustedNetwork("app", "b", []string{"10.1.0.0/16"}), 2),
+					aged(trustedNetwork("app", "c", []string{"fd01::/48"}), 3),
+				},
+				Policy: Policy{Networks: NetworkPolicy{NamespacePrefixIPv4: 16, NamespacePrefixIPv6: 48}},
+			},
+			want: []want{
+				{tnKind, "app", "a", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{tnKind, "app", "b", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonNetworkTooBroad, "more addresses than one /16"},
+				{tnKind, "app", "c", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonNetworkTooBroad, "more addresses than one /48"},
+			},
+		},
+		{
 			desc: "AUTH users: missing Secret, and two Secrets with one username",
 			input: Input{
 				TrustedNetworks: []v1alpha1.TrustedNetwork{
@@ -342,6 +395,37 @@ func TestCompileRules(t *testing.T) {
 			want: []want{
 				{sdKind, "app", "sd", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonInvalid, "spec.domain"},
 				{tnKind, "app", "tn", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonInvalid, "network address 10.0.0.0/8"},
+			},
+		},
+		{
+			desc: "values that bypassed the schema: unusable source address, IPv4-mapped network, webhook credentials",
+			input: Input{
+				SenderDomains: []v1alpha1.SenderDomain{
+					senderDomain("app", "zero", "zero.example.com", 0, sourceIP("0.0.0.0")),
+					senderDomain("app", "hook", "hook.example.com", 0, webhook("https://user:pw@hooks.example.com/", "hook")),
+				},
+				TrustedNetworks: []v1alpha1.TrustedNetwork{trustedNetwork("app", "mapped", []string{"::ffff:10.0.0.0/104"})},
+			},
+			want: []want{
+				{sdKind, "app", "zero", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonInvalid, "spec.sourceIP"},
+				{sdKind, "app", "hook", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonInvalid, "must not contain credentials"},
+				{tnKind, "app", "mapped", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonInvalid, "IPv4-mapped"},
+			},
+		},
+		{
+			desc: "the schema's syntax: an apostrophe in a sender address, a dotted DKIM selector",
+			input: Input{
+				SenderDomains: []v1alpha1.SenderDomain{
+					senderDomain("app", "billing", "billing.example.com", 0),
+					senderDomain("app", "signed", "example.org", 0, generated(), func(sd *v1alpha1.SenderDomain) { sd.Spec.Signing.Selector = "eu.s2024" }),
+				},
+				RelayRoutes:       []v1alpha1.RelayRoute{relayRoute("app", "rr", "billing", 0, senders("o'brien@billing.example.com"))},
+				SecretsIncomplete: true,
+			},
+			want: []want{
+				{rrKind, "app", "rr", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{sdKind, "app", "signed", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{sdKind, "app", "signed", v1alpha1.ConditionResolvedRefs, isTrue, v1alpha1.ReasonResolvedRefs, `"postgate-dkim-eu.s2024.example.org"`},
 			},
 		},
 	}

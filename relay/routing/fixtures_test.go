@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -178,4 +179,19 @@ func mustVerdict(t *testing.T, r *Result, kind, ns, name string) *Verdict {
 		t.Fatalf("no verdict for %s %s/%s", kind, ns, name)
 	}
 	return v
+}
+
+// aged sets an object's creation time, age seconds after the epoch.
+func aged(tn v1alpha1.TrustedNetwork, age int) v1alpha1.TrustedNetwork {
+	tn.CreationTimestamp = objectMeta(tn.Namespace, tn.Name, age).CreationTimestamp
+	return tn
+}
+
+// slashEights returns the IPv4 /8 networks from first.0.0.0 to end-1.0.0.0.
+func slashEights(first, end int) []string {
+	var out []string
+	for i := first; i < end; i++ {
+		out = append(out, fmt.Sprintf("%d.0.0.0/8", i))
+	}
+	return out
 }

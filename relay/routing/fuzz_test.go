@@ -24,7 +24,7 @@ func FuzzCompile(f *testing.F) {
 		var sd1Opts []sdOpt
 		if flags&1 != 0 {
 			sd1Opts = append(sd1Opts, func(sd *v1alpha1.SenderDomain) {
-				sd.Spec.Signing = &v1alpha1.DKIMSigning{Selector: v1alpha1.DNSLabel(selector), Algorithm: v1alpha1.DKIMAlgorithmEd25519,
+				sd.Spec.Signing = &v1alpha1.DKIMSigning{Selector: v1alpha1.DKIMSelector(selector), Algorithm: v1alpha1.DKIMAlgorithmEd25519,
 					KeySecretRef: &v1alpha1.SecretKeyReference{Name: "key"}}
 			})
 		}
@@ -96,6 +96,9 @@ func FuzzParsePolicy(f *testing.F) {
 			if n := p.minPrefix(v4); n < 1 || n > 128 {
 				t.Fatalf("minPrefix(%v) = %d", v4, n)
 			}
+			if n := p.namespacePrefix(v4); n < 1 || n > 128 {
+				t.Fatalf("namespacePrefix(%v) = %d", v4, n)
+			}
 		}
 	})
 }
@@ -112,6 +115,12 @@ func TestParsePolicy(t *testing.T) {
 		{"domainClaims:\n- namespaces: ['[']\n  suffixes: [a.example.com]\n", "bad namespace pattern"},
 		{"domainClaims:\n- namespaces: [a]\n  suffixes: [Example.COM]\n", "not a lowercase domain name"},
 		{"networks:\n  minPrefixIPv4WithoutAuth: 33\n", "not in 0..32"},
+		{"networks:\n  namespacePrefixIPv4WithoutAuth: 4\n  namespacePrefixIPv6WithoutAuth: 32\n", ""},
+		{"networks:\n  namespacePrefixIPv6WithoutAuth: 129\n", "not in 0..128"},
+		// Keys match exactly, as Kubernetes' strict decoding matches them.
+		{"DOMAINCLAIMS: []", "unknown field"},
+		{"networks:\n  MinPrefixIPv4WithoutAuth: 0\n", "unknown field"},
+		{"networks: {}\nnetworks: {}\n", "networks"},
 	}
 	for _, tt := range tests {
 		_, err := ParsePolicy([]byte(tt.yaml))

@@ -1,11 +1,13 @@
 package routing
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path"
 	"strings"
 
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -46,18 +48,45 @@ type NetworkPolicy struct {
 	// MinPrefixIPv6 is the shortest IPv6 prefix length allowed without AUTH.
 	// 0 means the default, 7.
 	MinPrefixIPv6 int `json:"minPrefixIPv6WithoutAuth,omitempty"`
+
+	// NamespacePrefixIPv4 bounds what the TrustedNetworks without AUTH of
+	// one namespace cover together: at most as many IPv4 addresses as one
+	// network of this prefix length holds, counting each address once.
+	// Each object on its own may pass MinPrefixIPv4 while many of them
+	// admit the whole internet. 0 means the default, 6 (four /8s: enough
+	// for 10.0.0.0/8, 127.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12 and
+	// 192.168.0.0/16 together).
+	NamespacePrefixIPv4 int `json:"namespacePrefixIPv4WithoutAuth,omitempty"`
+	// NamespacePrefixIPv6 is the same bound for IPv6. 0 means the default,
+	// 6 (two /7s, such as fc00::/7 and a little more).
+	NamespacePrefixIPv6 int `json:"namespacePrefixIPv6WithoutAuth,omitempty"`
 }
 
 const (
-	defaultMinPrefixIPv4 = 8
-	defaultMinPrefixIPv6 = 7
+	defaultMinPrefixIPv4       = 8
+	defaultMinPrefixIPv6       = 7
+	defaultNamespacePrefixIPv4 = 6
+	defaultNamespacePrefixIPv6 = 6
 )
 
-// ParsePolicy reads a policy from YAML, rejecting unknown fields so that a
-// typo cannot silently loosen the guardrails.
+// ParsePolicy reads a policy from YAML, rejecting unknown and duplicate
+// fields so that a typo cannot silently loosen the guardrails. Keys match
+// exactly, as in Kubernetes' strict decoding: DOMAINCLAIMS is not
+// domainClaims (encoding/json alone would match it case-insensitively).
 func ParsePolicy(data []byte) (Policy, error) {
 	var p Policy
-	if err := yaml.UnmarshalStrict(data, &p); err != nil {
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return Policy{}, fmt.Errorf("guardrail policy: %w", err)
+	}
+	if string(j) == "null" {
+		return Policy{}, nil // an empty file: the default policy
+	}
+	strictErrs, err := kjson.UnmarshalStrict(j, &p)
+	if err != nil {
+		return Policy{}, fmt.Errorf("guardrail policy: %w", err)
+	}
+	if err := errors.Join(strictErrs...); err != nil {
 		return Policy{}, fmt.Errorf("guardrail policy: %w", err)
 	}
 	var errs []error
@@ -81,6 +110,12 @@ func ParsePolicy(data []byte) (Policy, error) {
 	}
 	if n := p.Networks.MinPrefixIPv6; n < 0 || n > 128 {
 		errs = append(errs, fmt.Errorf("networks.minPrefixIPv6WithoutAuth: %d is not in 0..128", n))
+	}
+	if n := p.Networks.NamespacePrefixIPv4; n < 0 || n > 32 {
+		errs = append(errs, fmt.Errorf("networks.namespacePrefixIPv4WithoutAuth: %d is not in 0..32", n))
+	}
+	if n := p.Networks.NamespacePrefixIPv6; n < 0 || n > 128 {
+		errs = append(errs, fmt.Errorf("networks.namespacePrefixIPv6WithoutAuth: %d is not in 0..128", n))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Policy{}, fmt.Errorf("guardrail policy: %w", err)
@@ -119,13 +154,16 @@ func matchesAny(patterns []string, name string) bool {
 // minPrefix returns the shortest prefix length allowed without AUTH.
 func (p Policy) minPrefix(ipv4 bool) int {
 	if ipv4 {
-		if p.Networks.MinPrefixIPv4 > 0 {
-			return p.Networks.MinPrefixIPv4
-		}
-		return defaultMinPrefixIPv4
+		return cmp.Or(p.Networks.MinPrefixIPv4, defaultMinPrefixIPv4)
 	}
-	if p.Networks.MinPrefixIPv6 > 0 {
-		return p.Networks.MinPrefixIPv6
+	return cmp.Or(p.Networks.MinPrefixIPv6, defaultMinPrefixIPv6)
+}
+
+// namespacePrefix returns the prefix length whose size bounds what the
+// networks without AUTH of one namespace cover together.
+func (p Policy) namespacePrefix(ipv4 bool) int {
+	if ipv4 {
+		return cmp.Or(p.Networks.NamespacePrefixIPv4, defaultNamespacePrefixIPv4)
 	}
-	return defaultMinPrefixIPv6
+	return cmp.Or(p.Networks.NamespacePrefixIPv6, defaultNamespacePrefixIPv6)
 }

@@ -6,6 +6,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 )
 
 // checkAddress refuses envelope addresses that could route mail somewhere
@@ -94,13 +96,11 @@ func validDomain(d string) bool {
 // dotAtomText reports whether every character of s is atext or '.' (RFC
 // 5322 section 3.2.3), or non-ASCII (RFC 6531 for SMTPUTF8 clients): the
 // specials ( ) < > [ ] : ; @ \ , " have no place in an unquoted local part.
+// The ASCII atext is the schema's (v1alpha1.IsAtext), so that every sender
+// address a RelayRoute can name is one the server accepts.
 func dotAtomText(s string) bool {
 	for _, r := range s {
-		switch {
-		case r >= 0x80, r == '.',
-			r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9',
-			strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", r):
-		default:
+		if r < 0x80 && r != '.' && !v1alpha1.IsAtext(r) {
 			return false
 		}
 	}
