@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,11 @@ is not among the given files is reported Unknown (it may come from a secret
 manager) and fails only with --strict. A DKIM key to generate is Pending: it
 is made on first use.
 
+With -o json, stdout is one JSON array with one verdict per object (kind,
+namespace, name, file, line, verdict, condition, status, reason, message,
+and the field errors of an object the API server would refuse), for CI
+annotations; the exit status is the same.
+
 Flags:
 `
 
@@ -44,12 +50,19 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	namespace := fs.String("namespace", metav1.NamespaceDefault, "namespace of objects whose manifest sets none")
 	recursive := fs.Bool("recursive", false, "read the subdirectories of directories too")
 	policyFile := fs.String("policy", "", "guardrail policy file (the policy.yaml of the operator's policy ConfigMap)")
+	output := "text"
+	fs.StringVar(&output, "o", output, "output format: text or json")
+	fs.StringVar(&output, "output", output, "output format: text or json (same as -o)")
 	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return checkUnreadable
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
+		return checkUnreadable
+	}
+	if output != "text" && output != "json" {
+		fmt.Fprintf(stderr, "postgate check: -o %q: the output format is text or json\n", output)
 		return checkUnreadable
 	}
 
@@ -85,60 +98,152 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	in.SecretsIncomplete = true
 	result := routing.Compile(in, nil)
 	r := checkReport{strict: *strict}
+	var verdicts []checkVerdict
 	for _, o := range set.Objects {
-		r.object(stdout, o, result)
+		if v, ok := judge(o, result); ok {
+			r.count(v)
+			verdicts = append(verdicts, v)
+		}
+	}
+	if output == "json" {
+		if verdicts == nil {
+			verdicts = []checkVerdict{} // [] rather than null
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(verdicts); err != nil {
+			fmt.Fprintf(stderr, "postgate check: %v\n", err)
+			return checkUnreadable
+		}
+		return r.exitCode()
+	}
+	for _, v := range verdicts {
+		v.writeText(stdout)
 	}
 	r.summary(stdout, len(set.Skipped))
 	return r.exitCode()
 }
 
-// checkReport counts verdicts while printing them.
-type checkReport struct {
-	strict                                       bool
-	accepted, refused, unresolved, unknown, pend int
+// checkVerdict is what postgate check says about one object, in the text
+// output as a line and in the JSON output as an element of the array.
+type checkVerdict struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	File      string `json:"file"`
+	Line      int    `json:"line"`
+	// Verdict is Accepted, Refused, Unresolved, Unknown or Pending.
+	Verdict string `json:"verdict"`
+	// Condition is the condition the verdict comes from (Accepted,
+	// ResolvedRefs or Programmed), with its status, reason and message as
+	// the operator would set them.
+	Condition string `json:"condition"`
+	Status    string `json:"status"`
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+	// Errors are the field errors of an object the API server would refuse.
+	Errors []checkFieldError `json:"errors,omitempty"`
+	// RouteRefused says why a RelayRoute of this SenderDomain is refused.
+	RouteRefused *checkNote `json:"routeRefused,omitempty"`
+	// DKIM is the TXT record to publish for the domain's signing key.
+	DKIM *checkDNSRecord `json:"dkim,omitempty"`
 }
 
-func (r *checkReport) object(w io.Writer, o *manifest.Object, result *routing.Result) {
-	line := func(verdict, reason, msg string) {
-		fmt.Fprintf(w, "%s: %s: %s %s: %s\n", o.Pos, o, verdict, reason, msg)
+type checkFieldError struct {
+	Field   string `json:"field"`
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+	Message string `json:"message"`
+}
+
+type checkNote struct {
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+type checkDNSRecord struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// judge returns the verdict on o, or false for an object that is not judged
+// itself (a valid Secret, an input of the others).
+func judge(o *manifest.Object, result *routing.Result) (checkVerdict, bool) {
+	v := checkVerdict{Kind: o.Kind, Namespace: o.Resource.GetNamespace(), Name: o.Resource.GetName(), File: o.Pos.File, Line: o.Pos.Line}
+	set := func(verdict, condition string, status metav1.ConditionStatus, reason, msg string) {
+		v.Verdict, v.Condition, v.Status, v.Reason, v.Message = verdict, condition, string(status), reason, msg
 	}
 	if !o.Valid() {
-		r.refused++
-		line("Refused", v1alpha1.ReasonInvalid, fmt.Sprintf("the API server would refuse it (%d field errors)", len(o.Errors)))
+		set("Refused", v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonInvalid,
+			fmt.Sprintf("the API server would refuse it (%d field errors)", len(o.Errors)))
 		for _, fe := range o.Errors {
-			fmt.Fprintf(w, "  %s: %s\n", o.FieldPos(fe.Field), fe.Error())
+			pos := o.FieldPos(fe.Field)
+			v.Errors = append(v.Errors, checkFieldError{Field: fe.Field, File: pos.File, Line: pos.Line, Message: fe.Error()})
 		}
-		return
+		return v, true
 	}
 	if o.Kind == "Secret" {
-		return // an input of the others, not judged itself
+		return v, false
 	}
-	v := result.Verdict(routing.ObjectKey{Kind: o.Kind, Namespace: o.Resource.GetNamespace(), Name: o.Resource.GetName()})
-	if v == nil {
-		return
+	rv := result.Verdict(routing.ObjectKey{Kind: o.Kind, Namespace: v.Namespace, Name: v.Name})
+	if rv == nil {
+		return v, false
 	}
 	switch {
-	case v.Refused():
-		r.refused++
-		line("Refused", v.Accepted.Reason, v.Accepted.Message)
-	case v.ResolvedRefs.Status == metav1.ConditionFalse:
-		r.unresolved++
-		line("Unresolved", v.ResolvedRefs.Reason, v.ResolvedRefs.Message)
-	case v.ResolvedRefs.Status == metav1.ConditionUnknown:
-		r.unknown++
-		line("Unknown", v.ResolvedRefs.Reason, v.ResolvedRefs.Message)
-	case !v.InTable:
-		r.pend++
-		line("Pending", v1alpha1.ReasonPending, v.Pending)
+	case rv.Refused():
+		set("Refused", v1alpha1.ConditionAccepted, rv.Accepted.Status, rv.Accepted.Reason, rv.Accepted.Message)
+	case rv.ResolvedRefs.Status == metav1.ConditionFalse:
+		set("Unresolved", v1alpha1.ConditionResolvedRefs, rv.ResolvedRefs.Status, rv.ResolvedRefs.Reason, rv.ResolvedRefs.Message)
+	case rv.ResolvedRefs.Status == metav1.ConditionUnknown:
+		set("Unknown", v1alpha1.ConditionResolvedRefs, rv.ResolvedRefs.Status, rv.ResolvedRefs.Reason, rv.ResolvedRefs.Message)
+	case !rv.InTable:
+		set("Pending", v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending, rv.Pending)
 	default:
-		r.accepted++
-		line("Accepted", v.Accepted.Reason, v.Accepted.Message)
+		set("Accepted", v1alpha1.ConditionAccepted, rv.Accepted.Status, rv.Accepted.Reason, rv.Accepted.Message)
+	}
+	if rv.RouteRefused != nil {
+		v.RouteRefused = &checkNote{Reason: rv.RouteRefused.Reason, Message: rv.RouteRefused.Message}
+	}
+	if rv.DKIM != nil {
+		v.DKIM = &checkDNSRecord{Name: rv.DKIM.Name, Value: rv.DKIM.Value}
+	}
+	return v, true
+}
+
+// writeText writes the verdict as a line, position first, the way editors
+// and CI logs link it, with its details indented below.
+func (v *checkVerdict) writeText(w io.Writer) {
+	pos := manifest.Position{File: v.File, Line: v.Line}
+	fmt.Fprintf(w, "%s: %s %s/%s: %s %s: %s\n", pos, v.Kind, v.Namespace, v.Name, v.Verdict, v.Reason, v.Message)
+	for _, fe := range v.Errors {
+		fmt.Fprintf(w, "  %s: %s\n", manifest.Position{File: fe.File, Line: fe.Line}, fe.Message)
 	}
 	if v.RouteRefused != nil {
 		fmt.Fprintf(w, "  %s: %s\n", v.RouteRefused.Reason, v.RouteRefused.Message)
 	}
 	if v.DKIM != nil {
 		fmt.Fprintf(w, "  publish DNS TXT %s %q\n", v.DKIM.Name, v.DKIM.Value)
+	}
+}
+
+// checkReport counts verdicts.
+type checkReport struct {
+	strict                                       bool
+	accepted, refused, unresolved, unknown, pend int
+}
+
+func (r *checkReport) count(v checkVerdict) {
+	switch v.Verdict {
+	case "Refused":
+		r.refused++
+	case "Unresolved":
+		r.unresolved++
+	case "Unknown":
+		r.unknown++
+	case "Pending":
+		r.pend++
+	default:
+		r.accepted++
 	}
 }
 

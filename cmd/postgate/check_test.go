@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,5 +195,79 @@ spec:
 				}
 			}
 		})
+	}
+}
+
+// TestCheckJSON checks -o json: one verdict per object, with the fields a CI
+// annotation needs, the field errors of a refused object at their lines,
+// and the exit status of the text output.
+func TestCheckJSON(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"a.yaml": sdYAML("app", "first", "example.com") + "---\n" + sdYAML("app", "second", "example.com"),
+		"b.yaml": `apiVersion: postgate.io/v1alpha1
+kind: RelayRoute
+metadata: {name: r, namespace: app}
+spec:
+  senderDomainRef: {name: first}
+  target:
+    host: 192.0.2.25
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unused, namespace: app}
+stringData: {key: value}
+`,
+	})
+	for _, flag := range []string{"-o", "--output"} {
+		var stdout, stderr bytes.Buffer
+		code := run([]string{"check", flag, "json", filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")}, &stdout, &stderr)
+		if code != checkRefused {
+			t.Errorf("%s json: exit %d, want %d; stderr:\n%s", flag, code, checkRefused, stderr.String())
+		}
+		var got []struct {
+			Kind, Namespace, Name, File string
+			Line                        int
+			Verdict, Condition, Status  string
+			Reason, Message             string
+			Errors                      []struct {
+				Field, File, Message string
+				Line                 int
+			}
+		}
+		dec := json.NewDecoder(&stdout)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&got); err != nil {
+			t.Fatalf("%s json: stdout is not the JSON array of verdicts: %v", flag, err)
+		}
+		if dec.More() {
+			t.Errorf("%s json: more than one JSON value on stdout", flag)
+		}
+		if len(got) != 3 {
+			t.Fatalf("%s json: got %d verdicts, want 3 (the valid Secret is not judged): %+v", flag, len(got), got)
+		}
+		first, second, route := got[0], got[1], got[2]
+		if first.Kind != "SenderDomain" || first.Namespace != "app" || first.Name != "first" || first.File != filepath.Join(dir, "a.yaml") || first.Line != 1 ||
+			first.Verdict != "Accepted" || first.Condition != "Accepted" || first.Status != "True" || first.Reason != "Accepted" {
+			t.Errorf("first: %+v", first)
+		}
+		if second.Line != 6 || second.Verdict != "Refused" || second.Condition != "Accepted" || second.Status != "False" ||
+			second.Reason != "Conflicted" || !strings.Contains(second.Message, "already claimed by SenderDomain app/first") {
+			t.Errorf("second: %+v", second)
+		}
+		if route.Kind != "RelayRoute" || route.Verdict != "Refused" || route.Reason != "Invalid" || len(route.Errors) != 1 {
+			t.Fatalf("route: %+v", route)
+		}
+		if fe := route.Errors[0]; fe.Field != "spec.target.host" || fe.File != filepath.Join(dir, "b.yaml") || fe.Line != 7 || !strings.Contains(fe.Message, "no IP address") {
+			t.Errorf("route field error: %+v", fe)
+		}
+	}
+
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"check", "-o", "yaml", filepath.Join(dir, "a.yaml")}, &stdout, &stderr); code != checkUnreadable || !strings.Contains(stderr.String(), "text or json") {
+		t.Errorf("-o yaml: exit %d, stderr %q; want %d and the formats", code, stderr.String(), checkUnreadable)
+	}
+	stdout.Reset()
+	if code := run([]string{"check", "-o", "json", filepath.Join(dir, "missing.yaml")}, &stdout, &stderr); code != checkUnreadable || stdout.Len() != 0 {
+		t.Errorf("unreadable input: exit %d, stdout %q; want %d and nothing on stdout", code, stdout.String(), checkUnreadable)
 	}
 }
