@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -249,6 +250,24 @@ policy:
       suffixes: [example.com]
   networks:
     minPrefixIPv4WithoutAuth: 16
+    namespacePrefixIPv4WithoutAuth: 12
+operator:
+  resources:
+    requests: {cpu: 0.1, memory: 64Mi}
+    limits: {cpu: 1, memory: 256Mi, ephemeral-storage: 1e9}
+  tolerations:
+    - {key: dedicated, operator: Equal, value: mail, effect: NoSchedule}
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+          - matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector: {matchLabels: {app.kubernetes.io/name: postgate}}
 relay:
   replicas: 3
   persistence: {enabled: false}
@@ -354,6 +373,17 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 		{"relay.service.externalTrafficPolicy=Remote", "externalTrafficPolicy"},
 		{"relay.persistence.size=lots", "size"},
 		{"relay.proxyProtocolCIDRs[0]=anywhere", "proxyProtocolCIDRs"},
+		// What passed the schema before and then crash-looped the relay or
+		// failed at the API server.
+		{"relay.proxyProtocolCIDRs[0]=10.0.0.0/40", "proxyProtocolCIDRs"},
+		{"relay.proxyProtocolCIDRs[0]=300.1.1.1/8", "proxyProtocolCIDRs"},
+		{"relay.webhookAllowCIDRs[0]=2001:db8::/129", "webhookAllowCIDRs"},
+		{"relay.resources.requests.cpu=lots", "cpu"},
+		{"operator.resources.limits.memory=1GB", "memory"},
+		{"operator.affinity.podAntiAffinity=yes", "podAntiAffinity"},
+		{"relay.affinity.nodeAfinity.x=y", "nodeAfinity"},
+		{"relay.tolerations[0].operator=Maybe", "operator"},
+		{"networkPolicy.smtpFrom[0].ipBlock.cidr=10.0.0.0/33", "cidr"},
 		{"policy.domainClaim[0].suffixes[0]=example.com", "domainClaim"},
 		{"relay.replica=3", "replica"},
 	} {
@@ -379,4 +409,35 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 			t.Errorf("want certificate.issuerRef.name required, got %v:\n%s", err, stderr)
 		}
 	})
+}
+
+// relay.persistence.storageClass "-" asks for storageClassName "" (no
+// StorageClass: a pre-provisioned volume), as in most charts; a name is
+// written as a string, and empty leaves the cluster's default.
+func TestChartStorageClass(t *testing.T) {
+	for _, tc := range []struct {
+		set, want string
+	}{
+		{"relay.persistence.storageClass=-", `storageClassName: ""`},
+		{"relay.persistence.storageClass=fast-ssd", `storageClassName: "fast-ssd"`},
+		{"relay.persistence.storageClass=", ""},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			// A namespace of its own: another test may have created the
+			// StatefulSet, whose volume claim templates are immutable.
+			const ns = "postgate-storage"
+			rendered := run(t, nil, "helm", "template", "postgate", "charts/postgate", "--namespace", ns, "--set", tc.set)
+			got := regexp.MustCompile(`(?m)^\s*storageClassName:.*$`).FindAllString(string(rendered), -1)
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Errorf("want no storageClassName, got %q", got)
+			case tc.want != "" && (len(got) != 1 || strings.TrimSpace(got[0]) != tc.want):
+				t.Errorf("want %q, got %q", tc.want, got)
+			}
+			if tc.want == `storageClassName: ""` {
+				run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+ns+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
+				dryRun(t, rendered)
+			}
+		})
+	}
 }
