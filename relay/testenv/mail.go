@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +53,22 @@ func (l *LogBuffer) WaitFor(tb testing.TB, substr string, n int) {
 		}
 		return ""
 	})
+}
+
+// WaitMatch waits until re matches the output and returns the match and
+// its submatches; it fails the test with the output when WaitTimeout
+// passes first.
+func (l *LogBuffer) WaitMatch(tb testing.TB, re *regexp.Regexp) []string {
+	tb.Helper()
+	var m []string
+	l.changes.Wait(tb, func() string {
+		out := l.String()
+		if m = re.FindStringSubmatch(out); m == nil {
+			return fmt.Sprintf("no match of %s in the log:\n%s", re, out)
+		}
+		return ""
+	})
+	return m
 }
 
 // SMTPLineConn is a client connection that a test steps through one
