@@ -95,16 +95,7 @@ spec: {cidrs: [127.0.0.0/8]}
 			t.Errorf("relay: %v", err)
 		}
 	})
-	var addr string
-	deadline := time.Now().Add(20 * time.Second)
-	for addr == "" {
-		if m := listening.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("relay did not start:\n%s", logs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	addr := logs.WaitMatch(t, listening)[1]
 
 	for _, from := range []string{"alice@example.com", "invoices@billing.example.com"} {
 		if line, err := sendOne(addr, from, "to "+from); err != nil || !queuedID.MatchString(line) {
@@ -157,16 +148,12 @@ spec: {cidrs: [127.0.0.0/8]}
 		`postgate_relay_table_version 1`,
 		`postgate_relay_table_loaded 1`,
 	} {
-		var body []byte
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			body = scrape(t, "http://"+m[1]+"/metrics")
-			if bytes.Contains(body, []byte(want)) || time.Now().After(deadline) {
-				break
+		testenv.Eventually(t, func() string {
+			if body := scrape(t, "http://"+m[1]+"/metrics"); !bytes.Contains(body, []byte(want)) {
+				return fmt.Sprintf("metrics: no %s in\n%s", want, body)
 			}
-		}
-		if !bytes.Contains(body, []byte(want)) {
-			t.Errorf("metrics: no %s in\n%s", want, body)
-		}
+			return ""
+		})
 	}
 }
 

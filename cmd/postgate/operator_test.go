@@ -114,7 +114,7 @@ func (p *operatorProcess) leads() bool {
 func waitNoRelays(t *testing.T, c client.Client, name string) {
 	t.Helper()
 	var sd v1alpha1.SenderDomain
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		if err := c.Get(context.Background(), types.NamespacedName{Namespace: "tenant", Name: name}, &sd); err != nil {
 			return err.Error()
 		}
@@ -234,11 +234,6 @@ func httpGet(url string) (string, error) {
 	var b bytes.Buffer
 	_, err = b.ReadFrom(resp.Body)
 	return b.String(), err
-}
-
-func poll(t *testing.T, cond func() string) {
-	t.Helper()
-	waitFor(t, 30*time.Second, cond)
 }
 
 // grepLines returns the lines of s that contain sub.

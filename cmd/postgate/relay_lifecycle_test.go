@@ -107,7 +107,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 			"--dns-server", dns.Addr(), "--mx-port", fmt.Sprint(mx.Port()), "--shutdown-grace", "5s")
 	}
 	// Every relay announces its hand-off address on its Lease.
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		for i, p := range relays {
 			if !strings.Contains(p.logs(), `msg="Hand-off listening"`) {
 				return fmt.Sprintf("relay-%d does not serve hand-offs", i)
@@ -125,7 +125,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	for i, p := range relays {
 		for j := range perRelay {
 			to := fmt.Sprintf("r%d-%d@dest.test", i, j)
-			poll(t, func() string { // until the relay has its table
+			testenv.Eventually(t, func() string { // until the relay has its table
 				line, err := testenv.SubmitMail(p.addr, "127.0.0.1", "app@example.com", to, to)
 				m := queuedID.FindStringSubmatch(line)
 				if err != nil || m == nil {
@@ -137,7 +137,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 		}
 	}
 	var before map[string]admin.Message
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		before = adminList(t, relays[2])
 		for _, m := range before {
 			if m.Recipients[0].Attempts == 0 {
@@ -166,6 +166,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	var loadMu sync.Mutex
 	loadAcked := map[string]string{} // queue id -> recipient
 	var greeted421 atomic.Int64
+	var loadChanges testenv.Changes
 	var wg sync.WaitGroup
 	for c := range 3 {
 		wg.Go(func() {
@@ -178,6 +179,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 					loadMu.Lock()
 					loadAcked[m[1]] = to
 					loadMu.Unlock()
+					loadChanges.Changed()
 				case strings.HasPrefix(line, "421 4.3.2"):
 					greeted421.Add(1)
 				default:
@@ -186,7 +188,15 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The load is flowing when the SIGTERM comes.
+	loadChanges.Wait(t, func() string {
+		loadMu.Lock()
+		defer loadMu.Unlock()
+		if len(loadAcked) < 3 {
+			return fmt.Sprintf("%d messages acknowledged under load, want 3 before the SIGTERM", len(loadAcked))
+		}
+		return ""
+	})
 	start := time.Now()
 	relays[2].terminate(t)
 	took := time.Since(start).Round(time.Millisecond)
@@ -270,7 +280,16 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 	if _, err := mx.WaitMessages(wait, want); err != nil {
 		t.Fatalf("MX got %d messages, want %d: %v", len(mx.Messages()), want, err)
 	}
-	time.Sleep(time.Second) // room for a duplicate to show up
+	// A duplicate could only come from a message still queued: once the
+	// relays left hold none, every delivery they made is at the sink.
+	testenv.Eventually(t, func() string {
+		for i, p := range relays[:2] {
+			if n := len(adminList(t, p)); n != 0 {
+				return fmt.Sprintf("relay-%d still holds %d messages", i, n)
+			}
+		}
+		return ""
+	})
 	got := map[string]int{}
 	for _, m := range mx.Messages() {
 		for _, r := range m.Rcpts {
@@ -305,6 +324,7 @@ func TestRelaySIGTERMUnderLoad(t *testing.T) {
 		"--shutdown-grace", "5s", "--hostname", "relay.test")
 	var acked sync.Map
 	var total, refused, greeted421 atomic.Int64
+	var changes testenv.Changes
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for c := range 4 {
@@ -316,6 +336,7 @@ func TestRelaySIGTERMUnderLoad(t *testing.T) {
 				case err == nil && m != nil:
 					acked.Store(m[1], subject)
 					total.Add(1)
+					changes.Changed()
 				case strings.HasPrefix(line, "421 4.3.2 relay.test Service shutting down"):
 					greeted421.Add(1)
 				default:
@@ -331,11 +352,17 @@ func TestRelaySIGTERMUnderLoad(t *testing.T) {
 	slow.cmd("EHLO slow.test", 250)
 	slow.cmd("MAIL FROM:<alice@example.com>", 250)
 	slow.cmd("RCPT TO:<bob@dest.test>", 250)
-	time.Sleep(300 * time.Millisecond)
+	// The load is flowing when the SIGTERM comes.
+	changes.Wait(t, func() string {
+		if n := total.Load(); n < 10 {
+			return fmt.Sprintf("%d messages acknowledged, want 10 before the SIGTERM", n)
+		}
+		return ""
+	})
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		if greeted421.Load() < 10 {
 			return fmt.Sprintf("%d clients greeted with 421 during the shutdown", greeted421.Load())
 		}
@@ -412,7 +439,7 @@ func TestRelaySIGTERMWithSlowMX(t *testing.T) {
 		t.Fatalf("submit: %q %v", line, err)
 	}
 	// The MX has the whole message and holds its reply.
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		for _, c := range mx.Conns() {
 			for _, l := range c.Transcript {
 				if strings.HasPrefix(l, "C: <") {

@@ -65,7 +65,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 				t.Logf("%s log:\n%s", name, logs)
 			}
 		})
-		poll(t, func() string {
+		testenv.Eventually(t, func() string {
 			if m := listening.FindStringSubmatch(logs.String()); m != nil {
 				addrs[name] = m[1]
 				return ""
@@ -76,7 +76,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 	// send submits through a relay, retrying while it has no table yet.
 	send := func(relay, subject string) {
 		t.Helper()
-		poll(t, func() string {
+		testenv.Eventually(t, func() string {
 			line, err := sendOne(addrs[relay], "invoices@billing.example.com", subject)
 			if err != nil || !queuedID.MatchString(line) {
 				return fmt.Sprintf("submitting through %s: %q %v", relay, line, err)
@@ -113,7 +113,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 
 	send("relay-a", "one")
 	send("relay-b", "two")
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		rr := route()
 		for _, name := range []string{"relay-a", "relay-b"} {
 			e := entry(rr, name)
@@ -135,7 +135,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 	// the later one, no need to wait for the next second.
 	target.SetFault(testenv.StageData, testenv.Fault{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 1}, Text: "refused by policy"})
 	send("relay-a", "three")
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		rr := route()
 		if e := entry(rr, "relay-a"); e == nil || e.LastFailed == nil || e.LastFailed.ResponseCode != 554 || e.LastFailed.EnhancedCode != "5.7.1" {
 			return fmt.Sprintf("relay-a's entry does not show the refusal: %+v", e)
@@ -158,7 +158,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 
 	target.ClearFaults()
 	send("relay-a", "four")
-	poll(t, func() string {
+	testenv.Eventually(t, func() string {
 		rr := route()
 		if cond := condition(rr, v1alpha1.ConditionDeliveryDegraded); cond != nil {
 			return fmt.Sprintf("DeliveryDegraded did not clear: %+v; relay-a: %+v", cond, entry(rr, "relay-a"))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -30,6 +31,9 @@ type webhookReceiver struct {
 	key  []byte
 	mode atomic.Value // "down", "hang", "ok"
 	hang chan struct{}
+
+	refused atomic.Int64 // requests answered "down"
+	changes testenv.Changes
 
 	mu       sync.Mutex
 	requests int
@@ -66,6 +70,8 @@ func (w *webhookReceiver) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	switch w.mode.Load() {
 	case "down":
 		http.Error(rw, "down", http.StatusServiceUnavailable)
+		w.refused.Add(1)
+		w.changes.Changed()
 		return
 	case "hang":
 		select {
@@ -171,13 +177,21 @@ spec: {cidrs: [127.0.0.0/8]}
 	for _, to := range []string{"ok@dest.test", "bad@dest.test", "slow@dest.test"} {
 		submit(to)
 	}
-	waitFor(t, 30*time.Second, func() string {
-		if len(mx.Messages()) < 1 {
-			return "the MX sink has no message"
+	waitMX := func(n int) ([]testenv.Message, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), testenv.WaitTimeout)
+		defer cancel()
+		return mx.WaitMessages(ctx, n)
+	}
+	if _, err := waitMX(1); err != nil {
+		t.Fatal(err)
+	}
+	// Down for a while: several tries fail.
+	recv.changes.Wait(t, func() string {
+		if n := recv.refused.Load(); n < 3 {
+			return fmt.Sprintf("the webhook refused %d tries, want 3", n)
 		}
 		return ""
 	})
-	time.Sleep(3 * time.Second) // down for a while: several tries fail
 
 	// Hanging: delivery goes on regardless.
 	recv.mode.Store("hang")
@@ -185,12 +199,9 @@ spec: {cidrs: [127.0.0.0/8]}
 	for i := range more {
 		submit(fmt.Sprintf("more%d@dest.test", i))
 	}
-	waitFor(t, 60*time.Second, func() string {
-		if n := len(mx.Messages()); n < 1+more {
-			return fmt.Sprintf("the MX sink has %d messages while the webhook hangs, want %d", n, 1+more)
-		}
-		return ""
-	})
+	if msgs, err := waitMX(1 + more); err != nil {
+		t.Fatalf("the MX sink has %d messages while the webhook hangs, want %d: %v", len(msgs), 1+more, err)
+	}
 
 	// Up: every outcome arrives, signed.
 	recv.mode.Store("ok")
@@ -199,7 +210,8 @@ spec: {cidrs: [127.0.0.0/8]}
 	for i := range more {
 		want = append(want, fmt.Sprintf("more%d@dest.test DELIVERED 250", i))
 	}
-	waitFor(t, 90*time.Second, func() string {
+	// Retries back off while the webhook is down: a longer bound.
+	testenv.EventuallyWithin(t, 90*time.Second, func() string {
 		for _, e := range want {
 			if recv.seen(e) == 0 {
 				return "the webhook has not received " + e + "\n" + p.logs()
@@ -215,20 +227,4 @@ spec: {cidrs: [127.0.0.0/8]}
 		}
 	}
 	t.Logf("%d requests, %d distinct notifications", recv.requests, len(recv.ids))
-}
-
-// waitFor polls cond until it returns "" or within passes.
-func waitFor(t *testing.T, within time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, why)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
