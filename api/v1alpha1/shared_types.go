@@ -44,8 +44,7 @@ type IPAddress string
 // +kubebuilder:validation:MaxLength=49
 // +kubebuilder:validation:XValidation:rule="isCIDR(self) || self.matches('(?i)^[0:]*:ffff:([0-9]{1,3}([.][0-9]{1,3}){3}|[0-9a-f]{1,4}:[0-9a-f]{1,4})/[0-9]+$')",message="must be a network in CIDR notation, such as 10.0.0.0/8 or 2001:db8::/32"
 // +kubebuilder:validation:XValidation:rule="isCIDR(self) || !self.matches('(?i)^[0:]*:ffff:([0-9]{1,3}([.][0-9]{1,3}){3}|[0-9a-f]{1,4}:[0-9a-f]{1,4})/[0-9]+$')",message="IPv4-mapped IPv6 networks (::ffff:0:0/96) are not allowed: write the IPv4 network, such as 10.0.0.0/8"
-// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() != 4 || cidr(self) == cidr(self).masked()",message="must be written as its IPv4 network address with the host bits zero, such as 10.0.0.0/8 rather than 10.1.2.3/8"
-// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() != 6 || cidr(self) == cidr(self).masked()",message="must be written as its IPv6 network address with the host bits zero, such as 2001:db8::/32 rather than 2001:db8::1/32"
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="must be written as its network address with the host bits zero, such as 10.0.0.0/8 rather than 10.1.2.3/8",messageExpression="'must be written as its network address with the host bits zero: %s rather than %s'.format([string(cidr(self).masked()), self])"
 type CIDR string
 
 // TLSPolicy says how much TLS a delivery insists on.
