@@ -159,6 +159,23 @@ spec:
 			wantCode:   checkRefused,
 			wantStdout: []string{"Refused DomainNotAllowed: The guardrail policy does not let namespace \"team-a\" claim domain b.example.com"},
 		},
+		{
+			desc: "policy keys match exactly: a key in other case is an error, not ignored",
+			files: map[string]string{
+				"sd.yaml":     sdYAML("team-a", "sd", "b.example.com"),
+				"policy.conf": "DOMAINCLAIMS:\n- namespaces: [team-a]\n  suffixes: [a.example.com]\n",
+			},
+			args:       []string{"--policy", "%DIR%/policy.conf"},
+			wantCode:   checkUnreadable,
+			wantStderr: []string{"policy.conf", `unknown field "DOMAINCLAIMS"`},
+		},
+		{
+			desc: "the TrustedNetworks without AUTH of a namespace are bounded together",
+			files: map[string]string{"tn.yaml": strings.ReplaceAll(checkTN, "{cidrs: [127.0.0.0/8]}", "{cidrs: [10.0.0.0/8, 11.0.0.0/8, 12.0.0.0/8]}") +
+				"---\n" + strings.NewReplacer("name: loopback", "name: more", "{cidrs: [127.0.0.0/8]}", "{cidrs: [13.0.0.0/8, 14.0.0.0/8]}").Replace(checkTN)},
+			wantCode:   checkRefused,
+			wantStdout: []string{"TrustedNetwork app/loopback: Accepted", `TrustedNetwork app/more: Refused NetworkTooBroad: Together with the older TrustedNetworks without AUTH of namespace "app" (loopback)`},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
