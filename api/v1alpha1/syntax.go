@@ -60,7 +60,6 @@ const ObjectNamePattern = `^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*
 var (
 	emailAddress = regexp.MustCompile(EmailAddressPattern)
 	dkimSelector = regexp.MustCompile(DKIMSelectorPattern)
-	objectName   = regexp.MustCompile(ObjectNamePattern)
 )
 
 // IsEmailAddress reports whether s is a valid EmailAddress, as the schema
@@ -78,9 +77,6 @@ func IsDKIMSelector(s string) bool {
 // MaxDKIMSelectorLength leaves room in a DNS name of 253 characters for
 // "._domainkey." and the shortest domain, a.b.
 const MaxDKIMSelectorLength = 253 - len("._domainkey.") - len("a.b")
-
-// IsObjectName reports whether s is a valid name of a referenced object.
-func IsObjectName(s string) bool { return len(s) <= 253 && objectName.MatchString(s) }
 
 // The address ranges no packet can be sent from (the schema's rule for
 // sourceIP lists the same): "this network" (RFC 791, RFC 1122 section
