@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/hack/bench/load"
+	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/testenv"
 )
 
@@ -206,6 +207,7 @@ func TestKillNine(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	var refused, unknown int
+	var changes testenv.Changes // at each acknowledged message
 	ctx, cancel := context.WithCancel(context.Background())
 	loaded := make(chan load.Stats, 1)
 	go func() {
@@ -218,6 +220,7 @@ func TestKillNine(t *testing.T) {
 				switch {
 				case res.Acknowledged():
 					acked[res.Rcpt] = true
+					changes.Changed()
 				case res.Code == 0:
 					unknown++ // the connection died: the client knows nothing
 				default:
@@ -231,20 +234,28 @@ func TestKillNine(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked)
 	}
+	// waitAcked waits until n more messages were acknowledged.
+	waitAcked := func(n int) {
+		t.Helper()
+		want := ackedNow() + n
+		changes.Wait(t, func() string {
+			if got := ackedNow(); got < want {
+				return fmt.Sprintf("%d messages acknowledged, waiting for %d", got, want)
+			}
+			return ""
+		})
+	}
 	for i := range kills {
 		// Random moments: while sessions are mid-transaction, mid-fsync,
 		// mid-delivery. Each life lasts until some mail was acknowledged,
-		// so that every kill has something to lose.
-		before := ackedNow()
-		time.Sleep(time.Duration(100+rng.IntN(900)) * time.Millisecond)
-		for deadline := time.Now().Add(10 * time.Second); ackedNow() == before && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// so that every kill has something to lose: the moment is counted
+		// in acknowledged messages, so a slow machine still kills mid-load.
+		waitAcked(1 + rng.IntN(50))
 		r.kill()
 		t.Logf("kill %d: %d acknowledged so far", i+1, ackedNow())
 		r.start()
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitAcked(1) // the last life takes mail too
 	cancel()
 	st := <-loaded
 
@@ -371,7 +382,26 @@ func TestDiskFull(t *testing.T) {
 	if _, err := sink.WaitMessages(wait, 2); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // anything refused that was queued anyway would show up now
+	// Anything refused but queued anyway would still be in the queue, or
+	// at the sink: stop the relay and look at both.
+	r.stop()
+	dir, err := queue.OpenDir(filepath.Join(mnt, "spool", "queue"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.Open(context.Background(), dir, queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := q.Stats().Messages; n != 0 {
+		t.Errorf("%d messages left in the queue after both were delivered", n)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.Close(); err != nil { // the tmpfs is unmounted at the end
+		t.Fatal(err)
+	}
 	var got []string
 	for _, m := range sink.Messages() {
 		got = append(got, m.Rcpts...)
