@@ -145,22 +145,19 @@ func startProcess(t *testing.T, name string, env map[string]string, args []strin
 }
 
 // waitReady polls an HTTP endpoint until it answers 200.
-func waitReady(t *testing.T, url string, timeout time.Duration) {
+func waitReady(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testenv.Eventually(t, func() string {
 		resp, err := http.Get(url) //nolint:gosec,noctx // a loopback probe the test started
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return fmt.Sprintf("%s not ready: %v", url, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready within %s: %v", url, timeout, err)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Sprintf("%s not ready: %s", url, resp.Status)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return ""
+	})
 }
 
 // TestInstalledOperatorAndRelayProgramTheSamples installs the chart into
@@ -216,7 +213,7 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 			"senderdomains,relayroutes,trustednetworks", "--all")
 	}
 	t.Logf("samples accepted, programmed and ready in %s", time.Since(start).Round(time.Millisecond))
-	waitReady(t, "http://"+relayProbes+"/readyz", 30*time.Second)
+	waitReady(t, "http://"+relayProbes+"/readyz")
 	t.Logf("kubectl get postgate -A:\n%s", run(t, nil, "kubectl", "get", "postgate", "-A"))
 
 	// The samples trust all of loopback: take them away before the

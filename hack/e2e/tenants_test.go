@@ -134,7 +134,7 @@ spec: {cidrs: [127.0.0.128/25]}
 	// The samples' loopback network (127.0.0.0/8) would admit everyone:
 	// poll until the relay refuses the outsider, i.e. has the table
 	// without them.
-	poll(t, 30*time.Second, func() string {
+	testenv.Eventually(t, func() string {
 		if line, err := send(f.relaySMTP, outsider, "x@a.example.org", "outsider"); err != nil || !strings.HasPrefix(line, "554 5.7.1") {
 			return fmt.Sprintf("a client outside every TrustedNetwork got %q %v, want 554 5.7.1", line, err)
 		}
@@ -161,7 +161,7 @@ spec: {cidrs: [127.0.0.128/25]}
 	}
 
 	// The relay reports its delivery on the RelayRoute (contract 6).
-	poll(t, 30*time.Second, func() string {
+	testenv.Eventually(t, func() string {
 		out, _, err := tryRun(nil, "kubectl", "get", "-n", "team-b", "relayroute", "b-route",
 			"-o", `jsonpath={.status.delivery.replicas[?(@.name=="`+f.relayPodName+`")].lastDelivered.responseCode}`)
 		if err != nil || strings.TrimSpace(string(out)) != "250" {
@@ -175,7 +175,7 @@ spec: {cidrs: [127.0.0.128/25]}
 	// A new target with kubectl apply: the relay follows with no restart.
 	applied := time.Now()
 	run(t, []byte(routeManifest("smarthost2.relay.test", f.smarthost2.Port())), "kubectl", "apply", "-f", "-")
-	poll(t, 60*time.Second, programmedAtGeneration("team-b", "relayroute", "b-route"))
+	testenv.Eventually(t, programmedAtGeneration("team-b", "relayroute", "b-route"))
 	mustQueue(t, f.relaySMTP, clientB, "invoices@b.example.org", "after the change")
 	moved := waitMessages(t, f.smarthost2, 1)
 	t.Logf("route change: %s from kubectl apply to the first message at the new target",
@@ -217,22 +217,6 @@ func programmedAtGeneration(ns, kind, name string) func() string {
 			}
 		}
 		return fmt.Sprintf("%s %s/%s not programmed at generation %d: %s", kind, ns, name, obj.Metadata.Generation, out)
-	}
-}
-
-// poll calls check until it returns "" or the timeout passes.
-func poll(t *testing.T, timeout time.Duration, check func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
