@@ -106,7 +106,11 @@ func (rs relays) maxVersion() int64 {
 type firstSeen struct {
 	uid        types.UID
 	generation int64
-	version    int64
+	// held: the table holds the object as a held entry. A held object
+	// that resolves keeps its generation, yet needs the version that
+	// takes it out of hold.
+	held    bool
+	version int64
 }
 
 // versionBook remembers, per object, the first published version that holds
@@ -123,10 +127,11 @@ func (b versionBook) record(t *routing.Table, version int64) {
 	for _, o := range t.Objects() {
 		k := o.Key()
 		seen[k] = true
-		if f, ok := b[k]; ok && f.uid == o.UID && f.generation == o.Generation {
+		held := t.Held(k)
+		if f, ok := b[k]; ok && f.uid == o.UID && f.generation == o.Generation && f.held == held {
 			continue
 		}
-		b[k] = firstSeen{uid: o.UID, generation: o.Generation, version: version}
+		b[k] = firstSeen{uid: o.UID, generation: o.Generation, held: held, version: version}
 	}
 	for k := range b {
 		if !seen[k] {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
@@ -140,5 +141,29 @@ func TestDesiredStatusKeepsTransitionTimes(t *testing.T) {
 	again := desiredStatus(cur2, []metav1.Condition{want.Conditions[0], want.Conditions[1]}, nil, 2, now.Add(time.Hour))
 	if !sameStatus(cur2, again) || statusHash(again) != statusHash(want) {
 		t.Error("the same status computed later compares as different")
+	}
+}
+
+// A held route that resolves keeps its generation, yet is programmed only
+// once the relays load the version that takes it out of hold.
+func TestVersionBookHeldToResolved(t *testing.T) {
+	sd := v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "sd", UID: "u1", Generation: 1},
+		Spec: v1alpha1.SenderDomainSpec{Domain: "example.com"}}
+	rr := v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "rr", UID: "u2", Generation: 1},
+		Spec: v1alpha1.RelayRouteSpec{SenderDomainRef: v1alpha1.LocalObjectReference{Name: "sd"},
+			Target: v1alpha1.RelayTarget{Host: "smart.example.net", CredentialsSecretRef: &v1alpha1.LocalObjectReference{Name: "creds"}}}}
+	creds := corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "creds"}, Type: corev1.SecretTypeBasicAuth,
+		Data: map[string][]byte{"username": []byte("u"), "password": []byte("p")}}
+	in := routing.Input{SenderDomains: []v1alpha1.SenderDomain{sd}, RelayRoutes: []v1alpha1.RelayRoute{rr}}
+	b := versionBook{}
+	b.record(routing.Compile(in, nil).Table, 5)
+	in.Secrets = []corev1.Secret{creds}
+	b.record(routing.Compile(in, nil).Table, 6)
+	ref := routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: "ns", Name: "rr", UID: "u2", Generation: 1}
+	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 5}}}, "relays"); got.Status != metav1.ConditionFalse {
+		t.Errorf("relay at the held version 5: %s %s, want not programmed", got.Status, got.Message)
+	}
+	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 6}}}, "relays"); got.Status != metav1.ConditionTrue {
+		t.Errorf("relay at version 6: %s %s, want programmed", got.Status, got.Message)
 	}
 }

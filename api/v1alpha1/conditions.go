@@ -29,7 +29,9 @@ const (
 	//
 	// True: ReasonProgrammed.
 	// False: ReasonPending (relays not there yet), ReasonNoRelays,
-	// ReasonNotAccepted (the object takes no effect, so nothing to program).
+	// ReasonNotAccepted (the object takes no effect, so nothing to program),
+	// ReasonDeliveryHeld (the relays hold the domain's mail: the route
+	// cannot take effect, or the signing key is unavailable).
 	// Unknown: ReasonPending.
 	ConditionProgrammed = "Programmed"
 
@@ -111,6 +113,17 @@ const (
 	// ReasonNotAccepted: the object is not accepted, so there is nothing to
 	// program.
 	ReasonNotAccepted = "NotAccepted"
+
+	// ReasonDeliveryHeld: on a RelayRoute that is accepted but cannot take
+	// effect (its credentials or CA bundle Secret, or its SenderDomain, is
+	// not resolved) and on its SenderDomain, the relays hold the mail the
+	// route would carry: deferred with 4.4.4 at each attempt, new and
+	// queued alike, never sent by MX, until the route resolves or is
+	// deleted; it still expires at the domain's queue lifetime. On a
+	// signing SenderDomain whose key is unavailable, the relays refuse its
+	// new mail with 451 4.3.0 at the end of DATA rather than send it
+	// unsigned. The message names the reason.
+	ReasonDeliveryHeld = "DeliveryHeld"
 
 	// ReasonReady: accepted, resolved and programmed.
 	ReasonReady = "Ready"

@@ -132,7 +132,8 @@ type checkVerdict struct {
 	Name      string `json:"name"`
 	File      string `json:"file"`
 	Line      int    `json:"line"`
-	// Verdict is Accepted, Refused, Unresolved, Unknown or Pending.
+	// Verdict is Accepted, Refused, Unresolved, Unknown, Pending or Held
+	// (the route's mail would be held: its SenderDomain is unresolved).
 	Verdict string `json:"verdict"`
 	// Condition is the condition the verdict comes from (Accepted,
 	// ResolvedRefs or Programmed), with its status, reason and message as
@@ -198,6 +199,8 @@ func judge(o *manifest.Object, result *routing.Result) (checkVerdict, bool) {
 		set("Unknown", v1alpha1.ConditionResolvedRefs, rv.ResolvedRefs.Status, rv.ResolvedRefs.Reason, rv.ResolvedRefs.Message)
 	case !rv.InTable:
 		set("Pending", v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonPending, rv.Pending)
+	case rv.Held != "":
+		set("Held", v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonDeliveryHeld, rv.Held)
 	default:
 		set("Accepted", v1alpha1.ConditionAccepted, rv.Accepted.Status, rv.Accepted.Reason, rv.Accepted.Message)
 	}
@@ -240,7 +243,7 @@ func (r *checkReport) count(v checkVerdict) {
 		r.unresolved++
 	case "Unknown":
 		r.unknown++
-	case "Pending":
+	case "Pending", "Held":
 		r.pend++
 	default:
 		r.accepted++

@@ -101,7 +101,8 @@ type Attempt struct {
 	// Domain is the sender's SenderDomain in the table; nil when the domain
 	// is not (or no longer) in it.
 	Domain *routing.ObjectRef
-	// Route is the RelayRoute the mail took; nil for MX delivery.
+	// Route is the RelayRoute the mail took, or that holds it (Cause
+	// CauseHeld); nil for MX delivery.
 	Route *routing.ObjectRef
 	// Destination is the recipient domain (MX) or the target relay's host.
 	Destination string

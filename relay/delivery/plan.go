@@ -20,6 +20,9 @@ import (
 type destination struct {
 	// route is the RelayRoute; nil for MX delivery.
 	route *routing.Route
+	// held is the hold of a RelayRoute that cannot take effect: the
+	// recipients are deferred (fail), nothing is sent anywhere.
+	held *routing.Hold
 	// domain is the recipient domain as DNS knows it (A-labels, lower
 	// case), for MX delivery.
 	domain string
@@ -51,6 +54,16 @@ func (w *Worker) plan(msg *queue.Message, due []int, dl routing.Delivery) []*des
 	if dl.Domain != nil {
 		source = dl.Domain.SourceIP
 		policy = cmp.Or(dl.Domain.MXTLSPolicy, policy)
+	}
+	if h := dl.Hold; h != nil {
+		// The route cannot take effect: defer every recipient without a
+		// connection, and never fall back to MX. 4.4.4, "unable to route:
+		// the necessary routing information was unavailable" (RFC 3463
+		// section 3.5), the text naming the route and the reason.
+		return []*destination{{
+			held: h, host: h.Host, source: source, rcpts: due,
+			fail: localFailure(false, CauseHeld, "4.4.4", "held: %s; the message waits for the route (never sent by MX)", h.Reason),
+		}}
 	}
 	if r := dl.Route; r != nil {
 		return []*destination{{
@@ -133,7 +146,7 @@ func (d *destination) connKey(host string, remote netip.AddrPort) connKey {
 
 // name is what the destination is called in logs and attempts.
 func (d *destination) name() string {
-	if d.route != nil {
+	if d.route != nil || d.held != nil {
 		return d.host
 	}
 	return d.domain

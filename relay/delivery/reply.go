@@ -39,6 +39,9 @@ const (
 	// CauseMessage: the message itself cannot be sent: bytes unsafe for
 	// the wire, a corrupt spool file, SMTPUTF8 that the host lacks.
 	CauseMessage Cause = "Message"
+	// CauseHeld: the sender's RelayRoute cannot take effect, so the
+	// message is held; no host was tried, none failed.
+	CauseHeld Cause = "Held"
 )
 
 // failure is why recipients were not delivered: the reply the queue keeps,

@@ -34,6 +34,18 @@ type Worker struct {
 	mu      sync.Mutex
 	running bool
 	abort   context.CancelFunc
+
+	// held are the messages whose last attempt was held (a RelayRoute
+	// that cannot take effect), so that they go out as soon as a table
+	// lets them rather than at their next retry, hours later maybe.
+	heldMu sync.Mutex
+	held   map[queue.ID]heldMessage
+}
+
+// heldMessage is a held message's sender and the table that last held it.
+type heldMessage struct {
+	sender string
+	table  *routing.Table
 }
 
 // New returns a worker for q that routes by the tables' current table.
@@ -52,6 +64,7 @@ func New(q *queue.Queue, tables TableSource, opts Options) (*Worker, error) {
 		limits:   newLimiter(opts.MaxConnections, opts.MaxPerDestination),
 		stopping: make(chan struct{}),
 		finished: make(chan struct{}),
+		held:     map[queue.ID]heldMessage{},
 	}, nil
 }
 
@@ -118,6 +131,12 @@ func (w *Worker) Run(ctx context.Context) error {
 				if backoff {
 					wakeAt = later(next, w.clock.Now().Add(tablePoll))
 				}
+			}
+		}
+		if t := w.tables.Table(); t != nil && w.releaseHeld(actx, t) {
+			// Something is held: look again for a table that releases it.
+			if poll := w.clock.Now().Add(tablePoll); wakeAt.IsZero() || poll.Before(wakeAt) {
+				wakeAt = poll
 			}
 		}
 		var stopTimer func() bool
@@ -202,16 +221,54 @@ func (w *Worker) deliver(ctx context.Context, lease *queue.Lease) {
 		wg.Go(func() {
 			start := w.clock.Now()
 			o := w.send(ctx, &msg, d, body)
-			w.record(ctx, lease, &msg, dl, d, o, start)
+			w.record(ctx, lease, &msg, table, dl, d, o, start)
 		})
 	}
 	wg.Wait()
 }
 
+// noteHeld remembers whether table held the message, as the attempt left
+// it, so that releaseHeld finds it.
+func (w *Worker) noteHeld(msg *queue.Message, dl routing.Delivery, table *routing.Table) {
+	w.heldMu.Lock()
+	defer w.heldMu.Unlock()
+	if dl.Hold != nil && len(msg.Pending()) > 0 {
+		w.held[msg.ID] = heldMessage{sender: msg.Envelope.From, table: table}
+	} else {
+		delete(w.held, msg.ID)
+	}
+}
+
+// releaseHeld makes the held messages that table no longer holds due now.
+// It reports whether some stay held.
+func (w *Worker) releaseHeld(ctx context.Context, table *routing.Table) bool {
+	w.heldMu.Lock()
+	var release []queue.ID
+	for id, h := range w.held {
+		switch {
+		case h.table == table:
+		case table.Lookup(h.sender).Hold == nil:
+			release = append(release, id)
+			delete(w.held, id)
+		default:
+			w.held[id] = heldMessage{sender: h.sender, table: table}
+		}
+	}
+	more := len(w.held) > 0
+	w.heldMu.Unlock()
+	for _, id := range release {
+		// A message gone meanwhile (deleted) is not worth a word.
+		if _, err := w.q.Flush(ctx, id); err != nil && !errors.Is(err, queue.ErrNotFound) {
+			w.logger.Error("Cannot release a held message", "id", string(id), "error", err)
+		}
+	}
+	return more
+}
+
 // record asks for DSNs, writes the outcome to the queue, logs it and tells
 // the observer. An attempt aborted by shutdown records only what was
 // delivered.
-func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Message, dl routing.Delivery, d *destination, o *outcome, start time.Time) {
+func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Message, table *routing.Table, dl routing.Delivery, d *destination, o *outcome, start time.Time) {
 	end := w.clock.Now()
 	aborted := ctx.Err() != nil
 	lifetime := dl.MaxQueueLifetime()
@@ -265,6 +322,7 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 		}
 		_ = w.bounce(rctx, updated, late, o, end)
 	}
+	w.noteHeld(&updated, dl, table)
 	a := Attempt{
 		QueueID: msg.ID, Arrival: msg.Arrival, Size: msg.Size,
 		MessageID: msg.Envelope.MessageID, HeaderFrom: msg.Envelope.HeaderFrom, Tag: msg.Envelope.Tag,
@@ -279,6 +337,9 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 	}
 	if dl.Route != nil {
 		ref := dl.Route.Object
+		a.Route = &ref
+	} else if dl.Hold != nil {
+		ref := dl.Hold.Route
 		a.Route = &ref
 	}
 	for _, r := range results {

@@ -180,7 +180,9 @@ func (r *Reporter) Observe(a delivery.Attempt) {
 		if e.lastDelivered == nil || !at.Time.Before(&e.lastDelivered.Time) {
 			e.lastDelivered = at
 		}
-	} else if e.lastFailed == nil || !at.Time.Before(&e.lastFailed.Time) {
+	} else if a.Cause != delivery.CauseHeld && (e.lastFailed == nil || !at.Time.Before(&e.lastFailed.Time)) {
+		// A held message tried no host: it is counted deferred, but it is
+		// no failed delivery (the route's conditions say DeliveryHeld).
 		e.lastFailed = at
 	}
 	b := e.bucket(r.slot(end))

@@ -129,7 +129,10 @@ func byAge(a, b *metav1.ObjectMeta) int {
 type domainState struct {
 	sd      *v1alpha1.SenderDomain
 	verdict *Verdict
-	unit    *domainUnit // nil unless accepted and resolved
+	// unit is nil unless the SenderDomain is accepted; it lacks what did
+	// not resolve unless resolved is true.
+	unit     *domainUnit
+	resolved bool
 }
 
 // senderDomains judges the SenderDomains. Their verdicts are final only
@@ -170,8 +173,8 @@ func (c *compiler) senderDomains() (map[string]*domainState, []Verdict) {
 				v.DKIM = &v1alpha1.DKIMRecord{Name: u.DKIM.Selector + "._domainkey." + domain, Value: value, SecretName: refs.dkimSecret}
 			}
 		}
-		if !v.Refused() && u != nil {
-			st.unit = u
+		if !v.Refused() {
+			st.unit, st.resolved = u, refs.ok()
 		}
 		if refs.toGenerate != "" {
 			v.Pending = fmt.Sprintf("Waiting for the DKIM key to be generated into Secret %q", refs.toGenerate)
@@ -317,9 +320,6 @@ func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain) (*domainUnit, *refPr
 			}
 		}
 	}
-	if !p.ok() {
-		return nil, p
-	}
 	return u, p
 }
 
@@ -365,12 +365,14 @@ func (c *compiler) relayRoutes(domains map[string]*domainState) {
 		u, refs := c.resolveRoute(rr)
 		v.ResolvedRefs = refs.status()
 		switch {
-		case v.Refused() || u == nil:
-		case st.unit == nil:
-			v.Pending = fmt.Sprintf("Waiting for SenderDomain %q, which is not in the routing table: %s", st.sd.Name, st.verdict.ResolvedRefs.Message)
-		default:
+		case v.Refused():
+		case refs.ok() && st.resolved:
 			st.unit.Route = u
 			v.InTable = true
+		default:
+			// The route is the domain's (the oldest accepted), but it cannot
+			// take effect: its mail is held, never sent by MX meanwhile.
+			c.hold(st, v, u, refs)
 		}
 	}
 	for st, names := range refused {
@@ -379,12 +381,48 @@ func (c *compiler) relayRoutes(domains map[string]*domainState) {
 			"RelayRoute %s refused: this domain signs with DKIM, so its mail is signed and goes to MX", strings.Join(names, ", "))}
 	}
 	for _, st := range domains {
-		if st.unit != nil {
+		switch {
+		case st.unit == nil:
+		case st.unit.Hold != nil:
+			st.verdict.InTable = true
+			c.units = append(c.units, unit{Held: st.unit})
+		case st.resolved:
 			st.verdict.InTable = true
 			c.units = append(c.units, unit{Domain: st.unit})
+		case st.sd.Spec.Signing != nil && st.unit.DKIM == nil && st.verdict.Pending == "":
+			// A signing domain without its key stays in the table as such,
+			// rather than leaving it: its mail is refused for now, never
+			// accepted unsigned. (A key still to be generated, in postgate
+			// check, is Pending instead.)
+			st.unit.SigningUnavailable = fmt.Sprintf("the DKIM key of %s is unavailable: %s", st.sd.Spec.Domain, st.verdict.ResolvedRefs.Message)
+			st.verdict.Held = fmt.Sprintf("New mail from %s is refused with 451 4.3.0 at the end of DATA, never sent unsigned, until %s", st.sd.Spec.Domain, st.unit.SigningUnavailable)
+			st.verdict.InTable = true
+			c.units = append(c.units, unit{Held: st.unit})
 		}
 	}
 	c.verdicts = append(c.verdicts, verdicts...)
+}
+
+// hold records that route v of domain st cannot take effect: the domain
+// goes into the table with a hold on the mail the route would carry.
+func (c *compiler) hold(st *domainState, v *Verdict, u *routeUnit, refs *refProblems) {
+	var why []string
+	if !refs.ok() {
+		why = append(why, refs.status().Message)
+	}
+	if !st.resolved {
+		why = append(why, fmt.Sprintf("its SenderDomain %q is not resolved: %s", st.sd.Name, st.verdict.ResolvedRefs.Message))
+	}
+	name := v.Object.Namespace + "/" + v.Object.Name
+	reason := fmt.Sprintf("RelayRoute %s cannot take effect: %s", name, strings.Join(why, "; "))
+	st.unit.Hold = &holdUnit{Route: v.Object, Host: u.Host, Reason: reason, Senders: u.Senders}
+	mail := "Mail from " + string(st.sd.Spec.Domain)
+	if len(u.Senders) > 0 {
+		mail = "Mail from " + strings.Join(u.Senders, ", ")
+	}
+	held := fmt.Sprintf("%s is held (deferred with 4.4.4, never sent by MX) until the route takes effect or is deleted: %s", mail, reason)
+	v.InTable, v.Held = true, held
+	st.verdict.Held = held
 }
 
 func targetPort(rr *v1alpha1.RelayRoute) int {
@@ -435,9 +473,6 @@ func (c *compiler) resolveRoute(rr *v1alpha1.RelayRoute) (*routeUnit, *refProble
 	if ref := t.CredentialsSecretRef; ref != nil {
 		user, password := c.basicAuth(p, rr.Namespace, ref.Name, "target credentials")
 		u.Username, u.Password = user, password
-	}
-	if !p.ok() {
-		return nil, p
 	}
 	return u, p
 }

@@ -153,7 +153,7 @@ func TestCompileRules(t *testing.T) {
 				{sdKind, "app", "sd", v1alpha1.ConditionResolvedRefs, isFals, v1alpha1.ReasonSecretNotFound, `Secret "dkim" (DKIM key) not found`},
 				{sdKind, "app", "sd", v1alpha1.ConditionReconciling, isTrue, v1alpha1.ReasonSecretNotFound, ""},
 				{sdKind, "app", "sd", v1alpha1.ConditionStalled, absent, "", ""},
-				{sdKind, "app", "sd", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonPending, ""},
+				{sdKind, "app", "sd", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonDeliveryHeld, "451 4.3.0"},
 			},
 		},
 		{
@@ -258,15 +258,17 @@ func TestCompileRules(t *testing.T) {
 			},
 		},
 		{
-			desc: "route whose SenderDomain is unresolved waits for it",
+			desc: "route whose SenderDomain is unresolved holds the domain's mail",
 			input: Input{
 				SenderDomains: []v1alpha1.SenderDomain{senderDomain("app", "sd", "example.com", 0, webhook("https://hooks.example.com/", "hook"))},
 				RelayRoutes:   []v1alpha1.RelayRoute{relayRoute("app", "route", "sd", 0)},
 			},
 			want: []want{
 				{rrKind, "app", "route", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
-				{rrKind, "app", "route", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonPending, `Waiting for SenderDomain "sd"`},
-				{rrKind, "app", "route", v1alpha1.ConditionReconciling, isTrue, v1alpha1.ReasonPending, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonDeliveryHeld, `its SenderDomain "sd" is not resolved: Secret "hook" (webhook HMAC key) not found`},
+				{rrKind, "app", "route", v1alpha1.ConditionReconciling, isTrue, v1alpha1.ReasonDeliveryHeld, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionStalled, absent, "", ""},
+				{sdKind, "app", "sd", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonDeliveryHeld, "Mail from example.com is held"},
 			},
 		},
 		{

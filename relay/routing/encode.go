@@ -30,11 +30,22 @@ import (
 type unit struct {
 	Domain  *domainUnit  `json:"domain,omitempty"`
 	Network *networkUnit `json:"network,omitempty"`
+	// Held is a domain with a hold or an unavailable signing key. It is a
+	// member of its own, not Domain with one more field, so that a relay
+	// built before held entries existed finds a unit it does not know and
+	// refuses the whole table (keeping its last one) instead of reading
+	// the domain as one without route or signing, which would send its
+	// mail by MX or unsigned. Its key is the domain's, so a domain that
+	// becomes held stays in its shard.
+	Held *domainUnit `json:"held,omitempty"`
 }
 
 func (u unit) key() string {
 	if u.Domain != nil {
 		return "domain/" + u.Domain.Name
+	}
+	if u.Held != nil {
+		return "domain/" + u.Held.Name
 	}
 	return "network/" + u.Network.Object.Namespace + "/" + u.Network.Object.Name
 }
@@ -52,6 +63,17 @@ type domainUnit struct {
 	// without them encodes (and hashes) as before.
 	Account    string `json:"account,omitempty"`
 	CustomerNo string `json:"customerNo,omitempty"`
+	// Hold and SigningUnavailable appear only in a Held unit.
+	Hold               *holdUnit `json:"hold,omitempty"`
+	SigningUnavailable string    `json:"signingUnavailable,omitempty"`
+}
+
+// holdUnit is a RelayRoute that cannot take effect.
+type holdUnit struct {
+	Route   ObjectRef `json:"route"`
+	Host    string    `json:"host"`
+	Reason  string    `json:"reason"`
+	Senders []string  `json:"senders,omitempty"`
 }
 
 type dkimUnit struct {
@@ -135,7 +157,7 @@ func (k cachedKeys) pool(pem string) (*x509.CertPool, error) {
 
 // build makes a Table from units.
 func build(units []unit, keys keyParser) (*Table, error) {
-	t := &Table{domains: map[string]*Domain{}, units: map[string]unit{}}
+	t := &Table{domains: map[string]*Domain{}, units: map[string]unit{}, held: map[ObjectKey]bool{}}
 	for _, u := range units {
 		k := u.key()
 		if _, dup := t.units[k]; dup {
@@ -143,8 +165,18 @@ func build(units []unit, keys keyParser) (*Table, error) {
 		}
 		t.units[k] = u
 		switch {
-		case u.Domain != nil:
-			d, err := buildDomain(u.Domain, keys)
+		case u.Domain != nil || u.Held != nil:
+			du, held := u.Domain, u.Held != nil
+			if held {
+				du = u.Held
+			}
+			if n := btoi(u.Domain != nil) + btoi(u.Network != nil) + btoi(held); n != 1 {
+				return nil, fmt.Errorf("%s: a unit is one of domain, held or network", k)
+			}
+			if hasHold := du.Hold != nil || du.SigningUnavailable != ""; hasHold != held || (du.Hold != nil && du.Route != nil) {
+				return nil, fmt.Errorf("%s: a hold or an unavailable key only in a held unit, without route", k)
+			}
+			d, err := buildDomain(du, keys)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", k, err)
 			}
@@ -152,6 +184,13 @@ func build(units []unit, keys keyParser) (*Table, error) {
 			t.objects = append(t.objects, d.Object)
 			if d.Route != nil {
 				t.objects = append(t.objects, d.Route.Object)
+			}
+			if held {
+				t.held[d.Object.Key()] = true
+			}
+			if d.Hold != nil {
+				t.objects = append(t.objects, d.Hold.Route)
+				t.held[d.Hold.Route.Key()] = true
 			}
 		case u.Network != nil:
 			n, err := buildNetwork(u.Network)
@@ -200,14 +239,22 @@ func buildDomain(u *domainUnit, keys keyParser) (*Domain, error) {
 				return nil, fmt.Errorf("CA bundle: %w", err)
 			}
 		}
-		if len(r.Senders) > 0 {
-			d.Route.senders = make(map[string]struct{}, len(r.Senders))
-			for _, s := range r.Senders {
-				d.Route.senders[s] = struct{}{}
-			}
-		}
+		d.Route.senders = newSenderSet(r.Senders)
+	}
+	if h := u.Hold; h != nil {
+		d.Hold = &Hold{Route: h.Route, Host: h.Host, Reason: h.Reason, senders: newSenderSet(h.Senders)}
+	}
+	if d.SigningUnavailable = u.SigningUnavailable; d.SigningUnavailable != "" && d.DKIM != nil {
+		return nil, errors.New("a signing key both given and unavailable")
 	}
 	return d, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func buildNetwork(u *networkUnit) (*Network, error) {

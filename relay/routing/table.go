@@ -28,6 +28,9 @@ type Table struct {
 	domains  map[string]*Domain
 	networks prefixTrie[*Network]
 	objects  []ObjectRef
+	// held are the objects of held entries (Domain.Hold and
+	// Domain.SigningUnavailable).
+	held map[ObjectKey]bool
 	// units is what Encode writes, kept from Compile or Decode.
 	units map[string]unit
 }
@@ -53,7 +56,30 @@ type Domain struct {
 	// CustomerNoKey annotations (or labels), "" when unset: delivery
 	// notifications carry them.
 	Account, CustomerNo string
+	// Hold is set, and Route nil, while the domain's accepted RelayRoute
+	// cannot take effect (a Secret it or its SenderDomain needs is missing
+	// or unusable): the mail the route would carry is deferred at each
+	// attempt, never sent by MX, until the route resolves or is deleted.
+	Hold *Hold
+	// SigningUnavailable is set, with the reason, and DKIM nil, while the
+	// domain signs but its key is not usable: new mail is refused with a
+	// temporary reply at the end of DATA, never accepted unsigned.
+	SigningUnavailable string
 }
+
+// Hold says why the mail of a RelayRoute that cannot take effect is held.
+type Hold struct {
+	// Route is the RelayRoute and Host its target host.
+	Route ObjectRef
+	Host  string
+	// Reason says why the route cannot take effect.
+	Reason  string
+	senders senderSet
+}
+
+// Holds reports whether mail from sender (an address of the domain) is
+// held: the mail the route would carry if it took effect.
+func (h *Hold) Holds(sender string) bool { return h.senders.covers(sender) }
 
 // DKIM is a domain's signing key.
 type DKIM struct {
@@ -81,18 +107,34 @@ type Route struct {
 	// Username and Password authenticate us to the target; empty when the
 	// route has no credentials.
 	Username, Password string
-	// senders are the routed envelope senders, lowercased; empty routes
-	// every sender of the domain.
-	senders map[string]struct{}
+	// senders are the routed envelope senders.
+	senders senderSet
 }
 
 // Routes reports whether the route carries mail from sender (an address of
 // the route's domain).
-func (r *Route) Routes(sender string) bool {
-	if len(r.senders) == 0 {
+func (r *Route) Routes(sender string) bool { return r.senders.covers(sender) }
+
+// senderSet holds envelope senders, lowercased; an empty set covers every
+// sender of the domain.
+type senderSet map[string]struct{}
+
+func newSenderSet(senders []string) senderSet {
+	if len(senders) == 0 {
+		return nil
+	}
+	s := make(senderSet, len(senders))
+	for _, a := range senders {
+		s[a] = struct{}{}
+	}
+	return s
+}
+
+func (s senderSet) covers(sender string) bool {
+	if len(s) == 0 {
 		return true
 	}
-	_, ok := r.senders[strings.ToLower(sender)]
+	_, ok := s[strings.ToLower(sender)]
 	return ok
 }
 
@@ -227,8 +269,12 @@ type Delivery struct {
 	// Domain is the sender's SenderDomain; nil when it is not (or no
 	// longer) in the table: then the message goes to MX with defaults.
 	Domain *Domain
-	// Route is the target relay; nil means the recipients' MX hosts.
+	// Route is the target relay; nil means the recipients' MX hosts,
+	// unless Hold is set.
 	Route *Route
+	// Hold, when set, defers the message: its RelayRoute cannot take
+	// effect, and the mail must not go by MX meanwhile.
+	Hold *Hold
 }
 
 // Lookup returns the delivery of a message from sender.
@@ -239,6 +285,9 @@ func (t *Table) Lookup(sender string) Delivery {
 	}
 	if d.Route != nil && d.Route.Routes(sender) {
 		return Delivery{Domain: d, Route: d.Route}
+	}
+	if d.Hold != nil && d.Hold.Holds(sender) {
+		return Delivery{Domain: d, Hold: d.Hold}
 	}
 	return Delivery{Domain: d}
 }
@@ -261,6 +310,11 @@ func (t *Table) Contains(key ObjectKey, gen int64) bool {
 	i, ok := slices.BinarySearchFunc(t.objects, key, func(o ObjectRef, k ObjectKey) int { return compareKeys(o.Key(), k) })
 	return ok && t.objects[i].Generation >= gen
 }
+
+// Held reports whether the object is in the table as a held entry: a
+// SenderDomain whose mail is held or whose signing key is unavailable, or
+// the RelayRoute that holds its mail.
+func (t *Table) Held(key ObjectKey) bool { return t.held[key] }
 
 // domainOf returns the lowercased domain of an address, "" when it has none.
 func domainOf(addr string) string {

@@ -64,8 +64,12 @@ type Verdict struct {
 	// resolved, and (for a route) its SenderDomain in the table too.
 	InTable bool
 	// Pending explains why an accepted, resolved object is not in the
-	// table (its SenderDomain is not).
+	// table (a DKIM key still to be generated).
 	Pending string
+	// Held is set when the object is in the table as a held entry: it
+	// says what the relays do with the domain's mail meanwhile (defer it,
+	// or refuse it at DATA), and why.
+	Held string
 	// DKIM is the DNS record to publish, for a SenderDomain whose key
 	// resolved.
 	DKIM *v1alpha1.DKIMRecord
@@ -89,6 +93,8 @@ func (v *Verdict) Conditions(programmed Status) []metav1.Condition {
 		// Nothing of this object is in any table: it cannot be programmed,
 		// whatever the relays loaded.
 		programmed = v.notProgrammable()
+	} else if v.Held != "" {
+		programmed = held(v.Held, programmed)
 	}
 	conds := []metav1.Condition{
 		cond(v1alpha1.ConditionAccepted, v.Accepted),
@@ -129,6 +135,20 @@ func (v *Verdict) notProgrammable() Status {
 	default:
 		return statusFalse(v1alpha1.ReasonPending, v.Pending)
 	}
+}
+
+// held is the Programmed state of a held entry: never Pending nor
+// Programmed, since its mail is held by every relay that loaded the table,
+// and the relays that have not are not sending it by MX either.
+func held(why string, programmed Status) Status {
+	msg := why
+	switch {
+	case programmed.Status == metav1.ConditionTrue:
+		msg += " (every live relay holds it)"
+	case programmed.Message != "":
+		msg += " (" + programmed.Message + ")"
+	}
+	return statusFalse(v1alpha1.ReasonDeliveryHeld, msg)
 }
 
 // ProgrammedUnknown is the Programmed state when no relay has been asked,

@@ -499,3 +499,48 @@ func TestNullSender(t *testing.T) {
 		verifyDKIM(t, m.body, record)
 	}
 }
+
+// TestSigningKeyUnavailable: a signing domain whose key Secret is gone is
+// refused with 451 4.3.0 at the end of DATA and of BDAT LAST, naming the
+// reason; nothing is queued unsigned. The key's return takes effect at once.
+func TestSigningKeyUnavailable(t *testing.T) {
+	in := testInput()
+	in.SenderDomains[0].Spec.Signing = &v1alpha1.DKIMSigning{Selector: "s1", Algorithm: v1alpha1.DKIMAlgorithmEd25519,
+		KeySecretRef: &v1alpha1.SecretKeyReference{Name: "dkim"}}
+	ts := newTables(t, in)
+	addr, spool, _ := testServer(t, Config{Tables: ts, StageDir: t.TempDir()})
+	const want = `4.3.0 Not accepted for now: the DKIM key of example.com is unavailable: Secret "dkim" (DKIM key) not found`
+
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.startData()
+	c.expect("From: alice@example.com\r\nSubject: unsigned?\r\n\r\nhello\r\n.\r\n", 451, want)
+	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("BDAT 14\r\nSubject: x\r\n\r\n", 250, "")
+	c.expect("BDAT 7 LAST\r\nhello\r\n", 451, want)
+	// The null sender whose From field is of the domain: the same.
+	c.expect("MAIL FROM:<>\r\n", 250, "")
+	c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	c.expect("From: alerts@example.com\r\nSubject: away\r\n\r\nhello\r\n.\r\n", 451, want)
+	// Mail of the other domains is not concerned.
+	c.expect("MAIL FROM:<bob@example.com>\r\n", 250, "")
+	if n := len(spool.all()); n != 0 {
+		t.Fatalf("%d messages queued without their signature", n)
+	}
+
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	in.Secrets = append(in.Secrets, corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "dkim"},
+		Data:       map[string][]byte{"private.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})},
+	})
+	ts.p.Store(routing.Compile(in, nil).Table)
+	c.expect("RSET\r\n", 250, "")
+	c.startData()
+	c.expect("From: alice@example.com\r\nSubject: signed\r\n\r\nhello\r\n.\r\n", 250, "queued")
+	if q := spool.all(); len(q) != 1 || !strings.HasPrefix(string(q[0].body), "DKIM-Signature:") {
+		t.Fatalf("queued %d messages, want one signed", len(q))
+	}
+}

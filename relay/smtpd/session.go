@@ -206,12 +206,17 @@ func (s *session) denied(d routing.Denial, what string) error {
 }
 
 // signing is the domain and key that sign a message from sender; a nil key
-// when its domain does not sign.
-func (s *session) signing(sender string) (string, *routing.DKIM) {
-	if d := s.table().Lookup(sender).Domain; d != nil && d.DKIM != nil {
-		return d.Name, d.DKIM
+// when its domain does not sign. A signing domain whose key is unavailable
+// is an unsignedError: its mail is never accepted unsigned.
+func (s *session) signing(sender string) (string, *routing.DKIM, error) {
+	d := s.table().Lookup(sender).Domain
+	switch {
+	case d != nil && d.SigningUnavailable != "":
+		return "", nil, &unsignedError{reason: d.SigningUnavailable}
+	case d != nil && d.DKIM != nil:
+		return d.Name, d.DKIM, nil
 	}
-	return "", nil
+	return "", nil, nil
 }
 
 // author decides, once the header is read, whether a message from the
@@ -232,8 +237,7 @@ func (s *session) author(from string) (string, *routing.DKIM, error) {
 	if err := s.denied(t.MaySend(s.client.Addr(), s.identity, from), "From field: "); err != nil {
 		return "", nil, err
 	}
-	domain, key := s.signing(from)
-	return domain, key, nil
+	return s.signing(from)
 }
 
 func (s *session) Data(r io.Reader) (err error) {
@@ -259,14 +263,24 @@ func (s *session) Data(r io.Reader) (err error) {
 		Hostname: s.s.cfg.Hostname, Helo: env.Helo, Client: env.Client, TLS: env.TLS, Identity: env.Identity,
 		Recipients: env.To, Now: s.s.cfg.Now(), StageDir: s.s.cfg.StageDir,
 	}
+	var prepared *message.Prepared
 	if s.from == "" {
 		params.Author = s.author
 	} else {
-		params.SenderDomain, params.DKIM = s.signing(s.from)
+		params.SenderDomain, params.DKIM, err = s.signing(s.from)
 	}
-	prepared, err := message.Prepare(ctx, message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength), params)
+	in := message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength)
+	if err == nil {
+		prepared, err = message.Prepare(ctx, in, params)
+	} else if _, cerr := io.Copy(io.Discard, in); cerr != nil {
+		// A signing domain without its key: the message is read to its
+		// end and refused for now, never queued unsigned; a broken stream
+		// is answered as such.
+		err = cerr
+	}
 	var id string
 	body := &countingReader{}
+	var unsigned *unsignedError
 	if err == nil {
 		env.MessageID, env.HeaderFrom, env.Tag = prepared.MessageID, prepared.HeaderFrom, prepared.Tag
 		body.r = prepared
@@ -284,6 +298,13 @@ func (s *session) Data(r io.Reader) (err error) {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
 	case errors.As(err, &refused):
 		return refused
+	case errors.As(err, &unsigned):
+		// 451 4.3.0 at the end of DATA (or BDAT LAST): signing happens
+		// at accept time, and the key may come back (RFC 3463 section
+		// 3.4: a temporary system problem).
+		s.s.cfg.Logger.Warn("Message refused for now: signing key unavailable", "client", s.client, "from", s.from, "reason", unsigned.reason)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: "Not accepted for now: " + boundReason(unsigned.reason) + "; mail of a signing domain is never sent unsigned, try again later"}
 	case errors.As(err, &be) && be.LongLine:
 		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
@@ -340,6 +361,27 @@ func (s *session) Reset() {
 }
 
 func (s *session) Logout() error { return nil }
+
+// unsignedError refuses the message of a signing domain whose key is
+// unavailable.
+type unsignedError struct{ reason string }
+
+func (e *unsignedError) Error() string { return e.reason }
+
+// boundReason makes a reason printable ASCII that fits in an SMTP reply
+// line (512 octets, RFC 5321 section 4.5.3.1.5) with the rest of the reply.
+func boundReason(s string) string {
+	const limit = 300
+	b := make([]byte, 0, min(len(s), limit))
+	for i := 0; i < len(s) && len(b) < limit; i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
 
 // countingReader counts the bytes read through it.
 type countingReader struct {
