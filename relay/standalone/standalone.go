@@ -170,6 +170,9 @@ func (s *Source) report(r *routing.Result) {
 		case !v.InTable:
 			s.opts.Logger.Warn("Object not in the table", "object", ref, "message", v.Pending)
 		}
+		if v.Held != "" {
+			s.opts.Logger.Warn("Mail held", "object", ref, "reason", v1alpha1.ReasonDeliveryHeld, "message", v.Held)
+		}
 		if v.RouteRefused != nil {
 			s.opts.Logger.Warn("Route refused", "object", ref, "message", v.RouteRefused.Message)
 		}

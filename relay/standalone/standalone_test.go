@@ -121,3 +121,45 @@ func TestStartRefusesUnreadableManifests(t *testing.T) {
 		t.Error("started on a missing path")
 	}
 }
+
+// Standalone mode holds a route that cannot take effect as the operator's
+// relays do: the mail of a route whose credentials Secret is not among the
+// manifests is held, never sent by MX, until the Secret is added.
+func TestHeldRouteStandalone(t *testing.T) {
+	const route = `---
+apiVersion: postgate.io/v1alpha1
+kind: RelayRoute
+metadata: {name: a}
+spec:
+  senderDomainRef: {name: a}
+  target: {host: smarthost.relay.test, port: 587, tlsPolicy: Required, credentialsSecretRef: {name: creds}}
+`
+	const creds = `---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+type: kubernetes.io/basic-auth
+stringData: {username: relay, password: s3cret}
+`
+	dir := t.TempDir()
+	file := filepath.Join(dir, "relay.yaml")
+	if err := os.WriteFile(file, []byte(domainA+route), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New([]string{dir}, Options{KeysDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dl := src.Table().Lookup("app@a.example.com"); dl.Hold == nil || dl.Route != nil {
+		t.Fatalf("without the Secret: %+v, want held", dl)
+	}
+	if err := os.WriteFile(file, []byte(domainA+route+creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if dl := src.Table().Lookup("app@a.example.com"); dl.Hold != nil || dl.Route == nil || dl.Route.Username != "relay" {
+		t.Fatalf("with the Secret: %+v, want routed", dl)
+	}
+}
