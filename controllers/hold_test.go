@@ -29,6 +29,7 @@ func TestRouteSecretDeletedHoldsMail(t *testing.T) {
 			StringData: map[string]string{"username": "relay", "password": "s3cret-password"}}
 	}
 	rr := relayRoute(tenant, "route", "sd")
+	rr.Spec.Target.TLSPolicy = v1alpha1.TLSPolicyRequired
 	rr.Spec.Target.CredentialsSecretRef = &v1alpha1.LocalObjectReference{Name: "creds"}
 	create(t, c, senderDomain(tenant, "sd", domain), creds(), rr)
 	waitCond(t, c, tenant, "route", newRR, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)

@@ -547,3 +547,31 @@ func TestWindowAgesOut(t *testing.T) {
 		t.Errorf("%d writes of the route, want 2: the delivery, then the empty window", n)
 	}
 }
+
+// TestHeldIsNoFailure: a held attempt (a RelayRoute that cannot take
+// effect) is counted deferred, but it tried no host: it is no lastFailed,
+// so the operator does not call the target unreachable.
+func TestHeldIsNoFailure(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	_, domain, route := fixture(t, live)
+	r, err := New(live, Options{Replica: "relay-a", Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	held := sent(domain, route, t0)
+	held.RelayHost, held.RelayAddr, held.SourceAddr, held.TLS = "", netip.AddrPort{}, netip.AddrPort{}, delivery.TLSInfo{}
+	held.Reply = queue.Reply{Enhanced: "4.4.4", Text: "held: RelayRoute x/route cannot take effect"}
+	held.Cause, held.Status = delivery.CauseHeld, delivery.StatusDeferred
+	held.Recipients = []delivery.RecipientResult{{Addr: "user@example.net", Status: delivery.StatusDeferred, Reply: held.Reply}}
+	r.Observe(held)
+	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
+	eventually(t, 15*time.Second, "the held attempt is not counted", func() bool {
+		e := entryOf(t, live, rr, "relay-a")
+		return e != nil && e.Window != nil && e.Window.Deferred == 1
+	})
+	if e := entryOf(t, live, rr, "relay-a"); e.LastFailed != nil {
+		t.Errorf("a held attempt is the route's lastFailed: %+v", e.LastFailed)
+	}
+}
