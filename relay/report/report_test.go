@@ -554,7 +554,8 @@ func TestWindowAgesOut(t *testing.T) {
 func TestHeldIsNoFailure(t *testing.T) {
 	live := newClient(t, apiServer.Config)
 	_, domain, route := fixture(t, live)
-	r, err := New(live, Options{Replica: "relay-a", Interval: 50 * time.Millisecond})
+	c := newCounting(t, func() client.WithWatch { return live })
+	r, err := New(c, Options{Replica: "relay-a", Interval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,11 +568,12 @@ func TestHeldIsNoFailure(t *testing.T) {
 	held.Recipients = []delivery.RecipientResult{{Addr: "user@example.net", Status: delivery.StatusDeferred, Reply: held.Reply}}
 	r.Observe(held)
 	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
-	eventually(t, 15*time.Second, "the held attempt is not counted", func() bool {
-		e := entryOf(t, live, rr, "relay-a")
-		return e != nil && e.Window != nil && e.Window.Deferred == 1
-	})
-	if e := entryOf(t, live, rr, "relay-a"); e.LastFailed != nil {
+	c.wait(t, "the entry is not written", func(c *counting) bool { return c.writes > 0 })
+	e := entryOf(t, live, rr, "relay-a")
+	if e == nil || e.Window == nil || e.Window.Deferred != 1 {
+		t.Fatalf("entry %+v, want the held recipient counted deferred", e)
+	}
+	if e.LastFailed != nil {
 		t.Errorf("a held attempt is the route's lastFailed: %+v", e.LastFailed)
 	}
 }
