@@ -102,6 +102,34 @@ spec:
 			wantStdout: []string{"SenderDomain app/sd: Unknown RefNotChecked: Secret \"from-vault\" (DKIM key) is not among the given manifests"},
 		},
 		{
+			desc: "a route whose SenderDomain is unresolved would hold its mail",
+			files: map[string]string{"sd.yaml": `apiVersion: postgate.io/v1alpha1
+kind: SenderDomain
+metadata: {name: sd, namespace: app}
+spec:
+  domain: example.com
+  delivery: {webhook: {url: "https://hooks.example.com/", hmacSecretRef: {name: hook}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: hook, namespace: app}
+stringData: {key: short}
+---
+apiVersion: postgate.io/v1alpha1
+kind: RelayRoute
+metadata: {name: r, namespace: app}
+spec:
+  senderDomainRef: {name: sd}
+  target: {host: smarthost.example.net}
+`},
+			wantCode: checkRefused,
+			wantStdout: []string{
+				"RelayRoute app/r: Held DeliveryHeld: Mail from example.com is held",
+				`its SenderDomain "sd" is not resolved`,
+				"1 unresolved, 0 unknown, 1 pending",
+			},
+		},
+		{
 			desc: "the same with --strict",
 			files: map[string]string{"sd.yaml": `apiVersion: postgate.io/v1alpha1
 kind: SenderDomain
