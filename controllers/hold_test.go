@@ -12,6 +12,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/follow"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // Deleting the credentials Secret of a Ready RelayRoute holds the domain's
@@ -44,7 +45,7 @@ func TestRouteSecretDeletedHoldsMail(t *testing.T) {
 		obj  func() client.Object
 	}{{"route", func() client.Object { return newRR() }}, {"sd", func() client.Object { return newSD() }}} {
 		obj := waitCond(t, c, tenant, o.name, o.obj, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonDeliveryHeld)
-		eventually(t, waitTimeout, func() string {
+		testenv.Eventually(t, func() string {
 			obj = get(t, c, tenant, o.name, o.obj())
 			p := findCondition(conditionsOf(obj), v1alpha1.ConditionProgrammed)
 			if p == nil || p.Reason != v1alpha1.ReasonDeliveryHeld || !strings.Contains(p.Message, "every live relay holds it") ||
@@ -83,7 +84,7 @@ func TestRouteSecretDeletedHoldsMail(t *testing.T) {
 // way: routed, held or mx.
 func waitRelay(t *testing.T, f *follow.Follower, sender, want string) {
 	t.Helper()
-	eventually(t, waitTimeout, func() string {
+	testenv.Eventually(t, func() string {
 		tbl := f.Table()
 		if tbl == nil {
 			return "no table"
