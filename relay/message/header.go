@@ -166,7 +166,7 @@ const TagField = "X-Postgate-Tag"
 // notification of the message.
 const MaxTagBytes = 128
 
-// ErrBadTag: the message has more than one TagField, or one whose value is
+// ErrBadTag is returned when the message has more than one TagField, or one whose value is
 // not 1 to MaxTagBytes visible ASCII characters (550 5.6.0).
 var ErrBadTag = errors.New("invalid " + TagField + " field")
 

@@ -188,8 +188,11 @@ func (c *protoConn) next() error {
 		return nil
 	}
 	if c.midLine || err != nil {
+		// The bytes read go to go-smtp first; a read error (EOF after a
+		// last line without CRLF) comes back on the next call, which reads
+		// nothing.
 		c.midLine = false
-		return nil
+		return nil //nolint:nilerr // the error is returned by the next read, after these bytes
 	}
 	if c.mode == modeSASL {
 		c.mode = modeCommand
