@@ -65,8 +65,10 @@ type protoConn struct {
 	dot dotState
 	// chunkLeft counts the BDAT chunk bytes still to pass.
 	chunkLeft int64
-	// dataFault is what was wrong with the current DATA body's raw bytes.
-	dataFault *message.UnsafeBytesError
+	// dataFault is what was wrong with the current DATA body's raw bytes;
+	// atomic, as the session's reader of a BDAT body runs in a goroutine of
+	// its own.
+	dataFault atomic.Pointer[message.UnsafeBytesError]
 	dataBytes int64
 	// needHello: after STARTTLS, MAIL and AUTH wait for a new EHLO (RFC
 	// 3207 section 4.2: the server discards what it knew of the client).
@@ -147,9 +149,7 @@ func (c *protoConn) authFailed() int {
 // takeDataFault returns, once, what was wrong with the raw bytes of the
 // current DATA body so far, nil when nothing was.
 func (c *protoConn) takeDataFault() *message.UnsafeBytesError {
-	f := c.dataFault
-	c.dataFault = nil
-	return f
+	return c.dataFault.Swap(nil)
 }
 
 func (c *protoConn) Read(p []byte) (int, error) {
@@ -214,7 +214,7 @@ func (c *protoConn) command(line string) error {
 			return c.reply("503 5.5.1 Say EHLO again after STARTTLS (RFC 3207 section 4.2)")
 		}
 	case "BDAT":
-		c.dataFault = nil // a DATA body's, its reader never asked
+		c.dataFault.Store(nil) // a DATA body's, its reader never asked
 		// go-smtp reads exactly the announced chunk once the arguments
 		// parse, whatever it answers; when they do not, it reads none.
 		args := strings.Fields(arg)
@@ -299,9 +299,7 @@ func (c *protoConn) nextData() error {
 				c.dataBytes += int64(n)
 				return err
 			case n+1 < len(buf) && buf[n+1] != '\n':
-				if c.dataFault == nil {
-					c.dataFault = &message.UnsafeBytesError{What: "bare CR after a leading dot", Offset: c.dataBytes + int64(n)}
-				}
+				c.dataFault.CompareAndSwap(nil, &message.UnsafeBytesError{What: "bare CR after a leading dot", Offset: c.dataBytes + int64(n)})
 				c.pending[n] = ' '
 				c.dot = dotData
 			default:
@@ -388,7 +386,8 @@ func (c *protoConn) Write(p []byte) (int, error) {
 	out := p
 	switch {
 	case strings.HasPrefix(line, "354 "):
-		c.mode, c.dot, c.dataFault, c.dataBytes = modeData, dotBeginLine, nil, 0
+		c.mode, c.dot, c.dataBytes = modeData, dotBeginLine, 0
+		c.dataFault.Store(nil)
 	case strings.HasPrefix(line, "334 "):
 		c.mode = modeSASL
 	case strings.HasPrefix(line, "250-Hello ") && c.tlsConfig != nil && c.TLS() == nil:
