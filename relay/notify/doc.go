@@ -32,6 +32,14 @@
 // across restarts too: a new one is numbered after every segment found and
 // after the one the cursor names, so a cursor never applies to a newer file.
 //
+// Each queue directory is reached as a queue.FS (package relay/queue): the
+// journal relies on the mail queue's durability contract (content durable
+// once the file is synced, a name once its directory is; a new queue
+// directory is synced into Dir), and its tests cut the power with the
+// queue's crash filesystem. A segment that cannot be read for a reason
+// other than damage (an I/O error, no file descriptors) is tried again
+// after a backoff, never skipped.
+//
 // Requests carry the notifications of one message (Body.Meta.JobID is its
 // queue ID), so a domain's queue sends one request at a time, in order.
 package notify

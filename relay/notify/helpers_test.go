@@ -111,6 +111,7 @@ type request struct {
 	ts, sig string
 	body    []byte
 	parsed  Body
+	status  int // the answer, 0 for a request left hanging
 }
 
 // receiver is a webhook endpoint on 127.0.0.1.
@@ -169,6 +170,9 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	if r.rejectJob != "" && rq.parsed.Meta.JobID == r.rejectJob {
 		status = r.rejectStatus
+	}
+	if hang == nil {
+		rq.status = status
 	}
 	r.reqs = append(r.reqs, rq)
 	r.mu.Unlock()

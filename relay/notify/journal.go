@@ -9,11 +9,12 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/postgate/postgate/relay/queue"
 )
 
 // A segment is a sequence of records:
@@ -40,6 +41,9 @@ var (
 	errTruncated = errors.New("record cut short")
 	errCorrupt   = errors.New("corrupt record")
 )
+
+// errNotSegment: a name ending in .seg that is no regular file.
+var errNotSegment = errors.New("not a regular file")
 
 // appendRecord appends payload, framed, to dst.
 func appendRecord(dst, payload []byte) []byte {
@@ -82,7 +86,7 @@ func readRecord(r io.Reader) ([]byte, error) {
 // segment is one file of a queue.
 type segment struct {
 	id   uint64
-	path string
+	name string // in the queue's directory
 	// end is where the readable records end: the committed (fsynced) size
 	// of the segment being written, the end of the last valid record of
 	// one found at startup.
@@ -93,7 +97,7 @@ type segment struct {
 	// segment's start) and end; acked how many of them are done with.
 	count, acked int
 	// f is open for appending while the writer uses the segment.
-	f *os.File
+	f queue.File
 }
 
 func segmentName(id uint64) string { return fmt.Sprintf("%020d.seg", id) }
@@ -106,8 +110,9 @@ type position struct {
 
 // outbox is the journal of one sender domain: a queue of notifications.
 type outbox struct {
-	name, dir string
-	wake      chan struct{} // the writer committed records
+	name string
+	fs   queue.FS      // the queue's directory
+	wake chan struct{} // the writer committed records
 
 	mu   sync.Mutex
 	segs []*segment // oldest first; the writer appends to the last when its f is set
@@ -122,7 +127,7 @@ type outbox struct {
 	// retire asks the writer to close active: the sender has read it all.
 	retire bool
 	// cursorFile is the sender's, open while it runs.
-	cursorFile *os.File
+	cursorFile queue.File
 }
 
 // scanResult is what opening a segment found.
@@ -131,6 +136,7 @@ type scanResult struct {
 	// asked for.
 	count int
 	end   int64
+	size  int64 // the file's
 	err   error // errTruncated or errCorrupt at end, nil for a clean end
 	// boundary reports whether the offset asked for is the start of the
 	// segment or the end of one of its readable records: a place a cursor
@@ -143,14 +149,21 @@ type scanResult struct {
 // so that a cursor that does not fit the segment (past its end, or inside a
 // record: written for an older file of the same number, or damaged) is
 // caught rather than trusted.
-func scanSegment(path string, off int64) (scanResult, error) {
-	f, err := os.Open(path) // #nosec G304 -- a path under Options.Dir
+func scanSegment(fsys queue.FS, name string, off int64) (scanResult, error) {
+	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
 	if err != nil {
 		return scanResult{}, err
 	}
 	defer func() { _ = f.Close() }() // read only
+	st, err := f.Stat()
+	if err != nil {
+		return scanResult{}, err
+	}
+	if !st.Mode().IsRegular() {
+		return scanResult{}, errNotSegment
+	}
 	r := bufio.NewReader(f)
-	res := scanResult{boundary: off == 0}
+	res := scanResult{boundary: off == 0, size: st.Size()}
 	for {
 		p, err := readRecord(r)
 		if errors.Is(err, io.EOF) {
@@ -184,22 +197,30 @@ func formatCursor(p position) []byte {
 	return fmt.Appendf(b, "%08x\n", crc32.Checksum(b, crcTable))
 }
 
+// cursorName is the cursor file's name in a queue's directory.
+const cursorName = "cursor"
+
 // readCursor reads a queue's cursor file; the zero position (everything
 // pending) when there is none.
-func readCursor(dir string) (position, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cursor")) // #nosec G304 -- a path under Options.Dir
+func readCursor(fsys queue.FS) (position, error) {
+	f, err := fsys.OpenFile(cursorName, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return position{}, nil
 	}
 	if err != nil {
 		return position{}, err
 	}
-	f := strings.Fields(string(b))
-	if len(b) != cursorLen || len(f) != 3 {
+	b, err := io.ReadAll(io.LimitReader(f, cursorLen+1))
+	_ = f.Close() // read only
+	if err != nil {
+		return position{}, err
+	}
+	fields := strings.Fields(string(b))
+	if len(b) != cursorLen || len(fields) != 3 {
 		return position{}, errors.New("cursor file damaged")
 	}
-	s, err1 := strconv.ParseUint(f[0], 10, 64)
-	o, err2 := strconv.ParseInt(f[1], 10, 64)
+	s, err1 := strconv.ParseUint(fields[0], 10, 64)
+	o, err2 := strconv.ParseInt(fields[1], 10, 64)
 	if err1 != nil || err2 != nil || o < 0 || !bytes.Equal(formatCursor(position{s, o}), b) {
 		return position{}, errors.New("cursor file damaged")
 	}
@@ -207,25 +228,25 @@ func readCursor(dir string) (position, error) {
 }
 
 // writeCursor overwrites the cursor file f (opened by openCursor).
-func writeCursor(f *os.File, p position) error {
+func writeCursor(f queue.File, p position) error {
 	_, err := f.WriteAt(formatCursor(p), 0)
 	return err
 }
 
-func openCursor(dir string) (*os.File, error) {
-	return os.OpenFile(filepath.Join(dir, "cursor"), os.O_CREATE|os.O_WRONLY, 0o600) // #nosec G304 -- a path under Options.Dir
+func openCursor(fsys queue.FS) (queue.File, error) {
+	return fsys.OpenFile(cursorName, os.O_CREATE|os.O_WRONLY, 0o600)
 }
 
-// listSegments returns the segment ids in dir, sorted.
-func listSegments(dir string) ([]uint64, error) {
-	ents, err := os.ReadDir(dir)
+// listSegments returns the segment ids in a queue's directory, sorted.
+func listSegments(fsys queue.FS) ([]uint64, error) {
+	names, err := fsys.ReadDirNames()
 	if err != nil {
 		return nil, err
 	}
 	var ids []uint64
-	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".seg")
-		if !ok || !e.Type().IsRegular() {
+	for _, n := range names {
+		name, ok := strings.CutSuffix(n, ".seg")
+		if !ok {
 			continue
 		}
 		id, err := strconv.ParseUint(name, 10, 64)

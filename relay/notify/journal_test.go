@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/postgate/postgate/relay/queue"
 )
 
 func TestReadRecord(t *testing.T) {
@@ -116,10 +118,15 @@ func TestVerify(t *testing.T) {
 
 func TestCursor(t *testing.T) {
 	dir := t.TempDir()
-	if p, err := readCursor(dir); err != nil || p != (position{}) {
+	fsys, err := queue.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = fsys.Close() }()
+	if p, err := readCursor(fsys); err != nil || p != (position{}) {
 		t.Fatalf("no cursor file: %v, %v", p, err)
 	}
-	f, err := openCursor(dir)
+	f, err := openCursor(fsys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +135,7 @@ func TestCursor(t *testing.T) {
 		if err := writeCursor(f, p); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := readCursor(dir); err != nil || got != p {
+		if got, err := readCursor(fsys); err != nil || got != p {
 			t.Errorf("wrote %v, read %v, %v", p, got, err)
 		}
 	}
@@ -139,7 +146,7 @@ func TestCursor(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "cursor"), bad, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if p, err := readCursor(dir); err == nil {
+		if p, err := readCursor(fsys); err == nil {
 			t.Errorf("%q read as %v", bad, p)
 		}
 	}

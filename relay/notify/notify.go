@@ -6,12 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +112,10 @@ type Options struct {
 	// file (space is given back a segment at a time);
 	// DefaultSegmentBytes when zero.
 	SegmentBytes int64
+
+	// fs is how the journal reaches Dir; the real directory when nil
+	// (tests set a crash filesystem).
+	fs journalFS
 }
 
 // Notifier sends delivery notifications to the webhooks of sender domains.
@@ -186,6 +190,12 @@ func New(opts Options) (*Notifier, error) {
 	setDefault(&opts.SegmentBytes, DefaultSegmentBytes)
 	setDefault(&opts.MaxDomainJournalBytes, opts.MaxJournalBytes/4)
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	if opts.fs == nil {
+		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("notify: %w", err)
+		}
+		opts.fs = dirJournal{opts.Dir}
+	}
 
 	n := &Notifier{
 		opts:       opts,
@@ -200,9 +210,6 @@ func New(opts Options) (*Notifier, error) {
 		return nil, fmt.Errorf("notify: metrics: %w", err)
 	}
 	n.m = m
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("notify: %w", err)
-	}
 	if err := n.open(); err != nil {
 		return nil, fmt.Errorf("notify: %w", err)
 	}
@@ -239,17 +246,17 @@ func newClient(g *guard, roots *x509.CertPool, timeout time.Duration) *http.Clie
 
 // open loads the queues found in Dir.
 func (n *Notifier) open() error {
-	ents, err := os.ReadDir(n.opts.Dir)
+	names, err := n.opts.fs.Queues()
 	if err != nil {
 		return err
 	}
-	for _, e := range ents {
-		if !e.IsDir() || !validName(e.Name()) {
+	for _, name := range names {
+		if !validName(name) {
 			continue
 		}
-		q, err := n.openQueue(e.Name())
+		q, err := n.openQueue(name)
 		if err != nil {
-			return err
+			return fmt.Errorf("queue %s: %w", name, err)
 		}
 		n.queues[q.name] = q
 	}
@@ -265,35 +272,38 @@ func (n *Notifier) open() error {
 // took the cursor's number would be read from the cursor's offset, past its
 // records, and deleted at the next start as if they had been sent.
 func (n *Notifier) openQueue(name string) (*outbox, error) {
-	q := &outbox{name: name, dir: filepath.Join(n.opts.Dir, name), wake: make(chan struct{}, 1)}
-	cur, err := readCursor(q.dir)
+	fsys, err := n.opts.fs.Queue(name)
+	if err != nil {
+		return nil, err
+	}
+	q := &outbox{name: name, fs: fsys, wake: make(chan struct{}, 1)}
+	cur, err := readCursor(fsys)
 	if err != nil {
 		n.log.Warn("Webhook journal cursor unreadable, resending the queue", "domain", name, "error", err)
 		cur = position{}
 	}
-	ids, err := listSegments(q.dir)
+	ids, err := listSegments(fsys)
 	if err != nil {
 		return nil, err
 	}
 	q.cursor = cur
 	q.lastID = cur.seg
 	for _, id := range ids {
-		path := filepath.Join(q.dir, segmentName(id))
+		sname := segmentName(id)
 		q.lastID = max(q.lastID, id)
 		if id < cur.seg {
 			// Acknowledged; a crash came between the cursor and the delete.
-			_ = os.Remove(path)
+			_ = fsys.Remove(sname)
 			continue
-		}
-		st, err := os.Stat(path)
-		if err != nil {
-			return nil, err
 		}
 		off := int64(0)
 		if id == cur.seg {
 			off = cur.off
 		}
-		res, err := scanSegment(path, off)
+		res, err := scanSegment(fsys, sname, off)
+		if errors.Is(err, errNotSegment) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -304,7 +314,7 @@ func (n *Notifier) openQueue(name string) (*outbox, error) {
 			// cursor could lose notifications.
 			n.log.Warn("Webhook journal cursor does not fit its segment, resending the segment", "domain", name,
 				"segment", segmentName(id), "offset", off, "readable", res.end)
-			if res, err = scanSegment(path, 0); err != nil {
+			if res, err = scanSegment(fsys, sname, 0); err != nil {
 				return nil, err
 			}
 			off = 0
@@ -314,15 +324,15 @@ func (n *Notifier) openQueue(name string) (*outbox, error) {
 			// what follows cannot be read, and this is no reason not to
 			// start.
 			n.log.Warn("Webhook journal segment damaged, skipping its end", "domain", name, "segment", segmentName(id),
-				"offset", res.end, "size", st.Size(), "error", res.err)
+				"offset", res.end, "size", res.size, "error", res.err)
 			n.m.count(resultCorrupt, 1)
 		}
 		if len(q.segs) == 0 {
 			q.cursor = position{id, off}
 		}
-		q.segs = append(q.segs, &segment{id: id, path: path, end: res.end, size: st.Size(), count: res.count})
+		q.segs = append(q.segs, &segment{id: id, name: sname, end: res.end, size: res.size, count: res.count})
 		q.pending += res.count
-		n.diskBytes.Add(st.Size())
+		n.diskBytes.Add(res.size)
 		n.pendingDisk.Add(int64(res.count))
 	}
 	return q, nil
@@ -405,6 +415,9 @@ func (n *Notifier) Run(ctx context.Context) error {
 	n.mu.Lock()
 	for _, q := range n.queues {
 		n.closeActive(q)
+		if c, ok := q.fs.(io.Closer); ok {
+			_ = c.Close()
+		}
 	}
 	n.mu.Unlock()
 	n.client.CloseIdleConnections()

@@ -23,6 +23,9 @@ type batch struct {
 	end  position // the cursor after them
 	// skip is set instead when the segment is damaged from end on.
 	skip bool
+	// err is set instead when the segment could not be read (an I/O
+	// error, not damage): tried again after a backoff, never skipped.
+	err error
 }
 
 func (n *Notifier) sendLoop(ctx context.Context, q *outbox) {
@@ -40,7 +43,7 @@ func (n *Notifier) sendLoop(ctx context.Context, q *outbox) {
 		case b.skip:
 			n.skipSegment(q, b.end)
 			continue
-		case len(b.recs) == 0:
+		case b.err == nil && len(b.recs) == 0:
 			select {
 			case <-ctx.Done():
 				return
@@ -48,7 +51,10 @@ func (n *Notifier) sendLoop(ctx context.Context, q *outbox) {
 			}
 			continue
 		}
-		err := n.deliver(ctx, q, b.recs)
+		err := b.err
+		if err == nil {
+			err = n.deliver(ctx, q, b.recs)
+		}
 		var rej *rejectedError
 		switch {
 		case err == nil:
@@ -95,10 +101,16 @@ func (n *Notifier) next(q *outbox) batch {
 	q.mu.Unlock()
 
 	// Only this goroutine deletes segments; the writer only appends past end.
-	f, err := os.Open(s.path)
-	if err != nil {
-		n.log.Error("Webhook journal segment unreadable", "domain", q.name, "segment", segmentName(s.id), "error", err)
+	f, err := q.fs.OpenFile(s.name, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		n.log.Error("Webhook journal segment gone", "domain", q.name, "segment", segmentName(s.id))
 		return batch{end: position{s.id, end}, skip: true}
+	}
+	if err != nil {
+		// Out of file descriptors, an I/O error: the records are still
+		// there, try again later.
+		n.log.Error("Webhook journal segment cannot be read, will retry", "domain", q.name, "segment", segmentName(s.id), "error", err)
+		return batch{err: err}
 	}
 	defer func() { _ = f.Close() }() // read only
 	r := bufio.NewReader(io.NewSectionReader(f, from, end-from))
@@ -107,6 +119,13 @@ func (n *Notifier) next(q *outbox) batch {
 		p, err := readRecord(r)
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		if err != nil && !errors.Is(err, errTruncated) && !errors.Is(err, errCorrupt) {
+			if len(b.recs) > 0 {
+				break
+			}
+			n.log.Error("Webhook journal segment cannot be read, will retry", "domain", q.name, "segment", segmentName(s.id), "error", err)
+			return batch{err: err}
 		}
 		var rec record
 		if err == nil {
@@ -157,7 +176,7 @@ func (n *Notifier) advance(q *outbox) {
 			}
 			return
 		}
-		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := q.fs.Remove(s.name); err != nil && !errors.Is(err, os.ErrNotExist) {
 			n.log.Error("Webhook journal segment cannot be removed", "domain", q.name, "segment", segmentName(s.id), "error", err)
 			return
 		}
@@ -183,7 +202,7 @@ func (n *Notifier) ack(q *outbox, end position, count int) {
 	q.mu.Unlock()
 	var err error
 	if q.cursorFile == nil {
-		q.cursorFile, err = openCursor(q.dir)
+		q.cursorFile, err = openCursor(q.fs)
 	}
 	if err == nil {
 		err = writeCursor(q.cursorFile, cur)

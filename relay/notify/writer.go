@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
 )
 
 func (n *Notifier) writeLoop(ctx context.Context) {
@@ -74,11 +73,11 @@ func (n *Notifier) queueFor(name string) (*outbox, error) {
 	if q := n.queues[name]; q != nil {
 		return q, nil
 	}
-	dir := filepath.Join(n.opts.Dir, name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	fsys, err := n.opts.fs.Queue(name)
+	if err != nil {
 		return nil, err
 	}
-	q := &outbox{name: name, dir: dir, wake: make(chan struct{}, 1)}
+	q := &outbox{name: name, fs: fsys, wake: make(chan struct{}, 1)}
 	n.queues[name] = q
 	if n.runCtx != nil {
 		n.startSender(q)
@@ -136,7 +135,9 @@ func (n *Notifier) flush(q *outbox, buf []byte, count int) {
 		n.m.count(resultJournalError, count)
 		// What was written past the committed end is not counted; cut it
 		// off and leave the segment, the next write starts a new one.
-		_ = s.f.Truncate(s.end)
+		if t, ok := s.f.(truncater); ok {
+			_ = t.Truncate(s.end)
+		}
 		q.mu.Lock()
 		n.closeActive(q)
 		q.mu.Unlock()
@@ -160,18 +161,21 @@ func (n *Notifier) flush(q *outbox, buf []byte, count int) {
 // new file survives a crash with the records in it.
 func (n *Notifier) roll(q *outbox) error {
 	id := q.lastID + 1
-	path := filepath.Join(q.dir, segmentName(id))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600) // #nosec G304 -- a path under Options.Dir
+	name := segmentName(id)
+	f, err := q.fs.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	if d, err := os.Open(q.dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
+	if err := q.fs.SyncDir(); err != nil {
+		// Records in a file whose name may not survive a crash must not
+		// count as journaled.
+		_ = f.Close()
+		_ = q.fs.Remove(name)
+		return err
 	}
 	q.mu.Lock()
 	n.closeActive(q)
-	s := &segment{id: id, path: path, f: f}
+	s := &segment{id: id, name: name, f: f}
 	q.segs = append(q.segs, s)
 	q.lastID = id
 	q.active = s
