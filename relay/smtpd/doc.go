@@ -11,6 +11,12 @@
 // steadily is not cut off while an idle client is (go-smtp's own read
 // deadline is set once per command line and would cover a whole DATA body).
 //
+// Between that accept path and go-smtp sits protoConn, which does TLS
+// (implicit and STARTTLS) itself so that it sees the plain-text stream
+// before go-smtp parses it: it refuses what go-smtp's DATA reader would
+// silently change, and corrects go-smtp's reply codes where RFC 5321 and
+// RFC 4954 ask for others (see protoConn).
+//
 // The routing table is read through TableSource at every decision, so a
 // table swapped in during a session applies to the next command without
 // dropping the connection.

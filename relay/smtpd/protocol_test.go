@@ -108,6 +108,19 @@ func TestOutOfSequence(t *testing.T) {
 		c.expect("EHLO client.test\r\n", 250, "")
 		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
 	})
+	t.Run("commands pipelined after STARTTLS", func(t *testing.T) {
+		// Plain text sent after STARTTLS is dropped, never taken as said
+		// under TLS (command injection): the first reply under TLS is
+		// the first command's.
+		c := srv.open("127.0.0.10", false)
+		c.expect("STARTTLS\r\nRCPT TO:<bob@dest.test>\r\n", 220, "")
+		tc := tls.Client(c.conn, srv.tls)
+		if err := tc.Handshake(); err != nil {
+			return // the injected bytes broke the handshake: refused too
+		}
+		c.conn, c.r = tc, bufio.NewReader(tc)
+		c.expect("NOOP\r\n", 250, "")
+	})
 	for _, useTLS := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
 			c := srv.open("127.0.0.10", useTLS)
