@@ -30,20 +30,9 @@ import (
 // reaches the smart host, unsigned, from the domain's source IP 127.0.0.2,
 // even though the recipient's MX is up.
 func TestRelayEndToEnd(t *testing.T) {
-	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
-	mx := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.3:0"})
-	smarthost := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.4:0",
+	dns, mx, smarthost := mailWorld(t, testenv.SMTPSinkOptions{
 		AllowedClients: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
-	// The MX port is one flag for every MX host: the MX sink's.
-	if err := dns.Add("dest.test. 60 IN MX 10 mx.dest.test.", "mx.dest.test. 60 IN A 127.0.0.3",
-		"smarthost.relay.test. 60 IN A 127.0.0.4"); err != nil {
-		t.Fatal(err)
-	}
-
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
+	keyPEM, txt := ed25519Key()
 	manifests := fmt.Sprintf(`apiVersion: postgate.io/v1alpha1
 kind: SenderDomain
 metadata: {name: example}
@@ -79,23 +68,9 @@ spec: {cidrs: [127.0.0.0/8]}
 		t.Fatal(err)
 	}
 
-	logs := &testenv.LogBuffer{}
-	f := &relayFlags{
-		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
-		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
-		dnsServer: dns.Addr(), mxPort: mx.Port(), shutdownGrace: 5 * time.Second, metricsAddr: "127.0.0.1:0",
-		pprof: true,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relayMain(ctx, f, slog.New(slog.NewTextHandler(logs, nil))) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
-	addr := logs.WaitMatch(t, listening)[1]
+	f := standaloneFlags(t, dir, dns.Addr(), mx.Port())
+	f.metricsAddr, f.pprof = "127.0.0.1:0", true
+	addr, logs := runRelayInProcess(t, f)
 
 	for _, from := range []string{"alice@example.com", "invoices@billing.example.com"} {
 		if line, err := sendOne(addr, from, "to "+from); err != nil || !queuedID.MatchString(line) {
@@ -155,6 +130,58 @@ spec: {cidrs: [127.0.0.0/8]}
 			return ""
 		})
 	}
+}
+
+// mailWorld starts the loopback DNS server, the MX sink of dest.test
+// (mx.dest.test, 127.0.0.3) and a smart host sink with opts
+// (smarthost.relay.test, 127.0.0.4). The MX port is one flag for every MX
+// host: the MX sink's.
+func mailWorld(t *testing.T, opts testenv.SMTPSinkOptions) (dns *testenv.DNSServer, mx, smarthost *testenv.SMTPSink) {
+	t.Helper()
+	dns = testenv.StartDNSServer(t, testenv.DNSOptions{})
+	mx = testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.3:0"})
+	opts.Addr = "127.0.0.4:0"
+	smarthost = testenv.StartSMTPSink(t, opts)
+	if err := dns.Add("dest.test. 60 IN MX 10 mx.dest.test.", "mx.dest.test. 60 IN A 127.0.0.3",
+		"smarthost.relay.test. 60 IN A 127.0.0.4"); err != nil {
+		t.Fatal(err)
+	}
+	return dns, mx, smarthost
+}
+
+// ed25519Key returns a new DKIM key as PKCS #8 PEM, and its TXT record.
+func ed25519Key() (keyPEM []byte, txt string) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		"v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
+}
+
+// standaloneFlags are the flags of a standalone relay on manifests in dir,
+// delivering with the DNS server at dnsAddr to MX hosts at mxPort.
+func standaloneFlags(t *testing.T, dir, dnsAddr string, mxPort int) *relayFlags {
+	return &relayFlags{
+		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
+		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
+		dnsServer: dnsAddr, mxPort: mxPort, shutdownGrace: 5 * time.Second,
+	}
+}
+
+// runRelayInProcess runs the relay in this process until the test ends, and returns
+// its SMTP address and its log.
+func runRelayInProcess(t *testing.T, f *relayFlags) (string, *testenv.LogBuffer) {
+	t.Helper()
+	logs := &testenv.LogBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relayMain(ctx, f, slog.New(slog.NewTextHandler(logs, nil))) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
+	return logs.WaitMatch(t, listening)[1], logs
 }
 
 func scrape(t *testing.T, url string) []byte {

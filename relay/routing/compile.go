@@ -395,7 +395,7 @@ func (c *compiler) relayRoutes(domains map[string]*domainState) {
 			// accepted unsigned. (A key still to be generated, in postgate
 			// check, is Pending instead.)
 			st.unit.SigningUnavailable = fmt.Sprintf("the DKIM key of %s is unavailable: %s", st.sd.Spec.Domain, st.verdict.ResolvedRefs.Message)
-			st.verdict.Held = fmt.Sprintf("New mail from %s is refused with 451 4.3.0 at the end of DATA, never sent unsigned, until %s", st.sd.Spec.Domain, st.unit.SigningUnavailable)
+			st.verdict.Held = fmt.Sprintf("New mail from %s is refused with 451 4.3.0 at the end of DATA, never sent unsigned, while its DKIM key is unavailable: %s", st.sd.Spec.Domain, st.verdict.ResolvedRefs.Message)
 			st.verdict.InTable = true
 			c.units = append(c.units, unit{Held: st.unit})
 		}

@@ -152,6 +152,9 @@ func TestSigningUnavailable(t *testing.T) {
 			if !v.InTable || (v.Held != "") != (tt.want != "") {
 				t.Errorf("verdict InTable %v Held %q", v.InTable, v.Held)
 			}
+			if tt.want != "" && !strings.Contains(v.Held, "while its DKIM key is unavailable: ") {
+				t.Errorf("verdict Held %q does not say the refusal lasts while the key is unavailable", v.Held)
+			}
 			for _, tbl := range compiledAndDecoded(t, in) {
 				d := tbl.Domain("example.com")
 				switch {
