@@ -488,8 +488,8 @@ func (e *env) stop() {
 		if err != nil {
 			e.t.Errorf("Run: %v", err)
 		}
-	case <-time.After(10 * time.Second):
-		e.t.Error("Run did not return within 10s of its context's end")
+	case <-time.After(testenv.WaitTimeout):
+		e.t.Errorf("Run did not return within %s of its context's end", testenv.WaitTimeout)
 	}
 	e.w = nil
 }
@@ -577,7 +577,7 @@ func (e *env) advanceToNext() {
 }
 
 func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	c, cancel := context.WithTimeout(t.Context(), testenv.WaitTimeout)
 	t.Cleanup(cancel)
 	return c
 }

@@ -86,18 +86,14 @@ func TestUnsafeStoredBytesNeverSent(t *testing.T) {
 // across the restart.
 func TestShutdownAbortsAndRestartResumes(t *testing.T) {
 	e, sink := mxEnv(t, testenv.SMTPSinkOptions{})
-	sink.SetFault(testenv.StageData, testenv.Fault{Delay: 10 * time.Second})
+	sink.SetFault(testenv.StageData, testenv.Fault{Delay: time.Hour})
 	e.start()
 	slow := e.enqueue("app@sender.test", "user@rcpt.test")
 	e.waitFor("the message to reach DATA", func() bool {
 		c := sink.Conns()
 		return len(c) == 1 && strings.Contains(strings.Join(c[0].Transcript, "\n"), "C: DATA")
 	})
-	start := time.Now()
-	e.stop()
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("Run took %v to return after its context ended", d)
-	}
+	e.stop() // fails unless Run returns long before the hour is up
 	if len(sink.Messages()) != 0 || len(e.observer.Attempts()) != 0 {
 		t.Fatal("an aborted attempt was delivered or recorded")
 	}
@@ -146,7 +142,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	w := e.start()
 	id := e.enqueue("app@sender.test", "user@rcpt.test")
 	e.waitFor("a connection", func() bool { return sink.Stats().Connections == 1 })
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 	defer cancel()
 	if err := w.Shutdown(sctx); err != nil {
 		t.Fatal(err)
@@ -160,7 +156,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.w = nil
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatal("Run did not return after Shutdown")
 	}
 }
