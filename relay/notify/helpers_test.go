@@ -273,7 +273,7 @@ func (e *env) stop() {
 		if err != nil {
 			e.t.Errorf("Run: %v", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(testenv.WaitTimeout):
 		e.t.Fatal("Run did not return after its context ended")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/postgate/postgate/relay/testenv"
 )
@@ -44,7 +43,7 @@ func TestDrain(t *testing.T) {
 	if code, line := late.reply(); code != 421 || line != "421 4.3.2 relay.test Service shutting down" {
 		t.Errorf("new connection greeted %q, want 421 4.3.2", line)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 	defer cancel()
 	if err := srv.Idle(ctx); err != nil {
 		t.Errorf("sessions left after the drain: %v", err)

@@ -19,6 +19,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // The test table: namespace app sends as example.com from 127.0.0.0/25;
@@ -141,7 +142,7 @@ func startServer(t *testing.T, cfg Config) (srv *Server, addr string, spool *mem
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln, false) }()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)

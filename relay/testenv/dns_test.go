@@ -244,7 +244,7 @@ func TestDNSGoResolver(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, s.Addr())
 	}}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), WaitTimeout)
 	defer cancel()
 	mxs, err := r.LookupMX(ctx, "example.test")
 	if err != nil {

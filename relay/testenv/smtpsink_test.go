@@ -110,7 +110,7 @@ func smtpCode(err error) (int, smtp.EnhancedCode) {
 
 func wait(t *testing.T, s *SMTPSink, n int) []Message {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), WaitTimeout)
 	defer cancel()
 	msgs, err := s.WaitMessages(ctx, n)
 	if err != nil {
@@ -122,7 +122,7 @@ func wait(t *testing.T, s *SMTPSink, n int) []Message {
 // waitClosed waits until n connections have ended.
 func waitClosed(t *testing.T, s *SMTPSink, n int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), WaitTimeout)
 	defer cancel()
 	if _, err := s.WaitStats(ctx, func(st SinkStats) bool { return st.Closed >= n }); err != nil {
 		t.Fatal(err)
@@ -767,7 +767,7 @@ func TestSinkWaitAndLifecycle(t *testing.T) {
 		if len(msgs) != 2 {
 			t.Errorf("WaitMessages returned %d messages", len(msgs))
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(WaitTimeout):
 		t.Fatal("WaitMessages did not return")
 	}
 
@@ -816,7 +816,7 @@ func TestSinkSwaks(t *testing.T) {
 			tc.opts.Users, tc.opts.RequireAuth = map[string]string{"alice": "s3cret"}, true
 			s := StartSMTPSink(t, tc.opts)
 			host, port, _ := net.SplitHostPort(s.Addr())
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), WaitTimeout)
 			defer cancel()
 			args := append([]string{
 				"--server", host, "--port", port, "--local-interface", "127.0.0.2",
