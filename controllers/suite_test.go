@@ -228,8 +228,8 @@ func runUntilStopped(t testing.TB, what string, ctx context.Context, cancel func
 				if err != nil {
 					t.Errorf("%s: %v", what, err)
 				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("%s did not stop within 30s", what)
+			case <-time.After(testenv.WaitTimeout):
+				t.Errorf("%s did not stop within %s", what, testenv.WaitTimeout)
 			}
 		})
 	}

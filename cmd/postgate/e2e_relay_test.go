@@ -77,7 +77,7 @@ spec: {cidrs: [127.0.0.0/8]}
 			t.Fatalf("submitting as %s: %q %v", from, line, err)
 		}
 	}
-	wait, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	wait, stop := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 	defer stop()
 	mxMsgs, err := mx.WaitMessages(wait, 1)
 	if err != nil {

@@ -101,8 +101,8 @@ func (p *operatorProcess) terminate(t *testing.T) {
 		if err != nil {
 			t.Errorf("exit after SIGTERM: %v", err)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the operator did not exit within 30s of SIGTERM")
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatalf("the operator did not exit within %s of SIGTERM", testenv.WaitTimeout)
 	}
 }
 

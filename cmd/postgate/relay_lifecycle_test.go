@@ -275,7 +275,7 @@ func TestRelayScaleDownHandsOff(t *testing.T) {
 		t.Fatal("flush failed")
 	}
 	want := 3*perRelay + len(loadAcked)
-	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wait, cancel := context.WithTimeout(ctx, testenv.WaitTimeout)
 	defer cancel()
 	if _, err := mx.WaitMessages(wait, want); err != nil {
 		t.Fatalf("MX got %d messages, want %d: %v", len(mx.Messages()), want, err)
@@ -382,7 +382,7 @@ func TestRelaySIGTERMUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Errorf("relay exited with %v", err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatalf("relay did not exit:\n%s", p.logs())
 	}
 	cancel()

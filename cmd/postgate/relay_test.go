@@ -88,12 +88,12 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 	}()
 	select {
 	case p.addr = <-addr:
-	case <-time.After(30 * time.Second):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatalf("relay did not start:\n%s", p.logs())
 	}
 	select {
 	case p.adminAddr = <-adminAddr:
-	case <-time.After(10 * time.Second):
+	case <-time.After(testenv.WaitTimeout):
 		t.Fatalf("relay did not serve its admin API:\n%s", p.logs())
 	}
 	return p

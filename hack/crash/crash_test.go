@@ -377,7 +377,7 @@ func TestDiskFull(t *testing.T) {
 	if line := submit("after@dest.test"); !strings.HasPrefix(line, "250") {
 		t.Fatalf("after space returned: %q, want 250", line)
 	}
-	wait, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	wait, stop := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 	defer stop()
 	if _, err := sink.WaitMessages(wait, 2); err != nil {
 		t.Fatal(err)

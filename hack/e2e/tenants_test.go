@@ -222,7 +222,7 @@ func programmedAtGeneration(ns, kind, name string) func() string {
 
 func waitMessages(t *testing.T, sink *testenv.SMTPSink, n int) []testenv.Message {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
 	defer cancel()
 	msgs, err := sink.WaitMessages(ctx, n)
 	if err != nil {
