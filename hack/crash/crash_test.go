@@ -115,12 +115,12 @@ func (r *relay) start() {
 	r.exited = exited
 	cmd := r.cmd
 	go func() { _ = cmd.Wait(); close(exited) }()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.WaitTimeout)
 	for {
 		if err := greets(r.addr); err == nil {
 			return
 		} else if time.Now().After(deadline) {
-			r.t.Fatalf("relay start %d: not greeting after 30s: %v", r.started, err)
+			r.t.Fatalf("relay start %d: not greeting after %s: %v", r.started, testenv.WaitTimeout, err)
 		}
 		select {
 		case <-exited:
