@@ -7,7 +7,8 @@ import (
 )
 
 // Metric names; labels: status is sent, deferred, bounced or expired;
-// destination is mx (delivery by MX) or route (a RelayRoute's target).
+// destination is mx (delivery by MX), route (a RelayRoute's target) or held
+// (a RelayRoute that cannot take effect: deferred, no host tried).
 const (
 	// MetricAttempts counts delivery attempts, one per message and
 	// destination, by status and destination.
@@ -57,7 +58,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	// Start the counters at zero, so that rates work from the first scrape.
-	for _, dest := range []string{"mx", "route"} {
+	for _, dest := range []string{"mx", "route", "held"} {
 		for _, s := range []delivery.Status{delivery.StatusSent, delivery.StatusDeferred, delivery.StatusBounced, delivery.StatusExpired} {
 			m.attempts.WithLabelValues(string(s), dest)
 			m.recipients.WithLabelValues(string(s), dest)
@@ -69,7 +70,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Observe counts the attempt.
 func (m *Metrics) Observe(a delivery.Attempt) {
 	dest := "mx"
-	if a.Route != nil {
+	switch {
+	case a.Cause == delivery.CauseHeld:
+		dest = "held"
+	case a.Route != nil:
 		dest = "route"
 	}
 	m.attempts.WithLabelValues(string(a.Status), dest).Inc()

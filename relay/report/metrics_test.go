@@ -34,6 +34,10 @@ func TestMetrics(t *testing.T) {
 	d.Status = delivery.StatusDeferred
 	d.Recipients = []delivery.RecipientResult{{Status: delivery.StatusDeferred}, {Status: delivery.StatusDeferred}}
 	Observers{m}.Observe(d)
+	held := sent(domain, route, now)
+	held.Cause, held.Status = delivery.CauseHeld, delivery.StatusDeferred
+	held.Recipients = []delivery.RecipientResult{{Status: delivery.StatusDeferred}}
+	m.Observe(held)
 
 	got := testenv.Gather(t, reg)
 	for _, tc := range []struct {
@@ -46,6 +50,10 @@ func TestMetrics(t *testing.T) {
 		{MetricAttempts + `{destination="mx",status="deferred"}`, 1},
 		{MetricAttempts + `{destination="mx",status="expired"}`, 0},
 		{MetricAttempts + `{destination="route",status="expired"}`, 0},
+		// A hold tried no host: it is not the route's deferral.
+		{MetricAttempts + `{destination="held",status="deferred"}`, 1},
+		{MetricAttempts + `{destination="route",status="deferred"}`, 0},
+		{MetricRecipients + `{destination="held",status="deferred"}`, 1},
 		{MetricRecipients + `{destination="mx",status="deferred"}`, 2},
 		{MetricRecipients + `{destination="route",status="sent"}`, 3},
 		{MetricDelay + `_count{destination="route"}`, 3},
