@@ -10,9 +10,15 @@
 // POST /v1/handoff on the peer's hand-off listener, the body a record of
 // queue.Export (the queue file format, journal reduced to a snapshot), with
 //
-//	X-Postgate-Timestamp: unix seconds
-//	X-Postgate-Target:    the receiving replica's name
-//	X-Postgate-Signature: hex HMAC-SHA256(key, "postgate-handoff-v1\n" + timestamp + "\n" + target + "\n" + hex SHA-256 of the body)
+//	X-Postgate-Handoff-Timestamp: unix seconds
+//	X-Postgate-Handoff-Target:    the receiving replica's name
+//	X-Postgate-Handoff-Signature: hex HMAC-SHA256(key, "postgate-handoff-v1\n" + timestamp + "\n" + target + "\n" + hex SHA-256 of the body)
+//
+// The names are the hand-off's own: the webhook's X-Postgate-Timestamp and
+// X-Postgate-Signature carry another scheme, and one name should mean one
+// thing to whoever reads a request. Those older names were the hand-off's
+// too before; for one release a sender sends them as well and a server
+// reads them when the new ones are absent (see legacyHeaderTimestamp).
 //
 // The endpoint injects mail past the SMTP server's access control, so it
 // is closed by default: a request needs a valid signature by the shared key
@@ -31,18 +37,58 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 	"strconv"
 	"time"
 )
 
 // Header names of a hand-off request.
 const (
-	HeaderTimestamp = "X-Postgate-Timestamp"
-	HeaderTarget    = "X-Postgate-Target"
-	HeaderSignature = "X-Postgate-Signature"
+	HeaderTimestamp = "X-Postgate-Handoff-Timestamp"
+	HeaderTarget    = "X-Postgate-Handoff-Target"
+	HeaderSignature = "X-Postgate-Handoff-Signature"
 	// Path is where peers post records.
 	Path = "/v1/handoff"
 )
+
+// The names the previous release signed hand-offs under (the webhook's).
+// During a rollout old and new replicas hand off to each other in both
+// directions (an old replica leaving hands to a new one; a new one removed
+// by a scale-down mid-rollout hands to an old one), and with an ephemeral
+// spool a refused hand-off loses the mail. So for this release a sender
+// sends both sets, with the same values, and a server reads the legacy set
+// only when a request carries none of the new names; the next release
+// drops them. The signed string is the same under either name, and its
+// "postgate-handoff-v1" prefix keeps a webhook signature from ever
+// verifying as a hand-off.
+const (
+	legacyHeaderTimestamp = "X-Postgate-Timestamp"
+	legacyHeaderTarget    = "X-Postgate-Target"
+	legacyHeaderSignature = "X-Postgate-Signature"
+)
+
+// setCredentials puts a request's signed values under the hand-off's names
+// and, for this release, the legacy ones.
+func setCredentials(h http.Header, ts int64, target, sig string) {
+	t := strconv.FormatInt(ts, 10)
+	h.Set(HeaderTimestamp, t)
+	h.Set(HeaderTarget, target)
+	h.Set(HeaderSignature, sig)
+	h.Set(legacyHeaderTimestamp, t)
+	h.Set(legacyHeaderTarget, target)
+	h.Set(legacyHeaderSignature, sig)
+}
+
+// credentials returns a request's signed values: from the hand-off's names
+// when any of them is present (never mixed with the legacy set, so a
+// request cannot take its timestamp from one set and its signature from
+// the other), else from the legacy names.
+func credentials(h http.Header) (ts, target, sig string) {
+	if h.Get(HeaderTimestamp) != "" || h.Get(HeaderTarget) != "" || h.Get(HeaderSignature) != "" {
+		return h.Get(HeaderTimestamp), h.Get(HeaderTarget), h.Get(HeaderSignature)
+	}
+	return h.Get(legacyHeaderTimestamp), h.Get(legacyHeaderTarget), h.Get(legacyHeaderSignature)
+}
 
 // MaxSkew is how far a request's timestamp may be from the receiver's
 // clock. Replicas of one cluster share NTP-disciplined clocks; two minutes

@@ -3,13 +3,16 @@ package handoff
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/hex"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,5 +215,128 @@ func TestDrainIdempotent(t *testing.T) {
 	}
 	if _, err := src.Get(ctx, id); err != nil {
 		t.Errorf("message lost without peers: %v", err)
+	}
+}
+
+// recorder is a transport that keeps the headers of the requests it
+// carries to the real peer.
+type recorder struct {
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.mu.Lock()
+	r.headers = append(r.headers, req.Header.Clone())
+	r.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// TestHeaderNames: the hand-off signs under its own header names, distinct
+// from the webhook's X-Postgate-Timestamp and X-Postgate-Signature. A
+// request signed the webhook's way is refused under either set of names,
+// and a request never mixes the sets. During this release's rollout the
+// previous names still work both ways: a sender adds them with the same
+// values (for a peer still on the old version) and a server takes a
+// request that has only them (from a peer still on the old version).
+func TestHeaderNames(t *testing.T) {
+	if HeaderTimestamp == legacyHeaderTimestamp || HeaderSignature == legacyHeaderSignature || HeaderTarget == legacyHeaderTarget {
+		t.Fatal("the hand-off signs under the webhook's header names")
+	}
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	dst, peer := serve(t, "relay-1", func() time.Time { return now })
+	src := openQueue(t)
+	ts := now.Unix()
+	type names struct{ ts, target, sig string }
+	current := names{HeaderTimestamp, HeaderTarget, HeaderSignature}
+	legacy := names{"X-Postgate-Timestamp", "X-Postgate-Target", "X-Postgate-Signature"}
+	post := func(set []names, sig func(body []byte) string, body []byte) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+peer.Addr+Path, bytes.NewReader(body))
+		for _, n := range set {
+			req.Header.Set(n.ts, strconv.FormatInt(ts, 10))
+			req.Header.Set(n.target, "relay-1")
+			req.Header.Set(n.sig, sig(body))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	handoffSig := func(body []byte) string {
+		d := sha256.Sum256(body)
+		return signature(testKey, ts, "relay-1", d[:])
+	}
+	// The webhook's scheme, with the same key: "v1=" and the hex
+	// HMAC-SHA256 of the timestamp, a dot and the body.
+	webhookSig := func(body []byte) string {
+		m := hmac.New(sha256.New, testKey)
+		m.Write([]byte(strconv.FormatInt(ts, 10) + "." + string(body)))
+		return "v1=" + hex.EncodeToString(m.Sum(nil))
+	}
+	webhookSigBare := func(body []byte) string { return strings.TrimPrefix(webhookSig(body), "v1=") }
+	record := func() []byte { return export(t, src, enqueue(t, src, "bob@dest.test")) }
+
+	for _, c := range []struct {
+		name string
+		set  []names
+		sig  func([]byte) string
+	}{
+		{"webhook-style request", []names{legacy}, webhookSig},
+		{"webhook-style hex under the old names", []names{legacy}, webhookSigBare},
+		{"webhook scheme under the hand-off's names", []names{current}, webhookSigBare},
+	} {
+		if code := post(c.set, c.sig, record()); code != http.StatusUnauthorized {
+			t.Errorf("%s: %d, want 401", c.name, code)
+		}
+	}
+	// New timestamp and target, the signature only under the old name.
+	mixed := record()
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+peer.Addr+Path, bytes.NewReader(mixed))
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+	req.Header.Set(HeaderTarget, "relay-1")
+	req.Header.Set("X-Postgate-Signature", handoffSig(mixed))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("sets of names mixed: %d, want 401", resp.StatusCode)
+	}
+	if n := dst.Stats().Messages; n != 0 {
+		t.Fatalf("refused requests queued %d messages", n)
+	}
+
+	if code := post([]names{current}, handoffSig, record()); code != http.StatusOK {
+		t.Errorf("signed under the hand-off's names: %d, want 200", code)
+	}
+	if code := post([]names{legacy}, handoffSig, record()); code != http.StatusOK {
+		t.Errorf("signed by a previous-release sender (old names only): %d, want 200", code)
+	}
+
+	// The Sender's requests carry the hand-off's names, and the old names
+	// with the same values for a peer still on the previous release.
+	rec := &recorder{}
+	s := &Sender{Key: testKey, Queue: src, TempDir: t.TempDir(), Now: func() time.Time { return now },
+		HTTP:  &http.Client{Transport: rec},
+		Peers: func(context.Context) ([]Peer, error) { return []Peer{peer}, nil }}
+	if res, err := s.Drain(context.Background()); err != nil || res.Remaining != 0 {
+		t.Fatalf("Drain = %+v, %v", res, err)
+	}
+	if len(rec.headers) == 0 {
+		t.Fatal("the sender sent nothing")
+	}
+	for _, h := range rec.headers {
+		if h.Get(HeaderTimestamp) == "" || h.Get(HeaderTarget) != "relay-1" || len(h.Get(HeaderSignature)) != 2*sha256.Size {
+			t.Errorf("sender's request lacks the hand-off's header names: %v", h)
+		}
+		for i, n := range []string{legacy.ts, legacy.target, legacy.sig} {
+			if h.Get(n) != h.Get([]string{current.ts, current.target, current.sig}[i]) {
+				t.Errorf("%s = %q, want the value of its new name for the rollout", n, h.Get(n))
+			}
+		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -240,9 +239,7 @@ func (s *Sender) post(ctx context.Context, p Peer, body *os.File, digest []byte,
 	}
 	req.ContentLength = st.Size()
 	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
-	req.Header.Set(HeaderTarget, p.Name)
-	req.Header.Set(HeaderSignature, signature(s.Key, ts, p.Name, digest))
+	setCredentials(req.Header, ts, p.Name, signature(s.Key, ts, p.Name, digest))
 	resp, err := s.HTTP.Do(req)
 	if err != nil {
 		return err

@@ -104,17 +104,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this replica is draining", http.StatusServiceUnavailable)
 		return
 	}
-	ts, err := strconv.ParseInt(r.Header.Get(HeaderTimestamp), 10, 64)
+	rawTS, target, sig := credentials(r.Header)
+	ts, err := strconv.ParseInt(rawTS, 10, 64)
 	now := s.o.Now()
 	if err != nil || now.Sub(time.Unix(ts, 0)).Abs() > MaxSkew {
 		s.refuse(w, r, "missing or stale timestamp")
 		return
 	}
-	if r.Header.Get(HeaderTarget) != s.o.Name {
+	if target != s.o.Name {
 		s.refuse(w, r, "signed for another replica")
 		return
 	}
-	sig := r.Header.Get(HeaderSignature)
 	if len(sig) != 2*sha256.Size {
 		s.refuse(w, r, "missing signature")
 		return
