@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -199,7 +198,7 @@ func relayMain(ctx context.Context, f *relayFlags, logger *slog.Logger) error {
 		}
 		fl, err := follow.New(client, follow.Options{
 			Namespace: f.relayNamespace, PodName: f.podName,
-			SpoolDir: filepath.Join(f.spoolDir, "table"), Log: logr.FromSlogHandler(logger.Handler()),
+			SpoolDir: filepath.Join(f.spoolDir, "table"), Logger: logger,
 		})
 		if err != nil {
 			return err

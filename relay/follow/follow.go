@@ -14,11 +14,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -46,8 +46,8 @@ type Options struct {
 	RetryInterval time.Duration
 	// Now is the clock of the Lease; default time.Now.
 	Now func() time.Time
-	// Log receives progress and errors; default discards.
-	Log logr.Logger
+	// Logger receives progress and errors; default discards.
+	Logger *slog.Logger
 	// Cache keeps parsed keys across loads; default a new one.
 	Cache *routing.Cache
 }
@@ -87,8 +87,8 @@ func New(client kubernetes.Interface, o Options) (*Follower, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.Log.GetSink() == nil {
-		o.Log = logr.Discard()
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Cache == nil {
 		o.Cache = routing.NewCache()
@@ -97,7 +97,7 @@ func New(client kubernetes.Interface, o Options) (*Follower, error) {
 	f.lease = &leaseKeeper{
 		leases: client.CoordinationV1().Leases(o.Namespace),
 		name:   routing.RelayLeasePrefix + o.PodName, holder: o.PodName,
-		duration: o.LeaseDuration, renew: o.RenewInterval, now: o.Now, log: o.Log,
+		duration: o.LeaseDuration, renew: o.RenewInterval, now: o.Now, log: o.Logger,
 		kick: make(chan struct{}, 1),
 	}
 	if o.SpoolDir != "" {
@@ -106,12 +106,12 @@ func New(client kubernetes.Interface, o Options) (*Follower, error) {
 			var t *routing.Table
 			if t, err = routing.Decode(s.Index, s.Shards, o.Cache); err == nil {
 				f.swap(s, t)
-				o.Log.Info("Loaded the last good routing table from the spool", "version", t.Version)
+				o.Logger.Info("Loaded the last good routing table from the spool", "version", t.Version)
 			}
 		}
 		if err != nil {
 			// A damaged spool is not fatal: the API server has the table.
-			o.Log.Error(err, "Ignoring the spooled routing table")
+			o.Logger.Error("Ignoring the spooled routing table", "error", err)
 		}
 	}
 	return f, nil
@@ -201,7 +201,7 @@ func (f *Follower) Run(ctx context.Context) error {
 			continue // deleted: keep the table we have
 		}
 		if err := f.load(ctx, obj.(*corev1.Secret)); err != nil {
-			f.opts.Log.Error(err, "Loading the routing table failed; keeping the current one", "retryIn", f.opts.RetryInterval)
+			f.opts.Logger.Error("Loading the routing table failed; keeping the current one", "retryIn", f.opts.RetryInterval, "error", err)
 			retry.Reset(f.opts.RetryInterval)
 		}
 	}
@@ -241,12 +241,12 @@ func (f *Follower) load(ctx context.Context, secret *corev1.Secret) error {
 	}
 	s := &spooled{Index: &idx, Shards: shards}
 	f.swap(s, t)
-	f.opts.Log.Info("Loaded a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(t.Objects()))
+	f.opts.Logger.Info("Loaded a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(t.Objects()))
 	if f.opts.SpoolDir != "" {
 		if err := saveSpool(f.opts.SpoolDir, s); err != nil {
 			// Serving the new table matters more than keeping it for a
 			// restart without the API server.
-			f.opts.Log.Error(err, "Keeping the routing table in the spool failed")
+			f.opts.Logger.Error("Keeping the routing table in the spool failed", "error", err)
 		}
 	}
 	return nil

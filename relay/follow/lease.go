@@ -2,11 +2,11 @@ package follow
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-logr/logr"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,7 +25,7 @@ type leaseKeeper struct {
 	duration time.Duration
 	renew    time.Duration
 	now      func() time.Time
-	log      logr.Logger
+	log      *slog.Logger
 
 	version atomic.Int64
 	// handoff is the hand-off address announced on the Lease; empty
@@ -71,7 +71,7 @@ func (k *leaseKeeper) run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if err := k.renewOnce(ctx); err != nil && ctx.Err() == nil {
-			k.log.Error(err, "Renewing the relay Lease failed", "lease", k.name)
+			k.log.Error("Renewing the relay Lease failed", "lease", k.name, "error", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -132,6 +132,6 @@ func (k *leaseKeeper) release() {
 	one := int32(1)
 	l.Spec.RenewTime, l.Spec.LeaseDurationSeconds = &past, &one
 	if _, err := k.leases.Update(ctx, l, metav1.UpdateOptions{}); err != nil {
-		k.log.Error(err, "Releasing the relay Lease failed", "lease", k.name)
+		k.log.Error("Releasing the relay Lease failed", "lease", k.name, "error", err)
 	}
 }
