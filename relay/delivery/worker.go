@@ -40,6 +40,9 @@ type Worker struct {
 	// lets them rather than at their next retry, hours later maybe.
 	heldMu sync.Mutex
 	held   map[queue.ID]heldMessage
+	// heldScan is the table releaseHeld last went through the held
+	// messages with; nil when one was held under another table since.
+	heldScan *routing.Table
 }
 
 // heldMessage is a held message's sender and the table that last held it.
@@ -234,6 +237,9 @@ func (w *Worker) noteHeld(msg *queue.Message, dl routing.Delivery, table *routin
 	defer w.heldMu.Unlock()
 	if dl.Hold != nil && len(msg.Pending()) > 0 {
 		w.held[msg.ID] = heldMessage{sender: msg.Envelope.From, table: table}
+		if table != w.heldScan {
+			w.heldScan = nil // held under an older table: look again
+		}
 	} else {
 		delete(w.held, msg.ID)
 	}
@@ -243,6 +249,13 @@ func (w *Worker) noteHeld(msg *queue.Message, dl routing.Delivery, table *routin
 // It reports whether some stay held.
 func (w *Worker) releaseHeld(ctx context.Context, table *routing.Table) bool {
 	w.heldMu.Lock()
+	if table == w.heldScan {
+		// Nothing to look at again: Run calls this at every wake.
+		more := len(w.held) > 0
+		w.heldMu.Unlock()
+		return more
+	}
+	w.heldScan = table
 	var release []queue.ID
 	for id, h := range w.held {
 		switch {
