@@ -2,11 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/dkim"
 	"github.com/postgate/postgate/relay/routing"
 )
 
@@ -33,30 +29,6 @@ const (
 	DKIMAlgorithmAnnotation = "postgate.io/dkim-algorithm"
 )
 
-// generateKeyPEM makes a private key for alg, as PKCS#8 PEM.
-func generateKeyPEM(alg v1alpha1.DKIMAlgorithm) ([]byte, error) {
-	var key any
-	switch alg {
-	case v1alpha1.DKIMAlgorithmEd25519:
-		_, k, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		key = k
-	default:
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			return nil, err
-		}
-		key = k
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
 // generatedKeySecret returns the Secret to create for sd's generated key.
 func generatedKeySecret(sd *v1alpha1.SenderDomain) (*corev1.Secret, error) {
 	name, key := routing.DKIMKeySecret(sd)
@@ -64,7 +36,7 @@ func generatedKeySecret(sd *v1alpha1.SenderDomain) (*corev1.Secret, error) {
 	if alg == "" {
 		alg = v1alpha1.DKIMAlgorithmRSA2048
 	}
-	pemKey, err := generateKeyPEM(alg)
+	pemKey, err := dkim.GenerateKeyPEM(alg)
 	if err != nil {
 		return nil, fmt.Errorf("generating a %s key: %w", alg, err)
 	}

@@ -8,14 +8,8 @@ package standalone
 
 import (
 	"context"
-	"crypto"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay/dkim"
 	"github.com/postgate/postgate/relay/manifest"
 	"github.com/postgate/postgate/relay/routing"
 )
@@ -216,7 +211,7 @@ func (s *Source) keyFile(namespace, name string, alg v1alpha1.DKIMAlgorithm) ([]
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	pemBytes, err := generateKey(alg)
+	pemBytes, err := dkim.GenerateKeyPEM(alg)
 	if err != nil {
 		return nil, err
 	}
@@ -248,26 +243,6 @@ func (s *Source) keyFile(namespace, name string, alg v1alpha1.DKIMAlgorithm) ([]
 	}
 	s.opts.Logger.Info("Generated a DKIM key", "namespace", namespace, "secret", name, "algorithm", string(alg), "file", path)
 	return pemBytes, nil
-}
-
-// generateKey makes a private key for alg, PEM-encoded (PKCS#8).
-func generateKey(alg v1alpha1.DKIMAlgorithm) ([]byte, error) {
-	var key crypto.Signer
-	var err error
-	switch alg {
-	case v1alpha1.DKIMAlgorithmEd25519:
-		_, key, err = ed25519.GenerateKey(rand.Reader)
-	default:
-		key, err = rsa.GenerateKey(rand.Reader, 2048)
-	}
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // fingerprint hashes the names and contents of the manifest files under
