@@ -2,10 +2,13 @@ package notify
 
 import (
 	"encoding/json"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/postgate/postgate/relay/delivery"
+	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/testenv"
 )
@@ -150,5 +153,27 @@ func TestMetaSurvivesRestart(t *testing.T) {
 	if last.Meta.Account != "acct-1" || last.Meta.CustomerNo != "42" || last.Meta.Tenant != "team" ||
 		!slices.EqualFunc(last.Notifications, []Notification{{}}, func(n, _ Notification) bool { return n.Meta.Tag == "campaign-7" }) {
 		t.Errorf("after a restart: %+v", last)
+	}
+}
+
+// TestHeldIsDeferred: a message held because its RelayRoute cannot take
+// effect is notified as DEFERRED, with the 4.4.4 hold and its reason, and
+// no relay (no host was tried).
+func TestHeldIsDeferred(t *testing.T) {
+	rcv := newReceiver(t)
+	var src tables
+	src.set(t, hook{"example.test", rcv.url(), key1})
+	e := start(t, fastOptions(t.TempDir(), &src))
+
+	a := attempt("Q1", "example.test", delivery.StatusDeferred)
+	held := queue.Reply{Enhanced: "4.4.4", Text: `held: RelayRoute team/route cannot take effect: Secret "creds" (target credentials) not found`}
+	a.Cause, a.Reply, a.Recipients[0].Reply = delivery.CauseHeld, held, held
+	a.RelayHost, a.RelayAddr, a.TLS = "", netip.AddrPort{}, delivery.TLSInfo{}
+	e.n.Observe(a)
+	testenv.EventuallyTrue(t, "no notification", func() bool { return len(rcv.notifications(key1)) == 1 })
+	n := rcv.notifications(key1)[0]
+	if ev, smtp := n.Meta.Event, n.Content.SMTP; ev.Type != TypeDeferred || smtp.DSN != "4.4.4" || smtp.Relay != "" ||
+		!strings.Contains(smtp.Reason, "held: RelayRoute team/route cannot take effect") {
+		t.Errorf("event %+v, smtp %+v: want DEFERRED 4.4.4 naming the route, no relay", ev, smtp)
 	}
 }
