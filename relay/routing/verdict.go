@@ -61,7 +61,8 @@ type Verdict struct {
 	// refused because the domain signs.
 	RouteRefused *Status
 	// InTable is true when the object is in the compiled table: accepted,
-	// resolved, and (for a route) its SenderDomain in the table too.
+	// resolved, and (for a route) its SenderDomain in the table too; or
+	// accepted and in the table as a held entry (Held).
 	InTable bool
 	// Pending explains why an accepted, resolved object is not in the
 	// table (a DKIM key still to be generated).
@@ -137,9 +138,9 @@ func (v *Verdict) notProgrammable() Status {
 	}
 }
 
-// held is the Programmed state of a held entry: never Pending nor
-// Programmed, since its mail is held by every relay that loaded the table,
-// and the relays that have not are not sending it by MX either.
+// held is the Programmed state of a held entry: never Programmed, and not
+// Pending either, since a relay that loaded the table already holds the
+// mail; the message says how far the relays are.
 func held(why string, programmed Status) Status {
 	msg := why
 	switch {
