@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/delivery"
-	"github.com/postgate/postgate/relay/dsn"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/queue/queuetest"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func TestBounceEnqueuesADSN(t *testing.T) {
@@ -59,7 +59,7 @@ func TestBounceEnqueuesADSN(t *testing.T) {
 	}
 	defer func() { _ = r.Close() }()
 	data, _ := io.ReadAll(r)
-	rep, err := dsn.Parse(strings.NewReader(string(data)))
+	rep, err := testenv.ParseDSN(strings.NewReader(string(data)))
 	if err != nil {
 		t.Fatalf("parsing the queued DSN: %v", err)
 	}

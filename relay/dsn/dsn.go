@@ -20,8 +20,6 @@ package dsn
 import (
 	"bytes"
 	"cmp"
-	"crypto/rand"
-	"encoding/base32"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -32,6 +30,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/rfc5322"
 )
 
 // DefaultMaxFull bounds the message returned with RET=FULL: a larger one is
@@ -122,8 +121,8 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 	writeField(&b, "From", "Mail Delivery System <MAILER-DAEMON@"+p.Hostname+">")
 	writeField(&b, "To", "<"+env.From+">")
 	writeField(&b, "Subject", "Undelivered Mail Returned to Sender")
-	writeField(&b, "Date", p.Now.Format(dateLayout))
-	writeField(&b, "Message-ID", "<"+randomID()+"@"+p.Hostname+">")
+	writeField(&b, "Date", p.Now.Format(rfc5322.DateLayout))
+	writeField(&b, "Message-ID", rfc5322.NewMessageID(p.Hostname))
 	writeField(&b, "Auto-Submitted", "auto-replied") // RFC 3834 section 5
 	writeField(&b, "MIME-Version", "1.0")
 	writeField(&b, "Content-Type", `multipart/report; report-type=delivery-status; boundary="`+mw.Boundary()+`"`)
@@ -270,7 +269,7 @@ func statusFields(p Params, msg queue.Message, report []int) []byte {
 		writeField(&b, "Original-Envelope-Id", xtextIfNeeded(env.EnvID))
 	}
 	if !msg.Arrival.IsZero() {
-		writeField(&b, "Arrival-Date", msg.Arrival.Format(dateLayout))
+		writeField(&b, "Arrival-Date", msg.Arrival.Format(rfc5322.DateLayout))
 	}
 	for _, i := range report {
 		rcpt, rs := env.To[i], msg.Recipients[i]
@@ -291,7 +290,7 @@ func statusFields(p Params, msg queue.Message, report []int) []byte {
 			writeField(&b, "Diagnostic-Code", "X-Postgate; "+asciiOnly(rs.Reply.String()))
 		}
 		if t := cmp.Or(p.LastAttempt, rs.LastAttempt); !t.IsZero() {
-			writeField(&b, "Last-Attempt-Date", t.Format(dateLayout))
+			writeField(&b, "Last-Attempt-Date", t.Format(rfc5322.DateLayout))
 		}
 	}
 	return b.Bytes()
@@ -344,16 +343,6 @@ func originalRecipient(orcpt string) string {
 	default:
 		return typ + "; " + xtextIfNeeded(addr)
 	}
-}
-
-const dateLayout = "Mon, 02 Jan 2006 15:04:05 -0700"
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-func randomID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return strings.ToLower(idEncoding.EncodeToString(b[:]))
 }
 
 // writePart writes one body part: 7bit when the content is 7bit-safe,

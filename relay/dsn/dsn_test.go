@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 var (
@@ -197,13 +198,13 @@ func TestStructure(t *testing.T) {
 		t.Errorf("part 3: %s %q", parts[2].ctype, parts[2].body)
 	}
 
-	// Parse agrees with the standard library.
-	rep, err := Parse(bytes.NewReader(n.Data))
+	// ParseDSN agrees with the standard library.
+	rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rep.Human != parts[0].body || rep.OriginalType != parts[2].ctype || string(rep.Original) != parts[2].body {
-		t.Error("Parse disagrees with mime/multipart")
+		t.Error("ParseDSN disagrees with mime/multipart")
 	}
 	if rep.PerMessage.Get("Reporting-MTA") != "dns; relay.example.com" || len(rep.PerRecipient) != 2 ||
 		rep.PerRecipient[1].Get("Status") != "4.4.7" || rep.PerRecipient[0].Get("Final-Recipient") != "rfc822; bob@example.net" {
@@ -254,7 +255,7 @@ func TestWhoIsReported(t *testing.T) {
 			if len(n.Recipients) != len(tt.want) {
 				t.Fatalf("reports %v, want %v", n.Recipients, tt.want)
 			}
-			rep, err := Parse(bytes.NewReader(n.Data))
+			rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -316,7 +317,7 @@ func TestRecipientFields(t *testing.T) {
 			m := newMessage()
 			m.Envelope.To[0], m.Recipients[0] = tt.rcpt, tt.status
 			n := build(t, m, []int{0}, original)
-			rep, err := Parse(bytes.NewReader(n.Data))
+			rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,7 +363,7 @@ func TestRemoteMTAAndTime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rep, err := Parse(bytes.NewReader(n.Data))
+			rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -464,7 +465,7 @@ func TestParseRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if rep, err := Parse(strings.NewReader(tt.msg)); err == nil {
+			if rep, err := testenv.ParseDSN(strings.NewReader(tt.msg)); err == nil {
 				t.Errorf("parsed: %+v", rep)
 			}
 		})

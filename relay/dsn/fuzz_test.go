@@ -7,10 +7,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
-// FuzzParse: Parse never panics, and what it accepts has the fields it
-// promises.
+// FuzzParse: testenv.ParseDSN never panics, and what it accepts has the
+// fields it promises.
 func FuzzParse(f *testing.F) {
 	m := newMessage(withRcpt(queue.Rcpt{Addr: "c@example.net", ORcpt: "rfc822;c@example.net"}, expired))
 	for _, ret := range []string{"HDRS", "FULL"} {
@@ -25,7 +26,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nFinal-Recipient: rfc822; a@b\r\nAction: failed\r\nStatus: 5.0.0\r\n--b--\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		rep, err := Parse(bytes.NewReader(data))
+		rep, err := testenv.ParseDSN(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
@@ -42,7 +43,7 @@ func FuzzParse(f *testing.F) {
 
 // FuzzBuild builds DSNs from arbitrary envelopes, replies and originals (as
 // the queue stores them: printable UTF-8 fields, CRLF-clean messages) and
-// checks the wire format and that Parse reads back what went in.
+// checks the wire format and that testenv.ParseDSN reads back what went in.
 func FuzzBuild(f *testing.F) {
 	f.Add("alice@example.com", "bob@example.net", "", "", "No such user", 550, "5.1.1", "mx.example.net", false, true, []byte(original))
 	f.Add("jürgen@example.com", "ñandú@example.net", "UTF-8;ñandú@example.net", "env+1", "über", 0, "", "", true, false, []byte("Subject: Grüße\r\n\r\n\xff"))
@@ -73,7 +74,7 @@ func FuzzBuild(f *testing.F) {
 			t.Fatalf("Build: %v, %v", n, err)
 		}
 		checkWire(t, n.Data, !n.SMTPUTF8)
-		rep, err := Parse(bytes.NewReader(n.Data))
+		rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
 		if err != nil {
 			t.Fatalf("Parse: %v\n%q", err, n.Data)
 		}

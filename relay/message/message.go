@@ -35,10 +35,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +46,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/dkim"
+	"github.com/postgate/postgate/relay/rfc5322"
 	"github.com/postgate/postgate/relay/routing"
 )
 
@@ -201,12 +200,12 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	var added bytes.Buffer
 	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from, Tag: tag}
 	if !h.hasMessageID {
-		out.MessageID = newMessageID(p.Hostname)
+		out.MessageID = rfc5322.NewMessageID(p.Hostname)
 		fmt.Fprintf(&added, "Message-ID: %s\r\n", out.MessageID)
 		h.names = append(h.names, "Message-ID")
 	}
 	if !h.hasDate {
-		fmt.Fprintf(&added, "Date: %s\r\n", now.Format(dateLayout))
+		fmt.Fprintf(&added, "Date: %s\r\n", now.Format(rfc5322.DateLayout))
 		h.names = append(h.names, "Date")
 	}
 	received := receivedField(p, now)
@@ -332,19 +331,6 @@ func (s source) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// dateLayout is RFC 5322 section 3.3's date-time.
-const dateLayout = "Mon, 02 Jan 2006 15:04:05 -0700"
-
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-// newMessageID returns <random@hostname> with 128 random bits (RFC 5322
-// section 3.6.4: unique, the right-hand side a domain of the generator).
-func newMessageID(hostname string) string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return "<" + strings.ToLower(idEncoding.EncodeToString(b[:])) + "@" + hostname + ">"
-}
-
 // receivedField formats the Received field in Postfix's layout:
 //
 //	Received: from <helo> (<name> [<ip>])
@@ -389,7 +375,7 @@ func receivedField(p Params, now time.Time) string {
 	} else {
 		b.WriteString(";\r\n\t")
 	}
-	b.WriteString(now.Format(dateLayout) + "\r\n")
+	b.WriteString(now.Format(rfc5322.DateLayout) + "\r\n")
 	return b.String()
 }
 

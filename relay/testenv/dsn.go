@@ -1,4 +1,4 @@
-package dsn
+package testenv
 
 import (
 	"bufio"
@@ -13,15 +13,16 @@ import (
 	"strings"
 )
 
-// ErrNotReport is returned by Parse for a message that is not a
+// ErrNotDSN is returned by ParseDSN for a message that is not a
 // multipart/report of a delivery status.
-var ErrNotReport = errors.New("not a delivery status notification")
+var ErrNotDSN = errors.New("not a delivery status notification")
 
-// maxParse bounds what Parse reads of a message and of each part.
-const maxParse = 8 << 20
+// maxParseDSN bounds what ParseDSN reads of a message and of each part.
+const maxParseDSN = 8 << 20
 
-// Report is a parsed DSN.
-type Report struct {
+// DSN is a parsed delivery status notification, for tests to check what
+// the relay sends.
+type DSN struct {
 	// Header is the DSN's own header.
 	Header mail.Header
 	// Human is the text/plain part, decoded.
@@ -39,19 +40,19 @@ type Report struct {
 	Original     []byte
 }
 
-// Parse reads a DSN as RFC 3464 and RFC 6522 lay it out. It reads at most
+// ParseDSN reads a DSN as RFC 3464 and RFC 6522 lay it out. It reads at most
 // 8 MiB and checks the fields a DSN must have: Reporting-MTA once per
 // message, Final-Recipient, Action and Status per recipient.
-func Parse(r io.Reader) (*Report, error) {
-	m, err := mail.ReadMessage(bufio.NewReader(io.LimitReader(r, maxParse)))
+func ParseDSN(r io.Reader) (*DSN, error) {
+	m, err := mail.ReadMessage(bufio.NewReader(io.LimitReader(r, maxParseDSN)))
 	if err != nil {
 		return nil, fmt.Errorf("dsn: %w", err)
 	}
 	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/report" || !strings.EqualFold(params["report-type"], "delivery-status") || params["boundary"] == "" {
-		return nil, fmt.Errorf("content type %q: %w", m.Header.Get("Content-Type"), ErrNotReport)
+		return nil, fmt.Errorf("content type %q: %w", m.Header.Get("Content-Type"), ErrNotDSN)
 	}
-	rep := &Report{Header: m.Header}
+	rep := &DSN{Header: m.Header}
 	mr := multipart.NewReader(m.Body, params["boundary"])
 	var sawText, sawStatus bool
 	for {
@@ -62,7 +63,7 @@ func Parse(r io.Reader) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dsn: %w", err)
 		}
-		body, err := io.ReadAll(io.LimitReader(p, maxParse))
+		body, err := io.ReadAll(io.LimitReader(p, maxParseDSN))
 		if err != nil {
 			return nil, fmt.Errorf("dsn: %w", err)
 		}
@@ -82,7 +83,7 @@ func Parse(r io.Reader) (*Report, error) {
 				return nil, errors.New("dsn: more than one delivery-status part")
 			}
 			sawStatus = true
-			if rep.PerMessage, rep.PerRecipient, err = parseStatus(body); err != nil {
+			if rep.PerMessage, rep.PerRecipient, err = parseDeliveryStatus(body); err != nil {
 				return nil, err
 			}
 		case "message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers":
@@ -92,14 +93,14 @@ func Parse(r io.Reader) (*Report, error) {
 		}
 	}
 	if !sawStatus {
-		return nil, fmt.Errorf("no delivery-status part: %w", ErrNotReport)
+		return nil, fmt.Errorf("no delivery-status part: %w", ErrNotDSN)
 	}
 	return rep, nil
 }
 
-// parseStatus splits a delivery-status body into its groups of fields,
+// parseDeliveryStatus splits a delivery-status body into its groups of fields,
 // separated by empty lines (RFC 3464 section 2.1).
-func parseStatus(body []byte) (textproto.MIMEHeader, []textproto.MIMEHeader, error) {
+func parseDeliveryStatus(body []byte) (textproto.MIMEHeader, []textproto.MIMEHeader, error) {
 	tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(body)))
 	var groups []textproto.MIMEHeader
 	for {
