@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -32,6 +33,15 @@ func TestTagInEnvelope(t *testing.T) {
 		t.Fatalf("DATA: %s", line)
 	}
 	id := queue.ID(queuedAs.FindStringSubmatch(line)[1])
+	// The same through BDAT (RFC 3030).
+	c.send("MAIL FROM:<alice@example.com>\r\n")
+	c.send("RCPT TO:<bob@dest.test>\r\n")
+	chunked := "X-Postgate-Tag: by-bdat\r\nFrom: alice@example.com\r\n\r\nhi\r\n"
+	code, line = c.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(chunked), chunked))
+	if code != 250 {
+		t.Fatalf("BDAT: %s", line)
+	}
+	bdatID := queue.ID(queuedAs.FindStringSubmatch(line)[1])
 	for _, msg := range []string{
 		"X-Postgate-Tag: a\r\nX-Postgate-Tag: b\r\n\r\nhi\r\n",
 		"X-Postgate-Tag: two words\r\n\r\nhi\r\n",
@@ -41,8 +51,8 @@ func TestTagInEnvelope(t *testing.T) {
 			t.Errorf("%q: %s, want 550 5.6.0 naming X-Postgate-Tag", msg, line)
 		}
 	}
-	if ms, err := q.List(context.Background(), "", 10); err != nil || len(ms) != 1 {
-		t.Errorf("%d messages queued, want 1 (%v)", len(ms), err)
+	if ms, err := q.List(context.Background(), "", 10); err != nil || len(ms) != 2 {
+		t.Errorf("%d messages queued, want 2 (%v)", len(ms), err)
 	}
 	_ = q.Close()
 	fsys.Crash()
@@ -58,6 +68,9 @@ func TestTagInEnvelope(t *testing.T) {
 	}
 	if m.Envelope.Tag != "campaign-7/a" {
 		t.Errorf("envelope tag %q", m.Envelope.Tag)
+	}
+	if m, err := q2.Get(context.Background(), bdatID); err != nil || m.Envelope.Tag != "by-bdat" {
+		t.Errorf("BDAT message: tag %q, %v", m.Envelope.Tag, err)
 	}
 	l, err := q2.Lease(context.Background(), id)
 	if err != nil {
