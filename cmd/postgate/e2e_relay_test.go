@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postgate/postgate/relay"
 	"github.com/postgate/postgate/relay/testenv"
 )
 
@@ -68,8 +69,8 @@ spec: {cidrs: [127.0.0.0/8]}
 		t.Fatal(err)
 	}
 
-	f := standaloneFlags(t, dir, dns.Addr(), mx.Port())
-	f.metricsAddr, f.pprof = "127.0.0.1:0", true
+	f := standaloneConfig(t, dir, dns.Addr(), mx.Port())
+	f.MetricsAddr, f.Pprof = "127.0.0.1:0", true
 	addr, logs := runRelayInProcess(t, f)
 
 	for _, from := range []string{"alice@example.com", "invoices@billing.example.com"} {
@@ -157,27 +158,29 @@ func ed25519Key() (keyPEM []byte, txt string) {
 		"v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
 }
 
-// standaloneFlags are the flags of a standalone relay on manifests in dir,
-// delivering with the DNS server at dnsAddr to MX hosts at mxPort.
-func standaloneFlags(t *testing.T, dir, dnsAddr string, mxPort int) *relayFlags {
-	return &relayFlags{
-		smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test", manifests: stringList{dir},
-		maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
-		dnsServer: dnsAddr, mxPort: mxPort, shutdownGrace: 5 * time.Second,
+// standaloneConfig is a standalone relay on manifests in dir, delivering
+// with the DNS server at dnsAddr to MX hosts at mxPort.
+func standaloneConfig(t *testing.T, dir, dnsAddr string, mxPort int) relay.Config {
+	return relay.Config{
+		SMTPAddr: "127.0.0.1:0", SpoolDir: t.TempDir(), Hostname: "relay.test", Manifests: []string{dir},
+		MaxMessageBytes: 25 << 20, MaxRecipients: 100, MaxConnections: 100, MaxConnectionsPerClient: 10,
+		DNSServer: dnsAddr, MXPort: mxPort, ShutdownGrace: 5 * time.Second,
 	}
 }
 
-// runRelayInProcess runs the relay in this process until the test ends, and returns
-// its SMTP address and its log.
-func runRelayInProcess(t *testing.T, f *relayFlags) (string, *testenv.LogBuffer) {
+// runRelayInProcess runs the relay package in this process until the test
+// ends, and returns its SMTP address and its log.
+func runRelayInProcess(t *testing.T, cfg relay.Config) (string, *testenv.LogBuffer) {
 	t.Helper()
 	logs := &testenv.LogBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relayMain(ctx, f, slog.New(slog.NewTextHandler(logs, nil))) }()
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	r, err := relay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := r.Shutdown(context.Background()); err != nil {
 			t.Errorf("relay: %v", err)
 		}
 	})

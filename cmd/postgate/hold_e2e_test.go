@@ -64,7 +64,7 @@ stringData:
 		t.Fatal(err)
 	}
 
-	addr, logs := runRelayInProcess(t, standaloneFlags(t, dir, dns.Addr(), mx.Port()))
+	addr, logs := runRelayInProcess(t, standaloneConfig(t, dir, dns.Addr(), mx.Port()))
 
 	const n = 5
 	for i := range n {

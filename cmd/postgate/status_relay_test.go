@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/relay"
 	"github.com/postgate/postgate/relay/testenv"
 )
 
@@ -47,15 +48,19 @@ func TestRelayDeliveryStatus(t *testing.T) {
 	addrs := map[string]string{}
 	for _, name := range []string{"relay-a", "relay-b"} {
 		logs := &testenv.LogBuffer{}
-		f := &relayFlags{
-			smtpAddr: "127.0.0.1:0", spoolDir: t.TempDir(), hostname: "relay.test",
-			kubeconfig: api.Kubeconfig, relayNamespace: "postgate-system", podName: name,
-			maxMessageBytes: 25 << 20, maxRecipients: 100, maxConns: 100, maxConnsPerPeer: 10,
-			dnsServer: dns.Addr(), mxPort: 1, shutdownGrace: 5 * time.Second,
+		r, err := relay.New(relay.Config{
+			SMTPAddr: "127.0.0.1:0", SpoolDir: t.TempDir(), Hostname: "relay.test",
+			Kube: api.Config, Namespace: "postgate-system", PodName: name,
+			MaxMessageBytes: 25 << 20, MaxRecipients: 100, MaxConnections: 100, MaxConnectionsPerClient: 10,
+			DNSServer: dns.Addr(), MXPort: 1, ShutdownGrace: 5 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- relayMain(rctx, f, slog.New(slog.NewTextHandler(logs, nil))) }()
+		go func() { done <- r.Run(rctx) }()
 		t.Cleanup(func() {
 			cancel()
 			if err := <-done; err != nil {

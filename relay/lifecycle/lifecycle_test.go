@@ -1,4 +1,4 @@
-package main
+package lifecycle_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/postgate/postgate/relay/lifecycle"
 )
 
 // TestLeavingForGood: how a replica tells a scale-down from a restart.
@@ -50,10 +52,9 @@ func TestLeavingForGood(t *testing.T) {
 			if c.sts != nil {
 				objs = append(objs, c.sts)
 			}
-			f := &relayFlags{relayNamespace: "postgate-system", podName: c.pod}
-			f.statefulSet, f.spoolEphemeral = c.flag, c.ephemeral
-			l := &lifecycle{f: f, kube: fake.NewClientset(objs...)}
-			got, why := l.leavingForGood(context.Background())
+			l := lifecycle.New(lifecycle.Config{Namespace: "postgate-system", PodName: c.pod, StatefulSet: c.flag,
+				SpoolEphemeral: c.ephemeral, Kube: fake.NewClientset(objs...)})
+			got, why := l.LeavingForGood(context.Background())
 			if got != c.want || !strings.Contains(why, c.why) {
 				t.Errorf("leavingForGood = %v (%s), want %v (%s)", got, why, c.want, c.why)
 			}
