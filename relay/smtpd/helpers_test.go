@@ -122,6 +122,17 @@ func testServer(t *testing.T, cfg Config) (addr string, spool *memSpool, ts *tab
 // startServer is testServer that also returns the server.
 func startServer(t *testing.T, cfg Config) (srv *Server, addr string, spool *memSpool, ts *tables) {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, spool, ts = serveOn(t, cfg, ln)
+	return srv, ln.Addr().String(), spool, ts
+}
+
+// serveOn runs a Server on ln until the test ends.
+func serveOn(t *testing.T, cfg Config, ln net.Listener) (srv *Server, spool *memSpool, ts *tables) {
+	t.Helper()
 	spool = &memSpool{}
 	ts = newTables(t, testInput())
 	if cfg.Tables == nil {
@@ -132,10 +143,6 @@ func startServer(t *testing.T, cfg Config) (srv *Server, addr string, spool *mem
 	}
 	cfg.Hostname = "relay.test"
 	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +158,59 @@ func startServer(t *testing.T, cfg Config) (srv *Server, addr string, spool *mem
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return srv, ln.Addr().String(), spool, ts
+	return srv, spool, ts
 }
+
+// pipeListener hands a Server in-memory connections (net.Pipe) that look
+// like TCP from a 127.0.0.x client. Inside a testing/synctest bubble their
+// deadlines run on the bubble's clock: a test of timeouts then sees each
+// one fire exactly when due, however loaded the machine is.
+type pipeListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25} }
+
+// dial connects from the address from (127.0.0.x).
+func (l *pipeListener) dial(t *testing.T, from string) *rawClient {
+	t.Helper()
+	server, client := net.Pipe()
+	src := &net.TCPAddr{IP: net.ParseIP(from), Port: 40000}
+	l.conns <- addrConn{Conn: server, local: l.Addr(), remote: src}
+	conn := addrConn{Conn: client, local: src, remote: l.Addr()}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+// addrConn is a connection with the addresses it is given.
+type addrConn struct {
+	net.Conn
+	local, remote net.Addr
+}
+
+func (c addrConn) LocalAddr() net.Addr  { return c.local }
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
 
 // rawClient speaks SMTP byte for byte, so tests can send what a well-behaved
 // client library never would (bare LF, NUL, PROXY headers).
