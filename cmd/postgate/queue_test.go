@@ -26,7 +26,7 @@ func queueCmd(t *testing.T, p *relayProcess, args ...string) (string, int) {
 // stays queued (the recipients' DNS answers SERVFAIL): list, show, hold,
 // release, flush and delete.
 func TestQueueTools(t *testing.T) {
-	p := startRelay(t, "--manifests", filepath.Join("..", "..", "config", "samples"), "--spool-dir", t.TempDir())
+	p := startRelayInProcess(t, "--manifests", filepath.Join("..", "..", "config", "samples"), "--spool-dir", t.TempDir())
 	var ids []string
 	for _, subject := range []string{"one", "two"} {
 		line, err := sendOne(p.addr, "alice@example.com", subject)

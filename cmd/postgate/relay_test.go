@@ -1,9 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/postgate/postgate/relay"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/testenv"
 )
@@ -39,71 +39,83 @@ var (
 	adminListening = regexp.MustCompile(`msg="HTTP listening" address=(\S+) admin=true`)
 )
 
-// relayProcess is a running `postgate relay`.
+// relayProcess is a running relay: a `postgate relay` process (cmd set),
+// or the relay package in this process.
 type relayProcess struct {
 	cmd       *exec.Cmd
 	addr      string
 	adminAddr string // the queue admin API
-	log       *strings.Builder
-	mu        *sync.Mutex
+	log       *testenv.LogBuffer
 }
 
-// startRelay starts `postgate relay` with args. Its DNS server is a
-// loopback one that answers SERVFAIL for dest.test, the recipients' domain
-// in these tests: mail stays queued (a temporary failure) and no query
-// leaves the machine.
+// relayArgs are the command line of a test relay: args after a loopback
+// SMTP and admin listener and a loopback DNS server that answers SERVFAIL
+// for dest.test, the recipients' domain in these tests: mail stays queued
+// (a temporary failure) and no query leaves the machine.
+func relayArgs(t *testing.T, args []string) []string {
+	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
+	dns.SetFault("dest.test", 0, testenv.DNSServFail)
+	base := []string{"--smtp-bind-address", "127.0.0.1:0", "--dns-server", dns.Addr(), "--admin-bind-address", "127.0.0.1:0"}
+	return append(base, args...)
+}
+
+// startRelay starts a `postgate relay` process with args (see relayArgs),
+// for the tests of the process itself: signals, exit status, kill -9.
+// Other tests run the relay in process (startRelayInProcess).
 func startRelay(t *testing.T, args ...string) *relayProcess {
 	t.Helper()
 	bin, err := buildPostgate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
-	dns.SetFault("dest.test", 0, testenv.DNSServFail)
-	base := []string{"relay", "--smtp-bind-address", "127.0.0.1:0", "--dns-server", dns.Addr(), "--admin-bind-address", "127.0.0.1:0"}
-	cmd := exec.Command(bin, append(base, args...)...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
+	p := &relayProcess{log: &testenv.LogBuffer{}}
+	p.cmd = exec.Command(bin, append([]string{"relay"}, relayArgs(t, args)...)...)
+	p.cmd.Stderr = p.log
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &relayProcess{cmd: cmd, log: &strings.Builder{}, mu: &sync.Mutex{}}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr, adminAddr := make(chan string, 1), make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.log.WriteString(sc.Text() + "\n")
-			p.mu.Unlock()
-			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
-			}
-			if m := adminListening.FindStringSubmatch(sc.Text()); m != nil {
-				adminAddr <- m[1]
-			}
-		}
-	}()
-	select {
-	case p.addr = <-addr:
-	case <-time.After(testenv.WaitTimeout):
-		t.Fatalf("relay did not start:\n%s", p.logs())
-	}
-	select {
-	case p.adminAddr = <-adminAddr:
-	case <-time.After(testenv.WaitTimeout):
-		t.Fatalf("relay did not serve its admin API:\n%s", p.logs())
-	}
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
+	p.waitListening(t)
 	return p
 }
 
-func (p *relayProcess) logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.String()
+// startRelayInProcess runs the relay package in this process with the
+// configuration the flags args give `postgate relay` (see relayArgs), until
+// the test ends.
+func startRelayInProcess(t *testing.T, args ...string) *relayProcess {
+	t.Helper()
+	p := &relayProcess{log: &testenv.LogBuffer{}}
+	f, err := parseRelayFlags(relayArgs(t, args), p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config(slog.New(slog.NewTextHandler(p.log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := relay.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
+	t.Cleanup(func() {
+		if err := r.Shutdown(context.Background()); err != nil {
+			t.Errorf("relay: %v\n%s", err, p.logs())
+		}
+	})
+	p.waitListening(t)
+	return p
 }
+
+// waitListening waits for the SMTP and admin listeners' addresses in the
+// log.
+func (p *relayProcess) waitListening(t *testing.T) {
+	t.Helper()
+	p.addr = p.log.WaitMatch(t, listening)[1]
+	p.adminAddr = p.log.WaitMatch(t, adminListening)[1]
+}
+
+func (p *relayProcess) logs() string { return p.log.String() }
 
 // sendOne sends one message to bob@dest.test from 127.0.0.1 and returns
 // the final reply.
@@ -128,7 +140,7 @@ func TestRelayStandalone(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p := startRelay(t, "--manifests", dir, "--spool-dir", t.TempDir())
+	p := startRelayInProcess(t, "--manifests", dir, "--spool-dir", t.TempDir())
 	if line, err := sendOne(p.addr, "alice@example.com", "hello"); err != nil || !queuedID.MatchString(line) {
 		t.Fatalf("sample sender: %q %v", line, err)
 	}

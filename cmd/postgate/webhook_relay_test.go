@@ -163,7 +163,7 @@ spec: {cidrs: [127.0.0.0/8]}
 	if err := os.WriteFile(filepath.Join(dir, "relay.yaml"), []byte(manifests), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startRelay(t, "--manifests", dir, "--spool-dir", t.TempDir(), "--dns-server", dns.Addr(),
+	p := startRelayInProcess(t, "--manifests", dir, "--spool-dir", t.TempDir(), "--dns-server", dns.Addr(),
 		"--mx-port", strconv.Itoa(mx.Port()), "--webhook-allow-cidrs", "127.0.0.0/8")
 
 	submit := func(to string) {
