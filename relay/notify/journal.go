@@ -3,7 +3,6 @@ package notify
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -14,10 +13,11 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/postgate/postgate/relay/frame"
 	"github.com/postgate/postgate/relay/queue"
 )
 
-// A segment is a sequence of records:
+// A segment is a sequence of records (frame.CRCHeader):
 //
 //	length  uint32, big endian: the payload's length
 //	crc     uint32, big endian: CRC-32C of the payload
@@ -28,60 +28,40 @@ import (
 // is skipped. A record that fails its checksum ends what can be read of the
 // segment: the length of what follows cannot be trusted.
 const (
-	recordHeader = 8
+	recordHeader = frame.Overhead
 	// maxRecord bounds one record: a notification is a few hundred bytes
 	// (reply text is at most 512 bytes), so a larger length is corruption.
 	maxRecord = 64 << 10
 )
 
+// segmentFormat frames the records of a segment.
+var segmentFormat = frame.Format{Layout: frame.CRCHeader, MaxPayload: maxRecord}
+
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // Errors of readRecord.
 var (
-	errTruncated = errors.New("record cut short")
-	errCorrupt   = errors.New("corrupt record")
+	errTruncated = frame.ErrTruncated
+	errCorrupt   = frame.ErrCorrupt
 )
 
 // errNotSegment: a name ending in .seg that is no regular file.
 var errNotSegment = errors.New("not a regular file")
 
-// appendRecord appends payload, framed, to dst.
+// appendRecord appends payload, framed, to dst. The writer checks the
+// payload's size first.
 func appendRecord(dst, payload []byte) []byte {
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload))) // #nosec G115 -- payloads are below maxRecord
-	dst = binary.BigEndian.AppendUint32(dst, crc32.Checksum(payload, crcTable))
-	return append(dst, payload...)
+	b, err := segmentFormat.Append(dst, payload)
+	if err != nil {
+		panic(err) // the writer bounds payloads by maxRecord; JSON is never empty
+	}
+	return b
 }
 
 // readRecord reads one record. It returns io.EOF at a clean end,
 // errTruncated when r ends inside a record, errCorrupt when the header or
 // checksum is wrong.
-func readRecord(r io.Reader) ([]byte, error) {
-	var h [recordHeader]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, io.EOF
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, errTruncated
-		}
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(h[:4])
-	if n == 0 || n > maxRecord {
-		return nil, errCorrupt
-	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, errTruncated
-		}
-		return nil, err
-	}
-	if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(h[4:]) {
-		return nil, errCorrupt
-	}
-	return p, nil
-}
+func readRecord(r io.Reader) ([]byte, error) { return segmentFormat.Read(r) }
 
 // segment is one file of a queue.
 type segment struct {

@@ -92,7 +92,7 @@ func (n *Notifier) appendItems(q *outbox, items []item) {
 	count, reserved := 0, int64(0)
 	for _, it := range items {
 		p, err := json.Marshal(it.rec)
-		if err != nil || len(p) > maxRecord {
+		if err != nil || len(p) == 0 || len(p) > maxRecord {
 			n.log.Error("Webhook notification cannot be journaled", "domain", q.name, "job", it.rec.Job.JobID, "size", len(p), "error", err)
 			n.m.count(resultJournalError, 1)
 			continue

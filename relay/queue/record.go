@@ -9,17 +9,21 @@ import (
 	"hash/crc32"
 	"io"
 	"time"
+
+	"github.com/postgate/postgate/relay/frame"
 )
 
 // The record format; doc.go describes it for readers.
 const (
-	magic       = "PGQ\x01" // the last byte is the format version
-	fixedLen    = 24        // magic, header length, body length, body CRC, header CRC
-	maxHeader   = 8 << 20   // a header holds the envelope: 1000 recipients of 2 KiB, escaped
-	maxRecord   = 2 << 20   // a snapshot of 1000 recipients with full replies fits
-	maxJournal  = 16 << 20  // compaction keeps journals far below
-	recOverhead = 8         // length before, CRC after
+	magic      = "PGQ\x01" // the last byte is the format version
+	fixedLen   = 24        // magic, header length, body length, body CRC, header CRC
+	maxHeader  = 8 << 20   // a header holds the envelope: 1000 recipients of 2 KiB, escaped
+	maxRecord  = 2 << 20   // a snapshot of 1000 recipients with full replies fits
+	maxJournal = 16 << 20  // compaction keeps journals far below
 )
+
+// journalFormat frames journal records: [length][JSON][CRC of both].
+var journalFormat = frame.Format{Layout: frame.CRCTrailer, MaxPayload: maxRecord}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -144,13 +148,11 @@ func encodeRecord(r *record) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(js) > maxRecord {
-		return nil, fmt.Errorf("journal record of %d bytes, at most %d: %w", len(js), maxRecord, ErrInvalid)
+	b, err := journalFormat.Append(nil, js)
+	if err != nil {
+		return nil, fmt.Errorf("journal record: %w: %w", ErrInvalid, err)
 	}
-	b := make([]byte, 4, len(js)+recOverhead)
-	binary.BigEndian.PutUint32(b, uint32(len(js))) //nolint:gosec // at most maxRecord
-	b = append(b, js...)
-	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
+	return b, nil
 }
 
 // snapshotRecord returns a record that restates the whole state of m.
@@ -168,18 +170,12 @@ func snapshotRecord(m *Message, at time.Time) *record {
 // valid record (m is then unchanged): the end of the valid records, where a
 // crash cut one short.
 func nextRecord(b []byte, m *Message) int {
-	if len(b) < recOverhead {
-		return 0
-	}
-	n := int(binary.BigEndian.Uint32(b))
-	if n > maxRecord || n > len(b)-recOverhead {
-		return 0
-	}
-	if crc32.Checksum(b[:4+n], castagnoli) != binary.BigEndian.Uint32(b[4+n:]) {
+	js, n, err := journalFormat.Next(b)
+	if err != nil {
 		return 0
 	}
 	var r record
-	dec := json.NewDecoder(bytes.NewReader(b[4 : 4+n]))
+	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil || dec.More() || r.Time.IsZero() {
 		return 0
@@ -190,7 +186,7 @@ func nextRecord(b []byte, m *Message) int {
 		}
 	}
 	r.apply(m)
-	return n + recOverhead
+	return n
 }
 
 // apply applies a valid record to m.
