@@ -34,7 +34,6 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/admin"
-	"github.com/postgate/postgate/relay/bounce"
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/follow"
 	"github.com/postgate/postgate/relay/lifecycle"
@@ -330,7 +329,7 @@ func (r *Relay) run(ctx context.Context) error {
 	observers = append(observers, notifier)
 	worker, err := delivery.New(q, tables, delivery.Options{
 		Hostname: cfg.Hostname, Logger: logger, Resolver: resolver, MXPort: cfg.MXPort,
-		Bouncer: &bounce.Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
+		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
 	})
 	if err != nil {
 		return err
@@ -446,7 +445,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 	}
 	if cfg.MetricsAddr != "" {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		reg.MustRegister(report.NewQueueCollector(q, nil), report.NewTableCollector(tables))
+		reg.MustRegister(NewQueueCollector(q, nil), NewTableCollector(tables))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		if cfg.Pprof {
@@ -481,7 +480,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 		}
 	}
 	if cfg.AdminAddr != "" {
-		bo := &bounce.Bouncer{Queue: q, Hostname: cfg.Hostname}
+		bo := &Bouncer{Queue: q, Hostname: cfg.Hostname}
 		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
 		}})

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postgate/postgate/relay"
 	"github.com/postgate/postgate/relay/admin"
-	"github.com/postgate/postgate/relay/bounce"
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/testenv"
@@ -30,7 +30,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture { return newFixtureBounce(t, false) }
 
 // newFixtureBounce makes a fixture whose handler bounces deleted mail with
-// relay/bounce into the same queue, as the relay does, when bounces is set.
+// the relay's Bouncer into the same queue, as the relay does, when bounces is set.
 func newFixtureBounce(t *testing.T, bounces bool) *fixture {
 	t.Helper()
 	dir, err := queue.OpenDir(t.TempDir())
@@ -45,7 +45,7 @@ func newFixtureBounce(t *testing.T, bounces bool) *fixture {
 	t.Cleanup(func() { _ = q.Close() })
 	opts := admin.Options{Now: clk.Now}
 	if bounces {
-		bo := &bounce.Bouncer{Queue: q, Hostname: "relay.test", Now: clk.Now}
+		bo := &relay.Bouncer{Queue: q, Hostname: "relay.test", Now: clk.Now}
 		opts.Bounce = func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: clk.Now()})
 		}

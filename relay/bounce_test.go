@@ -1,4 +1,4 @@
-package bounce
+package relay
 
 import (
 	"context"

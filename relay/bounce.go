@@ -1,8 +1,9 @@
-// Package bounce connects delivery to the queue for failures: when the
+package relay
+
+// The bouncer connects delivery to the queue for failures: when the
 // delivery worker reports recipients that failed for good, it builds the
 // RFC 3464 notification (relay/dsn) and enqueues it, from the null sender,
 // into the same durable queue, which delivers it like any other message.
-package bounce
 
 import (
 	"bytes"
