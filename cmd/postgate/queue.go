@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,58 +32,6 @@ relay's host, or through kubectl port-forward).
 
 Flags:
 `
-
-// queueClient talks to a relay's admin API.
-type queueClient struct {
-	base string
-	http *http.Client
-}
-
-// newQueueClient talks to the admin API at addr, host:port or a URL.
-func newQueueClient(addr string, timeout time.Duration) *queueClient {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
-	}
-	return &queueClient{base: strings.TrimSuffix(addr, "/"), http: &http.Client{Timeout: timeout}}
-}
-
-func (c *queueClient) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd) //nolint:gosec // the user names the relay to talk to
-
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req) //nolint:gosec // the user names the relay to talk to
-	if err != nil {
-		return err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(b, out)
-}
 
 func runQueue(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
@@ -126,7 +71,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	c := newQueueClient(*addr, *timeout)
+	c := admin.NewClient(*addr, *timeout)
 	ctx := context.Background()
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "postgate queue %s: %v\n", verb, err)
@@ -145,19 +90,19 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		}
 		v.Set("limit", fmt.Sprint(*limit))
 		var resp admin.ListResponse
-		if err := c.do(ctx, http.MethodGet, "/v1/messages?"+v.Encode(), nil, &resp); err != nil {
+		if err := c.Do(ctx, http.MethodGet, "/v1/messages?"+v.Encode(), nil, &resp); err != nil {
 			return fail(err)
 		}
 		printQueueList(stdout, &resp)
 	case "show":
 		var m admin.Message
-		if err := c.do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(ids[0]), nil, &m); err != nil {
+		if err := c.Do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(ids[0]), nil, &m); err != nil {
 			return fail(err)
 		}
 		printQueueMessage(stdout, &m)
 	case "flush":
 		var resp admin.FlushResponse
-		if err := c.do(ctx, http.MethodPost, "/v1/flush", admin.FlushRequest{IDs: ids}, &resp); err != nil {
+		if err := c.Do(ctx, http.MethodPost, "/v1/flush", admin.FlushRequest{IDs: ids}, &resp); err != nil {
 			return fail(err)
 		}
 		fmt.Fprintf(stdout, "%d messages flushed\n", resp.Flushed)
@@ -171,7 +116,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 		}
 		code := 0
 		for _, id := range ids {
-			if err := c.do(ctx, method, "/v1/messages/"+url.PathEscape(id)+suffix, nil, nil); err != nil {
+			if err := c.Do(ctx, method, "/v1/messages/"+url.PathEscape(id)+suffix, nil, nil); err != nil {
 				code = fail(err)
 				continue
 			}

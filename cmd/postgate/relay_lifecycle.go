@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay"
+	"github.com/postgate/postgate/relay/admin"
 	"github.com/postgate/postgate/relay/lifecycle"
 )
 
@@ -46,17 +47,17 @@ func runRelayDrain(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c := newQueueClient(*addr, 30*time.Second)
+	c := admin.NewClient(*addr, 30*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	var st lifecycle.DrainStatus
-	err := c.do(ctx, http.MethodPost, "/v1/drain", nil, &st)
+	err := c.Do(ctx, http.MethodPost, "/v1/drain", nil, &st)
 	for err == nil && !st.Done {
 		select {
 		case <-ctx.Done():
 			err = fmt.Errorf("not done after %s", *timeout)
 		case <-time.After(500 * time.Millisecond):
-			err = c.do(ctx, http.MethodGet, "/v1/drain", nil, &st)
+			err = c.Do(ctx, http.MethodGet, "/v1/drain", nil, &st)
 		}
 	}
 	if err != nil {

@@ -31,9 +31,9 @@ import (
 func adminList(t *testing.T, p *relayProcess) map[string]admin.Message {
 	t.Helper()
 	out := map[string]admin.Message{}
-	c := newQueueClient(p.adminAddr, 10*time.Second)
+	c := admin.NewClient(p.adminAddr, 10*time.Second)
 	var resp admin.ListResponse
-	if err := c.do(context.Background(), http.MethodGet, "/v1/messages?limit=1000", nil, &resp); err != nil {
+	if err := c.Do(context.Background(), http.MethodGet, "/v1/messages?limit=1000", nil, &resp); err != nil {
 		t.Fatalf("list: %v", err)
 	}
 	for _, m := range resp.Messages {
