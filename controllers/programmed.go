@@ -82,17 +82,6 @@ func (rs relays) isLive(name string) bool {
 	return false
 }
 
-// minVersion is the oldest version a live relay runs.
-func (rs relays) minVersion() int64 {
-	m := int64(-1)
-	for _, r := range rs.live {
-		if m < 0 || r.version < m {
-			m = r.version
-		}
-	}
-	return m
-}
-
 func (rs relays) maxVersion() int64 {
 	m := int64(0)
 	for _, r := range rs.live {
@@ -140,9 +129,58 @@ func (b versionBook) record(t *routing.Table, version int64) {
 	}
 }
 
+// publishedVersions are the table versions the operator knows were
+// published: the ranges it published itself, and every version up to the
+// one it found at its start (an earlier operator's). A relay's Lease is a
+// claim; a claim of a version outside them (beyond the current one, or
+// skipped when versions jumped above a relay's claim) says nothing about
+// what the relay runs, so it acknowledges nothing.
+type publishedVersions struct {
+	ranges []versionRange // ascending, disjoint
+}
+
+type versionRange struct{ from, to int64 }
+
+// maxVersionRanges bounds the ranges kept; the oldest go first, which can
+// only make an old claim count as no acknowledgement (Pending, never a
+// lie).
+const maxVersionRanges = 64
+
+// add notes that versions from..to were published.
+func (p *publishedVersions) add(from, to int64) {
+	if n := len(p.ranges); n > 0 && from <= p.ranges[n-1].to+1 {
+		p.ranges[n-1].to = max(p.ranges[n-1].to, to)
+		return
+	}
+	p.ranges = append(p.ranges, versionRange{from, to})
+	if len(p.ranges) > maxVersionRanges {
+		p.ranges = p.ranges[len(p.ranges)-maxVersionRanges:]
+	}
+}
+
+func (p *publishedVersions) has(v int64) bool {
+	for _, r := range p.ranges {
+		if r.from <= v && v <= r.to {
+			return true
+		}
+	}
+	return false
+}
+
+// acked reports whether every live relay claims a published version at
+// least v.
+func (rs relays) acked(v int64, published *publishedVersions) bool {
+	for _, r := range rs.live {
+		if r.version < v || !published.has(r.version) {
+			return false
+		}
+	}
+	return true
+}
+
 // programmed is the Programmed state of an object the verdict puts in the
 // table.
-func (b versionBook) programmed(o routing.ObjectRef, rs relays, namespace string) routing.Status {
+func (b versionBook) programmed(o routing.ObjectRef, rs relays, published *publishedVersions, namespace string) routing.Status {
 	f, ok := b[o.Key()]
 	if !ok || f.generation < o.Generation || f.uid != o.UID {
 		return routing.Status{Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonPending,
@@ -152,7 +190,7 @@ func (b versionBook) programmed(o routing.ObjectRef, rs relays, namespace string
 		return routing.Status{Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonNoRelays,
 			Message: fmt.Sprintf("No relay is live (no unexpired Lease %s* in namespace %s) to load routing table version %d", routing.RelayLeasePrefix, namespace, f.version)}
 	}
-	if rs.minVersion() < f.version {
+	if !rs.acked(f.version, published) {
 		return routing.Status{Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonPending,
 			Message: fmt.Sprintf("Waiting for every live relay to load routing table version %d", f.version)}
 	}

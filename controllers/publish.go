@@ -113,6 +113,14 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 	return t, nil
 }
 
+// version is the version of the index in force, 0 before the first.
+func (p *publisher) version() int64 {
+	if p.index == nil {
+		return 0
+	}
+	return p.index.Version
+}
+
 func shardNames(idx *routing.Index) []string {
 	names := make([]string, len(idx.Shards))
 	for i, s := range idx.Shards {

@@ -188,6 +188,13 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 	}, clears
 }
 
+// failureReason names why an attempt failed. Whether a failure is
+// permanent decides Bounces first: the reply code's first digit when there
+// was a reply (RFC 5321 section 4.2.1), otherwise the class of the relay's
+// own enhanced status code (RFC 3463 section 3.1: 5 is a permanent
+// failure), as for a recipient domain that does not exist (NXDOMAIN, 5.1.2)
+// or accepts no mail (null MX, 5.1.10). Only a failure that may pass is
+// TargetUnreachable.
 func failureReason(f *v1alpha1.DeliveryAttempt) string {
 	switch {
 	case f.TLS != nil && !f.TLS.Established &&
@@ -196,10 +203,10 @@ func failureReason(f *v1alpha1.DeliveryAttempt) string {
 	case f.ResponseCode == 0 && strings.Contains(strings.ToLower(f.Reply), "cannot assign requested address"):
 		// EADDRNOTAVAIL from bind(2): the host does not own the source IP.
 		return v1alpha1.ReasonSourceIPUnavailable
+	case f.ResponseCode >= 500 || (f.ResponseCode == 0 && strings.HasPrefix(f.EnhancedCode, "5.")):
+		return v1alpha1.ReasonBounces
 	case f.ResponseCode == 0:
 		return v1alpha1.ReasonTargetUnreachable
-	case f.ResponseCode >= 500:
-		return v1alpha1.ReasonBounces
 	default:
 		return v1alpha1.ReasonTemporaryFailures
 	}

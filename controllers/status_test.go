@@ -27,6 +27,9 @@ func TestDeliveryDegraded(t *testing.T) {
 	tlsFailed := func(a *v1alpha1.DeliveryAttempt) {
 		a.TLS = &v1alpha1.TransportEncryption{Requested: v1alpha1.TLSPolicyRequired}
 	}
+	enhanced := func(code string) func(*v1alpha1.DeliveryAttempt) {
+		return func(a *v1alpha1.DeliveryAttempt) { a.EnhancedCode = code }
+	}
 	noBind := func(a *v1alpha1.DeliveryAttempt) {
 		a.Reply = "dial tcp 192.0.2.7:0->203.0.113.5:25: bind: cannot assign requested address"
 	}
@@ -38,7 +41,11 @@ func TestDeliveryDegraded(t *testing.T) {
 		{"never failed", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(0, 250)}, ""},
 		{"4xx after the last success", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(-time.Minute, 250), LastFailed: attempt(0, 451)}, v1alpha1.ReasonTemporaryFailures},
 		{"5xx", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 550)}, v1alpha1.ReasonBounces},
-		{"no connection", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0)}, v1alpha1.ReasonTargetUnreachable},
+		{"no connection", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.4.1"))}, v1alpha1.ReasonTargetUnreachable},
+		{"DNS lookup failed for now", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.4.3"))}, v1alpha1.ReasonTargetUnreachable},
+		{"recipient domain does not exist (NXDOMAIN)", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("5.1.2"))}, v1alpha1.ReasonBounces},
+		{"recipient domain accepts no mail (null MX)", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("5.1.10"))}, v1alpha1.ReasonBounces},
+		{"4xx reply with a permanent enhanced code", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 451, enhanced("5.7.1"))}, v1alpha1.ReasonTemporaryFailures},
 		{"TLS required, not established", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, tlsFailed)}, v1alpha1.ReasonTLSRequiredButUnavailable},
 		{"source IP not on the host", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, noBind)}, v1alpha1.ReasonSourceIPUnavailable},
 		{"success after the failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(time.Second, 250), LastFailed: attempt(0, 451)}, ""},
@@ -108,9 +115,17 @@ func TestVersionBookProgrammed(t *testing.T) {
 		{"every relay has it", ref(2), at(5, 6), metav1.ConditionTrue, v1alpha1.ReasonProgrammed},
 		{"one relay lags", ref(2), at(6, 4), metav1.ConditionFalse, v1alpha1.ReasonPending},
 		{"a newer generation not published yet", ref(3), at(9), metav1.ConditionFalse, v1alpha1.ReasonPending},
+		{"a relay claims a version never published", ref(2), at(5, 12), metav1.ConditionFalse, v1alpha1.ReasonPending},
+		{"a relay claims a version skipped by a jump", ref(2), at(5, 10), metav1.ConditionFalse, v1alpha1.ReasonPending},
+		{"a relay runs the version after the jump", ref(2), at(5, 11), metav1.ConditionTrue, v1alpha1.ReasonProgrammed},
+		{"a relay with no table", ref(2), at(5, 0), metav1.ConditionFalse, v1alpha1.ReasonPending},
 	}
+	// Versions 1 to 8 were published, then 11: a relay claimed 10.
+	var published publishedVersions
+	published.add(1, 8)
+	published.add(11, 11)
 	for _, tt := range tests {
-		got := b.programmed(tt.obj, tt.rs, "relays")
+		got := b.programmed(tt.obj, tt.rs, &published, "relays")
 		if got.Status != tt.wantStatus || got.Reason != tt.wantReason {
 			t.Errorf("%s: %s %s (%s), want %s %s", tt.desc, got.Status, got.Reason, got.Message, tt.wantStatus, tt.wantReason)
 		}
@@ -159,11 +174,13 @@ func TestVersionBookHeldToResolved(t *testing.T) {
 	b.record(routing.Compile(in, nil).Table, 5)
 	in.Secrets = []corev1.Secret{creds}
 	b.record(routing.Compile(in, nil).Table, 6)
+	var published publishedVersions
+	published.add(5, 6)
 	ref := routing.ObjectRef{Kind: routing.KindRelayRoute, Namespace: "ns", Name: "rr", UID: "u2", Generation: 1}
-	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 5}}}, "relays"); got.Status != metav1.ConditionFalse {
+	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 5}}}, &published, "relays"); got.Status != metav1.ConditionFalse {
 		t.Errorf("relay at the held version 5: %s %s, want not programmed", got.Status, got.Message)
 	}
-	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 6}}}, "relays"); got.Status != metav1.ConditionTrue {
+	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 6}}}, &published, "relays"); got.Status != metav1.ConditionTrue {
 		t.Errorf("relay at version 6: %s %s, want programmed", got.Status, got.Message)
 	}
 }

@@ -374,19 +374,35 @@ func readIndex(t testing.TB, c client.Client, ns string) *routing.Index {
 	return &idx
 }
 
-// publishedTable reads and decodes the table published in ns.
+// publishedTable reads and decodes the table published in ns. A shard that
+// a newer version made unused may be deleted between the reads of the index
+// and of the shard: it then reads again.
 func publishedTable(t testing.TB, c client.Client, ns string) *routing.Table {
 	t.Helper()
-	idx := readIndex(t, c, ns)
-	shards := map[string][]byte{}
-	for _, ref := range idx.Shards {
-		shards[ref.Name] = get(t, c, ns, ref.Name, &corev1.Secret{}).Data[routing.ShardDataKey]
+	for range 10 {
+		idx := readIndex(t, c, ns)
+		shards := map[string][]byte{}
+		var err error
+		for _, ref := range idx.Shards {
+			s := &corev1.Secret{}
+			if err = c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: ref.Name}, s); err != nil {
+				break
+			}
+			shards[ref.Name] = s.Data[routing.ShardDataKey]
+		}
+		if apierrors.IsNotFound(err) {
+			continue // replaced meanwhile
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		tbl, err := routing.Decode(idx, shards, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tbl
 	}
-	tbl, err := routing.Decode(idx, shards, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tbl
+	t.Fatal("the published table changed under each of 10 reads")
+	return nil
 }
 
 // Fixtures, built with option functions.

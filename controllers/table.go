@@ -77,8 +77,10 @@ type Reconciler struct {
 	secrets *secretStore
 	pub     *publisher
 	book    versionBook
-	memo    map[routing.ObjectKey]memoEntry
-	started bool
+	// published are the versions a relay may claim to run.
+	published publishedVersions
+	memo      map[routing.ObjectKey]memoEntry
+	started   bool
 
 	policy   routing.Policy
 	policyRV string // the ConfigMap's resourceVersion that policy came from; "" for the default
@@ -93,6 +95,16 @@ type Reconciler struct {
 	// zero when it does not wait. A stream of changes cannot put it off
 	// for longer than AckWait.
 	waitingSince time.Time
+
+	// enqueued counts the requeues the event handlers made. A reconcile
+	// reads it before its own reads: every event counted then is in the
+	// cache, so a status pass that completes has taken it into account.
+	enqueued atomic.Uint64
+	// afterReconcile, when set (tests), runs at the end of each reconcile
+	// with the enqueued count it read first and whether it completed a
+	// status pass: the operator is quiet when a completed pass has seen
+	// every requeue.
+	afterReconcile func(seen uint64, statusDone bool)
 
 	stats Stats
 }
@@ -141,9 +153,22 @@ func (s *Stats) setConditions(c map[conditionKey]int) {
 	s.mu.Unlock()
 }
 
+// memoEntry is the status an object carries as far as the operator knows,
+// having written it or seen it: its hash, and the type, status, reason and
+// transition time of each condition (what transition times and Events are
+// decided from; messages are left out to save memory).
 type memoEntry struct {
-	uid  types.UID
-	hash [32]byte
+	uid        types.UID
+	hash       [32]byte // zero: unknown, write again
+	conditions []metav1.Condition
+}
+
+func newMemoEntry(uid types.UID, hash [32]byte, s ownedStatus) memoEntry {
+	conds := make([]metav1.Condition, len(s.Conditions))
+	for i, c := range s.Conditions {
+		conds[i] = metav1.Condition{Type: c.Type, Status: c.Status, Reason: c.Reason, LastTransitionTime: c.LastTransitionTime}
+	}
+	return memoEntry{uid: uid, hash: hash, conditions: conds}
 }
 
 // NewReconciler returns a reconciler. c writes and reads the three kinds,
@@ -238,6 +263,12 @@ type queue = workqueue.TypedRateLimitingInterface[reconcile.Request]
 // changed marks the inputs changed and requeues the table.
 func (r *Reconciler) changed(q queue) {
 	r.inputs.Add(1)
+	r.enqueue(q)
+}
+
+// enqueue requeues the table.
+func (r *Reconciler) enqueue(q queue) {
+	r.enqueued.Add(1)
 	q.Add(tableRequest)
 }
 
@@ -263,7 +294,7 @@ func (r *Reconciler) objectHandler() handler.EventHandler {
 		case e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() || e.ObjectOld.GetUID() != e.ObjectNew.GetUID():
 			r.changed(q)
 		case !equality.Semantic.DeepEqual(viewOf(e.ObjectOld).delivery, viewOf(e.ObjectNew).delivery):
-			q.Add(tableRequest)
+			r.enqueue(q)
 		}
 	}
 	return h
@@ -333,7 +364,7 @@ func (r *Reconciler) leaseHandler() handler.EventHandler {
 	return handler.Funcs{
 		CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) {
 			if isRelay(e.Object) {
-				q.Add(tableRequest)
+				r.enqueue(q)
 			}
 		},
 		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) {
@@ -342,12 +373,12 @@ func (r *Reconciler) leaseHandler() handler.EventHandler {
 			n, okNew := relayOf(newL)
 			if okOld != okNew || (okNew && (o.version != n.version || !o.expires.After(r.opts.Now()) ||
 				n.expires.Before(o.expires))) {
-				q.Add(tableRequest)
+				r.enqueue(q)
 			}
 		},
 		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) {
 			if isRelay(e.Object) {
-				q.Add(tableRequest)
+				r.enqueue(q)
 			}
 		},
 	}
@@ -385,7 +416,11 @@ func (o *objects) each(fn func(client.Object)) {
 
 // Reconcile compiles, publishes and writes status. It ignores the request:
 // there is one table.
-func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ reconcile.Result, err error) {
+	seen, statusDone := r.enqueued.Load(), false
+	if r.afterReconcile != nil {
+		defer func() { r.afterReconcile(seen, statusDone && err == nil) }()
+	}
 	log := ctrl.LoggerFrom(ctx)
 	r.stats.Reconciles.Add(1)
 	now := r.opts.Now()
@@ -397,6 +432,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		t, err := r.pub.start(ctx, r.cache)
 		if err != nil {
 			return reconcile.Result{}, err
+		}
+		if v := r.pub.version(); v > 0 {
+			r.published.add(1, v)
 		}
 		if t != nil {
 			r.book.record(t, t.Version)
@@ -432,6 +470,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		}
 		r.stats.CompileNanos.Store(int64(time.Since(began)))
 		if fresh {
+			r.published.add(idx.Version, idx.Version)
 			r.book.record(res.Table, idx.Version)
 			r.stats.Publications.Add(1)
 			r.stats.Version.Store(idx.Version)
@@ -462,6 +501,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	if err != nil {
 		return reconcile.Result{}, err
 	}
+	statusDone = true
 	next := clears
 	if !rs.nextExpiry.IsZero() && (next.IsZero() || rs.nextExpiry.Before(next)) {
 		next = rs.nextExpiry

@@ -14,6 +14,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -160,6 +161,68 @@ func TestMissingSecretResolvesWithoutEdit(t *testing.T) {
 	}
 	if n := op.r.Stats().Compiles.Load() - compiles; n > 2 {
 		t.Errorf("%d compiles for one referenced Secret (and one unrelated)", n)
+	}
+}
+
+// TestRouteWaitsForItsSenderDomain: a RelayRoute applied before its
+// SenderDomain (or whose SenderDomain is there but pending) waits: it is
+// Reconciling (kstatus InProgress, so Flux and Argo CD wait instead of
+// failing), never Stalled, with no Warning Event, and becomes Ready without
+// being touched once the SenderDomain arrives.
+func TestRouteWaitsForItsSenderDomain(t *testing.T) {
+	c, tenant, relayNS := setup(t)
+	startOperator(t, relayNS)
+	startFollower(t, relayNS, "relay-a")
+	domain := tenant + ".example.com"
+
+	create(t, c, relayRoute(tenant, "rr", "sd"))
+	rr := waitCond(t, c, tenant, "rr", newRR, v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonSenderDomainNotFound)
+	if why := condIs(rr, v1alpha1.ConditionReconciling, metav1.ConditionTrue, v1alpha1.ReasonSenderDomainNotFound); why != "" {
+		t.Error(why)
+	}
+	if why := hasNoCondition(rr, v1alpha1.ConditionStalled); why != "" {
+		t.Error(why)
+	}
+	if got := kstatusOf(t, rr); got != kstatus.InProgressStatus {
+		t.Errorf("kstatus while the SenderDomain is missing: %s, want InProgress", got)
+	}
+
+	// The SenderDomain arrives, pending on its webhook key Secret: the
+	// route still waits, its mail held.
+	sd := senderDomain(tenant, "sd", domain)
+	sd.Spec.Delivery = &v1alpha1.DeliveryPolicy{Webhook: &v1alpha1.NotificationWebhook{
+		URL: "https://hooks.example.com/mail", HMACSecretRef: v1alpha1.SecretKeyReference{Name: "hmac"}}}
+	create(t, c, sd)
+	rr = waitCond(t, c, tenant, "rr", newRR, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonDeliveryHeld)
+	if why := condIs(rr, v1alpha1.ConditionAccepted, metav1.ConditionTrue, v1alpha1.ReasonAccepted); why != "" {
+		t.Error(why)
+	}
+	if why := hasNoCondition(rr, v1alpha1.ConditionStalled); why != "" {
+		t.Error(why)
+	}
+	if got := kstatusOf(t, rr); got != kstatus.InProgressStatus {
+		t.Errorf("kstatus while the SenderDomain is pending: %s, want InProgress", got)
+	}
+
+	create(t, c, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "hmac"},
+		StringData: map[string]string{routing.WebhookKeySecretKey: "0123456789abcdef0123456789abcdef"}})
+	rr = waitCond(t, c, tenant, "rr", newRR, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
+	if rr.Generation != 1 {
+		t.Errorf("generation %d: the route was edited", rr.Generation)
+	}
+	if got := kstatusOf(t, rr); got != kstatus.CurrentStatus {
+		t.Errorf("kstatus once the SenderDomain is there: %s, want Current", got)
+	}
+	// The Event that the route is accepted comes after any the wait made.
+	waitEvent(t, c, tenant, "rr", v1alpha1.ReasonAccepted)
+	var events eventsv1.EventList
+	if err := c.List(context.Background(), &events, client.InNamespace(tenant)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events.Items {
+		if e.Regarding.Name == "rr" && e.Type == corev1.EventTypeWarning {
+			t.Errorf("Warning Event for the wait: %s %s", e.Reason, e.Note)
+		}
 	}
 }
 

@@ -28,8 +28,11 @@ type statusJob struct {
 // differs from what it carries, and prunes the delivery entries of dead
 // relays. An object is written only when its status changes: a new table
 // version, or a relay's renewal, writes nothing for the objects it does not
-// concern. What was last written is remembered (memo), so that an object the
-// cache has not yet seen updated is not written twice. It returns when a
+// concern. What was last written is remembered (memo), and trusted over the
+// cache, which may lag behind the operator's own writes: an object is
+// neither written twice nor left with a status the cache no longer shows
+// (a status that went Pending and back within the cache's lag stays
+// Pending otherwise, as no later event comes). It returns when a
 // DeliveryDegraded condition will clear by itself.
 func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays, now time.Time) (time.Time, error) {
 	var jobs []*statusJob
@@ -53,7 +56,7 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 		}
 		var programmed routing.Status
 		if v.InTable {
-			programmed = r.book.programmed(v.Object, rs, r.opts.RelayNamespace)
+			programmed = r.book.programmed(v.Object, rs, &r.published, r.opts.RelayNamespace)
 		}
 		conds := v.Conditions(programmed)
 		if dd, c := deliveryDegraded(cur.delivery, rs, obj.GetGeneration(), now, r.opts.DeliveryWindow); dd != nil {
@@ -66,19 +69,28 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 		if cur.kind == routing.KindSenderDomain {
 			dkim = v.DKIM
 		}
-		want := desiredStatus(cur, conds, dkim, obj.GetGeneration(), now)
+		// The memo, when it has the object, is what it carries: the cache's
+		// copy may not show the operator's last write yet, and a status
+		// computed again equal to that stale copy must still be written.
+		m, known := r.memo[key]
+		known = known && m.uid == obj.GetUID()
+		carries := cur
+		if known {
+			carries.conditions = m.conditions
+		}
+		want := desiredStatus(carries, conds, dkim, obj.GetGeneration(), now)
 		for _, c := range want.Conditions {
 			counts[conditionKey{cur.kind, c.Type, c.Status}]++
 		}
 		h := statusHash(want)
-		if m, ok := r.memo[key]; ok && m.uid == obj.GetUID() && m.hash == h {
+		switch {
+		case known && m.hash == h:
+			return
+		case !known && sameStatus(cur, want):
+			r.memo[key] = newMemoEntry(obj.GetUID(), h, want)
 			return
 		}
-		if sameStatus(cur, want) {
-			r.memo[key] = memoEntry{obj.GetUID(), h}
-			return
-		}
-		jobs = append(jobs, &statusJob{obj: obj, key: key, old: cur, want: want, hash: h})
+		jobs = append(jobs, &statusJob{obj: obj, key: key, old: carries, want: want, hash: h})
 	})
 	for k := range r.memo {
 		if !seen[k] {
@@ -97,12 +109,14 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 	_ = g.Wait()
 	for _, j := range jobs {
 		if j.err != nil {
+			// The write may have taken effect or not: what the object
+			// carries is unknown, so the next pass writes again.
 			errs = append(errs, j.err)
-			delete(r.memo, j.key)
+			r.memo[j.key] = newMemoEntry(j.obj.GetUID(), [32]byte{}, ownedStatus{Conditions: j.old.conditions})
 			continue
 		}
 		r.stats.StatusWrites.Add(1)
-		r.memo[j.key] = memoEntry{j.obj.GetUID(), j.hash}
+		r.memo[j.key] = newMemoEntry(j.obj.GetUID(), j.hash, j.want)
 		r.recordTransitions(j.obj, j.old, j.want)
 	}
 	return clears, errors.Join(errs...)
@@ -110,7 +124,8 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 
 // recordTransitions emits an Event for each condition that turned bad (a
 // refusal, an unresolved reference, a refused route, degraded delivery) or
-// turned accepted again: on transitions only, never on every reconcile.
+// turned accepted again: on transitions only, never on every reconcile. A
+// route waiting for its SenderDomain is not bad (routing.Waits).
 func (r *Reconciler) recordTransitions(obj client.Object, old view, s ownedStatus) {
 	for _, t := range []string{v1alpha1.ConditionAccepted, v1alpha1.ConditionResolvedRefs,
 		v1alpha1.ConditionRouteRefused, v1alpha1.ConditionDeliveryDegraded} {
@@ -125,7 +140,9 @@ func (r *Reconciler) recordTransitions(obj client.Object, old view, s ownedStatu
 			}
 			continue
 		}
-		bad := n.Status == metav1.ConditionFalse ||
+		// A wait for something that may still come is not a failure:
+		// no Warning for it.
+		bad := (n.Status == metav1.ConditionFalse && !routing.Waits(n.Reason)) ||
 			(n.Status == metav1.ConditionTrue && (t == v1alpha1.ConditionRouteRefused || t == v1alpha1.ConditionDeliveryDegraded))
 		switch {
 		case bad && (o == nil || o.Status != n.Status || o.Reason != n.Reason):

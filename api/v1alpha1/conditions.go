@@ -42,13 +42,20 @@ const (
 	ConditionReady = "Ready"
 
 	// ConditionStalled is present, True, while the object cannot make
-	// progress until the user changes it (kstatus: Failed). Its reason is the
-	// reason of the failing condition.
+	// progress until a user changes the configuration (kstatus: Failed): it
+	// is refused by a judgement that nothing arriving later changes. Its
+	// reason is Accepted's: ReasonInvalid, ReasonConflicted,
+	// ReasonSigningEnabled, ReasonSenderDomainNotAccepted,
+	// ReasonAddressOutsideDomain, ReasonDomainNotAllowed,
+	// ReasonNetworkTooBroad.
 	ConditionStalled = "Stalled"
 
 	// ConditionReconciling is present, True, while the object waits for
-	// something that may still come: a Secret, the relays (kstatus:
-	// InProgress). Its reason is the reason of the pending condition.
+	// something that may still come by itself, as a later object of the
+	// same apply (kstatus: InProgress): its SenderDomain
+	// (ReasonSenderDomainNotFound, with Accepted=False but no Warning
+	// Event), a Secret (ReasonSecretNotFound, ReasonInvalidSecret), the
+	// relays (ReasonPending, ReasonNoRelays). Its reason is Ready's.
 	ConditionReconciling = "Reconciling"
 
 	// ConditionRouteRefused is present on a SenderDomain, True, while a
@@ -76,7 +83,8 @@ const (
 	// a domain is either signed or relayed, never both.
 	ReasonSigningEnabled = "SigningEnabled"
 	// ReasonSenderDomainNotFound: the RelayRoute names a SenderDomain that
-	// does not exist in its namespace.
+	// does not exist in its namespace (yet): the route waits for it
+	// (Reconciling, not Stalled).
 	ReasonSenderDomainNotFound = "SenderDomainNotFound"
 	// ReasonSenderDomainNotAccepted: the RelayRoute's SenderDomain exists but
 	// is not accepted itself.
@@ -128,11 +136,14 @@ const (
 	// ReasonReady: accepted, resolved and programmed.
 	ReasonReady = "Ready"
 
-	// ReasonTargetUnreachable: the next hop could not be connected to.
+	// ReasonTargetUnreachable: the next hop could not be connected to or
+	// looked up, for now (a temporary failure without a reply).
 	ReasonTargetUnreachable = "TargetUnreachable"
 	// ReasonTemporaryFailures: the next hop answers with 4xx replies.
 	ReasonTemporaryFailures = "TemporaryFailures"
-	// ReasonBounces: the next hop rejects mail permanently (5xx).
+	// ReasonBounces: delivery fails permanently: the next hop rejects mail
+	// with 5xx, or, without a reply, the relay's own code is 5.x.x (the
+	// recipient domain does not exist, 5.1.2, or accepts no mail, 5.1.10).
 	ReasonBounces = "Bounces"
 	// ReasonSourceIPUnavailable: the dedicated source address cannot be
 	// bound on the relay's host.

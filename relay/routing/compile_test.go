@@ -97,6 +97,23 @@ func TestCompileRules(t *testing.T) {
 			input: Input{RelayRoutes: []v1alpha1.RelayRoute{relayRoute("app", "route", "nope", 0)}},
 			want: []want{
 				{rrKind, "app", "route", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonSenderDomainNotFound, `SenderDomain "nope" not found in namespace "app"`},
+				// It may come later in the same apply: waiting, not failed.
+				{rrKind, "app", "route", v1alpha1.ConditionReconciling, isTrue, v1alpha1.ReasonSenderDomainNotFound, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionStalled, absent, "", ""},
+			},
+		},
+		{
+			desc: "route to a SenderDomain whose Secret is missing: waiting, not failed",
+			input: Input{
+				SenderDomains: []v1alpha1.SenderDomain{senderDomain("app", "sd", "example.com", 0, webhook("https://hooks.example.com/mail", "hmac"))},
+				RelayRoutes:   []v1alpha1.RelayRoute{relayRoute("app", "route", "sd", 0)},
+			},
+			want: []want{
+				{sdKind, "app", "sd", v1alpha1.ConditionResolvedRefs, isFals, v1alpha1.ReasonSecretNotFound, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionAccepted, isTrue, v1alpha1.ReasonAccepted, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonDeliveryHeld, `its SenderDomain "sd" is not resolved`},
+				{rrKind, "app", "route", v1alpha1.ConditionReconciling, isTrue, v1alpha1.ReasonDeliveryHeld, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionStalled, absent, "", ""},
 			},
 		},
 		{
@@ -120,6 +137,9 @@ func TestCompileRules(t *testing.T) {
 			},
 			want: []want{
 				{rrKind, "app", "route", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonSenderDomainNotAccepted, "Conflicted"},
+				// Nothing comes by itself: a user must change an object.
+				{rrKind, "app", "route", v1alpha1.ConditionStalled, isTrue, v1alpha1.ReasonSenderDomainNotAccepted, ""},
+				{rrKind, "app", "route", v1alpha1.ConditionReconciling, absent, "", ""},
 			},
 		},
 		{

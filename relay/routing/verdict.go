@@ -76,14 +76,28 @@ type Verdict struct {
 	DKIM *v1alpha1.DKIMRecord
 }
 
-// Refused reports whether the user must change the object (Stalled).
+// Refused reports whether the spec is not taken (Accepted=False).
 func (v *Verdict) Refused() bool { return v.Accepted.Status == metav1.ConditionFalse }
+
+// Stalled reports whether the object cannot make progress until a user
+// changes something (kstatus: Failed): it is refused for a reason other
+// than a wait. See Waits.
+func (v *Verdict) Stalled() bool { return v.Refused() && !Waits(v.Accepted.Reason) }
+
+// Waits reports whether a refusal with this reason waits for something that
+// may still come by itself, as an object later in the same apply: the
+// object is then Reconciling (kstatus: InProgress), not Stalled, and no
+// Warning Event is recorded for the wait. A refusal that only a user's
+// change can lift (of the object, of the older object it conflicts with,
+// of its SenderDomain's spec, or of the guardrail policy) stalls.
+func Waits(reason string) bool { return reason == v1alpha1.ReasonSenderDomainNotFound }
 
 // Conditions returns every condition of the object for the given Programmed
 // state, as the operator writes them and `postgate check` prints them:
 // Accepted, ResolvedRefs, Programmed and Ready always; RouteRefused while
-// true; Stalled when the user must change the object (kstatus: Failed);
-// otherwise Reconciling while something may still come (kstatus:
+// true; Stalled when only a user's change can make the object progress
+// (kstatus: Failed); otherwise Reconciling while something may still come,
+// such as a missing SenderDomain or Secret, or the relays (kstatus:
 // InProgress). Stalled and Reconciling are never both present.
 func (v *Verdict) Conditions(programmed Status) []metav1.Condition {
 	gen := v.Object.Generation
@@ -117,7 +131,7 @@ func (v *Verdict) Conditions(programmed Status) []metav1.Condition {
 		conds = append(conds, cond(v1alpha1.ConditionRouteRefused, *v.RouteRefused))
 	}
 	switch {
-	case v.Refused():
+	case v.Stalled():
 		conds = append(conds, cond(v1alpha1.ConditionStalled, statusTrue(v.Accepted.Reason, v.Accepted.Message)))
 	case ready.Status != metav1.ConditionTrue:
 		conds = append(conds, cond(v1alpha1.ConditionReconciling, statusTrue(ready.Reason, ready.Message)))
