@@ -122,6 +122,16 @@ func (c *counting) await(what string, cond func(c *counting) bool) error {
 	})
 }
 
+// advance moves the Reporter's clock and wakes it, as its own timer would
+// have on a real clock.
+func advance(r *Reporter, clk *testenv.Clock, d time.Duration) {
+	clk.Add(d)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 func newClient(t *testing.T, cfg *rest.Config) client.WithWatch {
 	t.Helper()
 	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
@@ -251,7 +261,7 @@ func TestCoalesced(t *testing.T) {
 	r.Observe(bounced(domain, route, clk.Now()))
 	r.Observe(sent(domain, nil, clk.Now())) // MX mail: the SenderDomain
 	// Whatever was not in the first write is due one interval later.
-	clk.Add(DefaultInterval)
+	advance(r, clk, DefaultInterval)
 
 	rr := &v1alpha1.RelayRoute{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace, Name: route.Name}}
 	var e *v1alpha1.ReplicaDeliveryStatus
@@ -529,7 +539,7 @@ func TestWindowAgesOut(t *testing.T) {
 		e := entryOf(t, live, rr, "relay-0")
 		return e != nil && e.Window != nil && e.Window.Delivered == 1
 	})
-	clk.Add(window)
+	advance(r, clk, window)
 	testenv.EventuallyTrue(t, "the count did not leave the window", func() bool {
 		e := entryOf(t, live, rr, "relay-0")
 		return e.Window != nil && e.Window.Delivered == 0 && e.LastDelivered != nil
