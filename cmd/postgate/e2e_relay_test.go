@@ -181,7 +181,7 @@ func runRelayInProcess(t *testing.T, cfg relay.Config) (string, *testenv.LogBuff
 	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
 	t.Cleanup(func() {
 		if err := r.Shutdown(context.Background()); err != nil {
-			t.Errorf("relay: %v", err)
+			t.Errorf("relay: %v\n%s", err, logs)
 		}
 	})
 	return logs.WaitMatch(t, listening)[1], logs

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -15,7 +14,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/postgate/postgate/relay"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/testenv"
 )
@@ -84,26 +82,18 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 // the test ends.
 func startRelayInProcess(t *testing.T, args ...string) *relayProcess {
 	t.Helper()
-	p := &relayProcess{log: &testenv.LogBuffer{}}
-	f, err := parseRelayFlags(relayArgs(t, args), p.log)
+	var usage strings.Builder
+	f, err := parseRelayFlags(relayArgs(t, args), &usage)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, usage.String())
+	}
+	cfg, err := f.config(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := f.config(slog.New(slog.NewTextHandler(p.log, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := relay.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
-	t.Cleanup(func() {
-		if err := r.Shutdown(context.Background()); err != nil {
-			t.Errorf("relay: %v\n%s", err, p.logs())
-		}
-	})
-	p.waitListening(t)
+	p := &relayProcess{}
+	p.addr, p.log = runRelayInProcess(t, cfg)
+	p.adminAddr = p.log.WaitMatch(t, adminListening)[1]
 	return p
 }
 
