@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/postgate/postgate/relay"
 )
 
@@ -95,6 +98,9 @@ func runRelay(args []string, stderr io.Writer) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	// The controller-runtime parts the relay uses (the TLS key pair's
+	// watcher among them) log through its logger: into the same stream.
+	crlog.SetLogger(logr.FromSlogHandler(logger.Handler()))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := relayMain(ctx, f, logger); err != nil {

@@ -1,76 +1,80 @@
 package smtpd
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"os"
-	"sync"
-	"time"
+	"sync/atomic"
+
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 )
 
 // CertReloader serves the TLS key pair from --tls-cert-file and
 // --tls-key-file and picks up new files (cert-manager renewing a mounted
-// Secret) without a restart: at most once a second it compares the files'
-// modification times and sizes, and loads them again when they changed. A
-// pair that fails to load keeps the one in use.
+// Secret) without a restart. controller-runtime's certwatcher does the
+// watching, once Start runs: inotify on both files (re-armed when a
+// Secret volume swaps its symlinks), and a read every 10 seconds in case
+// an event was missed. A pair that fails to load (a key that does not
+// match the certificate, a half-written file) keeps the one in use; the
+// watcher logs the failure through controller-runtime's logger, and the
+// next change of the files is tried again.
+//
+// Every TLS handshake asks GetCertificate (protoConn hands TLSConfig to
+// tls.Server for STARTTLS and implicit TLS alike), so a new pair is served
+// from the next handshake on.
 type CertReloader struct {
-	certFile, keyFile string
-	logger            *slog.Logger
-
-	mu        sync.Mutex
-	cert      *tls.Certificate
-	stamp     string
-	lastCheck time.Time
+	certFile string
+	cw       *certwatcher.CertWatcher
+	// loaded is closed and replaced each time a new pair is in force:
+	// tests wait on it rather than on time.
+	loaded atomic.Pointer[chan struct{}]
 }
 
 // NewCertReloader loads the key pair; it fails when the files are not a
-// usable pair.
+// usable pair. Start watches the files for new ones.
 func NewCertReloader(certFile, keyFile string, logger *slog.Logger) (*CertReloader, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	r := &CertReloader{certFile: certFile, keyFile: keyFile, logger: logger}
-	stamp, err := r.fileStamp()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cw, err := certwatcher.New(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("loading the TLS key pair: %w", err)
 	}
-	r.cert, r.stamp, r.lastCheck = &cert, stamp, time.Now()
+	r := &CertReloader{certFile: certFile, cw: cw}
+	ch := make(chan struct{})
+	r.loaded.Store(&ch)
+	// RegisterCallback calls back at once with the pair New loaded; only
+	// later calls are new pairs.
+	var initial atomic.Bool
+	initial.Store(true)
+	cw.RegisterCallback(func(tls.Certificate) {
+		if initial.Load() {
+			return
+		}
+		logger.Info("Loaded a new TLS key pair", "cert", certFile)
+		next := make(chan struct{})
+		close(*r.loaded.Swap(&next))
+	})
+	initial.Store(false)
 	return r, nil
 }
 
-func (r *CertReloader) fileStamp() (string, error) {
-	var s string
-	for _, f := range []string{r.certFile, r.keyFile} {
-		fi, err := os.Stat(f)
-		if err != nil {
-			return "", err
-		}
-		s += fmt.Sprintf("%s:%d:%d;", f, fi.ModTime().UnixNano(), fi.Size())
+// Start watches the files until ctx is done. Without it the pair loaded
+// at NewCertReloader stays in force.
+func (r *CertReloader) Start(ctx context.Context) error {
+	if err := r.cw.Start(ctx); err != nil {
+		return fmt.Errorf("watching the TLS key pair %s: %w", r.certFile, err)
 	}
-	return s, nil
+	return nil
 }
 
+// reloaded returns a channel closed when a new pair is next in force.
+func (r *CertReloader) reloaded() <-chan struct{} { return *r.loaded.Load() }
+
 // GetCertificate is for tls.Config.
-func (r *CertReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.lastCheck) >= time.Second {
-		r.lastCheck = time.Now()
-		if stamp, err := r.fileStamp(); err == nil && stamp != r.stamp {
-			if cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile); err != nil {
-				r.logger.Error("New TLS key pair not loaded; the old one stays", "error", err)
-			} else {
-				r.cert, r.stamp = &cert, stamp
-				r.logger.Info("Loaded a new TLS key pair", "cert", r.certFile)
-			}
-		}
-	}
-	return r.cert, nil
+func (r *CertReloader) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return r.cw.GetCertificate(hello)
 }
 
 // TLSConfig is a server configuration that serves the reloaded pair, TLS 1.2

@@ -1,14 +1,61 @@
 package smtpd
 
 import (
+	"context"
 	"crypto/tls"
 	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/postgate/postgate/relay/testenv"
 )
 
+// servedNames returns the DNS names of the certificate the server at addr
+// presents in a STARTTLS handshake.
+func servedNames(t *testing.T, addr string, client *tls.Config) []string {
+	t.Helper()
+	c := dialSMTP(t, "127.0.0.1", addr, client)
+	// The client's handshake runs with its first write under TLS.
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	state, ok := c.TLSConnectionState()
+	if !ok || len(state.PeerCertificates) == 0 {
+		t.Fatal("no TLS after STARTTLS")
+	}
+	_ = c.Quit()
+	return state.PeerCertificates[0].DNSNames
+}
+
+// watch runs r's watch until the test ends.
+func watch(t *testing.T, r *CertReloader) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// waitReload waits for a new pair to come into force after ch was taken.
+func waitReload(t *testing.T, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the new key pair was not loaded")
+	}
+}
+
+// TestCertReloader rotates the key pair under a running server: the next
+// STARTTLS handshake presents the new certificate, without a restart; a
+// broken pair keeps the one in force; a good pair after it is loaded.
 func TestCertReloader(t *testing.T) {
 	ca := testenv.NewCA(t)
 	dir := t.TempDir()
@@ -17,38 +64,91 @@ func TestCertReloader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, _ := r.GetCertificate(nil)
-
-	// Renewal: new files in place. Make sure the modification time moves.
-	renewed := ca.Issue(t, "relay.test", "smtp.relay.test")
-	if err := os.WriteFile(certFile, renewed.CertPEM, 0o600); err != nil {
-		t.Fatal(err)
+	if cfg := r.TLSConfig(); cfg.MinVersion != tls.VersionTLS12 {
+		t.Error("TLS below 1.2 allowed")
 	}
-	if err := os.WriteFile(keyFile, renewed.KeyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	future := time.Now().Add(time.Minute)
-	_ = os.Chtimes(certFile, future, future)
-	r.lastCheck = time.Time{}
-	got, _ := r.GetCertificate(nil)
-	if got == first || got.Leaf == nil && len(got.Certificate) == 0 {
-		t.Fatal("the renewed pair was not loaded")
+	watch(t, r)
+	addr, _, _ := testServer(t, Config{TLS: r.TLSConfig()})
+	client := ca.ClientConfig("relay.test")
+	if got := servedNames(t, addr, client); !slices.Equal(got, []string{"relay.test"}) {
+		t.Fatalf("served %v", got)
 	}
 
-	// A broken renewal keeps the pair in use.
+	// Renewal: new files in place, each replaced by a rename.
+	reloaded := r.reloaded()
+	ca.Issue(t, "relay.test", "smtp.relay.test").WriteFiles(t, dir)
+	waitReload(t, reloaded)
+	renewed := []string{"relay.test", "smtp.relay.test"}
+	if got := servedNames(t, addr, client); !slices.Equal(got, renewed) {
+		t.Fatalf("after renewal served %v", got)
+	}
+
+	// A broken renewal keeps the pair in force. Reading the files here
+	// rather than waiting for the watcher makes the check deterministic;
+	// the watcher reads them the same way.
 	if err := os.WriteFile(keyFile, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_ = os.Chtimes(keyFile, future.Add(time.Minute), future.Add(time.Minute))
-	r.lastCheck = time.Time{}
-	if kept, _ := r.GetCertificate(nil); kept != got {
-		t.Error("a broken key file replaced the pair in use")
+	if err := r.cw.ReadCertificate(); err == nil {
+		t.Fatal("a garbage key file loaded")
+	}
+	if got := servedNames(t, addr, client); !slices.Equal(got, renewed) {
+		t.Fatalf("after a broken renewal served %v", got)
 	}
 	if _, err := NewCertReloader(certFile, keyFile, nil); err == nil {
 		t.Error("NewCertReloader accepted a broken key file")
 	}
-	cfg := r.TLSConfig()
-	if cfg.MinVersion != tls.VersionTLS12 {
-		t.Error("TLS below 1.2 allowed")
+
+	// The next good pair is loaded.
+	reloaded = r.reloaded()
+	ca.Issue(t, "relay.test", "mx.relay.test").WriteFiles(t, dir)
+	waitReload(t, reloaded)
+	if got := servedNames(t, addr, client); !slices.Equal(got, []string{"relay.test", "mx.relay.test"}) {
+		t.Fatalf("after a broken renewal and a good one served %v", got)
+	}
+}
+
+// TestCertReloaderSecretVolume rotates the pair the way the kubelet updates
+// a mounted Secret: the files are symlinks through "..data" to a
+// timestamped directory; the update writes a new directory, swaps "..data"
+// by rename and removes the old directory.
+func TestCertReloaderSecretVolume(t *testing.T) {
+	ca := testenv.NewCA(t)
+	dir := t.TempDir()
+	version := func(name string, c *testenv.Cert) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		c.WriteFiles(t, filepath.Join(dir, name))
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", ca.Issue(t, "relay.test"))
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	for _, f := range []string{certFile, keyFile} {
+		if err := os.Symlink(filepath.Join("..data", filepath.Base(f)), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := NewCertReloader(certFile, keyFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch(t, r)
+	addr, _, _ := testServer(t, Config{TLS: r.TLSConfig()})
+
+	reloaded := r.reloaded()
+	version("..v2", ca.Issue(t, "relay.test", "smtp.relay.test"))
+	if err := os.RemoveAll(filepath.Join(dir, "..v1")); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, reloaded)
+	if got := servedNames(t, addr, ca.ClientConfig("relay.test")); !slices.Equal(got, []string{"relay.test", "smtp.relay.test"}) {
+		t.Fatalf("after the update served %v", got)
 	}
 }
