@@ -294,7 +294,7 @@ func (r *Relay) run(ctx context.Context) error {
 	srv, err := smtpd.New(smtpd.Config{
 		Metrics:  smtpMetrics,
 		StageDir: stageDir,
-		Hostname: cfg.Hostname, Tables: tables, Spool: smtpd.QueueSpool{Queue: q}, TLS: tlsConfig,
+		Hostname: cfg.Hostname, Tables: tables, Spool: QueueSpool{Queue: q}, TLS: tlsConfig,
 		ProxyCIDRs: cfg.ProxyCIDRs, MaxMessageBytes: cfg.MaxMessageBytes, MaxRecipients: cfg.MaxRecipients,
 		MaxConnections: cfg.MaxConnections, MaxConnectionsPerClient: cfg.MaxConnectionsPerClient, MinDataRate: cfg.MinDataRate, Logger: logger,
 	})

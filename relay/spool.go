@@ -1,13 +1,15 @@
-package smtpd
+package relay
 
 import (
 	"context"
 	"io"
 
 	"github.com/postgate/postgate/relay/queue"
+	"github.com/postgate/postgate/relay/smtpd"
 )
 
-// QueueSpool is the Spool of a running relay: the durable relay/queue.
+// QueueSpool is the SMTP server's Spool in a running relay: the durable
+// relay/queue.
 type QueueSpool struct {
 	Queue *queue.Queue
 }
@@ -17,7 +19,7 @@ func (s QueueSpool) CheckSpace(size int64) error { return s.Queue.CheckSpace(siz
 
 // Enqueue stores the message with its envelope exactly as the client gave
 // it; the queue returns only once both are fsynced.
-func (s QueueSpool) Enqueue(ctx context.Context, env *Envelope, body io.Reader) (string, error) {
+func (s QueueSpool) Enqueue(ctx context.Context, env *smtpd.Envelope, body io.Reader) (string, error) {
 	o := env.MailOptions
 	qe := queue.Envelope{
 		From: env.From, Size: o.Size, Body: string(o.Body), SMTPUTF8: o.UTF8, RequireTLS: o.RequireTLS,

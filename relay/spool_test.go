@@ -1,17 +1,24 @@
-package smtpd
+package relay
 
 import (
 	"context"
 	"fmt"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/queue/queuetest"
+	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/relay/smtpd"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 var queuedAs = regexp.MustCompile(`queued as (\S+)`)
@@ -37,7 +44,7 @@ func TestNoAcknowledgedMessageLost(t *testing.T) {
 			for client := range 4 {
 				wg.Go(func() {
 					c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 10+client), addr)
-					defer func() { _ = c.conn.Close() }()
+					defer func() { _ = c.Close() }()
 					c.hello()
 					for i := range 15 {
 						body := fmt.Sprintf("Subject: %d-%d\r\n\r\nbody of message %d from client %d\r\n", client, i, i, client)
@@ -112,7 +119,7 @@ func TestQueuedEnvelopeNamesTheMessage(t *testing.T) {
 	}
 	defer func() { _ = q.Close() }()
 	c := dialFrom(t, "127.0.0.10", serveQueue(t, q))
-	defer func() { _ = c.conn.Close() }()
+	defer func() { _ = c.Close() }()
 	c.hello()
 	c.send("MAIL FROM:<alice@example.com>\r\n")
 	c.send("RCPT TO:<bob@dest.test>\r\n")
@@ -130,11 +137,20 @@ func TestQueuedEnvelopeNamesTheMessage(t *testing.T) {
 	}
 }
 
-// serveQueue runs a server on q at 127.0.0.1 until the test ends and
-// returns its address.
+// serveQueue runs an SMTP server on q at 127.0.0.1 until the test ends,
+// as the relay assembles it, and returns its address. Clients from
+// 127.0.0.0/25 may send as example.com.
 func serveQueue(t *testing.T, q *queue.Queue) string {
 	t.Helper()
-	srv, err := New(Config{Hostname: "relay.test", Tables: newTables(t, testInput()), Spool: QueueSpool{q}})
+	meta := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Namespace: "app", Name: name, Generation: 1}
+	}
+	compiled := routing.Compile(routing.Input{
+		SenderDomains: []v1alpha1.SenderDomain{{ObjectMeta: meta("example"), Spec: v1alpha1.SenderDomainSpec{Domain: "example.com"}}},
+		TrustedNetworks: []v1alpha1.TrustedNetwork{{ObjectMeta: meta("lo"),
+			Spec: v1alpha1.TrustedNetworkSpec{CIDRs: []v1alpha1.CIDR{"127.0.0.0/25"}}}},
+	}, nil)
+	srv, err := smtpd.New(smtpd.Config{Hostname: "relay.test", Tables: fixedTable{compiled.Table}, Spool: QueueSpool{q}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,4 +165,51 @@ func serveQueue(t *testing.T, q *queue.Queue) string {
 		_ = srv.Shutdown(ctx)
 	})
 	return ln.Addr().String()
+}
+
+// fixedTable is a table source that always has the same table.
+type fixedTable struct{ t *routing.Table }
+
+func (f fixedTable) Table() *routing.Table { return f.t }
+
+// smtpClient steps through an SMTP session one command at a time.
+type smtpClient struct {
+	t *testing.T
+	*testenv.SMTPLineConn
+}
+
+// dialFrom connects to addr from the loopback address from.
+func dialFrom(t *testing.T, from, addr string) *smtpClient {
+	t.Helper()
+	c, err := testenv.DialSMTPLine(addr, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &smtpClient{t: t, SMTPLineConn: c}
+}
+
+// hello reads the greeting and says EHLO.
+func (c *smtpClient) hello() {
+	c.t.Helper()
+	if line, err := c.Reply(); err != nil || !strings.HasPrefix(line, "220 ") {
+		c.t.Fatalf("greeting %q %v", line, err)
+	}
+	if code, line := c.send("EHLO client.test\r\n"); code != 250 {
+		c.t.Fatalf("EHLO: %q", line)
+	}
+}
+
+// send sends s, which ends with CRLF, and returns the reply's code (0
+// when the connection is gone) and last line.
+func (c *smtpClient) send(s string) (int, string) {
+	line, err := c.Cmd(strings.TrimSuffix(s, "\r\n"))
+	if err != nil {
+		return 0, "connection closed: " + err.Error()
+	}
+	code, err := strconv.Atoi(line[:3])
+	if err != nil {
+		c.t.Fatalf("reply %q has no code", line)
+	}
+	return code, line
 }

@@ -1,4 +1,4 @@
-package smtpd
+package relay
 
 import (
 	"context"
@@ -20,7 +20,7 @@ func TestTagInEnvelope(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dialFrom(t, "127.0.0.10", serveQueue(t, q))
-	defer func() { _ = c.conn.Close() }()
+	defer func() { _ = c.Close() }()
 	c.hello()
 	send := func(msg string) (int, string) {
 		c.send("MAIL FROM:<alice@example.com>\r\n")
