@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postgate/postgate/relay/notify"
 	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/webhook"
 )
 
 // metaReceiver is a loopback webhook that verifies each request and keeps
@@ -28,7 +28,7 @@ type metaReceiver struct {
 	key     []byte
 	changes testenv.Changes
 	mu      sync.Mutex
-	bodies  []notify.Body
+	bodies  []webhook.Body
 }
 
 func (r *metaReceiver) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
@@ -37,12 +37,12 @@ func (r *metaReceiver) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		http.Error(rw, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := notify.Verify(r.key, req.Header.Get(notify.HeaderTimestamp), req.Header.Get(notify.HeaderSignature), body, time.Now(), notify.MaxSignatureAge); err != nil {
+	if err := webhook.Verify(r.key, req.Header.Get(webhook.HeaderTimestamp), req.Header.Get(webhook.HeaderSignature), body, time.Now(), webhook.MaxSignatureAge); err != nil {
 		r.t.Errorf("webhook request with a bad signature: %v", err)
 		http.Error(rw, err.Error(), http.StatusUnauthorized)
 		return
 	}
-	var b notify.Body
+	var b webhook.Body
 	if err := json.Unmarshal(body, &b); err != nil {
 		r.t.Errorf("webhook body %s: %v", body, err)
 	}
@@ -54,9 +54,9 @@ func (r *metaReceiver) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 }
 
 // waitJob waits for the notification of job and returns its request.
-func (r *metaReceiver) waitJob(t *testing.T, job string, logs func() string) notify.Body {
+func (r *metaReceiver) waitJob(t *testing.T, job string, logs func() string) webhook.Body {
 	t.Helper()
-	var got notify.Body
+	var got webhook.Body
 	r.changes.Wait(t, func() string {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -174,7 +174,7 @@ spec: {cidrs: [127.0.0.0/8]}
 	job := submitTagged(t, p.addr, tag)
 	b := recv.waitJob(t, job, p.logs)
 	if b.Meta.Tenant != "billing" || b.Meta.Account != "m4a_billing" || b.Meta.CustomerNo != "99999" ||
-		len(b.Notifications) != 1 || b.Notifications[0].Meta.Tag != tag || b.Notifications[0].Meta.Event.Type != notify.TypeDelivered {
+		len(b.Notifications) != 1 || b.Notifications[0].Meta.Tag != tag || b.Notifications[0].Meta.Event.Type != webhook.TypeDelivered {
 		t.Errorf("notification: %+v", b)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), testenv.WaitTimeout)

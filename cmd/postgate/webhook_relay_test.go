@@ -18,8 +18,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postgate/postgate/relay/notify"
 	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/webhook"
 )
 
 // webhookReceiver is a loopback HTTP endpoint that checks each request's
@@ -85,7 +85,7 @@ func (w *webhookReceiver) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := notify.Verify(w.key, r.Header.Get(notify.HeaderTimestamp), r.Header.Get(notify.HeaderSignature), body, time.Now(), notify.MaxSignatureAge); err != nil {
+	if err := webhook.Verify(w.key, r.Header.Get(webhook.HeaderTimestamp), r.Header.Get(webhook.HeaderSignature), body, time.Now(), webhook.MaxSignatureAge); err != nil {
 		w.t.Errorf("webhook request with a bad signature: %v", err)
 		http.Error(rw, err.Error(), http.StatusUnauthorized)
 		return

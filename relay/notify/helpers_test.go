@@ -26,6 +26,7 @@ import (
 	"github.com/postgate/postgate/relay/queue"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/webhook"
 )
 
 var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
@@ -164,7 +165,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		r.failures--
 		status = http.StatusServiceUnavailable
 	}
-	rq := request{ts: req.Header.Get(HeaderTimestamp), sig: req.Header.Get(HeaderSignature), body: body}
+	rq := request{ts: req.Header.Get(webhook.HeaderTimestamp), sig: req.Header.Get(webhook.HeaderSignature), body: body}
 	if err := json.Unmarshal(body, &rq.parsed); err != nil {
 		r.t.Errorf("body is not JSON: %v: %s", err, body)
 	}
@@ -204,7 +205,7 @@ func (r *receiver) requests() []request {
 func (r *receiver) notifications(key string) []Notification {
 	var out []Notification
 	for _, rq := range r.requests() {
-		if err := Verify([]byte(key), rq.ts, rq.sig, rq.body, time.Now(), MaxSignatureAge); err != nil {
+		if err := webhook.Verify([]byte(key), rq.ts, rq.sig, rq.body, time.Now(), webhook.MaxSignatureAge); err != nil {
 			r.t.Errorf("request signature with key %q: %v", key, err)
 		}
 		out = append(out, rq.parsed.Notifications...)

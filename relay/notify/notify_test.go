@@ -24,6 +24,7 @@ import (
 	"github.com/postgate/postgate/relay/delivery"
 	"github.com/postgate/postgate/relay/routing"
 	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/webhook"
 )
 
 // TestOutcomes: one notification per recipient outcome, in one signed
@@ -505,13 +506,13 @@ func TestKeyRotation(t *testing.T) {
 
 	reqs := rcv.requests()
 	last := reqs[len(reqs)-1]
-	if err := Verify([]byte(key2), last.ts, last.sig, last.body, time.Now(), MaxSignatureAge); err != nil {
+	if err := webhook.Verify([]byte(key2), last.ts, last.sig, last.body, time.Now(), webhook.MaxSignatureAge); err != nil {
 		t.Errorf("after rotation: %v", err)
 	}
-	if err := Verify([]byte(key1), last.ts, last.sig, last.body, time.Now(), MaxSignatureAge); err == nil {
+	if err := webhook.Verify([]byte(key1), last.ts, last.sig, last.body, time.Now(), webhook.MaxSignatureAge); err == nil {
 		t.Error("after rotation the old key still verifies")
 	}
-	if err := Verify([]byte(key1), reqs[0].ts, reqs[0].sig, reqs[0].body, time.Now(), MaxSignatureAge); err != nil {
+	if err := webhook.Verify([]byte(key1), reqs[0].ts, reqs[0].sig, reqs[0].body, time.Now(), webhook.MaxSignatureAge); err != nil {
 		t.Errorf("before rotation: %v", err)
 	}
 }

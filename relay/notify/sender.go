@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/webhook"
 )
 
 // batch is a run of records of one message, read from one segment.
@@ -312,8 +313,8 @@ func (n *Notifier) post(ctx context.Context, wh *routing.Webhook, body []byte) e
 	ts := strconv.FormatInt(n.opts.Now().Unix(), 10)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", userAgent)
-	req.Header.Set(HeaderTimestamp, ts)
-	req.Header.Set(HeaderSignature, Sign(wh.HMACKey, ts, body))
+	req.Header.Set(webhook.HeaderTimestamp, ts)
+	req.Header.Set(webhook.HeaderSignature, webhook.Sign(wh.HMACKey, ts, body))
 	start := time.Now()
 	resp, err := n.client.Do(req)
 	n.m.duration.Observe(time.Since(start).Seconds())

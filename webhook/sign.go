@@ -1,4 +1,4 @@
-package notify
+package webhook
 
 import (
 	"crypto/hmac"
@@ -28,8 +28,8 @@ const MaxSignatureAge = 5 * time.Minute
 
 // Errors of Verify.
 var (
-	ErrBadSignature = errors.New("notify: signature does not match")
-	ErrStale        = errors.New("notify: timestamp outside the accepted age")
+	ErrBadSignature = errors.New("webhook: signature does not match")
+	ErrStale        = errors.New("webhook: timestamp outside the accepted age")
 )
 
 // Sign returns the value of HeaderSignature for body signed at timestamp
@@ -52,7 +52,7 @@ func mac(key []byte, timestamp string, body []byte) []byte {
 func Verify(key []byte, timestamp, signature string, body []byte, now time.Time, maxAge time.Duration) error {
 	ts, err := strconv.ParseInt(timestamp, 10, 64)
 	if err != nil {
-		return fmt.Errorf("notify: bad timestamp: %w", err)
+		return fmt.Errorf("webhook: bad timestamp: %w", err)
 	}
 	if d := now.Sub(time.Unix(ts, 0)); d > maxAge || d < -maxAge {
 		return ErrStale
