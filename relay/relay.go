@@ -274,13 +274,7 @@ func (r *Relay) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		go func() {
-			// Without the watch the pair loaded now stays in force: the
-			// relay keeps serving, and says so.
-			if err := cr.Start(ctx); err != nil {
-				logger.Error("TLS key pair not watched; renewed files need a restart", "error", err)
-			}
-		}()
+		go func() { _ = cr.Start(ctx) }() // it logs what goes wrong and falls back to reading the files
 		tlsConfig = cr.TLSConfig()
 	}
 	stageDir := filepath.Join(cfg.SpoolDir, "staging")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 )
@@ -25,6 +26,7 @@ import (
 // from the next handshake on.
 type CertReloader struct {
 	certFile string
+	logger   *slog.Logger
 	cw       *certwatcher.CertWatcher
 	// loaded is closed and replaced each time a new pair is in force:
 	// tests wait on it rather than on time.
@@ -41,7 +43,7 @@ func NewCertReloader(certFile, keyFile string, logger *slog.Logger) (*CertReload
 	if err != nil {
 		return nil, fmt.Errorf("loading the TLS key pair: %w", err)
 	}
-	r := &CertReloader{certFile: certFile, cw: cw}
+	r := &CertReloader{certFile: certFile, logger: logger, cw: cw}
 	ch := make(chan struct{})
 	r.loaded.Store(&ch)
 	// RegisterCallback calls back at once with the pair New loaded; only
@@ -60,13 +62,32 @@ func NewCertReloader(certFile, keyFile string, logger *slog.Logger) (*CertReload
 	return r, nil
 }
 
+// pollInterval is how often the files are read when they cannot be
+// watched, certwatcher's own interval.
+const pollInterval = 10 * time.Second
+
 // Start watches the files until ctx is done. Without it the pair loaded
-// at NewCertReloader stays in force.
+// at NewCertReloader stays in force. When the files cannot be watched
+// (inotify watches exhausted on the node) it says so and reads them every
+// pollInterval instead, so that a renewal still applies without a restart.
 func (r *CertReloader) Start(ctx context.Context) error {
-	if err := r.cw.Start(ctx); err != nil {
-		return fmt.Errorf("watching the TLS key pair %s: %w", r.certFile, err)
+	err := r.cw.Start(ctx)
+	if err == nil || ctx.Err() != nil {
+		return nil
 	}
-	return nil
+	r.logger.Error("TLS key pair files not watched; reading them every 10 seconds", "cert", r.certFile, "error", err)
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := r.cw.ReadCertificate(); err != nil {
+				r.logger.Error("New TLS key pair not loaded; the old one stays", "cert", r.certFile, "error", err)
+			}
+		}
+	}
 }
 
 // reloaded returns a channel closed when a new pair is next in force.

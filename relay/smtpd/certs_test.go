@@ -1,12 +1,16 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/postgate/postgate/relay/testenv"
@@ -151,4 +155,68 @@ func TestCertReloaderSecretVolume(t *testing.T) {
 	if got := servedNames(t, addr, ca.ClientConfig("relay.test")); !slices.Equal(got, []string{"relay.test", "smtp.relay.test"}) {
 		t.Fatalf("after the update served %v", got)
 	}
+}
+
+// TestCertReloaderUnwatched: when the files cannot be watched (here the
+// certificate is gone when the watch starts; on a node, inotify watches
+// run out), the reloader says so and reads the files every pollInterval:
+// a renewal still applies without a restart, and a broken pair is logged
+// and keeps the one in force. In a testing/synctest bubble, time being the
+// subject.
+func TestCertReloaderUnwatched(t *testing.T) {
+	ca := testenv.NewCA(t)
+	dir := t.TempDir()
+	first := ca.Issue(t, "relay.test")
+	certFile, keyFile := first.WriteFiles(t, dir)
+	var logs testenv.LogBuffer
+	r, err := NewCertReloader(certFile, keyFile, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(certFile); err != nil {
+		t.Fatal(err)
+	}
+	renewed := ca.Issue(t, "relay.test", "smtp.relay.test")
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- r.Start(ctx) }()
+		synctest.Wait()
+		// certwatcher tries to add its watches for 10 seconds.
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if !strings.Contains(logs.String(), "not watched") {
+			t.Fatalf("no word of the failed watch in the log: %s", logs.String())
+		}
+
+		// A broken pair: logged at the next read, the first pair stays.
+		if err := os.WriteFile(certFile, []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(pollInterval)
+		synctest.Wait()
+		if !strings.Contains(logs.String(), "New TLS key pair not loaded") {
+			t.Errorf("broken pair not logged: %s", logs.String())
+		}
+		if c, _ := r.GetCertificate(nil); !bytes.Equal(c.Certificate[0], first.TLS.Certificate[0]) {
+			t.Error("a broken pair replaced the one in force")
+		}
+
+		reloaded := r.reloaded()
+		renewed.WriteFiles(t, dir)
+		time.Sleep(pollInterval)
+		synctest.Wait()
+		select {
+		case <-reloaded:
+		default:
+			t.Fatalf("renewed pair not loaded: %s", logs.String())
+		}
+		if c, _ := r.GetCertificate(nil); !bytes.Equal(c.Certificate[0], renewed.TLS.Certificate[0]) {
+			t.Error("the renewed pair is not served")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
 }
