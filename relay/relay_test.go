@@ -3,7 +3,6 @@ package relay_test
 import (
 	"context"
 	"log/slog"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,7 +18,7 @@ var listening = regexp.MustCompile(`msg="SMTP listening" address=(\S+)`)
 func standalone(t *testing.T, logs *testenv.LogBuffer) relay.Config {
 	return relay.Config{
 		SMTPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", SpoolDir: t.TempDir(), Hostname: "relay.test",
-		Manifests:       []string{filepath.Join("..", "config", "samples")},
+		Manifests:       []string{testenv.Samples(t)},
 		MaxMessageBytes: 1 << 20, MaxRecipients: 10, MaxConnections: 10, MaxConnectionsPerClient: 10,
 		DNSServer: testenv.StartDNSServer(t, testenv.DNSOptions{}).Addr(), MXPort: 25, ShutdownGrace: 5 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),

@@ -7,13 +7,14 @@ import (
 	"testing"
 
 	"github.com/postgate/postgate/relay/manifest"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 // FuzzParse feeds arbitrary bytes to Parse: whatever the input, it must not
 // panic, every error must be a positioned *Error, and every object must be
 // named and placed.
 func FuzzParse(f *testing.F) {
-	samples, err := filepath.Glob("../../config/samples/*.yaml")
+	samples, err := filepath.Glob(filepath.Join(testenv.Samples(f), "*.yaml"))
 	if err != nil {
 		f.Fatal(err)
 	}

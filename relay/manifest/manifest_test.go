@@ -13,6 +13,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/manifest"
+	"github.com/postgate/postgate/relay/testenv"
 )
 
 func newLoader(t testing.TB, opts ...manifest.Option) *manifest.Loader {
@@ -76,7 +77,7 @@ func equalSummaries(t *testing.T, got, want []summary) {
 // standalone demo use, and checks every object, its position and its
 // defaults.
 func TestLoadSamples(t *testing.T) {
-	set, err := newLoader(t).Load("../../config/samples")
+	set, err := newLoader(t).Load(testenv.Samples(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestLoadSamples(t *testing.T) {
 	}
 
 	// UIDs depend on identity only, so a second load gives the same.
-	again, err := newLoader(t).Load("../../config/samples/postgate_v1alpha1_trustednetwork.yaml")
+	again, err := newLoader(t).Load(filepath.Join(testenv.Samples(t), "postgate_v1alpha1_trustednetwork.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 func TestSamples(t *testing.T) {
 	keys := t.TempDir()
-	src, err := New([]string{filepath.Join("..", "..", "config", "samples")}, Options{KeysDir: keys})
+	src, err := New([]string{testenv.Samples(t)}, Options{KeysDir: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestSamples(t *testing.T) {
 		t.Errorf("billing route: %+v", r)
 	}
 	// The key is made once: a restart on the same spool signs with it.
-	again, err := New([]string{filepath.Join("..", "..", "config", "samples")}, Options{KeysDir: keys})
+	again, err := New([]string{testenv.Samples(t)}, Options{KeysDir: keys})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,3 +109,14 @@ func NewAPIServer() (s *APIServer, stop func(), err error) {
 	stop = func() { prevStop(); _ = os.RemoveAll(dir) }
 	return &APIServer{Config: admin.Config(), Kubeconfig: path, Root: root, BinDir: bin}, stop, nil
 }
+
+// Samples returns the path of config/samples, the sample manifests, from
+// the repository root, so a test finds them wherever its package lives.
+func Samples(t testing.TB) string {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "config", "samples")
+}
