@@ -27,7 +27,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac and the chart.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac/operator
-	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./relay/follow/... output:rbac:artifacts:config=config/rbac/relay
+	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./relay/... output:rbac:artifacts:config=config/rbac/relay
 	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
 	cp config/crd/bases/*.yaml charts/postgate/crds/
 	# The chart renders these rules unchanged (templates/_helpers.tpl, postgate.rbac).
