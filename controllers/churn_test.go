@@ -216,7 +216,11 @@ func (m *leaseModel) mismatch(t testing.TB) (string, time.Time) {
 	}
 	var wrong []string
 	for _, obj := range objs {
-		key := routing.ObjectKey{Kind: viewOf(obj).kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+		gvk, err := m.c.GroupVersionKindFor(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := routing.ObjectKey{Kind: gvk.Kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
 		f, ok := m.first[key]
 		if !ok || f.uid != obj.GetUID() || f.generation != obj.GetGeneration() {
 			wrong = append(wrong, key.String()+": generation not seen in a published table yet")

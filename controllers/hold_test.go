@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,8 +48,8 @@ func TestRouteSecretDeletedHoldsMail(t *testing.T) {
 		obj := waitCond(t, c, tenant, o.name, o.obj, v1alpha1.ConditionProgrammed, metav1.ConditionFalse, v1alpha1.ReasonDeliveryHeld)
 		testenv.Eventually(t, func() string {
 			obj = get(t, c, tenant, o.name, o.obj())
-			p := findCondition(conditionsOf(obj), v1alpha1.ConditionProgrammed)
-			if p == nil || p.Reason != v1alpha1.ReasonDeliveryHeld || !strings.Contains(p.Message, "every live relay holds it") ||
+			p := meta.FindStatusCondition(conditionsOf(obj), string(v1alpha1.ConditionProgrammed))
+			if p == nil || p.Reason != string(v1alpha1.ReasonDeliveryHeld) || !strings.Contains(p.Message, "every live relay holds it") ||
 				!strings.Contains(p.Message, `Secret "creds" (target credentials) not found`) {
 				return "Programmed does not say that every relay holds the mail, and why: " + p.Message
 			}

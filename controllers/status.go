@@ -5,16 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/relay/routing"
 )
 
 // FieldManager is the operator's field manager. It owns the conditions,
@@ -29,80 +30,56 @@ type ownedStatus struct {
 	DKIM               *v1alpha1.DKIMRecord `json:"dkim,omitempty"`
 }
 
-// view is what the operator reads of an object's status, whatever its kind.
-type view struct {
-	kind               string
-	conditions         []metav1.Condition
-	observedGeneration int64
-	delivery           *v1alpha1.DeliveryStatus
-	dkim               *v1alpha1.DKIMRecord
-}
-
-func viewOf(obj client.Object) view {
-	switch o := obj.(type) {
-	case *v1alpha1.SenderDomain:
-		return view{routing.KindSenderDomain, o.Status.Conditions, o.Status.ObservedGeneration, o.Status.Delivery, o.Status.DKIM}
-	case *v1alpha1.RelayRoute:
-		return view{routing.KindRelayRoute, o.Status.Conditions, o.Status.ObservedGeneration, o.Status.Delivery, nil}
-	case *v1alpha1.TrustedNetwork:
-		return view{routing.KindTrustedNetwork, o.Status.Conditions, o.Status.ObservedGeneration, nil, nil}
-	}
-	panic(fmt.Sprintf("controllers: unexpected object %T", obj))
-}
-
-// emptyLike returns an object of obj's kind with only its name and
-// namespace, to receive a patch response without touching the cache's copy.
-func emptyLike(obj client.Object) client.Object {
-	var out client.Object
-	switch obj.(type) {
-	case *v1alpha1.SenderDomain:
-		out = &v1alpha1.SenderDomain{}
-	case *v1alpha1.RelayRoute:
-		out = &v1alpha1.RelayRoute{}
-	default:
-		out = &v1alpha1.TrustedNetwork{}
-	}
+// newObjectLike returns an empty object of the given kind with only obj's
+// name and namespace, to receive a patch response without touching the
+// cache's copy.
+func newObjectLike(kind string, obj client.Object) client.Object {
+	out := v1alpha1.NewObject(kind)
 	out.SetNamespace(obj.GetNamespace())
 	out.SetName(obj.GetName())
 	return out
 }
 
-func findCondition(conds []metav1.Condition, t string) *metav1.Condition {
-	for i := range conds {
-		if conds[i].Type == t {
-			return &conds[i]
-		}
+// dkimOf returns the DKIM record obj carries: only a SenderDomain has one.
+func dkimOf(obj v1alpha1.Object) *v1alpha1.DKIMRecord {
+	if sd, ok := obj.(*v1alpha1.SenderDomain); ok {
+		return sd.Status.DKIM
 	}
 	return nil
 }
 
-// desiredStatus is the status the operator wants on an object: the
-// compiler's conditions for the given Programmed state, the derived
-// delivery condition, and the DKIM record. A condition keeps its
-// lastTransitionTime while its status does not change.
-func desiredStatus(current view, conds []metav1.Condition, dkim *v1alpha1.DKIMRecord, gen int64, now time.Time) ownedStatus {
-	for i := range conds {
-		c := &conds[i]
-		if old := findCondition(current.conditions, c.Type); old != nil && old.Status == c.Status {
-			c.LastTransitionTime = old.LastTransitionTime
-		} else {
-			c.LastTransitionTime = metav1.NewTime(now.Truncate(time.Second))
+// desiredStatus is the status the operator wants on an object that carries
+// the conditions carried: the compiler's conditions for the given
+// Programmed state, the derived delivery condition, and the DKIM record.
+// A condition keeps its lastTransitionTime while its status does not
+// change (meta.SetStatusCondition); the conditions are in the order of
+// conds, and those not in conds are dropped.
+func desiredStatus(carried, conds []metav1.Condition, dkim *v1alpha1.DKIMRecord, gen int64, now time.Time) ownedStatus {
+	out := make([]metav1.Condition, 0, len(conds))
+	for _, c := range conds {
+		c.LastTransitionTime = metav1.NewTime(now.Truncate(time.Second))
+		if old := meta.FindStatusCondition(carried, c.Type); old != nil {
+			kept := []metav1.Condition{*old}
+			meta.SetStatusCondition(&kept, c)
+			c = kept[0]
 		}
+		out = append(out, c)
 	}
-	return ownedStatus{ObservedGeneration: gen, Conditions: conds, DKIM: dkim}
+	return ownedStatus{ObservedGeneration: gen, Conditions: out, DKIM: dkim}
 }
 
-// sameStatus reports whether the object already carries s, transition
-// times aside.
-func sameStatus(current view, s ownedStatus) bool {
-	if current.observedGeneration != s.ObservedGeneration || !equality.Semantic.DeepEqual(current.dkim, s.DKIM) ||
-		len(current.conditions) != len(s.Conditions) {
+// sameStatus reports whether obj already carries s, transition times
+// aside: as many conditions, none of which meta.SetStatusCondition would
+// change or add.
+func sameStatus(obj v1alpha1.Object, s ownedStatus) bool {
+	cur := obj.GetConditions()
+	if obj.GetObservedGeneration() != s.ObservedGeneration || !equality.Semantic.DeepEqual(dkimOf(obj), s.DKIM) ||
+		len(cur) != len(s.Conditions) {
 		return false
 	}
+	probe := slices.Clone(cur)
 	for _, c := range s.Conditions {
-		old := findCondition(current.conditions, c.Type)
-		if old == nil || old.Status != c.Status || old.Reason != c.Reason || old.Message != c.Message ||
-			old.ObservedGeneration != c.ObservedGeneration {
+		if meta.SetStatusCondition(&probe, c) {
 			return false
 		}
 	}
@@ -135,7 +112,7 @@ func applyStatus(ctx context.Context, c client.Client, obj client.Object, kind s
 	if err != nil {
 		return err
 	}
-	return c.Status().Patch(ctx, emptyLike(obj), client.RawPatch(types.ApplyPatchType, data),
+	return c.Status().Patch(ctx, newObjectLike(kind, obj), client.RawPatch(types.ApplyPatchType, data),
 		client.FieldOwner(FieldManager), client.ForceOwnership)
 }
 
@@ -183,8 +160,8 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 		msg += ": " + f.Reply
 	}
 	return &metav1.Condition{
-		Type: v1alpha1.ConditionDeliveryDegraded, Status: metav1.ConditionTrue,
-		Reason: failureReason(f), Message: msg, ObservedGeneration: gen,
+		Type: string(v1alpha1.ConditionDeliveryDegraded), Status: metav1.ConditionTrue,
+		Reason: string(failureReason(f)), Message: msg, ObservedGeneration: gen,
 	}, clears
 }
 
@@ -195,7 +172,7 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 // failure), as for a recipient domain that does not exist (NXDOMAIN, 5.1.2)
 // or accepts no mail (null MX, 5.1.10). Only a failure that may pass is
 // TargetUnreachable.
-func failureReason(f *v1alpha1.DeliveryAttempt) string {
+func failureReason(f *v1alpha1.DeliveryAttempt) v1alpha1.Reason {
 	switch {
 	case f.TLS != nil && !f.TLS.Established &&
 		(f.TLS.Requested == v1alpha1.TLSPolicyRequired || f.TLS.Requested == v1alpha1.TLSPolicyVerify):
@@ -218,7 +195,8 @@ func failureReason(f *v1alpha1.DeliveryAttempt) string {
 // patch of the status subresource can remove any entry; each removal is
 // guarded by a test of the entry's name, so that a concurrent change of the
 // list fails the patch instead of removing the wrong entry.
-func pruneDeadReplicas(ctx context.Context, c client.Client, obj client.Object, d *v1alpha1.DeliveryStatus, rs relays) (bool, error) {
+func pruneDeadReplicas(ctx context.Context, c client.Client, kind string, obj v1alpha1.Object, rs relays) (bool, error) {
+	d := obj.GetDelivery()
 	if d == nil {
 		return false, nil
 	}
@@ -241,8 +219,8 @@ func pruneDeadReplicas(ctx context.Context, c client.Client, obj client.Object, 
 	if err != nil {
 		return false, err
 	}
-	if err := c.Status().Patch(ctx, emptyLike(obj), client.RawPatch(types.JSONPatchType, data), client.FieldOwner(FieldManager)); err != nil {
-		return false, fmt.Errorf("pruning delivery entries of dead relays from %s %s: %w", viewOf(obj).kind, client.ObjectKeyFromObject(obj), err)
+	if err := c.Status().Patch(ctx, newObjectLike(kind, obj), client.RawPatch(types.JSONPatchType, data), client.FieldOwner(FieldManager)); err != nil {
+		return false, fmt.Errorf("pruning delivery entries of dead relays from %s %s: %w", kind, client.ObjectKeyFromObject(obj), err)
 	}
 	return true, nil
 }

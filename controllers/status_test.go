@@ -36,7 +36,7 @@ func TestDeliveryDegraded(t *testing.T) {
 	tests := []struct {
 		desc       string
 		replica    v1alpha1.ReplicaDeliveryStatus
-		wantReason string // "" for no condition
+		wantReason v1alpha1.Reason // "" for no condition
 	}{
 		{"never failed", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(0, 250)}, ""},
 		{"4xx after the last success", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(-time.Minute, 250), LastFailed: attempt(0, 451)}, v1alpha1.ReasonTemporaryFailures},
@@ -61,7 +61,7 @@ func TestDeliveryDegraded(t *testing.T) {
 				t.Errorf("condition %s %s, want none", c.Reason, c.Message)
 			case tt.wantReason != "" && c == nil:
 				t.Errorf("no condition, want %s", tt.wantReason)
-			case c != nil && (c.Reason != tt.wantReason || c.ObservedGeneration != 3 || c.Status != metav1.ConditionTrue):
+			case c != nil && (c.Reason != string(tt.wantReason) || c.ObservedGeneration != 3 || c.Status != metav1.ConditionTrue):
 				t.Errorf("condition %+v, want reason %s at generation 3", c, tt.wantReason)
 			case c != nil && !clears.Equal(tt.replica.LastFailed.Time.Add(15*time.Minute)):
 				t.Errorf("clears at %s, want 15 minutes after the failure", clears)
@@ -109,7 +109,7 @@ func TestVersionBookProgrammed(t *testing.T) {
 		obj        routing.ObjectRef
 		rs         relays
 		wantStatus metav1.ConditionStatus
-		wantReason string
+		wantReason v1alpha1.Reason
 	}{
 		{"no relay", ref(2), at(), metav1.ConditionFalse, v1alpha1.ReasonNoRelays},
 		{"every relay has it", ref(2), at(5, 6), metav1.ConditionTrue, v1alpha1.ReasonProgrammed},
@@ -134,14 +134,14 @@ func TestVersionBookProgrammed(t *testing.T) {
 
 func TestDesiredStatusKeepsTransitionTimes(t *testing.T) {
 	old := metav1.NewTime(t0)
-	cur := view{observedGeneration: 1, conditions: []metav1.Condition{
-		{Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: "Accepted", LastTransitionTime: old, ObservedGeneration: 1},
-		{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionFalse, Reason: "Pending", LastTransitionTime: old, ObservedGeneration: 1},
-	}}
+	cur := &v1alpha1.RelayRoute{Status: v1alpha1.RelayRouteStatus{ObservedGeneration: 1, Conditions: []metav1.Condition{
+		{Type: string(v1alpha1.ConditionAccepted), Status: metav1.ConditionTrue, Reason: "Accepted", LastTransitionTime: old, ObservedGeneration: 1},
+		{Type: string(v1alpha1.ConditionProgrammed), Status: metav1.ConditionFalse, Reason: "Pending", LastTransitionTime: old, ObservedGeneration: 1},
+	}}}
 	now := t0.Add(time.Hour)
-	want := desiredStatus(cur, []metav1.Condition{
-		{Type: v1alpha1.ConditionAccepted, Status: metav1.ConditionTrue, Reason: "Accepted", ObservedGeneration: 2},
-		{Type: v1alpha1.ConditionProgrammed, Status: metav1.ConditionTrue, Reason: "Programmed", ObservedGeneration: 2},
+	want := desiredStatus(cur.GetConditions(), []metav1.Condition{
+		{Type: string(v1alpha1.ConditionAccepted), Status: metav1.ConditionTrue, Reason: "Accepted", ObservedGeneration: 2},
+		{Type: string(v1alpha1.ConditionProgrammed), Status: metav1.ConditionTrue, Reason: "Programmed", ObservedGeneration: 2},
 	}, nil, 2, now)
 	if got := want.Conditions[0].LastTransitionTime; !got.Equal(&old) {
 		t.Errorf("Accepted stayed True but its transition time moved to %s", got)
@@ -152,8 +152,8 @@ func TestDesiredStatusKeepsTransitionTimes(t *testing.T) {
 	if sameStatus(cur, want) {
 		t.Error("a new generation and a new condition status compare as the same status")
 	}
-	cur2 := view{observedGeneration: 2, conditions: want.Conditions}
-	again := desiredStatus(cur2, []metav1.Condition{want.Conditions[0], want.Conditions[1]}, nil, 2, now.Add(time.Hour))
+	cur2 := &v1alpha1.RelayRoute{Status: v1alpha1.RelayRouteStatus{ObservedGeneration: 2, Conditions: want.Conditions}}
+	again := desiredStatus(cur2.GetConditions(), []metav1.Condition{want.Conditions[0], want.Conditions[1]}, nil, 2, now.Add(time.Hour))
 	if !sameStatus(cur2, again) || statusHash(again) != statusHash(want) {
 		t.Error("the same status computed later compares as different")
 	}

@@ -15,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -303,35 +304,35 @@ func get[T client.Object](t testing.TB, c client.Client, ns, name string, obj T)
 	return obj
 }
 
-func conditionsOf(obj client.Object) []metav1.Condition { return viewOf(obj).conditions }
+func conditionsOf(obj client.Object) []metav1.Condition { return obj.(v1alpha1.Object).GetConditions() }
 
 // condIs describes how cond differs from the wanted status and reason, ""
 // when it does not. It also checks that the condition is for the object's
 // current generation.
-func condIs(obj client.Object, typ string, status metav1.ConditionStatus, reason string) string {
-	c := findCondition(conditionsOf(obj), typ)
+func condIs(obj client.Object, typ v1alpha1.ConditionType, status metav1.ConditionStatus, reason v1alpha1.Reason) string {
+	c := meta.FindStatusCondition(conditionsOf(obj), string(typ))
 	switch {
 	case c == nil:
 		return fmt.Sprintf("%s %s: no %s condition (conditions %v)", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), typ, conditionsOf(obj))
-	case c.Status != status || (reason != "" && c.Reason != reason):
+	case c.Status != status || (reason != "" && c.Reason != string(reason)):
 		return fmt.Sprintf("%s: %s=%s reason %s (%s), want %s %s", obj.GetName(), typ, c.Status, c.Reason, c.Message, status, reason)
 	case c.ObservedGeneration != obj.GetGeneration():
 		return fmt.Sprintf("%s: %s has observedGeneration %d, want %d", obj.GetName(), typ, c.ObservedGeneration, obj.GetGeneration())
-	case viewOf(obj).observedGeneration != obj.GetGeneration():
-		return fmt.Sprintf("%s: status.observedGeneration %d, want %d", obj.GetName(), viewOf(obj).observedGeneration, obj.GetGeneration())
+	case obj.(v1alpha1.Object).GetObservedGeneration() != obj.GetGeneration():
+		return fmt.Sprintf("%s: status.observedGeneration %d, want %d", obj.GetName(), obj.(v1alpha1.Object).GetObservedGeneration(), obj.GetGeneration())
 	}
 	return ""
 }
 
-func hasNoCondition(obj client.Object, typ string) string {
-	if c := findCondition(conditionsOf(obj), typ); c != nil {
+func hasNoCondition(obj client.Object, typ v1alpha1.ConditionType) string {
+	if c := meta.FindStatusCondition(conditionsOf(obj), string(typ)); c != nil {
 		return fmt.Sprintf("%s: unexpected %s=%s %s", obj.GetName(), typ, c.Status, c.Reason)
 	}
 	return ""
 }
 
 // waitCond waits until the object's condition has the status and reason.
-func waitCond[T client.Object](t testing.TB, c client.Client, ns, name string, newObj func() T, typ string, status metav1.ConditionStatus, reason string) T {
+func waitCond[T client.Object](t testing.TB, c client.Client, ns, name string, newObj func() T, typ v1alpha1.ConditionType, status metav1.ConditionStatus, reason v1alpha1.Reason) T {
 	t.Helper()
 	var obj T
 	testenv.Eventually(t, func() string {

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -293,7 +294,7 @@ func (r *Reconciler) objectHandler() handler.EventHandler {
 		switch {
 		case e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() || e.ObjectOld.GetUID() != e.ObjectNew.GetUID():
 			r.changed(q)
-		case !equality.Semantic.DeepEqual(viewOf(e.ObjectOld).delivery, viewOf(e.ObjectNew).delivery):
+		case !equality.Semantic.DeepEqual(e.ObjectOld.(v1alpha1.Object).GetDelivery(), e.ObjectNew.(v1alpha1.Object).GetDelivery()):
 			r.enqueue(q)
 		}
 	}
@@ -333,23 +334,11 @@ func (r *Reconciler) referenced(ctx context.Context, namespace, name string) boo
 	lists := []client.ObjectList{&v1alpha1.SenderDomainList{}, &v1alpha1.RelayRouteList{}, &v1alpha1.TrustedNetworkList{}}
 	for _, l := range lists {
 		err := r.client.List(ctx, l, client.InNamespace(namespace), client.MatchingFields{secretRefsIndex: name}, client.UnsafeDisableDeepCopy)
-		if err != nil || metaLen(l) > 0 {
+		if err != nil || meta.LenList(l) > 0 {
 			return true // on doubt, recompile
 		}
 	}
 	return false
-}
-
-func metaLen(l client.ObjectList) int {
-	switch l := l.(type) {
-	case *v1alpha1.SenderDomainList:
-		return len(l.Items)
-	case *v1alpha1.RelayRouteList:
-		return len(l.Items)
-	case *v1alpha1.TrustedNetworkList:
-		return len(l.Items)
-	}
-	return 0
 }
 
 // leaseHandler requeues when a relay appears, goes, loads a version, or
@@ -402,15 +391,16 @@ func (r *Reconciler) list(ctx context.Context) (*objects, error) {
 	return o, nil
 }
 
-func (o *objects) each(fn func(client.Object)) {
+// each calls fn with each object and the name of its kind.
+func (o *objects) each(fn func(kind string, obj v1alpha1.Object)) {
 	for i := range o.sds.Items {
-		fn(&o.sds.Items[i])
+		fn(routing.KindSenderDomain, &o.sds.Items[i])
 	}
 	for i := range o.rrs.Items {
-		fn(&o.rrs.Items[i])
+		fn(routing.KindRelayRoute, &o.rrs.Items[i])
 	}
 	for i := range o.tns.Items {
-		fn(&o.tns.Items[i])
+		fn(routing.KindTrustedNetwork, &o.tns.Items[i])
 	}
 }
 
@@ -528,7 +518,7 @@ func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Resul
 		return nil, err
 	}
 	refs := map[types.NamespacedName]struct{}{}
-	objs.each(func(o client.Object) {
+	objs.each(func(_ string, o v1alpha1.Object) {
 		for _, name := range secretRefs(o) {
 			refs[types.NamespacedName{Namespace: o.GetNamespace(), Name: name}] = struct{}{}
 		}

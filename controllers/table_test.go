@@ -75,9 +75,9 @@ func TestConflictOldestWins(t *testing.T) {
 }
 
 // waitEvent waits for an events.k8s.io Event about the object with reason.
-func waitEvent(t *testing.T, c client.Client, ns, name, reason string) {
+func waitEvent(t *testing.T, c client.Client, ns, name string, reason v1alpha1.Reason) {
 	t.Helper()
-	testenv.WaitEvent(t, c, ns, name, reason)
+	testenv.WaitEvent(t, c, ns, name, string(reason))
 }
 
 func TestSigningExclusivity(t *testing.T) {

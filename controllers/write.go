@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -16,9 +17,11 @@ import (
 
 // statusJob is one status write.
 type statusJob struct {
-	obj  client.Object
-	key  routing.ObjectKey
-	old  view
+	obj v1alpha1.Object
+	key routing.ObjectKey
+	// old are the conditions the object carries as far as the operator
+	// knows: what transitions are decided from.
+	old  []metav1.Condition
 	want ownedStatus
 	hash [32]byte
 	err  error
@@ -41,15 +44,14 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 	seen := map[routing.ObjectKey]bool{}
 	counts := map[conditionKey]int{}
 	defer func() { r.stats.setConditions(counts) }()
-	objs.each(func(obj client.Object) {
-		cur := viewOf(obj)
-		key := routing.ObjectKey{Kind: cur.kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+	objs.each(func(kind string, obj v1alpha1.Object) {
+		key := routing.ObjectKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
 		seen[key] = true
 		v := r.result.Verdict(key)
 		if v == nil || v.Object.UID != obj.GetUID() || v.Object.Generation != obj.GetGeneration() {
 			return // changed since the compile: the next reconcile, queued already, handles it
 		}
-		if pruned, err := pruneDeadReplicas(ctx, r.client, obj, cur.delivery, rs); err != nil {
+		if pruned, err := pruneDeadReplicas(ctx, r.client, kind, obj, rs); err != nil {
 			errs = append(errs, err)
 		} else if pruned {
 			r.stats.StatusWrites.Add(1)
@@ -59,14 +61,14 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 			programmed = r.book.programmed(v.Object, rs, &r.published, r.opts.RelayNamespace)
 		}
 		conds := v.Conditions(programmed)
-		if dd, c := deliveryDegraded(cur.delivery, rs, obj.GetGeneration(), now, r.opts.DeliveryWindow); dd != nil {
+		if dd, c := deliveryDegraded(obj.GetDelivery(), rs, obj.GetGeneration(), now, r.opts.DeliveryWindow); dd != nil {
 			conds = append(conds, *dd)
 			if clears.IsZero() || c.Before(clears) {
 				clears = c
 			}
 		}
 		var dkim *v1alpha1.DKIMRecord
-		if cur.kind == routing.KindSenderDomain {
+		if kind == routing.KindSenderDomain {
 			dkim = v.DKIM
 		}
 		// The memo, when it has the object, is what it carries: the cache's
@@ -74,19 +76,19 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 		// computed again equal to that stale copy must still be written.
 		m, known := r.memo[key]
 		known = known && m.uid == obj.GetUID()
-		carries := cur
+		carries := obj.GetConditions()
 		if known {
-			carries.conditions = m.conditions
+			carries = m.conditions
 		}
 		want := desiredStatus(carries, conds, dkim, obj.GetGeneration(), now)
 		for _, c := range want.Conditions {
-			counts[conditionKey{cur.kind, c.Type, c.Status}]++
+			counts[conditionKey{kind, c.Type, c.Status}]++
 		}
 		h := statusHash(want)
 		switch {
 		case known && m.hash == h:
 			return
-		case !known && sameStatus(cur, want):
+		case !known && sameStatus(obj, want):
 			r.memo[key] = newMemoEntry(obj.GetUID(), h, want)
 			return
 		}
@@ -102,7 +104,7 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 	g.SetLimit(r.opts.StatusWorkers)
 	for _, j := range jobs {
 		g.Go(func() error {
-			j.err = applyStatus(gctx, r.client, j.obj, j.old.kind, j.want)
+			j.err = applyStatus(gctx, r.client, j.obj, j.key.Kind, j.want)
 			return nil // each job keeps its error; the others go on
 		})
 	}
@@ -112,7 +114,7 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 			// The write may have taken effect or not: what the object
 			// carries is unknown, so the next pass writes again.
 			errs = append(errs, j.err)
-			r.memo[j.key] = newMemoEntry(j.obj.GetUID(), [32]byte{}, ownedStatus{Conditions: j.old.conditions})
+			r.memo[j.key] = newMemoEntry(j.obj.GetUID(), [32]byte{}, ownedStatus{Conditions: j.old})
 			continue
 		}
 		r.stats.StatusWrites.Add(1)
@@ -126,29 +128,29 @@ func (r *Reconciler) writeStatuses(ctx context.Context, objs *objects, rs relays
 // refusal, an unresolved reference, a refused route, degraded delivery) or
 // turned accepted again: on transitions only, never on every reconcile. A
 // route waiting for its SenderDomain is not bad (routing.Waits).
-func (r *Reconciler) recordTransitions(obj client.Object, old view, s ownedStatus) {
-	for _, t := range []string{v1alpha1.ConditionAccepted, v1alpha1.ConditionResolvedRefs,
+func (r *Reconciler) recordTransitions(obj client.Object, old []metav1.Condition, s ownedStatus) {
+	for _, t := range []v1alpha1.ConditionType{v1alpha1.ConditionAccepted, v1alpha1.ConditionResolvedRefs,
 		v1alpha1.ConditionRouteRefused, v1alpha1.ConditionDeliveryDegraded} {
-		n := findCondition(s.Conditions, t)
-		o := findCondition(old.conditions, t)
+		n := meta.FindStatusCondition(s.Conditions, string(t))
+		o := meta.FindStatusCondition(old, string(t))
 		if n == nil {
 			// DeliveryDegraded is present only while delivery fails: its
 			// removal ends a failing period.
 			if t == v1alpha1.ConditionDeliveryDegraded && o != nil && o.Status == metav1.ConditionTrue {
-				r.events.Eventf(obj, nil, corev1.EventTypeNormal, v1alpha1.EventReasonDeliveryRecovered, t,
+				r.events.Eventf(obj, nil, corev1.EventTypeNormal, v1alpha1.EventReasonDeliveryRecovered, string(t),
 					"Delivery recovered: the last attempt of every live relay succeeded (was %s)", o.Reason)
 			}
 			continue
 		}
 		// A wait for something that may still come is not a failure:
 		// no Warning for it.
-		bad := (n.Status == metav1.ConditionFalse && !routing.Waits(n.Reason)) ||
+		bad := (n.Status == metav1.ConditionFalse && !routing.Waits(v1alpha1.Reason(n.Reason))) ||
 			(n.Status == metav1.ConditionTrue && (t == v1alpha1.ConditionRouteRefused || t == v1alpha1.ConditionDeliveryDegraded))
 		switch {
 		case bad && (o == nil || o.Status != n.Status || o.Reason != n.Reason):
-			r.events.Eventf(obj, nil, corev1.EventTypeWarning, n.Reason, t, "%s", n.Message)
+			r.events.Eventf(obj, nil, corev1.EventTypeWarning, n.Reason, string(t), "%s", n.Message)
 		case t == v1alpha1.ConditionAccepted && n.Status == metav1.ConditionTrue && o != nil && o.Status == metav1.ConditionFalse:
-			r.events.Eventf(obj, nil, corev1.EventTypeNormal, n.Reason, t, "%s", n.Message)
+			r.events.Eventf(obj, nil, corev1.EventTypeNormal, n.Reason, string(t), "%s", n.Message)
 		}
 	}
 }

@@ -1,5 +1,13 @@
 package v1alpha1
 
+// ConditionType is the type of a condition in status.conditions. The API's
+// metav1.Condition holds it as a string: convert where a condition is built
+// or read.
+type ConditionType string
+
+// Reason is the reason of a condition (and of the Event on its transition).
+type Reason string
+
 // Condition types. Summary conditions (Accepted, ResolvedRefs, Programmed,
 // Ready) are positive and always present; the others appear only while true.
 // Every condition carries the observedGeneration it was computed for.
@@ -12,7 +20,7 @@ const (
 	// ReasonSenderDomainNotAccepted, ReasonAddressOutsideDomain,
 	// ReasonDomainNotAllowed, ReasonNetworkTooBroad, ReasonInvalid.
 	// Unknown: ReasonPending (not compiled yet).
-	ConditionAccepted = "Accepted"
+	ConditionAccepted ConditionType = "Accepted"
 
 	// ConditionResolvedRefs says whether every Secret the object references
 	// exists and holds a usable value. An object with unresolved references
@@ -22,7 +30,7 @@ const (
 	// False: ReasonSecretNotFound, ReasonInvalidSecret.
 	// Unknown: ReasonPending, ReasonRefNotChecked (postgate check: the
 	// Secret is not among the given files).
-	ConditionResolvedRefs = "ResolvedRefs"
+	ConditionResolvedRefs ConditionType = "ResolvedRefs"
 
 	// ConditionProgrammed says whether every live relay has loaded a routing
 	// table that contains this generation of the object (DESIGN.md contract 2).
@@ -33,13 +41,13 @@ const (
 	// ReasonDeliveryHeld (the relays hold the domain's mail: the route
 	// cannot take effect, or the signing key is unavailable).
 	// Unknown: ReasonPending.
-	ConditionProgrammed = "Programmed"
+	ConditionProgrammed ConditionType = "Programmed"
 
 	// ConditionReady summarizes Accepted, ResolvedRefs and Programmed.
 	//
 	// True: ReasonReady.
 	// False: the reason of the first summary condition that is not True.
-	ConditionReady = "Ready"
+	ConditionReady ConditionType = "Ready"
 
 	// ConditionStalled is present, True, while the object cannot make
 	// progress until a user changes the configuration (kstatus: Failed): it
@@ -48,7 +56,7 @@ const (
 	// ReasonSigningEnabled, ReasonSenderDomainNotAccepted,
 	// ReasonAddressOutsideDomain, ReasonDomainNotAllowed,
 	// ReasonNetworkTooBroad.
-	ConditionStalled = "Stalled"
+	ConditionStalled ConditionType = "Stalled"
 
 	// ConditionReconciling is present, True, while the object waits for
 	// something that may still come by itself, as a later object of the
@@ -56,12 +64,12 @@ const (
 	// (ReasonSenderDomainNotFound, with Accepted=False but no Warning
 	// Event), a Secret (ReasonSecretNotFound, ReasonInvalidSecret), the
 	// relays (ReasonPending, ReasonNoRelays). Its reason is Ready's.
-	ConditionReconciling = "Reconciling"
+	ConditionReconciling ConditionType = "Reconciling"
 
 	// ConditionRouteRefused is present on a SenderDomain, True, while a
 	// RelayRoute for it is refused because of the SenderDomain itself
 	// (ReasonSigningEnabled): mail of the domain is signed and goes to MX.
-	ConditionRouteRefused = "RouteRefused"
+	ConditionRouteRefused ConditionType = "RouteRefused"
 
 	// ConditionDeliveryDegraded is present, True, while the relays report
 	// failing delivery for this object's mail (derived by the operator from
@@ -69,58 +77,58 @@ const (
 	//
 	// True: ReasonTargetUnreachable, ReasonTemporaryFailures, ReasonBounces,
 	// ReasonSourceIPUnavailable, ReasonTLSRequiredButUnavailable.
-	ConditionDeliveryDegraded = "DeliveryDegraded"
+	ConditionDeliveryDegraded ConditionType = "DeliveryDegraded"
 )
 
 // Condition reasons.
 const (
 	// ReasonAccepted: the object is in the routing table.
-	ReasonAccepted = "Accepted"
+	ReasonAccepted Reason = "Accepted"
 	// ReasonConflicted: an older object claims the same domain (SenderDomain)
 	// or the same sender domain (RelayRoute); the message names it.
-	ReasonConflicted = "Conflicted"
+	ReasonConflicted Reason = "Conflicted"
 	// ReasonSigningEnabled: the RelayRoute's SenderDomain signs with DKIM, and
 	// a domain is either signed or relayed, never both.
-	ReasonSigningEnabled = "SigningEnabled"
+	ReasonSigningEnabled Reason = "SigningEnabled"
 	// ReasonSenderDomainNotFound: the RelayRoute names a SenderDomain that
 	// does not exist in its namespace (yet): the route waits for it
 	// (Reconciling, not Stalled).
-	ReasonSenderDomainNotFound = "SenderDomainNotFound"
+	ReasonSenderDomainNotFound Reason = "SenderDomainNotFound"
 	// ReasonSenderDomainNotAccepted: the RelayRoute's SenderDomain exists but
 	// is not accepted itself.
-	ReasonSenderDomainNotAccepted = "SenderDomainNotAccepted"
+	ReasonSenderDomainNotAccepted Reason = "SenderDomainNotAccepted"
 	// ReasonAddressOutsideDomain: a sender address of the RelayRoute is not
 	// in its SenderDomain's domain.
-	ReasonAddressOutsideDomain = "AddressOutsideDomain"
+	ReasonAddressOutsideDomain Reason = "AddressOutsideDomain"
 	// ReasonDomainNotAllowed: the guardrail policy does not let this
 	// namespace claim this domain (DESIGN.md contract 7).
-	ReasonDomainNotAllowed = "DomainNotAllowed"
+	ReasonDomainNotAllowed Reason = "DomainNotAllowed"
 	// ReasonNetworkTooBroad: the guardrail policy does not allow a network
 	// this broad without SMTP AUTH (DESIGN.md contract 7).
-	ReasonNetworkTooBroad = "NetworkTooBroad"
+	ReasonNetworkTooBroad Reason = "NetworkTooBroad"
 	// ReasonInvalid: the spec is invalid in a way the schema cannot show.
-	ReasonInvalid = "Invalid"
+	ReasonInvalid Reason = "Invalid"
 
 	// ReasonResolvedRefs: every referenced Secret is there and usable.
-	ReasonResolvedRefs = "ResolvedRefs"
+	ReasonResolvedRefs Reason = "ResolvedRefs"
 	// ReasonSecretNotFound: a referenced Secret does not exist (yet).
-	ReasonSecretNotFound = "SecretNotFound"
+	ReasonSecretNotFound Reason = "SecretNotFound"
 	// ReasonInvalidSecret: a referenced Secret lacks the key, or holds an
 	// unusable value (bad PEM, wrong algorithm, key too short, wrong type).
-	ReasonInvalidSecret = "InvalidSecret"
+	ReasonInvalidSecret Reason = "InvalidSecret"
 	// ReasonRefNotChecked: the Secret was not available to check (offline
 	// validation with postgate check).
-	ReasonRefNotChecked = "RefNotChecked"
+	ReasonRefNotChecked Reason = "RefNotChecked"
 
 	// ReasonProgrammed: every live relay has loaded this generation.
-	ReasonProgrammed = "Programmed"
+	ReasonProgrammed Reason = "Programmed"
 	// ReasonPending: the work is not done yet.
-	ReasonPending = "Pending"
+	ReasonPending Reason = "Pending"
 	// ReasonNoRelays: no relay replica is live.
-	ReasonNoRelays = "NoRelays"
+	ReasonNoRelays Reason = "NoRelays"
 	// ReasonNotAccepted: the object is not accepted, so there is nothing to
 	// program.
-	ReasonNotAccepted = "NotAccepted"
+	ReasonNotAccepted Reason = "NotAccepted"
 
 	// ReasonDeliveryHeld: on a RelayRoute that is accepted but cannot take
 	// effect (its credentials or CA bundle Secret, or its SenderDomain, is
@@ -131,26 +139,26 @@ const (
 	// signing SenderDomain whose key is unavailable, the relays refuse its
 	// new mail with 451 4.3.0 at the end of DATA rather than send it
 	// unsigned. The message names the reason.
-	ReasonDeliveryHeld = "DeliveryHeld"
+	ReasonDeliveryHeld Reason = "DeliveryHeld"
 
 	// ReasonReady: accepted, resolved and programmed.
-	ReasonReady = "Ready"
+	ReasonReady Reason = "Ready"
 
 	// ReasonTargetUnreachable: the next hop could not be connected to or
 	// looked up, for now (a temporary failure without a reply).
-	ReasonTargetUnreachable = "TargetUnreachable"
+	ReasonTargetUnreachable Reason = "TargetUnreachable"
 	// ReasonTemporaryFailures: the next hop answers with 4xx replies.
-	ReasonTemporaryFailures = "TemporaryFailures"
+	ReasonTemporaryFailures Reason = "TemporaryFailures"
 	// ReasonBounces: delivery fails permanently: the next hop rejects mail
 	// with 5xx, or, without a reply, the relay's own code is 5.x.x (the
 	// recipient domain does not exist, 5.1.2, or accepts no mail, 5.1.10).
-	ReasonBounces = "Bounces"
+	ReasonBounces Reason = "Bounces"
 	// ReasonSourceIPUnavailable: the dedicated source address cannot be
 	// bound on the relay's host.
-	ReasonSourceIPUnavailable = "SourceIPUnavailable"
+	ReasonSourceIPUnavailable Reason = "SourceIPUnavailable"
 	// ReasonTLSRequiredButUnavailable: the TLS policy requires TLS and the
 	// next hop does not offer it, or its certificate does not verify.
-	ReasonTLSRequiredButUnavailable = "TLSRequiredButUnavailable"
+	ReasonTLSRequiredButUnavailable Reason = "TLSRequiredButUnavailable"
 )
 
 // Event reasons that are not condition reasons. Events (events.k8s.io) are

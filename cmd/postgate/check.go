@@ -171,8 +171,8 @@ type checkDNSRecord struct {
 // itself (a valid Secret, an input of the others).
 func judge(o *manifest.Object, result *routing.Result) (checkVerdict, bool) {
 	v := checkVerdict{Kind: o.Kind, Namespace: o.Resource.GetNamespace(), Name: o.Resource.GetName(), File: o.Pos.File, Line: o.Pos.Line}
-	set := func(verdict, condition string, status metav1.ConditionStatus, reason, msg string) {
-		v.Verdict, v.Condition, v.Status, v.Reason, v.Message = verdict, condition, string(status), reason, msg
+	set := func(verdict string, condition v1alpha1.ConditionType, status metav1.ConditionStatus, reason v1alpha1.Reason, msg string) {
+		v.Verdict, v.Condition, v.Status, v.Reason, v.Message = verdict, string(condition), string(status), string(reason), msg
 	}
 	if !o.Valid() {
 		set("Refused", v1alpha1.ConditionAccepted, metav1.ConditionFalse, v1alpha1.ReasonInvalid,
@@ -205,7 +205,7 @@ func judge(o *manifest.Object, result *routing.Result) (checkVerdict, bool) {
 		set("Accepted", v1alpha1.ConditionAccepted, rv.Accepted.Status, rv.Accepted.Reason, rv.Accepted.Message)
 	}
 	if rv.RouteRefused != nil {
-		v.RouteRefused = &checkNote{Reason: rv.RouteRefused.Reason, Message: rv.RouteRefused.Message}
+		v.RouteRefused = &checkNote{Reason: string(rv.RouteRefused.Reason), Message: rv.RouteRefused.Message}
 	}
 	if rv.DKIM != nil {
 		v.DKIM = &checkDNSRecord{Name: rv.DKIM.Name, Value: rv.DKIM.Value}

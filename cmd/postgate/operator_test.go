@@ -119,7 +119,7 @@ func waitNoRelays(t *testing.T, c client.Client, name string) {
 			return err.Error()
 		}
 		for _, cond := range sd.Status.Conditions {
-			if cond.Type == v1alpha1.ConditionProgrammed && cond.Reason == v1alpha1.ReasonNoRelays {
+			if cond.Type == string(v1alpha1.ConditionProgrammed) && cond.Reason == string(v1alpha1.ReasonNoRelays) {
 				return ""
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -107,13 +108,8 @@ func TestRelayDeliveryStatus(t *testing.T) {
 		}
 		return nil
 	}
-	condition := func(rr *v1alpha1.RelayRoute, typ string) *metav1.Condition {
-		for i := range rr.Status.Conditions {
-			if rr.Status.Conditions[i].Type == typ {
-				return &rr.Status.Conditions[i]
-			}
-		}
-		return nil
+	condition := func(rr *v1alpha1.RelayRoute, typ v1alpha1.ConditionType) *metav1.Condition {
+		return meta.FindStatusCondition(rr.Status.Conditions, string(typ))
 	}
 
 	send("relay-a", "one")
@@ -145,7 +141,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 		if e := entry(rr, "relay-a"); e == nil || e.LastFailed == nil || e.LastFailed.ResponseCode != 554 || e.LastFailed.EnhancedCode != "5.7.1" {
 			return fmt.Sprintf("relay-a's entry does not show the refusal: %+v", e)
 		}
-		if cond := condition(rr, v1alpha1.ConditionDeliveryDegraded); cond == nil || cond.Reason != v1alpha1.ReasonBounces {
+		if cond := condition(rr, v1alpha1.ConditionDeliveryDegraded); cond == nil || cond.Reason != string(v1alpha1.ReasonBounces) {
 			return fmt.Sprintf("no DeliveryDegraded/Bounces: %+v", rr.Status.Conditions)
 		}
 		if entry(rr, "relay-b") == nil {
@@ -155,7 +151,7 @@ func TestRelayDeliveryStatus(t *testing.T) {
 	})
 	// Events: the operator's at the start of the failing period, the
 	// relay's aggregated bounce report.
-	testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.ReasonBounces)
+	testenv.WaitEvent(t, c, "tenant", "billing", string(v1alpha1.ReasonBounces))
 	if e := testenv.WaitEvent(t, c, "tenant", "billing", v1alpha1.EventReasonBounced); !strings.Contains(e.Note, "relay-a: 1 recipient(s) bounced") ||
 		!strings.Contains(e.Note, "554 5.7.1 refused by policy") || e.ReportingController != "postgate-relay" {
 		t.Errorf("the relay's Bounced Event: controller %q note %q", e.ReportingController, e.Note)

@@ -22,7 +22,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -374,22 +373,32 @@ func (r *Reporter) write(ctx context.Context, k routing.ObjectKey) {
 	}
 }
 
+// carrier returns an empty object named k, or nil when k's kind carries
+// no mail of its own and so no delivery status (a TrustedNetwork).
+func carrier(k routing.ObjectKey) v1alpha1.Object {
+	if k.Kind == routing.KindTrustedNetwork {
+		return nil
+	}
+	obj := v1alpha1.NewObject(k.Kind)
+	if obj == nil {
+		return nil
+	}
+	obj.SetNamespace(k.Namespace)
+	obj.SetName(k.Name)
+	return obj
+}
+
 // bounceEvent emits one Warning Event for n recipients that bounced or
 // expired, naming the last reply.
 func (r *Reporter) bounceEvent(k routing.ObjectKey, uid types.UID, n int64, last *v1alpha1.DeliveryAttempt) {
 	if r.opts.Events == nil {
 		return
 	}
-	var obj runtime.Object
-	meta := metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name, UID: uid}
-	switch k.Kind {
-	case routing.KindRelayRoute:
-		obj = &v1alpha1.RelayRoute{ObjectMeta: meta}
-	case routing.KindSenderDomain:
-		obj = &v1alpha1.SenderDomain{ObjectMeta: meta}
-	default:
+	obj := carrier(k)
+	if obj == nil {
 		return
 	}
+	obj.SetUID(uid)
 	note := fmt.Sprintf("Relay %s: %d recipient(s) bounced or expired", r.opts.Replica, n)
 	if last != nil {
 		note += "; last from " + cmp.Or(last.RelayHost, "no host")
@@ -443,17 +452,10 @@ func (r *Reporter) snapshot(e *entry, now time.Time) v1alpha1.ReplicaDeliverySta
 // own entry, the apply leaves the other replicas' entries and the
 // operator's conditions alone (contract 6).
 func (r *Reporter) apply(ctx context.Context, k routing.ObjectKey, st v1alpha1.ReplicaDeliveryStatus) error {
-	var obj client.Object
-	switch k.Kind {
-	case routing.KindRelayRoute:
-		obj = &v1alpha1.RelayRoute{}
-	case routing.KindSenderDomain:
-		obj = &v1alpha1.SenderDomain{}
-	default:
+	obj := carrier(k)
+	if obj == nil {
 		return apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(k.Kind).GroupResource(), k.Name)
 	}
-	obj.SetNamespace(k.Namespace)
-	obj.SetName(k.Name)
 	body := map[string]any{
 		"apiVersion": v1alpha1.GroupVersion.String(),
 		"kind":       k.Kind,

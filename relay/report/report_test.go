@@ -316,7 +316,7 @@ func TestReplicasAndConditions(t *testing.T) {
 		"apiVersion": v1alpha1.GroupVersion.String(), "kind": "RelayRoute",
 		"metadata": map[string]string{"name": route.Name, "namespace": route.Namespace},
 		"status": map[string]any{"conditions": []metav1.Condition{{
-			Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Ready", Message: "set by the test",
+			Type: string(v1alpha1.ConditionReady), Status: metav1.ConditionTrue, Reason: "Ready", Message: "set by the test",
 			LastTransitionTime: metav1.Now(), ObservedGeneration: 1,
 		}}},
 	}
@@ -380,7 +380,7 @@ func TestReplicasAndConditions(t *testing.T) {
 	if a := entryOf(t, live, rr, "relay-a"); a.LastFailed != nil {
 		t.Errorf("relay-a has a lastFailed it never saw: %+v", a.LastFailed)
 	}
-	if got := rr.Status.Conditions; len(got) != 1 || got[0].Type != v1alpha1.ConditionReady || got[0].Message != "set by the test" {
+	if got := rr.Status.Conditions; len(got) != 1 || got[0].Type != string(v1alpha1.ConditionReady) || got[0].Message != "set by the test" {
 		t.Errorf("the operator's conditions changed: %+v", got)
 	}
 	managers := map[string]bool{}

@@ -14,9 +14,9 @@ import (
 // condition must be absent.
 type want struct {
 	kind, ns, name string
-	cond           string
+	cond           v1alpha1.ConditionType
 	status         metav1.ConditionStatus
-	reason         string
+	reason         v1alpha1.Reason
 	message        string // a fragment the message must contain
 }
 
@@ -461,7 +461,7 @@ func TestCompileRules(t *testing.T) {
 				v := mustVerdict(t, r, w.kind, w.ns, w.name)
 				var got *metav1.Condition
 				for _, c := range v.Conditions(ProgrammedUnknown()) {
-					if c.Type == w.cond {
+					if c.Type == string(w.cond) {
 						got = &c
 					}
 				}
@@ -471,7 +471,7 @@ func TestCompileRules(t *testing.T) {
 				case w.status == absent:
 				case got == nil:
 					t.Errorf("%s %s/%s: no %s condition", w.kind, w.ns, w.name, w.cond)
-				case got.Status != w.status || got.Reason != w.reason || !strings.Contains(got.Message, w.message):
+				case got.Status != w.status || got.Reason != string(w.reason) || !strings.Contains(got.Message, w.message):
 					t.Errorf("%s %s/%s: %s = %s/%s %q, want %s/%s containing %q", w.kind, w.ns, w.name, w.cond,
 						got.Status, got.Reason, got.Message, w.status, w.reason, w.message)
 				}
@@ -499,12 +499,12 @@ func TestConditionsKstatus(t *testing.T) {
 		{ProgrammedUnknown(), isUnkn, true},
 	} {
 		conds := v.Conditions(tc.programmed)
-		got := map[string]metav1.Condition{}
+		got := map[v1alpha1.ConditionType]metav1.Condition{}
 		for _, c := range conds {
 			if c.ObservedGeneration != 7 {
 				t.Errorf("%s: observedGeneration %d, want 7", c.Type, c.ObservedGeneration)
 			}
-			got[c.Type] = c
+			got[v1alpha1.ConditionType(c.Type)] = c
 		}
 		if got[v1alpha1.ConditionReady].Status != tc.wantReady {
 			t.Errorf("programmed %s: Ready %s, want %s", tc.programmed.Status, got[v1alpha1.ConditionReady].Status, tc.wantReady)

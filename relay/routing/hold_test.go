@@ -184,12 +184,12 @@ func TestHoldConditions(t *testing.T) {
 			statusFalse(v1alpha1.ReasonPending, "Waiting for every live relay to load routing table version 3"),
 			ProgrammedUnknown(),
 		} {
-			conds := map[string]metav1.Condition{}
+			conds := map[v1alpha1.ConditionType]metav1.Condition{}
 			for _, c := range v.Conditions(p) {
-				conds[c.Type] = c
+				conds[v1alpha1.ConditionType(c.Type)] = c
 			}
 			pc := conds[v1alpha1.ConditionProgrammed]
-			if pc.Status != isFals || pc.Reason != v1alpha1.ReasonDeliveryHeld || !strings.Contains(pc.Message, `Secret "creds" (target credentials) not found`) {
+			if pc.Status != isFals || pc.Reason != string(v1alpha1.ReasonDeliveryHeld) || !strings.Contains(pc.Message, `Secret "creds" (target credentials) not found`) {
 				t.Errorf("%s, relays %s: Programmed %s/%s %q, want False/DeliveryHeld naming the Secret", key, p.Reason, pc.Status, pc.Reason, pc.Message)
 			}
 			if _, ok := conds[v1alpha1.ConditionStalled]; ok || conds[v1alpha1.ConditionReconciling].Status != isTrue {

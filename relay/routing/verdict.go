@@ -40,12 +40,17 @@ func (k ObjectKey) String() string { return k.Kind + " " + k.Namespace + "/" + k
 // Status is the status, reason and message of one condition.
 type Status struct {
 	Status  metav1.ConditionStatus
-	Reason  string
+	Reason  v1alpha1.Reason
 	Message string
 }
 
-func statusTrue(reason, msg string) Status  { return Status{metav1.ConditionTrue, reason, msg} }
-func statusFalse(reason, msg string) Status { return Status{metav1.ConditionFalse, reason, msg} }
+func statusTrue(reason v1alpha1.Reason, msg string) Status {
+	return Status{metav1.ConditionTrue, reason, msg}
+}
+
+func statusFalse(reason v1alpha1.Reason, msg string) Status {
+	return Status{metav1.ConditionFalse, reason, msg}
+}
 
 // Verdict is the compiler's judgement of one object: the conditions that
 // depend on the resources alone. Programmed depends on the relays and is
@@ -90,7 +95,7 @@ func (v *Verdict) Stalled() bool { return v.Refused() && !Waits(v.Accepted.Reaso
 // Warning Event is recorded for the wait. A refusal that only a user's
 // change can lift (of the object, of the older object it conflicts with,
 // of its SenderDomain's spec, or of the guardrail policy) stalls.
-func Waits(reason string) bool { return reason == v1alpha1.ReasonSenderDomainNotFound }
+func Waits(reason v1alpha1.Reason) bool { return reason == v1alpha1.ReasonSenderDomainNotFound }
 
 // Conditions returns every condition of the object for the given Programmed
 // state, as the operator writes them and `postgate check` prints them:
@@ -101,8 +106,8 @@ func Waits(reason string) bool { return reason == v1alpha1.ReasonSenderDomainNot
 // InProgress). Stalled and Reconciling are never both present.
 func (v *Verdict) Conditions(programmed Status) []metav1.Condition {
 	gen := v.Object.Generation
-	cond := func(t string, s Status) metav1.Condition {
-		return metav1.Condition{Type: t, Status: s.Status, Reason: s.Reason, Message: s.Message, ObservedGeneration: gen}
+	cond := func(t v1alpha1.ConditionType, s Status) metav1.Condition {
+		return metav1.Condition{Type: string(t), Status: s.Status, Reason: string(s.Reason), Message: s.Message, ObservedGeneration: gen}
 	}
 	if !v.InTable {
 		// Nothing of this object is in any table: it cannot be programmed,
@@ -119,7 +124,7 @@ func (v *Verdict) Conditions(programmed Status) []metav1.Condition {
 	ready := statusTrue(v1alpha1.ReasonReady, "Accepted, references resolved, and programmed on every live relay")
 	for _, c := range conds {
 		if c.Status != metav1.ConditionTrue {
-			ready = Status{metav1.ConditionFalse, c.Reason, c.Message}
+			ready = Status{metav1.ConditionFalse, v1alpha1.Reason(c.Reason), c.Message}
 			if c.Status == metav1.ConditionUnknown {
 				ready.Status = metav1.ConditionUnknown
 			}
