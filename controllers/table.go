@@ -70,12 +70,12 @@ type Options struct {
 // publishes the table and writes the objects' status.
 type Reconciler struct {
 	client client.Client
-	direct client.Reader
 	events events.EventRecorder
 	opts   Options
 
 	cache   *routing.Cache
 	secrets *secretStore
+	keys    *keyGenerator
 	pub     *publisher
 	book    versionBook
 	// published are the versions a relay may claim to run.
@@ -194,9 +194,10 @@ func NewReconciler(c client.Client, cache, direct client.Reader, recorder events
 		o.AckWait = 2 * time.Second
 	}
 	return &Reconciler{
-		client: c, direct: direct, events: recorder, opts: o,
+		client: c, events: recorder, opts: o,
 		cache:   routing.NewCache(),
 		secrets: newSecretStore(cache, direct),
+		keys:    newKeyGenerator(c, direct, recorder),
 		pub:     newPublisher(c, cache, direct, o.RelayNamespace),
 		book:    versionBook{},
 		memo:    map[routing.ObjectKey]memoEntry{},
@@ -230,12 +231,16 @@ func ClientOptions() client.Options {
 	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
 }
 
-// SetupWithManager registers the field index and the controller.
+// SetupWithManager registers the field index, the table controller and the
+// DKIM key generator.
 func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	for _, obj := range []client.Object{&v1alpha1.SenderDomain{}, &v1alpha1.RelayRoute{}, &v1alpha1.TrustedNetwork{}} {
 		if err := mgr.GetFieldIndexer().IndexField(ctx, obj, secretRefsIndex, secretRefs); err != nil {
 			return err
 		}
+	}
+	if err := r.keys.setup(mgr); err != nil {
+		return err
 	}
 	c, err := controller.New("routing-table", mgr, controller.Options{Reconciler: r, MaxConcurrentReconciles: 1})
 	if err != nil {
@@ -510,8 +515,9 @@ func (r *Reconciler) collectShards(ctx context.Context, rs relays) {
 	}
 }
 
-// compile reads the policy and the referenced Secrets, generates missing
-// DKIM keys, and compiles.
+// compile reads the policy and the referenced Secrets, and compiles. The
+// generated DKIM keys that are missing are handed to the key generator,
+// whose Secrets come back through the Secret watch.
 func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Result, error) {
 	r.stats.Compiles.Add(1)
 	if err := r.readPolicy(ctx); err != nil {
@@ -529,46 +535,8 @@ func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Resul
 	}
 	in := routing.Input{SenderDomains: objs.sds.Items, RelayRoutes: objs.rrs.Items, TrustedNetworks: objs.tns.Items, Secrets: secrets, Policy: r.policy}
 	res := routing.Compile(in, r.cache)
-	generated, err := r.generateKeys(ctx, objs, res)
-	if generated {
-		in.Secrets, _ = r.secrets.refresh(ctx, refs)
-		res = routing.Compile(in, r.cache)
-	}
-	return res, err
-}
-
-// generateKeys creates the missing generated DKIM keys of the SenderDomains
-// that are not refused.
-func (r *Reconciler) generateKeys(ctx context.Context, objs *objects, res *routing.Result) (bool, error) {
-	made := false
-	for i := range objs.sds.Items {
-		sd := &objs.sds.Items[i]
-		if sd.Spec.Signing == nil || sd.Spec.Signing.Generate == nil {
-			continue
-		}
-		v := res.Verdict(routing.ObjectKey{Kind: routing.KindSenderDomain, Namespace: sd.Namespace, Name: sd.Name})
-		name, _ := routing.DKIMKeySecret(sd)
-		key := types.NamespacedName{Namespace: sd.Namespace, Name: name}
-		if v == nil || v.Refused() || r.secrets.byName[key] != nil {
-			continue
-		}
-		sec, err := generatedKeySecret(sd)
-		if err != nil {
-			return made, err
-		}
-		created, err := createKeySecret(ctx, r.client, r.direct, sec)
-		if err != nil {
-			return made, fmt.Errorf("creating the DKIM key Secret %s: %w", key, err)
-		}
-		r.secrets.put(sec)
-		made = true
-		if created {
-			ctrl.LoggerFrom(ctx).Info("Generated a DKIM key", "secret", key, "domain", sd.Spec.Domain, "selector", sd.Spec.Signing.Selector)
-			r.events.Eventf(sd, sec, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
-				"Generated a %s DKIM key into Secret %s; publish the TXT record shown in status.dkim", sec.Annotations[DKIMAlgorithmAnnotation], name)
-		}
-	}
-	return made, nil
+	r.keys.want(keysToGenerate(objs, res, r.secrets))
+	return res, nil
 }
 
 // readPolicy reads the guardrail ConfigMap. A policy that does not parse
