@@ -10,6 +10,7 @@ COPY config/crd/ config/crd/
 COPY cmd/ cmd/
 COPY controllers/ controllers/
 COPY relay/ relay/
+COPY webhook/ webhook/
 ARG VERSION=dev
 RUN go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/postgate ./cmd/postgate
 
