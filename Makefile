@@ -106,7 +106,7 @@ CRASH_KILLS ?= 25
 FUZZTIME ?= 20s
 
 .PHONY: bench crash fuzz
-bench: build ## postgate against Postfix on loopback, medians of BENCH_RUNS runs (installs postfix from Debian when missing; Postfix needs root).
+bench: build ## postgate against Postfix on loopback, with the load client and smtp-source (BENCH_FLAGS="-loads ..."), medians of BENCH_RUNS runs (installs postfix from Debian when missing; Postfix needs root).
 	@if ! command -v smtp-source >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-source ]; then \
 	  echo "installing postfix (smtp-source, smtp-sink) from Debian"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \

@@ -3,13 +3,17 @@
 // run starts a fresh smtp-sink (Postfix's test sink, counting what it
 // receives), a fresh relay (postgate standalone with its fsynced spool, or
 // a private Postfix instance with its default durability) that relays
-// everything to that sink, drives it with the load client of package load
-// for a fixed time, and waits until the sink has every acknowledged
-// message. The two relays alternate run by run; the table shows medians.
-// The direct rows send the same load straight to the sink: the ceiling of
-// the harness on this machine.
+// everything to that sink, warms it up with a short run whose numbers are
+// discarded, drives it with a load, and waits until the sink has every
+// acknowledged message. A load is a client and a way to deliver (-loads):
+// the load client of package load for a fixed time, or smtp-source for a
+// fixed count of messages, one per connection; a RelayRoute (Postfix: its
+// relayhost), or postgate's own MX lookup on the loopback DNS server
+// (Postfix: a transport map entry). The two relays alternate run by run;
+// the table shows medians. The direct rows send the same load straight to
+// the sink: the ceiling of the harness on this machine.
 //
-// Everything listens on 127.0.0.1 and every loop is bounded.
+// Everything listens on 127.0.0.x and every loop is bounded.
 package main
 
 import (
@@ -50,6 +54,9 @@ type config struct {
 	skipPostfix  bool
 	profileRelay string
 	keepWorkDir  bool
+	loads        []loadSpec
+	sourceCounts map[int]int // smtp-source's messages by size
+	warmup       time.Duration
 }
 
 func main() {
@@ -67,7 +74,7 @@ func main() {
 func parseFlags(args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	var sizes, sessions string
+	var sizes, sessions, loads, counts string
 	fs.StringVar(&c.postgate, "postgate", "bin/postgate", "the postgate binary")
 	fs.IntVar(&c.runs, "runs", 3, "runs of each relay per load; the table shows medians")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "how long each run sends")
@@ -79,6 +86,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.skipPostfix, "skip-postfix", false, "measure postgate and the ceiling only")
 	fs.StringVar(&c.profileRelay, "profile", "", "with perf installed: record a CPU profile (perf record -g) of postgate during the runs of this load, SIZE/SESSIONS, into the work directory")
 	fs.BoolVar(&c.keepWorkDir, "keep", false, "keep the work directory (logs, profiles)")
+	fs.StringVar(&loads, "loads", "client/route,source/mx", "loads, comma-separated CLIENT/DELIVERY: CLIENT client (the load client, for -duration) or source (smtp-source, -source-messages, one message per connection); DELIVERY route (postgate: a RelayRoute, Postfix: relayhost) or mx (postgate: MX lookup on the loopback DNS server, Postfix: a transport map entry)")
+	fs.StringVar(&counts, "source-messages", "1024=10000,102400=2000", fmt.Sprintf("smtp-source's messages per run by size, comma-separated SIZE=COUNT (%d for a size not listed)", defaultSourceMessages))
+	fs.DurationVar(&c.warmup, "warmup", time.Second, "warm-up of each relay before it is measured, numbers discarded: the load client sends for this long, smtp-source a tenth of its count (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -88,6 +98,12 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.sessions, err = ints(sessions); err != nil {
 		return nil, fmt.Errorf("-sessions: %w", err)
+	}
+	if c.loads, err = parseLoads(loads); err != nil {
+		return nil, fmt.Errorf("-loads: %w", err)
+	}
+	if c.sourceCounts, err = parseCounts(counts); err != nil {
+		return nil, fmt.Errorf("-source-messages: %w", err)
 	}
 	if c.runs < 1 {
 		return nil, errors.New("-runs must be at least 1")
@@ -127,8 +143,25 @@ type sample struct {
 	complete           bool // the sink had every acknowledged message in time
 }
 
-// load is one row group of the table.
-type loadKey struct{ size, sessions int }
+// loadKey is one row group of the table.
+type loadKey struct {
+	loadSpec
+	size, sessions int
+}
+
+// sourceMessages is how many messages smtp-source sends in a run of lk.
+func (b *bench) sourceMessages(lk loadKey) int {
+	return cmp.Or(b.cfg.sourceCounts[lk.size], defaultSourceMessages)
+}
+
+// kinds are the rows of a load: the relays, then the direct runs of its
+// client (the load client's and smtp-source's, the ceiling).
+func (lk loadKey) kinds(relays []kind) []kind {
+	if lk.client == clientSource {
+		return append(slices.Clone(relays), kindSource)
+	}
+	return append(slices.Clone(relays), kindDirect, kindSource)
+}
 
 type bench struct {
 	cfg                  *config
@@ -145,6 +178,9 @@ const (
 	from       = "bench@bench.example.com"
 	rcptDomain = "dest.test"
 	sinkHost   = "sink.bench.test"
+	// sinkIP is the sink's address: the loopback address of the MX host
+	// of rcptDomain, and of sinkHost.
+	sinkIP = "127.0.0.2"
 )
 
 func run(ctx context.Context, cfg *config, out io.Writer) error {
@@ -191,9 +227,11 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 		return err
 	}
 	defer b.dns.Close()
-	if err := b.dns.Add(sinkHost + ". 60 IN A 127.0.0.1"); err != nil {
+	if err := b.dns.Add(sinkHost+". 60 IN A "+sinkIP, rcptDomain+". 60 IN MX 10 "+sinkHost+"."); err != nil {
 		return err
 	}
+	loadAvg := loadAverage()
+	fmt.Fprintf(b.log, "load average at the start: %s\n", loadAvg)
 
 	kinds := []kind{kindPostgate, kindPostfix}
 	if cfg.skipPostfix {
@@ -201,29 +239,31 @@ func run(ctx context.Context, cfg *config, out io.Writer) error {
 	}
 	results := map[loadKey]map[kind][]sample{}
 	var loads []loadKey
-	for _, size := range cfg.sizes {
-		for _, sessions := range cfg.sessions {
-			lk := loadKey{size, sessions}
-			loads = append(loads, lk)
-			results[lk] = map[kind][]sample{}
-			for r := range cfg.runs {
-				order := slices.Clone(kinds)
-				if r%2 == 1 {
-					slices.Reverse(order) // alternate which relay runs first
-				}
-				for _, k := range append(order, kindDirect, kindSource) {
-					s, err := b.measure(ctx, k, lk)
-					if err != nil {
-						return fmt.Errorf("%s, %d bytes, %d sessions: %w", k, lk.size, lk.sessions, err)
+	for _, spec := range cfg.loads {
+		for _, size := range cfg.sizes {
+			for _, sessions := range cfg.sessions {
+				lk := loadKey{spec, size, sessions}
+				loads = append(loads, lk)
+				results[lk] = map[kind][]sample{}
+				for r := range cfg.runs {
+					order := slices.Clone(kinds)
+					if r%2 == 1 {
+						slices.Reverse(order) // alternate which relay runs first
 					}
-					fmt.Fprintf(b.log, "%-20s %6d B %3d sessions run %d: accepted %7.0f/s, end to end %7.0f/s, p50 %v, p99 %v, RSS %.0f MB, CPU %.2f ms/msg, %d acknowledged%s\n",
-						k, lk.size, lk.sessions, r+1, s.accepted, s.endToEnd, s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.rssMB, s.cpuMs, s.acked, incomplete(s))
-					results[lk][k] = append(results[lk][k], s)
+					for _, k := range lk.kinds(order) {
+						s, err := b.measure(ctx, k, lk)
+						if err != nil {
+							return fmt.Errorf("%s, %s, %d bytes, %d sessions: %w", k, lk.loadSpec, lk.size, lk.sessions, err)
+						}
+						fmt.Fprintf(b.log, "%-20s %-13s %6d B %3d sessions run %d: accepted %7.0f/s, end to end %7.0f/s, p50 %s, p99 %s, RSS %.0f MB, CPU %.2f ms/msg, %d acknowledged%s\n",
+							k, lk.loadSpec, lk.size, lk.sessions, r+1, s.accepted, s.endToEnd, latency(lk, k, s.p50), latency(lk, k, s.p99), s.rssMB, s.cpuMs, s.acked, incomplete(s))
+						results[lk][k] = append(results[lk][k], s)
+					}
 				}
 			}
 		}
 	}
-	printTable(out, cfg, loads, kinds, results)
+	printTable(out, tableInfo{cfg: cfg, loadAvgStart: loadAvg, loadAvgEnd: loadAverage(), durability: durability(work, cfg.skipPostfix)}, loads, kinds, results)
 	if cfg.idleSessions > 0 {
 		if err := b.idle(ctx, out); err != nil {
 			return fmt.Errorf("idle sessions: %w", err)
@@ -268,27 +308,22 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 	}
 	defer sink.stop()
 
-	if k == kindSource {
-		return b.measureSource(ctx, sink, lk)
-	}
 	addr := sink.addr
 	var peakRSS, cpu func() float64
+	pgPID := 0
 	switch k {
 	case kindPostgate:
-		pg, err := b.startPostgate(dir, sink.port)
+		pg, err := b.startPostgate(dir, sink.port, lk.delivery)
 		if err != nil {
 			return sample{}, err
 		}
 		defer pg.stop()
 		pid := pg.cmd.Process.Pid
+		pgPID = pid
 		addr, peakRSS = pg.addr, func() float64 { return statusKB(pid, "VmHWM") / 1024 }
 		cpu = func() float64 { return cpuSeconds([]int{pid}, false) }
-		if b.cfg.profileRelay == fmt.Sprintf("%d/%d", lk.size, lk.sessions) {
-			stopProfile := b.perf(dir, pg.cmd.Process.Pid)
-			defer stopProfile()
-		}
 	case kindPostfix:
-		pf, err := b.startPostfix(dir, sink.port)
+		pf, err := b.startPostfix(dir, sink.port, lk.delivery)
 		if err != nil {
 			return sample{}, err
 		}
@@ -297,31 +332,75 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 		addr, peakRSS = pf.addr, sampler.stop
 		cpu = func() float64 { return cpuSeconds(pf.pids(), true) }
 	}
+	if cpu != nil && b.cfg.warmup > 0 {
+		if err := b.warmUp(ctx, addr, sink, lk); err != nil {
+			return sample{}, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	if pgPID > 0 && b.cfg.profileRelay == fmt.Sprintf("%d/%d", lk.size, lk.sessions) {
+		stopProfile := b.perf(dir, pgPID)
+		defer stopProfile()
+	}
 	var cpu0 float64
 	if cpu != nil {
 		cpu0 = cpu()
 	}
-	lctx, cancel := context.WithTimeout(ctx, b.cfg.duration+2*time.Minute)
+	var s sample
+	switch {
+	case k == kindSource:
+		s, err = b.runSource(ctx, sink.addr, sink, lk, cmp.Or(b.lastDirect[lk], b.sourceMessages(lk)))
+	case lk.client == clientSource:
+		s, err = b.runSource(ctx, addr, sink, lk, b.sourceMessages(lk))
+	default:
+		var st load.Stats
+		s, st = b.runClient(ctx, addr, sink, lk, b.cfg.duration)
+		if k == kindDirect {
+			b.lastDirect[lk] = st.Acknowledged
+		}
+	}
+	if err != nil {
+		return sample{}, err
+	}
+	if peakRSS != nil {
+		s.rssMB = peakRSS()
+	}
+	if cpu != nil && s.acked > 0 {
+		s.cpuMs = (cpu() - cpu0) * 1000 / float64(s.acked)
+	}
+	return s, nil
+}
+
+// warmUp sends a short load of lk's client through a relay and waits until
+// the sink has it: the relay's caches, processes and Go runtime are warm
+// when it is measured, and the sink is idle again.
+func (b *bench) warmUp(ctx context.Context, addr string, sink *sink, lk loadKey) error {
+	if lk.client == clientSource {
+		_, err := b.runSource(ctx, addr, sink, lk, max(b.sourceMessages(lk)/10, lk.sessions))
+		return err
+	}
+	s, _ := b.runClient(ctx, addr, sink, lk, b.cfg.warmup)
+	if !s.complete {
+		return errors.New("the sink did not get every warm-up message in time")
+	}
+	return nil
+}
+
+// runClient sends the load client's load to addr for d and waits until the
+// sink has every acknowledged message.
+func (b *bench) runClient(ctx context.Context, addr string, sink *sink, lk loadKey, d time.Duration) (sample, load.Stats) {
+	base := sink.count.Load()
+	b.seq++
+	lctx, cancel := context.WithTimeout(ctx, d+2*time.Minute)
 	st := load.Run(lctx, load.Options{
 		Addr: addr, Sessions: lk.sessions, Size: lk.size, From: from, RcptDomain: rcptDomain,
-		Prefix: fmt.Sprintf("r%d", b.seq), Duration: b.cfg.duration,
+		Prefix: fmt.Sprintf("r%d", b.seq), Duration: d,
 	})
 	cancel()
 	for e, n := range st.Errors {
 		fmt.Fprintf(b.log, "  %d x %s\n", n, e)
 	}
-	reached, ok := sink.wait(st.Acknowledged, b.cfg.drainTimeout)
-	s := summarize(st, reached, ok)
-	if peakRSS != nil {
-		s.rssMB = peakRSS()
-	}
-	if cpu != nil && st.Acknowledged > 0 {
-		s.cpuMs = (cpu() - cpu0) * 1000 / float64(st.Acknowledged)
-	}
-	if k == kindDirect {
-		b.lastDirect[lk] = st.Acknowledged
-	}
-	return s, nil
+	reached, ok := sink.wait(base+int64(st.Acknowledged), b.cfg.drainTimeout)
+	return summarize(st, reached, ok), st
 }
 
 func summarize(st load.Stats, reached time.Time, complete bool) sample {
@@ -336,22 +415,29 @@ func summarize(st load.Stats, reached time.Time, complete bool) sample {
 	return s
 }
 
-// measureSource sends as many messages as the load client got through in
-// its direct run with smtp-source (one message per connection, its
-// default) and times it.
-func (b *bench) measureSource(ctx context.Context, sink *sink, lk loadKey) (sample, error) {
-	n := cmp.Or(b.lastDirect[lk], 2000)
+// runSource sends n messages to addr with smtp-source (one message per
+// connection, its default, each to a recipient of its own) and waits until
+// the sink has them. smtp-source ends once every message is acknowledged:
+// that is the accepted rate. It measures no latency, and reports a refusal
+// only on its standard error; a refused message never reaches the sink, so
+// the run shows as incomplete.
+func (b *bench) runSource(ctx context.Context, addr string, sink *sink, lk loadKey, n int) (sample, error) {
+	base := sink.count.Load()
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.drainTimeout)
 	defer cancel()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, b.smtpSource, "-s", strconv.Itoa(lk.sessions), "-m", strconv.Itoa(n), //nolint:gosec // the harness's own arguments
-		"-l", strconv.Itoa(lk.size), "-f", from, "-t", "source@"+rcptDomain, sink.addr)
-	if out, err := cmd.CombinedOutput(); err != nil {
+		"-l", strconv.Itoa(lk.size), "-N", "-f", from, "-t", "source@"+rcptDomain, addr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		return sample{}, fmt.Errorf("smtp-source: %w: %s", err, out)
 	}
-	reached, ok := sink.wait(n, b.cfg.drainTimeout)
-	el := reached.Sub(start).Seconds()
-	return sample{accepted: float64(n) / el, endToEnd: float64(n) / el, acked: n, complete: ok}, nil
+	sent := time.Since(start).Seconds()
+	if len(out) > 0 {
+		fmt.Fprintf(b.log, "  smtp-source: %s\n", bytes.TrimSpace(out))
+	}
+	reached, ok := sink.wait(base+int64(n), b.cfg.drainTimeout)
+	return sample{accepted: float64(n) / sent, endToEnd: float64(n) / reached.Sub(start).Seconds(), acked: n, complete: ok}, nil
 }
 
 // sink is a running smtp-sink that counts the messages it receives.
@@ -368,11 +454,11 @@ type sink struct {
 var mesgCount = regexp.MustCompile(`mesg=(\d+)`)
 
 func (b *bench) startSink(dir string) (*sink, error) {
-	port, err := freePort()
+	port, err := freePort(sinkIP)
 	if err != nil {
 		return nil, err
 	}
-	s := &sink{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), port: port, done: make(chan struct{})}
+	s := &sink{addr: net.JoinHostPort(sinkIP, strconv.Itoa(port)), port: port, done: make(chan struct{})}
 	args := []string{"-c"}
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "nobody") // smtp-sink refuses to run as root
@@ -423,10 +509,11 @@ func (b *bench) startSink(dir string) (*sink, error) {
 	return s, nil
 }
 
-// wait returns when the sink has n messages, or false after timeout.
-func (s *sink) wait(n int, timeout time.Duration) (time.Time, bool) {
-	s.target.Store(int64(n))
-	if s.count.Load() >= int64(n) {
+// wait returns when the sink has n messages in all, or false after timeout.
+func (s *sink) wait(n int64, timeout time.Duration) (time.Time, bool) {
+	s.at.Store(0)
+	s.target.Store(n)
+	if s.count.Load() >= n {
 		return time.Now(), true // already there when the load ended
 	}
 	deadline := time.Now().Add(timeout)
@@ -453,22 +540,29 @@ type process struct {
 	stop func()
 }
 
-func (b *bench) startPostgate(dir string, sinkPort int) (*process, error) {
+// startPostgate starts a standalone relay that delivers to the sink by a
+// RelayRoute, or with deliveryMX by the MX of the recipients' domain on
+// the loopback DNS server (the sink's port as the MX port).
+func (b *bench) startPostgate(dir string, sinkPort int, d delivery) (*process, error) {
 	manifests := filepath.Join(dir, "manifests")
 	if err := os.MkdirAll(manifests, 0o750); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(manifests, "bench.yaml"), []byte(load.RelayManifests(sinkHost, sinkPort)), 0o600); err != nil {
+	m := load.RelayManifests(sinkHost, sinkPort)
+	if d == deliveryMX {
+		m = load.SenderManifests()
+	}
+	if err := os.WriteFile(filepath.Join(manifests, "bench.yaml"), []byte(m), 0o600); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := freePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
 	p := &process{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	p.cmd = exec.Command(b.cfg.postgate, "relay", "--manifests", manifests, //nolint:gosec // the harness's own arguments
 		"--spool-dir", filepath.Join(dir, "spool"), "--smtp-bind-address", p.addr,
-		"--dns-server", b.dns.Addr(), "--admin-bind-address", "", "--hostname", "postgate.bench.test",
+		"--dns-server", b.dns.Addr(), "--mx-port", strconv.Itoa(sinkPort), "--admin-bind-address", "", "--hostname", "postgate.bench.test",
 		"--max-connections", "5000", "--max-connections-per-client", "5000")
 	logf, err := createLog(dir, "postgate.log")
 	if err != nil {
@@ -502,8 +596,9 @@ func createLog(dir, name string) (*os.File, error) {
 	return os.Create(filepath.Join(dir, name)) //nolint:gosec // the harness's own work directory
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// freePort finds a free TCP port on the loopback address ip.
+func freePort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return 0, err
 	}

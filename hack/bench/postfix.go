@@ -32,7 +32,8 @@ func (b *bench) checkPostfix() error {
 
 // postfixMain is a Postfix instance of its own under dir: its own
 // configuration, queue and data directories, listening on 127.0.0.1 only,
-// relaying everything from loopback to the sink, with no local delivery.
+// relaying everything from loopback to the sink ({{route}}: relayhost, or a
+// transport map entry for the recipients' domain), with no local delivery.
 // Durability is Postfix's default: the cleanup server fsyncs each queue
 // file before smtpd answers 250.
 const postfixMain = `compatibility_level = 3.6
@@ -48,19 +49,31 @@ local_recipient_maps =
 local_transport = error:no local delivery
 alias_maps =
 alias_database =
-relayhost = [127.0.0.1]:{{sinkport}}
+{{route}}
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 maillog_file = {{dir}}/maillog
 maillog_file_prefixes = {{dir}}
 `
 
+// postfixRoute is how the instance reaches the sink. Postfix's resolver
+// reads the system's resolv.conf, which cannot name a server on another
+// port than 53, so in place of an MX lookup the recipients' domain gets a
+// transport map entry: like the MX, it applies to that domain only.
+func postfixRoute(d delivery, sinkPort int) string {
+	next := fmt.Sprintf("[%s]:%d", sinkIP, sinkPort)
+	if d == deliveryMX {
+		return fmt.Sprintf("transport_maps = inline:{%s=smtp:%s}", rcptDomain, next)
+	}
+	return "relayhost = " + next
+}
+
 var smtpService = regexp.MustCompile(`(?m)^smtp(\s+inet\s)`)
 
 // startPostfix configures and starts a private Postfix instance with
 // postfix -c: as root, the command needs no alternate_config_directories
 // in a default main.cf (and this machine has none).
-func (b *bench) startPostfix(dir string, sinkPort int) (*process, error) {
+func (b *bench) startPostfix(dir string, sinkPort int, d delivery) (*process, error) {
 	pdir := filepath.Join(dir, "postfix")
 	etc := filepath.Join(pdir, "etc")
 	for _, d := range []string{etc, filepath.Join(pdir, "spool"), filepath.Join(pdir, "data")} {
@@ -71,12 +84,12 @@ func (b *bench) startPostfix(dir string, sinkPort int) (*process, error) {
 	if err := os.Chown(filepath.Join(pdir, "data"), b.postfixUID, -1); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := freePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	mainCF := strings.NewReplacer("{{dir}}", pdir, "{{sinkport}}", strconv.Itoa(sinkPort)).Replace(postfixMain)
+	mainCF := strings.NewReplacer("{{dir}}", pdir, "{{route}}", postfixRoute(d, sinkPort)).Replace(postfixMain)
 	if err := os.WriteFile(filepath.Join(etc, "main.cf"), []byte(mainCF), 0o644); err != nil { //nolint:gosec // Postfix's daemons read it
 		return nil, err
 	}

@@ -304,21 +304,28 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 // clients may send as bench.example.com, whose mail goes to the sink as a
 // RelayRoute target without TLS.
 func RelayManifests(sinkHost string, sinkPort int) string {
-	return fmt.Sprintf(`apiVersion: postgate.io/v1alpha1
-kind: SenderDomain
-metadata: {name: bench}
-spec: {domain: bench.example.com}
----
+	return SenderManifests() + fmt.Sprintf(`---
 apiVersion: postgate.io/v1alpha1
 kind: RelayRoute
 metadata: {name: bench}
 spec:
   senderDomainRef: {name: bench}
   target: {host: %s, port: %d, tlsPolicy: None}
+`, sinkHost, sinkPort)
+}
+
+// SenderManifests are the standalone relay's configuration without a
+// route: loopback clients may send as bench.example.com, and the relay
+// delivers to each recipient domain's MX.
+func SenderManifests() string {
+	return `apiVersion: postgate.io/v1alpha1
+kind: SenderDomain
+metadata: {name: bench}
+spec: {domain: bench.example.com}
 ---
 apiVersion: postgate.io/v1alpha1
 kind: TrustedNetwork
 metadata: {name: loopback}
 spec: {cidrs: [127.0.0.0/8]}
-`, sinkHost, sinkPort)
+`
 }
