@@ -533,7 +533,8 @@ func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Resul
 	if err != nil {
 		return nil, err
 	}
-	in := routing.Input{SenderDomains: objs.sds.Items, RelayRoutes: objs.rrs.Items, TrustedNetworks: objs.tns.Items, Secrets: secrets, Policy: r.policy}
+	in := routing.Input{SenderDomains: objs.sds.Items, RelayRoutes: objs.rrs.Items, TrustedNetworks: objs.tns.Items, Secrets: secrets, Policy: r.policy,
+		KeysGeneratedLater: true}
 	res := routing.Compile(in, r.cache)
 	r.keys.want(keysToGenerate(objs, res, r.secrets))
 	return res, nil

@@ -15,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -721,5 +722,50 @@ func TestRotatedBackSecretRepublishesDeletedShard(t *testing.T) {
 	testenv.Eventually(t, authenticates("first-password"))
 	if got := indexShards(t, c, relayNS); !slices.Equal(got, first) {
 		t.Errorf("shards %v, want the first version's %v again", got, first)
+	}
+}
+
+// TestGeneratedKeyIsNeverMissing: while the operator generates a
+// SenderDomain's key, the domain waits for it (Programmed=False Pending);
+// no status it writes until the key is in (status.dkim) says the key
+// Secret is not found.
+func TestGeneratedKeyIsNeverMissing(t *testing.T) {
+	c, tenant, relayNS := setup(t)
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, err := wc.Watch(ctx, &v1alpha1.SenderDomainList{}, client.InNamespace(tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	// No relay: the status is written at once, without waiting for
+	// relays to load the table.
+	startOperator(t, relayNS)
+	create(t, c, senderDomain(tenant, "signed", tenant+".example.com", generateKey(v1alpha1.DKIMAlgorithmEd25519)))
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case <-timeout:
+			t.Fatal("the SenderDomain did not get its DKIM record")
+		case e, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			sd, isSD := e.Object.(*v1alpha1.SenderDomain)
+			if !isSD {
+				continue
+			}
+			if msg := condIs(sd, v1alpha1.ConditionResolvedRefs, metav1.ConditionFalse, ""); msg == "" {
+				c := meta.FindStatusCondition(sd.Status.Conditions, string(v1alpha1.ConditionResolvedRefs))
+				t.Fatalf("while its key was generated, the SenderDomain said ResolvedRefs=False %s: %s", c.Reason, c.Message)
+			}
+			if sd.Status.DKIM != nil {
+				return
+			}
+		}
 	}
 }

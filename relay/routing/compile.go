@@ -44,6 +44,11 @@ type Input struct {
 	// `postgate check`, where they may come from a secret manager: a missing
 	// Secret makes ResolvedRefs Unknown instead of False.
 	SecretsIncomplete bool
+	// KeysGeneratedLater says that the caller creates the missing generated
+	// DKIM keys after the compile, as the operator does: an accepted
+	// SenderDomain whose generated key Secret is not there yet waits for it
+	// (Pending, references resolved) instead of missing its Secret.
+	KeysGeneratedLater bool
 	// Policy is the guardrail policy.
 	Policy Policy
 }
@@ -166,7 +171,7 @@ func (c *compiler) senderDomains() (map[string]*domainState, []Verdict) {
 		}
 		st := &domainState{sd: sd, verdict: v}
 		states[sd.Namespace+"/"+sd.Name] = st
-		u, refs := c.resolveDomain(sd)
+		u, refs := c.resolveDomain(sd, c.in.SecretsIncomplete || (c.in.KeysGeneratedLater && !v.Refused()))
 		v.ResolvedRefs = refs.status()
 		if u != nil && u.DKIM != nil {
 			if value, err := dkimRecordValue(c.signers[u.DKIM.KeyPEM]); err == nil {
@@ -275,7 +280,9 @@ func DKIMKeySecret(sd *v1alpha1.SenderDomain) (name, key string) {
 	}
 }
 
-func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain) (*domainUnit, *refProblems) {
+// resolveDomain resolves sd's Secrets. With keyComes, a generated key that
+// is missing is to come (toGenerate), not missing.
+func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain, keyComes bool) (*domainUnit, *refProblems) {
 	p := &refProblems{}
 	u := &domainUnit{
 		Object:           objectRef(KindSenderDomain, &sd.ObjectMeta),
@@ -290,7 +297,7 @@ func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain) (*domainUnit, *refPr
 		name, key := DKIMKeySecret(sd)
 		p.dkimSecret = name
 		alg := cmp.Or(s.Algorithm, v1alpha1.DKIMAlgorithmRSA2048)
-		if s.Generate != nil && c.in.SecretsIncomplete && c.secrets[sd.Namespace+"/"+name] == nil {
+		if s.Generate != nil && keyComes && c.secrets[sd.Namespace+"/"+name] == nil {
 			p.toGenerate = name
 		} else if secret, pemBytes := c.secretValue(p, sd.Namespace, name, key, "DKIM key"); pemBytes != nil {
 			v, err := c.cache.get(cacheKey{"dkim", string(alg) + "/" + secretID(secret, key, pemBytes)}, func() (any, error) {

@@ -204,6 +204,19 @@ func TestCompileRules(t *testing.T) {
 			},
 		},
 		{
+			desc: "operator: a key it generates after the compile is pending, not missing; a refused domain's key does not come",
+			input: Input{SenderDomains: []v1alpha1.SenderDomain{
+				senderDomain("app", "sd", "example.com", 10, generated()),
+				senderDomain("other", "sd", "example.com", 20, generated()),
+			}, KeysGeneratedLater: true},
+			want: []want{
+				{sdKind, "app", "sd", v1alpha1.ConditionResolvedRefs, isTrue, v1alpha1.ReasonResolvedRefs, "generated on first use"},
+				{sdKind, "app", "sd", v1alpha1.ConditionProgrammed, isFals, v1alpha1.ReasonPending, "Waiting for the DKIM key to be generated"},
+				{sdKind, "other", "sd", v1alpha1.ConditionAccepted, isFals, v1alpha1.ReasonConflicted, ""},
+				{sdKind, "other", "sd", v1alpha1.ConditionResolvedRefs, isFals, v1alpha1.ReasonSecretNotFound, ""},
+			},
+		},
+		{
 			desc: "Secret without the key",
 			input: Input{
 				SenderDomains: []v1alpha1.SenderDomain{senderDomain("app", "sd", "example.com", 0, signedWith("dkim", v1alpha1.DKIMAlgorithmRSA2048))},
