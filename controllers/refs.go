@@ -3,7 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"slices"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,42 +11,40 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/relay/routing"
 )
 
-// secretRefsIndex is the field index, on each of the three kinds, of the
-// names of the Secrets an object references (in its own namespace): a Secret
-// event requeues the table only when some object references that Secret.
-const secretRefsIndex = ".postgate.secretRefs"
+// referencedSecrets is the set of the Secrets the last compile looked up
+// (routing.Verdict.SecretRefs): a Secret event requeues the table only for
+// one of these, or while a compile runs, which may read it or not.
+type referencedSecrets struct {
+	compiling atomic.Bool
+	set       atomic.Pointer[map[types.NamespacedName]struct{}]
+}
 
-// secretRefs returns the names of the Secrets obj references.
-func secretRefs(obj client.Object) []string {
-	var names []string
-	switch o := obj.(type) {
-	case *v1alpha1.SenderDomain:
-		if name, _ := routing.DKIMKeySecret(o); name != "" {
-			names = append(names, name)
-		}
-		if d := o.Spec.Delivery; d != nil && d.Webhook != nil {
-			names = append(names, d.Webhook.HMACSecretRef.Name)
-		}
-	case *v1alpha1.RelayRoute:
-		if ref := o.Spec.Target.CABundleSecretRef; ref != nil {
-			names = append(names, ref.Name)
-		}
-		if ref := o.Spec.Target.CredentialsSecretRef; ref != nil {
-			names = append(names, ref.Name)
-		}
-	case *v1alpha1.TrustedNetwork:
-		if a := o.Spec.Authentication; a != nil {
-			for _, ref := range a.SecretRefs {
-				names = append(names, ref.Name)
-			}
+// has reports whether a Secret event may change the table. Before the
+// first compile, every Secret may.
+func (s *referencedSecrets) has(key types.NamespacedName) bool {
+	if s.compiling.Load() {
+		return true
+	}
+	set := s.set.Load()
+	if set == nil {
+		return true
+	}
+	_, ok := (*set)[key]
+	return ok
+}
+
+// record keeps the Secrets res looked up.
+func (s *referencedSecrets) record(res *routing.Result) {
+	set := map[types.NamespacedName]struct{}{}
+	for _, v := range res.Verdicts {
+		for _, name := range v.SecretRefs {
+			set[types.NamespacedName{Namespace: v.Object.Namespace, Name: name}] = struct{}{}
 		}
 	}
-	slices.Sort(names)
-	return slices.Compact(names)
+	s.set.Store(&set)
 }
 
 func secretMeta() *metav1.PartialObjectMetadata {

@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -76,8 +75,10 @@ type Reconciler struct {
 	cache   *routing.Cache
 	secrets *secretStore
 	keys    *keyGenerator
-	pub     *publisher
-	book    versionBook
+	// referenced are the Secrets whose events requeue the table.
+	referenced referencedSecrets
+	pub        *publisher
+	book       versionBook
 	// published are the versions a relay may claim to run.
 	published publishedVersions
 	memo      map[routing.ObjectKey]memoEntry
@@ -231,14 +232,9 @@ func ClientOptions() client.Options {
 	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
 }
 
-// SetupWithManager registers the field index, the table controller and the
-// DKIM key generator.
-func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
-	for _, obj := range []client.Object{&v1alpha1.SenderDomain{}, &v1alpha1.RelayRoute{}, &v1alpha1.TrustedNetwork{}} {
-		if err := mgr.GetFieldIndexer().IndexField(ctx, obj, secretRefsIndex, secretRefs); err != nil {
-			return err
-		}
-	}
+// SetupWithManager registers the table controller and the DKIM key
+// generator.
+func (r *Reconciler) SetupWithManager(_ context.Context, mgr ctrl.Manager) error {
 	if err := r.keys.setup(mgr); err != nil {
 		return err
 	}
@@ -313,7 +309,7 @@ func (r *Reconciler) secretHandler() handler.EventHandler {
 		if obj.GetNamespace() == r.opts.RelayNamespace && obj.GetName() == routing.IndexSecretName {
 			return
 		}
-		if r.referenced(ctx, obj.GetNamespace(), obj.GetName()) {
+		if r.referenced.has(client.ObjectKeyFromObject(obj)) {
 			r.changed(q)
 		}
 	}
@@ -333,17 +329,6 @@ func (r *Reconciler) secretHandler() handler.EventHandler {
 			handle(ctx, e.Object, q)
 		},
 	}
-}
-
-func (r *Reconciler) referenced(ctx context.Context, namespace, name string) bool {
-	lists := []client.ObjectList{&v1alpha1.SenderDomainList{}, &v1alpha1.RelayRouteList{}, &v1alpha1.TrustedNetworkList{}}
-	for _, l := range lists {
-		err := r.client.List(ctx, l, client.InNamespace(namespace), client.MatchingFields{secretRefsIndex: name}, client.UnsafeDisableDeepCopy)
-		if err != nil || meta.LenList(l) > 0 {
-			return true // on doubt, recompile
-		}
-	}
-	return false
 }
 
 // leaseHandler requeues when a relay appears, goes, loads a version, or
@@ -523,9 +508,13 @@ func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Resul
 	if err := r.readPolicy(ctx); err != nil {
 		return nil, err
 	}
+	// Until the compile's own list is recorded, every Secret event
+	// requeues: the Secret may have come after the read below.
+	r.referenced.compiling.Store(true)
+	defer r.referenced.compiling.Store(false)
 	refs := map[types.NamespacedName]struct{}{}
 	objs.each(func(_ string, o v1alpha1.Object) {
-		for _, name := range secretRefs(o) {
+		for _, name := range routing.SecretRefs(o) {
 			refs[types.NamespacedName{Namespace: o.GetNamespace(), Name: name}] = struct{}{}
 		}
 	})
@@ -536,6 +525,7 @@ func (r *Reconciler) compile(ctx context.Context, objs *objects) (*routing.Resul
 	in := routing.Input{SenderDomains: objs.sds.Items, RelayRoutes: objs.rrs.Items, TrustedNetworks: objs.tns.Items, Secrets: secrets, Policy: r.policy,
 		KeysGeneratedLater: true}
 	res := routing.Compile(in, r.cache)
+	r.referenced.record(res)
 	r.keys.want(keysToGenerate(objs, res, r.secrets))
 	return res, nil
 }

@@ -172,7 +172,7 @@ func (c *compiler) senderDomains() (map[string]*domainState, []Verdict) {
 		st := &domainState{sd: sd, verdict: v}
 		states[sd.Namespace+"/"+sd.Name] = st
 		u, refs := c.resolveDomain(sd, c.in.SecretsIncomplete || (c.in.KeysGeneratedLater && !v.Refused()))
-		v.ResolvedRefs = refs.status()
+		v.ResolvedRefs, v.SecretRefs = refs.status(), refs.readNames()
 		if u != nil && u.DKIM != nil {
 			if value, err := dkimRecordValue(c.signers[u.DKIM.KeyPEM]); err == nil {
 				v.DKIM = &v1alpha1.DKIMRecord{Name: u.DKIM.Selector + "._domainkey." + domain, Value: value, SecretName: refs.dkimSecret}
@@ -196,6 +196,21 @@ type refProblems struct {
 	// input may lack Secrets (postgate check): the key will come, nothing
 	// is wrong, but the domain cannot be in the table yet.
 	toGenerate string
+	// read are the names of the Secrets looked up, found or not.
+	read []string
+}
+
+// readNames returns the names of the Secrets looked up, sorted, once each.
+func (p *refProblems) readNames() []string {
+	slices.Sort(p.read)
+	return slices.Compact(p.read)
+}
+
+// lookup returns the Secret namespace/name of the input, or nil, and
+// records that the object's verdict depends on it.
+func (c *compiler) lookup(p *refProblems, namespace, name string) *corev1.Secret {
+	p.read = append(p.read, name)
+	return c.secrets[namespace+"/"+name]
 }
 
 func (p *refProblems) status() Status {
@@ -220,7 +235,7 @@ func (p *refProblems) ok() bool {
 // secretValue returns the value of key in the Secret namespace/name, or
 // records why it cannot.
 func (c *compiler) secretValue(p *refProblems, namespace, name, key, what string) (*corev1.Secret, []byte) {
-	s := c.secrets[namespace+"/"+name]
+	s := c.lookup(p, namespace, name)
 	if s == nil {
 		if c.in.SecretsIncomplete {
 			p.unknown = append(p.unknown, fmt.Sprintf("Secret %q (%s) is not among the given manifests", name, what))
@@ -297,7 +312,7 @@ func (c *compiler) resolveDomain(sd *v1alpha1.SenderDomain, keyComes bool) (*dom
 		name, key := DKIMKeySecret(sd)
 		p.dkimSecret = name
 		alg := cmp.Or(s.Algorithm, v1alpha1.DKIMAlgorithmRSA2048)
-		if s.Generate != nil && keyComes && c.secrets[sd.Namespace+"/"+name] == nil {
+		if s.Generate != nil && keyComes && c.lookup(p, sd.Namespace, name) == nil {
 			p.toGenerate = name
 		} else if secret, pemBytes := c.secretValue(p, sd.Namespace, name, key, "DKIM key"); pemBytes != nil {
 			v, err := c.cache.get(cacheKey{"dkim", string(alg) + "/" + secretID(secret, key, pemBytes)}, func() (any, error) {
@@ -370,7 +385,7 @@ func (c *compiler) relayRoutes(domains map[string]*domainState) {
 			v.Accepted = statusTrue(v1alpha1.ReasonAccepted, fmt.Sprintf("Mail from %s goes to %s:%d", st.sd.Spec.Domain, rr.Spec.Target.Host, targetPort(rr)))
 		}
 		u, refs := c.resolveRoute(rr)
-		v.ResolvedRefs = refs.status()
+		v.ResolvedRefs, v.SecretRefs = refs.status(), refs.readNames()
 		switch {
 		case v.Refused():
 		case refs.ok() && st.resolved:
@@ -565,7 +580,7 @@ func (c *compiler) trustedNetworks() {
 			}
 		}
 		slices.SortFunc(u.Users, func(a, b userUnit) int { return cmp.Compare(a.Username, b.Username) })
-		v.ResolvedRefs = p.status()
+		v.ResolvedRefs, v.SecretRefs = p.status(), p.readNames()
 		if !v.Refused() && p.ok() {
 			v.InTable = true
 			c.units = append(c.units, unit{Network: u})

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -470,6 +471,7 @@ func TestCompileRules(t *testing.T) {
 			if n := len(tt.input.SenderDomains) + len(tt.input.RelayRoutes) + len(tt.input.TrustedNetworks); len(r.Verdicts) != n {
 				t.Errorf("got %d verdicts for %d objects", len(r.Verdicts), n)
 			}
+			checkSecretRefs(t, tt.input, r)
 			for _, w := range tt.want {
 				v := mustVerdict(t, r, w.kind, w.ns, w.name)
 				var got *metav1.Condition
@@ -527,5 +529,33 @@ func TestConditionsKstatus(t *testing.T) {
 		if reconciling != tc.wantReconciling || stalled {
 			t.Errorf("programmed %s: Reconciling %v Stalled %v, want %v false", tc.programmed.Status, reconciling, stalled, tc.wantReconciling)
 		}
+	}
+}
+
+// checkSecretRefs checks that each verdict's SecretRefs are among the
+// object's SecretRefs: a Secret the compile reads but a caller does not
+// fetch would stay not found.
+func checkSecretRefs(t *testing.T, in Input, r *Result) {
+	t.Helper()
+	check := func(kind string, obj v1alpha1.Object) {
+		v := r.Verdict(ObjectKey{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()})
+		if v == nil {
+			return
+		}
+		may := SecretRefs(obj)
+		for _, name := range v.SecretRefs {
+			if !slices.Contains(may, name) {
+				t.Errorf("%s %s/%s: the compile read Secret %q, not in SecretRefs %v", kind, obj.GetNamespace(), obj.GetName(), name, may)
+			}
+		}
+	}
+	for i := range in.SenderDomains {
+		check(KindSenderDomain, &in.SenderDomains[i])
+	}
+	for i := range in.RelayRoutes {
+		check(KindRelayRoute, &in.RelayRoutes[i])
+	}
+	for i := range in.TrustedNetworks {
+		check(KindTrustedNetwork, &in.TrustedNetworks[i])
 	}
 }

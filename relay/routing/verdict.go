@@ -79,6 +79,10 @@ type Verdict struct {
 	// DKIM is the DNS record to publish, for a SenderDomain whose key
 	// resolved.
 	DKIM *v1alpha1.DKIMRecord
+	// SecretRefs are the names of the Secrets, in the object's namespace,
+	// that the compile looked up for it, found or not, sorted: a change to
+	// any of them may change the verdict or the table, and to no other.
+	SecretRefs []string
 }
 
 // Refused reports whether the spec is not taken (Accepted=False).
