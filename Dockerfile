@@ -8,8 +8,7 @@ RUN go mod download
 COPY api/ api/
 COPY config/crd/ config/crd/
 COPY cmd/ cmd/
-COPY controllers/ controllers/
-COPY relay/ relay/
+COPY internal/ internal/
 COPY webhook/ webhook/
 ARG VERSION=dev
 RUN go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/postgate ./cmd/postgate

@@ -26,8 +26,8 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac and the chart.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac/operator
-	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./relay/... output:rbac:artifacts:config=config/rbac/relay
+	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./internal/controllers/... output:rbac:artifacts:config=config/rbac/operator
+	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./internal/relay/... output:rbac:artifacts:config=config/rbac/relay
 	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
 	cp config/crd/bases/*.yaml charts/postgate/crds/
 	# The chart renders these rules unchanged (templates/_helpers.tpl, postgate.rbac).
@@ -114,7 +114,7 @@ bench: build ## postgate against Postfix on loopback, with the load client and s
 	fi
 	uptime
 	go run ./hack/bench -postgate $(LOCALBIN)/postgate -runs $(BENCH_RUNS) $(BENCH_FLAGS)
-	go test -run '^$$' -bench '^(BenchmarkCompile|BenchmarkLookup)$$' -benchmem ./relay/routing/
+	go test -run '^$$' -bench '^(BenchmarkCompile|BenchmarkLookup)$$' -benchmem ./internal/routing/
 
 crash: ## The full crash harness: kill -9 the relay CRASH_KILLS times under load, then a spool that fills up (a short version runs in make test).
 	POSTGATE_CRASH_KILLS=$(CRASH_KILLS) go test -count=1 -v -timeout 30m ./hack/crash/

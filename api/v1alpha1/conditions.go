@@ -33,7 +33,7 @@ const (
 	ConditionResolvedRefs ConditionType = "ResolvedRefs"
 
 	// ConditionProgrammed says whether every live relay has loaded a routing
-	// table that contains this generation of the object (DESIGN.md contract 2).
+	// table that contains this generation of the object (docs/design.md contract 2).
 	//
 	// True: ReasonProgrammed.
 	// False: ReasonPending (relays not there yet), ReasonNoRelays,
@@ -101,10 +101,10 @@ const (
 	// in its SenderDomain's domain.
 	ReasonAddressOutsideDomain Reason = "AddressOutsideDomain"
 	// ReasonDomainNotAllowed: the guardrail policy does not let this
-	// namespace claim this domain (DESIGN.md contract 7).
+	// namespace claim this domain (docs/design.md contract 7).
 	ReasonDomainNotAllowed Reason = "DomainNotAllowed"
 	// ReasonNetworkTooBroad: the guardrail policy does not allow a network
-	// this broad without SMTP AUTH (DESIGN.md contract 7).
+	// this broad without SMTP AUTH (docs/design.md contract 7).
 	ReasonNetworkTooBroad Reason = "NetworkTooBroad"
 	// ReasonInvalid: the spec is invalid in a way the schema cannot show.
 	ReasonInvalid Reason = "Invalid"

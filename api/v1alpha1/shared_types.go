@@ -111,7 +111,7 @@ type SecretKeyReference struct {
 }
 
 // DeliveryStatus is what the relay replicas report about delivering this
-// object's mail (DESIGN.md contract 6). Each replica writes only its own entry,
+// object's mail (docs/design.md contract 6). Each replica writes only its own entry,
 // with server-side apply under the field manager postgate-relay/<replica>; the
 // operator prunes the entries of replicas that are gone.
 type DeliveryStatus struct {

@@ -20,7 +20,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/api/v1alpha1/schematest"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // The API server is shared by the tests of this package: starting one costs

@@ -11,8 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/relay/manifest"
-	"github.com/postgate/postgate/relay/routing"
+	"github.com/postgate/postgate/internal/manifest"
+	"github.com/postgate/postgate/internal/routing"
 )
 
 const checkUsage = `Usage: postgate check [flags] PATH...

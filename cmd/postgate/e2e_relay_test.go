@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postgate/postgate/relay"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/relay"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // TestRelayEndToEnd runs the standalone relay in this process against a

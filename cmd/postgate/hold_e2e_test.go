@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // TestBrokenReferencesFailClosed runs the standalone relay in this process:

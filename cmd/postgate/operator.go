@@ -21,7 +21,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/controllers"
+	"github.com/postgate/postgate/internal/controllers"
 )
 
 const operatorUsage = `Usage: postgate operator [flags]

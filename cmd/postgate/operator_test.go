@@ -22,8 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/relay/routing"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/routing"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // freeAddr returns a 127.0.0.1 address with a port nothing listens on now.

@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/postgate/postgate/relay/admin"
+	"github.com/postgate/postgate/internal/relay/admin"
 )
 
 const queueUsage = `Usage: postgate queue <list|show|flush|hold|release|delete> [flags] [ID...]

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // queueCmd runs `postgate queue` against the relay's admin API.

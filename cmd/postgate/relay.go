@@ -18,7 +18,7 @@ import (
 	"github.com/go-logr/logr"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/postgate/postgate/relay"
+	"github.com/postgate/postgate/internal/relay"
 )
 
 const relayUsage = `Usage: postgate relay [flags]

@@ -1,6 +1,6 @@
 package main
 
-// The flags of the relay's drain and hand-off (relay/lifecycle), and
+// The flags of the relay's drain and hand-off (internal/relay/lifecycle), and
 // `postgate relay drain`.
 
 import (
@@ -11,9 +11,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/postgate/postgate/relay"
-	"github.com/postgate/postgate/relay/admin"
-	"github.com/postgate/postgate/relay/lifecycle"
+	"github.com/postgate/postgate/internal/relay"
+	"github.com/postgate/postgate/internal/relay/admin"
+	"github.com/postgate/postgate/internal/relay/lifecycle"
 )
 
 // registerLifecycleFlags registers the flags of drain and hand-off.

@@ -22,8 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/relay/admin"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/relay/admin"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // adminList returns every message queued on a relay, by ID, through its

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/postgate/postgate/relay/queue"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // buildPostgate builds the binary once per test run.

@@ -15,8 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/relay"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/relay"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // TestRelayDeliveryStatus runs the operator and two cluster-mode relays

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 	"github.com/postgate/postgate/webhook"
 )
 

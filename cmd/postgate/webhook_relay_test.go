@@ -18,7 +18,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 	"github.com/postgate/postgate/webhook"
 )
 

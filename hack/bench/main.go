@@ -38,7 +38,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/hack/bench/load"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // config is the command line.

@@ -5,7 +5,7 @@
 //
 // kill -9 keeps the page cache, so these tests prove the relay's protocol
 // (no 250 before the queue says the message is stored; recovery on
-// restart), not fsync ordering: relay/queue's crash tests drop what was not
+// restart), not fsync ordering: internal/relay/queue's crash tests drop what was not
 // fsynced (queuetest) for that.
 package crash
 
@@ -29,8 +29,8 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/hack/bench/load"
-	"github.com/postgate/postgate/relay/queue"
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 const sinkHost = "sink.crash.test"
@@ -314,11 +314,11 @@ func TestKillNine(t *testing.T) {
 // refused is delivered.
 func TestDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root; relay/queue's tests cover ENOSPC with queuetest's faults")
+		t.Skip("mounting a tmpfs needs root; internal/relay/queue's tests cover ENOSPC with queuetest's faults")
 	}
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s); relay/queue's tests cover ENOSPC with queuetest's faults", err, out)
+		t.Skipf("cannot mount a tmpfs (%v: %s); internal/relay/queue's tests cover ENOSPC with queuetest's faults", err, out)
 	}
 	// Registered first, so it runs after the relay has stopped.
 	t.Cleanup(func() {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // TestDockerfile checks what can be checked without a Docker engine: the

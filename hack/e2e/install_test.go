@@ -1,4 +1,4 @@
-// Package e2e is the end-to-end suite (DESIGN.md contract 8): postgate
+// Package e2e is the end-to-end suite (docs/design.md contract 8): postgate
 // installed as users install it, checked by a real kube-apiserver and etcd.
 // It needs bin/kubectl, bin/kube-apiserver, bin/etcd (`make envtest`) and
 // bin/helm (`make helm`); `make test` builds them first. A missing binary
@@ -19,7 +19,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // namespace is where the install goes, as in config/default.

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postgate/postgate/relay/testenv"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // The two-tenant scenario's addresses: each client address is in its own

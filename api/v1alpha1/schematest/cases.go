@@ -1,7 +1,7 @@
 // Package schematest holds the table of objects that the CRD schemas of
 // package v1alpha1 must accept or refuse, with fragments of the API server's
 // refusals. api/v1alpha1's tests run it against a real API server, and
-// relay/manifest's offline validator runs the same table, which proves the two
+// internal/manifest's offline validator runs the same table, which proves the two
 // agree.
 package schematest
 

@@ -1,0 +1,223 @@
+package delivery
+
+import (
+	"context"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/internal/relay/queue"
+)
+
+// outcome is what one attempt to one destination found, per recipient (at
+// the positions of destination.rcpts) and about the connection.
+type outcome struct {
+	state []queue.State // Delivered, Failed or Pending
+	reply []queue.Reply
+	// host, remote, local and tls describe the last connection tried.
+	host          string
+	remote, local netip.AddrPort
+	tls           TLSInfo
+	// decisive is the first failure's reply, or the acceptance.
+	decisive queue.Reply
+	cause    Cause
+	failed   bool
+}
+
+func newOutcome(d *destination) *outcome {
+	return &outcome{
+		state: make([]queue.State, len(d.rcpts)),
+		reply: make([]queue.Reply, len(d.rcpts)),
+		tls:   TLSInfo{Requested: d.policy, Mode: d.mode},
+	}
+}
+
+// fail records f for the recipient at position i.
+func (o *outcome) fail(i int, f *failure) {
+	o.state[i] = queue.Pending
+	if f.perm {
+		o.state[i] = queue.Failed
+	}
+	o.reply[i] = f.reply
+	if !o.failed {
+		o.failed, o.decisive, o.cause = true, f.reply, f.cause
+	}
+}
+
+func (o *outcome) failAll(f *failure) {
+	for i := range o.state {
+		o.fail(i, f)
+	}
+}
+
+// sent records the acceptance of the recipient at position i.
+func (o *outcome) sent(i int, r queue.Reply) {
+	o.state[i], o.reply[i] = queue.Delivered, r
+	if !o.failed {
+		o.decisive = r
+	}
+}
+
+// connected records the connection an outcome is about.
+func (o *outcome) connected(host string, s *session) {
+	o.host, o.remote, o.local, o.tls = strings.TrimSuffix(host, "."), s.key.remote, s.local, s.tls
+}
+
+// bodyFunc opens the message body afresh.
+type bodyFunc func(ctx context.Context) (io.ReadCloser, error)
+
+// send makes one attempt to deliver msg to d: it resolves the next hop
+// (the target relay's addresses, or the recipient domain's MX hosts in
+// order, then their addresses), and tries up to MaxAddresses addresses
+// until one takes the transaction. Failures before MAIL FROM (connection,
+// greeting, TLS policy, AUTH) move on to the next address; the last one
+// defers the recipients.
+func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, body bodyFunc) *outcome {
+	o := newOutcome(d)
+	if d.fail != nil {
+		o.failAll(d.fail)
+		return o
+	}
+	release, err := w.limits.acquire(ctx, d.limitKey())
+	if err != nil {
+		o.failAll(localFailure(false, CauseConnect, "4.3.2", "attempt aborted: %v", err))
+		return o
+	}
+	defer release()
+
+	var hosts []mxHost
+	if d.route != nil {
+		hosts = []mxHost{{name: dns.CanonicalName(d.host)}}
+	} else {
+		var f *failure
+		hosts, f = w.resolver.mx(ctx, d.domain, w.shuffle)
+		if f != nil {
+			o.failAll(f)
+			return o
+		}
+	}
+	var (
+		last     *failure
+		dnsErr   error
+		skipped  int // addresses of the other family than the source IP
+		tries    int
+		implicit = len(hosts) == 1 && hosts[0].implicit
+	)
+hosts:
+	for _, h := range hosts {
+		addrs, _, err := w.resolver.addrs(ctx, h.name, true, !w.opts.DisableIPv6)
+		if err != nil {
+			dnsErr = err
+			continue
+		}
+		for _, a := range addrs {
+			if d.source.IsValid() && d.source.Is4() != a.Is4() {
+				skipped++
+				continue
+			}
+			if tries == w.opts.MaxAddresses || ctx.Err() != nil {
+				break hosts
+			}
+			tries++
+			f := w.try(ctx, msg, d, h.name, a, body, o)
+			if f == nil {
+				return o
+			}
+			last = f
+			if f.cause == CauseSourceIP {
+				break hosts
+			}
+		}
+	}
+	switch {
+	case last != nil:
+		o.failAll(last.temporary())
+	case dnsErr != nil:
+		o.failAll(localFailure(false, CauseDNS, "4.4.3", "%v", dnsErr))
+	case skipped > 0:
+		o.failAll(localFailure(false, CauseSourceIP, "4.4.4", "%s has no address of the family of source address %s", d.name(), d.source))
+	case d.route != nil:
+		o.failAll(localFailure(false, CauseDNS, "4.4.4", "target relay %s has no address", d.host))
+	case implicit:
+		o.failAll(localFailure(true, CauseDNS, "5.1.2", "domain %s has no MX and no address", d.domain))
+	default:
+		o.failAll(localFailure(true, CauseDNS, "5.4.4", "no MX host of %s has an address", d.domain))
+	}
+	return o
+}
+
+// shuffle puts MX hosts of equal preference in random order (RFC 5321
+// section 5.1).
+func (w *Worker) shuffle(hosts []mxHost) {
+	w.randMu.Lock()
+	defer w.randMu.Unlock()
+	w.opts.Rand.Shuffle(len(hosts), func(i, j int) { hosts[i], hosts[j] = hosts[j], hosts[i] })
+}
+
+// try runs the transaction at one address, on an idle session to it when
+// there is one (RSET first, which also shows that it is still alive), else
+// on a new one. It fills o and returns nil when the host took the
+// transaction (whatever it answered), or the failure that makes the next
+// address worth trying.
+func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, host string, addr netip.Addr, body bodyFunc, o *outcome) *failure {
+	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
+	s := w.pool.get(d.connKey(host, remote))
+	if s != nil && !w.reset(ctx, s) {
+		w.pool.end(s)
+		s = nil
+	}
+	if s == nil {
+		var f *failure
+		s, f = w.connect(ctx, d, host, addr, false)
+		if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
+			// Opportunistic TLS that fails its handshake: once more in
+			// plaintext, on a new connection, as the policy allows.
+			if s != nil {
+				s.close(false)
+			}
+			s, f = w.connect(ctx, d, host, addr, true)
+		}
+		if f != nil {
+			o.host, o.remote = strings.TrimSuffix(host, "."), remote
+			if s != nil {
+				o.connected(host, s)
+			}
+			return f
+		}
+	}
+	o.connected(host, s)
+	t := newOutcome(d)
+	t.connected(host, s)
+	stop := s.watch(ctx)
+	f := w.transaction(ctx, s, msg, d, body, t)
+	stop()
+	if ctx.Err() != nil {
+		s.broken = true
+	}
+	w.pool.put(s)
+	if f != nil {
+		return f
+	}
+	*o = *t
+	return nil
+}
+
+// reset readies an idle session for the next transaction with RSET,
+// within a short timeout: a session the server closed meanwhile fails it,
+// and the caller dials again.
+func (w *Worker) reset(ctx context.Context, s *session) bool {
+	stop := s.watch(ctx)
+	defer stop()
+	s.c.CommandTimeout = min(w.opts.Timeouts.Command, 30*time.Second)
+	err := s.c.Reset()
+	s.c.CommandTimeout = w.opts.Timeouts.Command
+	if err != nil {
+		s.broken = true
+		return false
+	}
+	return true
+}

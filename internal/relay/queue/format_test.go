@@ -1,0 +1,73 @@
+package queue_test
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/postgate/postgate/internal/relay/queue"
+)
+
+// TestFormatV1 opens a spool holding a message file written by version 1
+// of the format (testdata/v1.msg: three recipients, a snapshot and three
+// journal records: one delivered, held, one failed) and reads back its
+// envelope, state and body. A change to the file format or the journal's
+// framing that cannot read existing spools fails here.
+func TestFormatV1(t *testing.T) {
+	data, err := os.ReadFile("testdata/v1.msg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = queue.ID("01hf7yat00yqhhxd8zvq2z7knv")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, string(id)+".msg"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := queue.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fsys.Close() })
+	ctx := context.Background()
+	q, err := queue.Open(ctx, fsys, queue.Options{MinFreeBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	m, err := q.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrival := time.Unix(1700000000, 0).UTC()
+	if !m.Arrival.Equal(arrival) || m.Envelope.From != "a@example.com" || len(m.Envelope.To) != 3 ||
+		m.Envelope.To[2].Addr != "rrr@example.net" || !m.Held {
+		t.Fatalf("message: %+v", m)
+	}
+	want := []struct {
+		state    queue.State
+		attempts int
+		code     int
+		text     string
+	}{{queue.Pending, 2, 451, "later"}, {queue.Delivered, 1, 250, "ok <queued> & done"}, {queue.Failed, 1, 550, "no such user"}}
+	for i, w := range want {
+		s := m.Recipients[i]
+		if s.State != w.state || s.Attempts != w.attempts || s.Reply.Code != w.code || s.Reply.Text != w.text {
+			t.Errorf("recipient %d: %+v, want %+v", i, s, w)
+		}
+	}
+	if next := m.Recipients[0].NextAttempt; !next.Equal(arrival.Add(2 * time.Hour)) {
+		t.Errorf("next attempt %v", next)
+	}
+	body, err := q.Body(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = body.Close() }()
+	b, err := io.ReadAll(body)
+	if err != nil || string(b) != "Subject: fixture\r\n\r\nbody\r\n" {
+		t.Errorf("body %q, %v", b, err)
+	}
+}

@@ -1,0 +1,74 @@
+package relay
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/queue/queuetest"
+	"github.com/postgate/postgate/internal/testenv"
+)
+
+type stepClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *stepClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *stepClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestQueueCollector reads depth, held count and the oldest message's age
+// from a real queue as messages come, are held and leave.
+func TestQueueCollector(t *testing.T) {
+	ctx := context.Background()
+	clock := &stepClock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}
+	q, err := queue.Open(ctx, queuetest.New(), queue.Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = q.Close() }()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewQueueCollector(q, clock.Now))
+	want := func(messages, held, age float64) {
+		t.Helper()
+		got := testenv.Gather(t, reg)
+		for name, v := range map[string]float64{MetricQueueMessages: messages, MetricQueueHeld: held, MetricQueueOldestAge: age} {
+			if got[name+"{}"] != v {
+				t.Errorf("%s = %v, want %v", name, got[name+"{}"], v)
+			}
+		}
+	}
+	want(0, 0, 0)
+	env := queue.Envelope{From: "a@example.com", To: []queue.Rcpt{{Addr: "b@dest.test"}}}
+	first, err := q.Enqueue(ctx, env, strings.NewReader("Subject: 1\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.add(90 * time.Second)
+	second, err := q.Enqueue(ctx, env, strings.NewReader("Subject: 2\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.add(10 * time.Second)
+	want(2, 0, 100)
+	if err := q.Hold(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	want(2, 1, 100)
+	if err := q.Delete(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	want(1, 1, 10) // the oldest is now the second
+	if got := testenv.Gather(t, reg)[MetricQueueEnqueued+"{}"]; got != 2 {
+		t.Errorf("%s = %v, want 2", MetricQueueEnqueued, got)
+	}
+}
