@@ -6,7 +6,6 @@ ENV CGO_ENABLED=0 GOTOOLCHAIN=local
 COPY go.mod go.sum ./
 RUN go mod download
 COPY api/ api/
-COPY config/crd/ config/crd/
 COPY cmd/ cmd/
 COPY internal/ internal/
 COPY webhook/ webhook/

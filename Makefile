@@ -13,7 +13,7 @@ HELM := $(LOCALBIN)/helm
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
 
 .PHONY: help
 help: ## Show the targets.
@@ -24,12 +24,15 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases and the chart, and the RBAC roles into config/rbac and the chart.
+manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases, the chart and internal/manifest, and the RBAC roles into config/rbac and the chart.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./internal/controllers/... output:rbac:artifacts:config=config/rbac/operator
 	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./internal/relay/... output:rbac:artifacts:config=config/rbac/relay
 	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
 	cp config/crd/bases/*.yaml charts/postgate/crds/
+	# internal/manifest embeds its own copy (postgate check and the standalone relay).
+	rm -rf internal/manifest/crds && mkdir -p internal/manifest/crds
+	cp config/crd/bases/*.yaml internal/manifest/crds/
 	# The chart renders these rules unchanged (templates/_helpers.tpl, postgate.rbac).
 	rm -rf charts/postgate/files/rbac && mkdir -p charts/postgate/files/rbac/operator charts/postgate/files/rbac/relay
 	cp config/rbac/operator/role.yaml charts/postgate/files/rbac/operator/

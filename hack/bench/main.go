@@ -37,7 +37,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postgate/postgate/hack/bench/load"
+	"github.com/postgate/postgate/hack/internal/load"
 	"github.com/postgate/postgate/internal/testenv"
 )
 

@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postgate/postgate/hack/bench/load"
+	"github.com/postgate/postgate/hack/internal/load"
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/testenv"
 )

@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
-	"github.com/postgate/postgate/config/crd"
 )
 
 // Loader reads manifests. NewLoader compiles the CRD schemas and their CEL
@@ -42,14 +41,14 @@ func WithRecursive() Option {
 	return func(l *Loader) { l.recursive = true }
 }
 
-// NewLoader returns a Loader that judges objects by the CRDs embedded from
-// config/crd/bases.
+// NewLoader returns a Loader that judges objects by the embedded CRDs (a
+// copy of config/crd/bases, kept in sync by make manifests).
 func NewLoader(opts ...Option) (*Loader, error) {
 	l := &Loader{namespace: metav1.NamespaceDefault}
 	for _, o := range opts {
 		o(l)
 	}
-	kinds, err := compileCRDs(crd.Bases())
+	kinds, err := compileCRDs(embeddedCRDs())
 	if err != nil {
 		return nil, fmt.Errorf("compiling the embedded CRDs: %w", err)
 	}
