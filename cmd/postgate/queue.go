@@ -5,10 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/admin"
@@ -79,100 +75,41 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	switch verb {
 	case "list":
-		v := url.Values{}
-		for k, s := range map[string]string{"sender": *sender, "domain": *domain, "after": *after} {
-			if s != "" {
-				v.Set(k, s)
-			}
-		}
-		if *older > 0 {
-			v.Set("older", older.String())
-		}
-		v.Set("limit", fmt.Sprint(*limit))
-		var resp admin.ListResponse
-		if err := c.Do(ctx, http.MethodGet, "/v1/messages?"+v.Encode(), nil, &resp); err != nil {
+		resp, err := c.List(ctx, admin.ListQuery{Sender: *sender, Domain: *domain, Older: *older, Limit: *limit, After: *after})
+		if err != nil {
 			return fail(err)
 		}
-		printQueueList(stdout, &resp)
+		admin.WriteList(stdout, resp)
 	case "show":
-		var m admin.Message
-		if err := c.Do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(ids[0]), nil, &m); err != nil {
+		m, err := c.Show(ctx, ids[0])
+		if err != nil {
 			return fail(err)
 		}
-		printQueueMessage(stdout, &m)
+		admin.WriteMessage(stdout, m)
 	case "flush":
-		var resp admin.FlushResponse
-		if err := c.Do(ctx, http.MethodPost, "/v1/flush", admin.FlushRequest{IDs: ids}, &resp); err != nil {
+		n, err := c.Flush(ctx, ids)
+		if err != nil {
 			return fail(err)
 		}
-		fmt.Fprintf(stdout, "%d messages flushed\n", resp.Flushed)
+		fmt.Fprintf(stdout, "%d messages flushed\n", n)
 	default:
-		method, suffix := http.MethodPost, "/"+verb
-		if verb == "delete" {
-			method, suffix = http.MethodDelete, ""
-			if *bounce {
-				suffix = "?bounce=true"
-			}
+		act, done := c.Hold, "held"
+		switch verb {
+		case "release":
+			act, done = c.Release, "released"
+		case "delete":
+			act = func(ctx context.Context, id string) error { return c.Delete(ctx, id, *bounce) }
+			done = "deleted"
 		}
 		code := 0
 		for _, id := range ids {
-			if err := c.Do(ctx, method, "/v1/messages/"+url.PathEscape(id)+suffix, nil, nil); err != nil {
+			if err := act(ctx, id); err != nil {
 				code = fail(err)
 				continue
 			}
-			fmt.Fprintf(stdout, "%s: %s\n", id, map[string]string{"hold": "held", "release": "released", "delete": "deleted"}[verb])
+			fmt.Fprintf(stdout, "%s: %s\n", id, done)
 		}
 		return code
 	}
 	return 0
-}
-
-func printQueueList(w io.Writer, resp *admin.ListResponse) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tARRIVAL\tSIZE\tHELD\tFROM\tPENDING\tRECIPIENTS\tLAST REPLY")
-	for _, m := range resp.Messages {
-		pending, last := 0, ""
-		rcpts := make([]string, 0, len(m.Recipients))
-		for _, r := range m.Recipients {
-			rcpts = append(rcpts, r.Addr)
-			if r.State == "pending" {
-				pending++
-			}
-			if r.LastReply != "" {
-				last = r.LastReply
-			}
-		}
-		if len(last) > 60 {
-			last = last[:60] + "..."
-		}
-		held := "-"
-		if m.Held {
-			held = "held"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t<%s>\t%d/%d\t%s\t%s\n", m.ID, m.Arrival.UTC().Format(time.RFC3339), m.Size, held,
-			m.From, pending, len(m.Recipients), strings.Join(rcpts, ","), last)
-	}
-	_ = tw.Flush()
-	if resp.Next != "" {
-		fmt.Fprintf(w, "more: --after %s\n", resp.Next)
-	}
-}
-
-func printQueueMessage(w io.Writer, m *admin.Message) {
-	fmt.Fprintf(w, "ID:       %s\nArrival:  %s\nFrom:     <%s>\nSize:     %d\nHeld:     %t\n", m.ID, m.Arrival.UTC().Format(time.RFC3339), m.From, m.Size, m.Held)
-	if e := m.Envelope; e.ClientAddr != "" || e.HELO != "" || e.Auth != "" {
-		fmt.Fprintf(w, "Client:   %s helo=%s auth=%s\n", e.ClientAddr, e.HELO, e.Auth)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tLAST ATTEMPT\tNEXT ATTEMPT\tLAST REPLY")
-	ts := func(t time.Time) string {
-		if t.IsZero() {
-			return "-"
-		}
-		return t.UTC().Format(time.RFC3339)
-	}
-	for _, r := range m.Recipients {
-		fmt.Fprintf(tw, "<%s>\t%s\t%d\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, ts(r.LastAttempt), ts(r.NextAttempt), r.LastReply)
-	}
-	_ = tw.Flush()
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -67,4 +69,71 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return nil
 	}
 	return json.Unmarshal(b, out)
+}
+
+// ListQuery selects the messages of a List; zero fields select everything.
+type ListQuery struct {
+	Sender string // the sender contains this
+	Domain string // a recipient is in this domain
+	Older  time.Duration
+	Limit  int
+	After  string // the ID after which the page starts
+}
+
+// List returns one page of queued messages in arrival order.
+func (c *Client) List(ctx context.Context, q ListQuery) (*ListResponse, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"sender": q.Sender, "domain": q.Domain, "after": q.After} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Older > 0 {
+		v.Set("older", q.Older.String())
+	}
+	v.Set("limit", strconv.Itoa(q.Limit))
+	var resp ListResponse
+	if err := c.Do(ctx, http.MethodGet, "/v1/messages?"+v.Encode(), nil, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Show returns one queued message.
+func (c *Client) Show(ctx context.Context, id string) (*Message, error) {
+	var m Message
+	if err := c.Do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(id), nil, &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Flush makes the named messages due now, every message when ids is
+// empty, and returns how many were.
+func (c *Client) Flush(ctx context.Context, ids []string) (int, error) {
+	var resp FlushResponse
+	if err := c.Do(ctx, http.MethodPost, "/v1/flush", FlushRequest{IDs: ids}, &resp); err != nil {
+		return 0, err
+	}
+	return resp.Flushed, nil
+}
+
+// Hold keeps a message from delivery until it is released.
+func (c *Client) Hold(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodPost, "/v1/messages/"+url.PathEscape(id)+"/hold", nil, nil)
+}
+
+// Release ends a hold.
+func (c *Client) Release(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodPost, "/v1/messages/"+url.PathEscape(id)+"/release", nil, nil)
+}
+
+// Delete deletes a message: silently, or with bounce, telling the sender
+// that the recipients still pending failed.
+func (c *Client) Delete(ctx context.Context, id string, bounce bool) error {
+	suffix := ""
+	if bounce {
+		suffix = "?bounce=true"
+	}
+	return c.Do(ctx, http.MethodDelete, "/v1/messages/"+url.PathEscape(id)+suffix, nil, nil)
 }

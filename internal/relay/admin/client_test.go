@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"strings"
@@ -26,5 +27,67 @@ func TestClient(t *testing.T) {
 	}
 	if err := admin.NewClient(f.srv.URL+"/", 10*time.Second).Do(context.Background(), http.MethodPost, "/v1/flush", admin.FlushRequest{}, nil); err != nil {
 		t.Errorf("flush through a URL: %v", err)
+	}
+}
+
+// TestClientActions: each method of the client reaches its endpoint, and
+// the text rendering shows what `postgate queue` prints.
+func TestClientActions(t *testing.T) {
+	f := newFixture(t)
+	firstID := f.enqueue("alice@example.com", "bob@dest.test")
+	f.defer_(firstID) // so that a flush has something to make due
+	first := string(firstID)
+	second := string(f.enqueue("carol@example.com", "dave@other.test"))
+	c := admin.NewClient(strings.TrimPrefix(f.srv.URL, "http://"), 10*time.Second)
+	ctx := context.Background()
+
+	page, err := c.List(ctx, admin.ListQuery{Sender: "alice", Domain: "dest.test", Limit: 1})
+	if err != nil || len(page.Messages) != 1 || page.Messages[0].ID != first {
+		t.Fatalf("list: %+v %v", page, err)
+	}
+	var out bytes.Buffer
+	admin.WriteList(&out, page)
+	if lines := strings.Split(out.String(), "\n"); !strings.HasPrefix(lines[0], "ID ") || !strings.Contains(lines[1], "<alice@example.com>  1/1") {
+		t.Errorf("list text:\n%s", out.String())
+	}
+	page, err = c.List(ctx, admin.ListQuery{Limit: 1})
+	if err != nil || page.Next != first {
+		t.Fatalf("list --limit 1: %+v %v, want the next page after %s", page, err, first)
+	}
+	out.Reset()
+	admin.WriteList(&out, page)
+	if !strings.HasSuffix(out.String(), "more: --after "+first+"\n") {
+		t.Errorf("list text of a first page:\n%s", out.String())
+	}
+
+	if err := c.Hold(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Show(ctx, first)
+	if err != nil || !m.Held {
+		t.Fatalf("show after hold: %+v %v", m, err)
+	}
+	out.Reset()
+	admin.WriteMessage(&out, m)
+	if !strings.Contains(out.String(), "Held:     true\n") || !strings.Contains(out.String(), "<bob@dest.test>") {
+		t.Errorf("show text:\n%s", out.String())
+	}
+	if err := c.Release(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.Show(ctx, first); err != nil || m.Held {
+		t.Fatalf("show after release: %+v %v", m, err)
+	}
+	if n, err := c.Flush(ctx, []string{first}); err != nil || n != 1 {
+		t.Errorf("flush %s: %d %v, want 1", first, n, err)
+	}
+	if err := c.Delete(ctx, second, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Show(ctx, second); err == nil {
+		t.Errorf("show %s after delete: no error", second)
+	}
+	if err := c.Delete(ctx, second, false); err == nil {
+		t.Errorf("second delete of %s: no error", second)
 	}
 }

@@ -1,0 +1,65 @@
+package admin
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// WriteList writes a page of messages as the table `postgate queue list`
+// prints, one message a line, and the flag for the next page when there is
+// one.
+func WriteList(w io.Writer, resp *ListResponse) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tARRIVAL\tSIZE\tHELD\tFROM\tPENDING\tRECIPIENTS\tLAST REPLY")
+	for _, m := range resp.Messages {
+		pending, last := 0, ""
+		rcpts := make([]string, 0, len(m.Recipients))
+		for _, r := range m.Recipients {
+			rcpts = append(rcpts, r.Addr)
+			if r.State == "pending" {
+				pending++
+			}
+			if r.LastReply != "" {
+				last = r.LastReply
+			}
+		}
+		// The table keeps one line per message; show gives the whole reply.
+		if len(last) > 60 {
+			last = last[:60] + "..."
+		}
+		held := "-"
+		if m.Held {
+			held = "held"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t<%s>\t%d/%d\t%s\t%s\n", m.ID, m.Arrival.UTC().Format(time.RFC3339), m.Size, held,
+			m.From, pending, len(m.Recipients), strings.Join(rcpts, ","), last)
+	}
+	_ = tw.Flush()
+	if resp.Next != "" {
+		fmt.Fprintf(w, "more: --after %s\n", resp.Next)
+	}
+}
+
+// WriteMessage writes one message as `postgate queue show` prints it: the
+// envelope, then a table of its recipients' states.
+func WriteMessage(w io.Writer, m *Message) {
+	fmt.Fprintf(w, "ID:       %s\nArrival:  %s\nFrom:     <%s>\nSize:     %d\nHeld:     %t\n", m.ID, m.Arrival.UTC().Format(time.RFC3339), m.From, m.Size, m.Held)
+	if e := m.Envelope; e.ClientAddr != "" || e.HELO != "" || e.Auth != "" {
+		fmt.Fprintf(w, "Client:   %s helo=%s auth=%s\n", e.ClientAddr, e.HELO, e.Auth)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tLAST ATTEMPT\tNEXT ATTEMPT\tLAST REPLY")
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	for _, r := range m.Recipients {
+		fmt.Fprintf(tw, "<%s>\t%s\t%d\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, ts(r.LastAttempt), ts(r.NextAttempt), r.LastReply)
+	}
+	_ = tw.Flush()
+}
