@@ -376,13 +376,18 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	defer stopHTTP()
 
+	// The end of ctx also ends the table source, which sends nil on errs:
+	// both cases can be ready at once, and select picks either, so the
+	// shutdown is announced after the select, whichever came first.
 	select {
 	case <-ctx.Done():
-		logger.Info("Shutting down: no new connections, waiting for sessions", "grace", cfg.ShutdownGrace)
 	case err := <-errs:
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			return err
 		}
+	}
+	if ctx.Err() != nil {
+		logger.Info("Shutting down: no new connections, waiting for sessions", "grace", cfg.ShutdownGrace)
 	}
 	return r.shutdown(lc, srv, worker, q)
 }
