@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +54,8 @@ type config struct {
 	work         string
 	skipPostfix  bool
 	profileRelay string
+	pprofRelay   string
+	pprofTime    time.Duration
 	keepWorkDir  bool
 	loads        []loadSpec
 	sourceCounts map[int]int // smtp-source's messages by size
@@ -85,6 +88,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.work, "work-dir", "", "directory for spools and logs, on the disk to measure (default: a new directory under $TMPDIR)")
 	fs.BoolVar(&c.skipPostfix, "skip-postfix", false, "measure postgate and the ceiling only")
 	fs.StringVar(&c.profileRelay, "profile", "", "with perf installed: record a CPU profile (perf record -g) of postgate during the runs of this load, SIZE/SESSIONS, into the work directory")
+	fs.StringVar(&c.pprofRelay, "pprof", "", "record a Go CPU profile of postgate (its --pprof endpoint) for -pprof-time from the start of each run of this load, SIZE/SESSIONS, into the work directory (go tool pprof -top FILE)")
+	fs.DurationVar(&c.pprofTime, "pprof-time", 3*time.Second, "how long -pprof records, from the start of the load")
 	fs.BoolVar(&c.keepWorkDir, "keep", false, "keep the work directory (logs, profiles)")
 	fs.StringVar(&loads, "loads", "client/route,source/mx", "loads, comma-separated CLIENT/DELIVERY: CLIENT client (the load client, for -duration) or source (smtp-source, -source-messages, one message per connection); DELIVERY route (postgate: a RelayRoute, Postfix: relayhost) or mx (postgate: MX lookup on the loopback DNS server, Postfix: a transport map entry)")
 	fs.StringVar(&counts, "source-messages", "1024=10000,102400=2000", fmt.Sprintf("smtp-source's messages per run by size, comma-separated SIZE=COUNT (%d for a size not listed)", defaultSourceMessages))
@@ -311,9 +316,11 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 	addr := sink.addr
 	var peakRSS, cpu func() float64
 	pgPID := 0
+	var pg *process
 	switch k {
 	case kindPostgate:
-		pg, err := b.startPostgate(dir, sink.port, lk.delivery)
+		pprof := b.cfg.pprofRelay == fmt.Sprintf("%d/%d", lk.size, lk.sessions)
+		pg, err = b.startPostgate(dir, sink.port, lk.delivery, pprof)
 		if err != nil {
 			return sample{}, err
 		}
@@ -340,6 +347,10 @@ func (b *bench) measure(ctx context.Context, k kind, lk loadKey) (sample, error)
 	if pgPID > 0 && b.cfg.profileRelay == fmt.Sprintf("%d/%d", lk.size, lk.sessions) {
 		stopProfile := b.perf(dir, pgPID)
 		defer stopProfile()
+	}
+	if pg != nil && pg.pprofAddr != "" {
+		wait := b.goProfile(pg.pprofAddr)
+		defer wait()
 	}
 	var cpu0 float64
 	if cpu != nil {
@@ -538,12 +549,14 @@ type process struct {
 	addr string
 	pids func() []int
 	stop func()
+	// pprofAddr serves postgate's Go profiles; "" when off.
+	pprofAddr string
 }
 
 // startPostgate starts a standalone relay that delivers to the sink by a
 // RelayRoute, or with deliveryMX by the MX of the recipients' domain on
 // the loopback DNS server (the sink's port as the MX port).
-func (b *bench) startPostgate(dir string, sinkPort int, d delivery) (*process, error) {
+func (b *bench) startPostgate(dir string, sinkPort int, d delivery, pprof bool) (*process, error) {
 	manifests := filepath.Join(dir, "manifests")
 	if err := os.MkdirAll(manifests, 0o750); err != nil {
 		return nil, err
@@ -564,6 +577,14 @@ func (b *bench) startPostgate(dir string, sinkPort int, d delivery) (*process, e
 		"--spool-dir", filepath.Join(dir, "spool"), "--smtp-bind-address", p.addr,
 		"--dns-server", b.dns.Addr(), "--mx-port", strconv.Itoa(sinkPort), "--admin-bind-address", "", "--hostname", "postgate.bench.test",
 		"--max-connections", "5000", "--max-connections-per-client", "5000")
+	if pprof {
+		port, err := freePort("127.0.0.1")
+		if err != nil {
+			return nil, err
+		}
+		p.pprofAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		p.cmd.Args = append(p.cmd.Args, "--pprof", "--metrics-bind-address", p.pprofAddr)
+	}
 	logf, err := createLog(dir, "postgate.log")
 	if err != nil {
 		return nil, err
@@ -750,6 +771,43 @@ func descendants(root int) []int {
 		}
 	}
 	return out
+}
+
+// goProfile records a Go CPU profile from postgate's --pprof endpoint for
+// -pprof-time into the work directory; the returned function waits for it.
+func (b *bench) goProfile(addr string) func() {
+	out := filepath.Join(b.work, fmt.Sprintf("pprof-%03d.pb.gz", b.seq))
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(b.cfg.pprofTime.Seconds())))
+	fmt.Fprintf(b.log, "recording a Go CPU profile of postgate into %s (go tool pprof -top %s)\n", out, out)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := fetch(url, out); err != nil {
+			fmt.Fprintf(b.log, "pprof: %v\n", err)
+		}
+	}()
+	return func() { <-done }
+}
+
+// fetch saves the body of a GET of url to the file out.
+func fetch(url, out string) error {
+	resp, err := http.Get(url) //nolint:gosec,noctx // the harness's own relay, on loopback
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(out) //nolint:gosec // the harness's own work directory
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // perf records a CPU profile of pid until the returned function is called.

@@ -182,7 +182,7 @@ func (b *bench) idle(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer sink.stop()
-	pg, err := b.startPostgate(dir, sink.port, deliveryRoute)
+	pg, err := b.startPostgate(dir, sink.port, deliveryRoute, false)
 	if err != nil {
 		return err
 	}

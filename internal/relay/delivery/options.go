@@ -47,7 +47,10 @@ type Options struct {
 	MaxConnections int
 	// MaxPerDestination bounds the transactions under way to one
 	// destination: a recipient domain (MX) or a target relay, per source
-	// IP. Default 10.
+	// IP. Default 20, Postfix's default_destination_concurrency_limit: at
+	// 10, a relay with one busy destination (a smart host) delivered at
+	// half the rate it accepted, every other attempt waiting for a slot
+	// (docs/design.md section 5, Delivery).
 	MaxPerDestination int
 	// MaxAddresses is how many host addresses one attempt to one
 	// destination tries before it defers (RFC 5321 section 5.1 asks for at
@@ -131,7 +134,7 @@ func (o Options) withDefaults() (Options, error) {
 		def int
 	}{
 		{&o.MXPort, 25}, {&o.MaxMessages, 100}, {&o.MaxConnections, 100},
-		{&o.MaxPerDestination, 10}, {&o.MaxAddresses, 5},
+		{&o.MaxPerDestination, 20}, {&o.MaxAddresses, 5},
 	}
 	for _, d := range ints {
 		if *d.v == 0 {
