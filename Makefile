@@ -13,15 +13,17 @@ HELM := $(LOCALBIN)/helm
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases charts/postgate/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go api/v1alpha1/applyconfiguration config/crd/bases charts/postgate/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
 
 .PHONY: help
 help: ## Show the targets.
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: generate
-generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
-	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code and the apply configurations (api/v1alpha1/applyconfiguration).
+	# From scratch, so that the files of a removed type go too.
+	rm -rf api/v1alpha1/applyconfiguration
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt applyconfiguration:headerFile=hack/boilerplate.go.txt,omitToolVersion=true paths=./api/...
 
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases, the chart and internal/manifest, and the RBAC roles into config/rbac and the chart.
