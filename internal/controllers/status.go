@@ -12,10 +12,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	acmetav1 "k8s.io/client-go/applyconfigurations/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	acv1alpha1 "github.com/postgate/postgate/api/v1alpha1/applyconfiguration/api/v1alpha1"
+	"github.com/postgate/postgate/internal/routing"
 )
 
 // FieldManager is the operator's field manager. It owns the conditions,
@@ -100,20 +104,70 @@ func statusHash(s ownedStatus) [32]byte {
 }
 
 // applyStatus applies s to the status subresource of obj with server-side
-// apply under FieldManager.
+// apply under FieldManager. It forces: the fields it names are the
+// operator's alone (docs/design.md contract 6), and a status left behind by
+// another writer must not stop the operator from writing its own.
 func applyStatus(ctx context.Context, c client.Client, obj client.Object, kind string, s ownedStatus) error {
-	body := map[string]any{
-		"apiVersion": v1alpha1.GroupVersion.String(),
-		"kind":       kind,
-		"metadata":   map[string]string{"name": obj.GetName(), "namespace": obj.GetNamespace()},
-		"status":     s,
-	}
-	data, err := json.Marshal(body)
+	ac, err := statusApply(kind, obj.GetNamespace(), obj.GetName(), s)
 	if err != nil {
 		return err
 	}
-	return c.Status().Patch(ctx, newObjectLike(kind, obj), client.RawPatch(types.ApplyPatchType, data),
-		client.FieldOwner(FieldManager), client.ForceOwnership)
+	return c.Status().Apply(ctx, ac, client.FieldOwner(FieldManager), client.ForceOwnership)
+}
+
+// statusApply is the apply configuration of s for the object of the given
+// kind: the fields the operator owns and nothing else, so that the apply
+// leaves the relays' delivery entries alone. A field the operator no
+// longer names (a DeliveryDegraded condition that cleared, a DKIM record
+// that went away) is removed by the apply, as the operator was its only
+// owner.
+func statusApply(kind, namespace, name string, s ownedStatus) (runtime.ApplyConfiguration, error) {
+	conds := make([]*acmetav1.ConditionApplyConfiguration, len(s.Conditions))
+	for i := range s.Conditions {
+		conds[i] = conditionApply(&s.Conditions[i])
+	}
+	switch kind {
+	case routing.KindSenderDomain:
+		st := acv1alpha1.SenderDomainStatus().WithObservedGeneration(s.ObservedGeneration).WithConditions(conds...)
+		if s.DKIM != nil {
+			st.WithDKIM(dkimApply(s.DKIM))
+		}
+		return acv1alpha1.SenderDomain(name, namespace).WithStatus(st), nil
+	case routing.KindRelayRoute:
+		st := acv1alpha1.RelayRouteStatus().WithObservedGeneration(s.ObservedGeneration).WithConditions(conds...)
+		return acv1alpha1.RelayRoute(name, namespace).WithStatus(st), nil
+	case routing.KindTrustedNetwork:
+		st := acv1alpha1.TrustedNetworkStatus().WithObservedGeneration(s.ObservedGeneration).WithConditions(conds...)
+		return acv1alpha1.TrustedNetwork(name, namespace).WithStatus(st), nil
+	}
+	return nil, fmt.Errorf("no status to apply for kind %q", kind)
+}
+
+// conditionApply is c as an apply configuration. Type, status, reason,
+// message and lastTransitionTime are required by the schema
+// (metav1.Condition) and always named; observedGeneration only when set.
+func conditionApply(c *metav1.Condition) *acmetav1.ConditionApplyConfiguration {
+	out := acmetav1.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
+		WithMessage(c.Message).WithLastTransitionTime(c.LastTransitionTime)
+	if c.ObservedGeneration != 0 {
+		out.WithObservedGeneration(c.ObservedGeneration)
+	}
+	return out
+}
+
+// dkimApply is d as an apply configuration, naming only the fields set.
+func dkimApply(d *v1alpha1.DKIMRecord) *acv1alpha1.DKIMRecordApplyConfiguration {
+	out := acv1alpha1.DKIMRecord()
+	if d.Name != "" {
+		out.WithName(d.Name)
+	}
+	if d.Value != "" {
+		out.WithValue(d.Value)
+	}
+	if d.SecretName != "" {
+		out.WithSecretName(d.SecretName)
+	}
+	return out
 }
 
 // The delivery condition (docs/design.md contract 6) is derived from the relays'

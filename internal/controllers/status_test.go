@@ -1,12 +1,15 @@
 package controllers
 
 import (
+	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/randfill"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/routing"
@@ -183,4 +186,53 @@ func TestVersionBookHeldToResolved(t *testing.T) {
 	if got := b.programmed(ref, relays{live: []relay{{name: "a", version: 6}}}, &published, "relays"); got.Status != metav1.ConditionTrue {
 		t.Errorf("relay at version 6: %s %s, want programmed", got.Status, got.Message)
 	}
+}
+
+// TestStatusApplyNamesWhatTheOperatorOwns: the apply configuration of a
+// status names the operator's fields as their JSON form does, and nothing
+// else: no status.delivery, whose entries are the relays' (docs/design.md
+// contract 6). A field it left out would be given up and removed.
+func TestStatusApplyNamesWhatTheOperatorOwns(t *testing.T) {
+	f := randfill.NewWithSeed(1).NilChance(0.3)
+	for i := range 300 {
+		var s ownedStatus
+		f.Fill(&s)
+		kind := []string{routing.KindSenderDomain, routing.KindRelayRoute, routing.KindTrustedNetwork}[i%3]
+		if kind != routing.KindSenderDomain {
+			s.DKIM = nil // only a SenderDomain has one (writeStatuses)
+		}
+		if len(s.Conditions) == 0 {
+			// Never so: the summary conditions are always there.
+			s.Conditions = []metav1.Condition{{Type: string(v1alpha1.ConditionReady), Status: metav1.ConditionTrue}}
+		}
+		ac, err := statusApply(kind, "tenant", "name", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := jsonValue(t, map[string]any{
+			"apiVersion": v1alpha1.GroupVersion.String(), "kind": kind,
+			"metadata": map[string]string{"namespace": "tenant", "name": "name"},
+			"status":   s,
+		})
+		if got := jsonValue(t, ac); !reflect.DeepEqual(got, want) {
+			t.Fatalf("the apply configuration of\n%v\nis\n%v", want, got)
+		}
+	}
+	if _, err := statusApply("Secret", "tenant", "name", ownedStatus{}); err == nil {
+		t.Error("a status of a kind that is none of the three applies")
+	}
+}
+
+// jsonValue is v's JSON form, decoded into maps and slices.
+func jsonValue(t *testing.T, v any) any {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

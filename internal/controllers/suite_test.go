@@ -139,6 +139,11 @@ func (c countingClient) Delete(ctx context.Context, obj client.Object, opts ...c
 	return c.Client.Delete(ctx, obj, opts...)
 }
 
+func (c countingClient) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+	c.w.n.Add(1)
+	return c.Client.Apply(ctx, obj, opts...)
+}
+
 func (c countingClient) Status() client.SubResourceWriter {
 	return countingStatus{c.Client.Status(), c.w}
 }
@@ -156,6 +161,11 @@ func (c countingStatus) Patch(ctx context.Context, obj client.Object, p client.P
 func (c countingStatus) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 	c.w.n.Add(1)
 	return c.SubResourceWriter.Update(ctx, obj, opts...)
+}
+
+func (c countingStatus) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
+	c.w.n.Add(1)
+	return c.SubResourceWriter.Apply(ctx, obj, opts...)
 }
 
 // operator is a running operator of one test.

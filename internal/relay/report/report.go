@@ -12,7 +12,6 @@ package report
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -22,11 +21,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	acv1alpha1 "github.com/postgate/postgate/api/v1alpha1/applyconfiguration/api/v1alpha1"
 	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/routing"
 )
@@ -449,28 +450,78 @@ func (r *Reporter) snapshot(e *entry, now time.Time) v1alpha1.ReplicaDeliverySta
 
 // apply writes st as this replica's entry of the object's
 // status.delivery.replicas. Without ForceOwnership, and naming only its
-// own entry, the apply leaves the other replicas' entries and the
-// operator's conditions alone (contract 6).
+// own entry (a map-list keyed by name), the apply leaves the other
+// replicas' entries and the operator's conditions alone (contract 6); a
+// field of its entry that st no longer has (a lastFailed.tls) is removed,
+// as this replica was its only owner.
 func (r *Reporter) apply(ctx context.Context, k routing.ObjectKey, st v1alpha1.ReplicaDeliveryStatus) error {
-	obj := carrier(k)
-	if obj == nil {
+	var ac runtime.ApplyConfiguration
+	delivery := acv1alpha1.DeliveryStatus().WithReplicas(replicaApply(&st))
+	switch k.Kind {
+	case routing.KindSenderDomain:
+		ac = acv1alpha1.SenderDomain(k.Name, k.Namespace).WithStatus(acv1alpha1.SenderDomainStatus().WithDelivery(delivery))
+	case routing.KindRelayRoute:
+		ac = acv1alpha1.RelayRoute(k.Name, k.Namespace).WithStatus(acv1alpha1.RelayRouteStatus().WithDelivery(delivery))
+	default:
+		// No delivery status on this kind (a TrustedNetwork carries no
+		// mail of its own): as for an object that is gone.
 		return apierrors.NewNotFound(v1alpha1.GroupVersion.WithResource(k.Kind).GroupResource(), k.Name)
 	}
-	body := map[string]any{
-		"apiVersion": v1alpha1.GroupVersion.String(),
-		"kind":       k.Kind,
-		"metadata":   map[string]string{"name": k.Name, "namespace": k.Namespace},
-		"status": map[string]any{
-			"delivery": map[string]any{"replicas": []v1alpha1.ReplicaDeliveryStatus{st}},
-		},
-	}
-	data, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	if err := r.c.Status().Patch(ctx, obj, client.RawPatch(types.ApplyPatchType, data),
-		client.FieldOwner(FieldManagerPrefix+r.opts.Replica)); err != nil {
+	if err := r.c.Status().Apply(ctx, ac, client.FieldOwner(FieldManagerPrefix+r.opts.Replica)); err != nil {
 		return fmt.Errorf("applying delivery status of %s: %w", k, err)
 	}
 	return nil
+}
+
+// replicaApply is st as an apply configuration. It names only the fields
+// that are set, as their JSON form (omitempty) does: a zero count is
+// absent, not 0.
+func replicaApply(st *v1alpha1.ReplicaDeliveryStatus) *acv1alpha1.ReplicaDeliveryStatusApplyConfiguration {
+	out := acv1alpha1.ReplicaDeliveryStatus().WithName(st.Name)
+	if st.UpdateTime != nil {
+		out.WithUpdateTime(*st.UpdateTime)
+	}
+	if st.LastDelivered != nil {
+		out.WithLastDelivered(attemptApply(st.LastDelivered))
+	}
+	if st.LastFailed != nil {
+		out.WithLastFailed(attemptApply(st.LastFailed))
+	}
+	if w := st.Window; w != nil {
+		aw := acv1alpha1.DeliveryWindow()
+		setIf(w.Seconds, aw.WithSeconds)
+		setIf(w.Delivered, aw.WithDelivered)
+		setIf(w.Deferred, aw.WithDeferred)
+		setIf(w.Bounced, aw.WithBounced)
+		out.WithWindow(aw)
+	}
+	return out
+}
+
+// attemptApply is a as an apply configuration, naming only the fields set.
+func attemptApply(a *v1alpha1.DeliveryAttempt) *acv1alpha1.DeliveryAttemptApplyConfiguration {
+	out := acv1alpha1.DeliveryAttempt().WithTime(a.Time)
+	setIf(a.RelayHost, out.WithRelayHost)
+	setIf(a.RelayAddress, out.WithRelayAddress)
+	setIf(a.SourceAddress, out.WithSourceAddress)
+	setIf(a.ResponseCode, out.WithResponseCode)
+	setIf(a.EnhancedCode, out.WithEnhancedCode)
+	setIf(a.Reply, out.WithReply)
+	if t := a.TLS; t != nil {
+		at := acv1alpha1.TransportEncryption()
+		setIf(t.Requested, at.WithRequested)
+		setIf(t.Established, at.WithEstablished)
+		setIf(t.Protocol, at.WithProtocol)
+		setIf(t.CipherSuite, at.WithCipherSuite)
+		out.WithTLS(at)
+	}
+	return out
+}
+
+// setIf calls with(v) unless v is the zero value.
+func setIf[T comparable, R any](v T, with func(T) R) {
+	var zero T
+	if v != zero {
+		with(v)
+	}
 }

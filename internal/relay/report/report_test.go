@@ -73,19 +73,36 @@ func newCounting(t *testing.T, inner func() client.WithWatch) *counting {
 				c.before()
 			}
 			err := inner().SubResource(sub).Patch(ctx, obj, patch, opts...)
-			defer c.changes.Changed()
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if err != nil {
-				c.failures++
-			} else {
-				c.writes++
-				c.byName[obj.GetName()]++
+			c.count(obj.GetName(), err)
+			return err
+		},
+		SubResourceApply: func(ctx context.Context, _ client.Client, sub string, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
+			if c.before != nil {
+				c.before()
 			}
+			err := inner().SubResource(sub).Apply(ctx, obj, opts...)
+			var name string
+			if o, ok := obj.(interface{ GetName() *string }); ok && o.GetName() != nil {
+				name = *o.GetName()
+			}
+			c.count(name, err)
 			return err
 		},
 	})
 	return c
+}
+
+// count records one status write of the object named name.
+func (c *counting) count(name string, err error) {
+	defer c.changes.Changed()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.failures++
+	} else {
+		c.writes++
+		c.byName[name]++
+	}
 }
 
 // counts returns the writes and the failed writes so far.
