@@ -8,7 +8,9 @@ import (
 // Object is one of the three kinds, seen through the status they share:
 // the operator's conditions and observedGeneration, and the relays'
 // delivery entries (nil on a TrustedNetwork, which carries no mail of its
-// own). Code that only reads or writes these need not tell the kinds apart.
+// own) and DKIM record (only a SenderDomain's); and through the Secrets
+// their specs name. Code that only reads or
+// writes these need not tell the kinds apart.
 // +kubebuilder:object:generate=false
 type Object interface {
 	metav1.Object
@@ -18,6 +20,8 @@ type Object interface {
 	GetObservedGeneration() int64
 	SetObservedGeneration(int64)
 	GetDelivery() *DeliveryStatus
+	GetDKIM() *DKIMRecord
+	SecretNames() []string
 }
 
 var (
@@ -41,6 +45,9 @@ func (o *SenderDomain) SetObservedGeneration(g int64) { o.Status.ObservedGenerat
 // GetDelivery returns status.delivery.
 func (o *SenderDomain) GetDelivery() *DeliveryStatus { return o.Status.Delivery }
 
+// GetDKIM returns status.dkim.
+func (o *SenderDomain) GetDKIM() *DKIMRecord { return o.Status.DKIM }
+
 // GetConditions returns status.conditions.
 func (o *RelayRoute) GetConditions() []metav1.Condition { return o.Status.Conditions }
 
@@ -56,6 +63,9 @@ func (o *RelayRoute) SetObservedGeneration(g int64) { o.Status.ObservedGeneratio
 // GetDelivery returns status.delivery.
 func (o *RelayRoute) GetDelivery() *DeliveryStatus { return o.Status.Delivery }
 
+// GetDKIM returns nil: a RelayRoute signs nothing of its own.
+func (o *RelayRoute) GetDKIM() *DKIMRecord { return nil }
+
 // GetConditions returns status.conditions.
 func (o *TrustedNetwork) GetConditions() []metav1.Condition { return o.Status.Conditions }
 
@@ -70,6 +80,9 @@ func (o *TrustedNetwork) SetObservedGeneration(g int64) { o.Status.ObservedGener
 
 // GetDelivery returns nil: a TrustedNetwork carries no delivery entries.
 func (o *TrustedNetwork) GetDelivery() *DeliveryStatus { return nil }
+
+// GetDKIM returns nil: a TrustedNetwork signs nothing of its own.
+func (o *TrustedNetwork) GetDKIM() *DKIMRecord { return nil }
 
 // NewObject returns an empty object of the named kind (SenderDomain,
 // RelayRoute or TrustedNetwork), or nil for any other name.

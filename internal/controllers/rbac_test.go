@@ -19,7 +19,6 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/relay/follow"
-	"github.com/postgate/postgate/internal/routing"
 	"github.com/postgate/postgate/internal/testenv"
 )
 
@@ -60,7 +59,7 @@ func TestGeneratedRBACIsEnough(t *testing.T) {
 	if _, err := relay.CoreV1().Secrets(system).List(context.Background(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("the relay may list every Secret of its namespace (err %v)", err)
 	}
-	keyName := routing.GeneratedKeySecretName(tenant+".example.com", "s1")
+	keyName := v1alpha1.DefaultDKIMKeySecretName(tenant+".example.com", "s1")
 	if _, err := relay.CoreV1().Secrets(tenant).Get(context.Background(), keyName, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("the relay may read a tenant's Secret (err %v)", err)
 	}

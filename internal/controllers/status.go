@@ -44,14 +44,6 @@ func newObjectLike(kind string, obj client.Object) client.Object {
 	return out
 }
 
-// dkimOf returns the DKIM record obj carries: only a SenderDomain has one.
-func dkimOf(obj v1alpha1.Object) *v1alpha1.DKIMRecord {
-	if sd, ok := obj.(*v1alpha1.SenderDomain); ok {
-		return sd.Status.DKIM
-	}
-	return nil
-}
-
 // desiredStatus is the status the operator wants on an object that carries
 // the conditions carried: the compiler's conditions for the given
 // Programmed state, the derived delivery condition, and the DKIM record.
@@ -77,7 +69,7 @@ func desiredStatus(carried, conds []metav1.Condition, dkim *v1alpha1.DKIMRecord,
 // change or add.
 func sameStatus(obj v1alpha1.Object, s ownedStatus) bool {
 	cur := obj.GetConditions()
-	if obj.GetObservedGeneration() != s.ObservedGeneration || !equality.Semantic.DeepEqual(dkimOf(obj), s.DKIM) ||
+	if obj.GetObservedGeneration() != s.ObservedGeneration || !equality.Semantic.DeepEqual(obj.GetDKIM(), s.DKIM) ||
 		len(cur) != len(s.Conditions) {
 		return false
 	}

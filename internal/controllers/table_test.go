@@ -370,7 +370,7 @@ func TestGeneratedDKIMKeySurvivesRecreate(t *testing.T) {
 
 	create(t, c, senderDomain(tenant, "signed", domain, generateKey(v1alpha1.DKIMAlgorithmEd25519)))
 	sd := waitCond(t, c, tenant, "signed", newSD, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonReady)
-	secretName := routing.GeneratedKeySecretName(domain, "s1")
+	secretName := v1alpha1.DefaultDKIMKeySecretName(domain, "s1")
 	if sd.Status.DKIM == nil || sd.Status.DKIM.Name != "s1._domainkey."+domain || !strings.HasPrefix(sd.Status.DKIM.Value, "v=DKIM1; k=ed25519; p=") ||
 		sd.Status.DKIM.SecretName != secretName {
 		t.Fatalf("status.dkim = %+v", sd.Status.DKIM)

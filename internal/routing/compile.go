@@ -3,9 +3,7 @@ package routing
 import (
 	"cmp"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -261,37 +259,17 @@ func secretID(s *corev1.Secret, key string, value []byte) string {
 	return contentID([]byte(key), value)
 }
 
-// GeneratedKeySecretName is the default name of the Secret that holds a
-// generated DKIM key: postgate-dkim-<selector>.<domain>, a valid Secret name
-// (an RFC 1123 subdomain of at most 253 characters). A longer name is cut,
-// and ends with '-' and 10 hexadecimal digits of the SHA-256 of the whole
-// name, so that two domains that share their first 240 characters still get
-// Secrets of their own; names that fit are never changed, so that existing
-// installations keep their keys.
-func GeneratedKeySecretName(domain, selector string) string {
-	const maxName = 253
-	name := "postgate-dkim-" + selector + "." + domain
-	if len(name) <= maxName {
-		return name
-	}
-	sum := sha256.Sum256([]byte(name))
-	suffix := "-" + hex.EncodeToString(sum[:5])
-	return strings.TrimRight(name[:maxName-len(suffix)], ".-") + suffix
-}
-
 // DKIMKeySecret returns the Secret name and data key that hold the signing
 // key of sd.
 func DKIMKeySecret(sd *v1alpha1.SenderDomain) (name, key string) {
-	s := sd.Spec.Signing
-	switch {
-	case s == nil:
+	name = sd.DKIMKeySecretName()
+	switch s := sd.Spec.Signing; {
+	case name == "":
 		return "", ""
 	case s.KeySecretRef != nil:
-		return s.KeySecretRef.Name, cmp.Or(s.KeySecretRef.Key, DKIMKeySecretKey)
-	case s.Generate != nil && s.Generate.SecretName != "":
-		return s.Generate.SecretName, DKIMKeySecretKey
+		return name, cmp.Or(s.KeySecretRef.Key, DKIMKeySecretKey)
 	default:
-		return GeneratedKeySecretName(string(sd.Spec.Domain), string(s.Selector)), DKIMKeySecretKey
+		return name, DKIMKeySecretKey
 	}
 }
 
