@@ -1,13 +1,8 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/postgate/postgate/internal/check"
 	"github.com/postgate/postgate/internal/manifest"
@@ -43,16 +38,9 @@ const (
 )
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	strict := fs.Bool("strict", false, "fail also when a referenced Secret is not among the given files")
-	namespace := fs.String("namespace", metav1.NamespaceDefault, "namespace of objects whose manifest sets none")
-	recursive := fs.Bool("recursive", false, "read the subdirectories of directories too")
-	policyFile := fs.String("policy", "", "guardrail policy file (the policy.yaml of the operator's policy ConfigMap)")
-	output := "text"
-	fs.StringVar(&output, "o", output, "output format: text or json")
-	fs.StringVar(&output, "output", output, "output format: text or json (same as -o)")
-	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
+	fs := flagSet("check", checkUsage, stderr)
+	var o check.Options
+	o.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return checkUnreadable
 	}
@@ -60,59 +48,31 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return checkUnreadable
 	}
-	if output != "text" && output != "json" {
-		fmt.Fprintf(stderr, "postgate check: -o %q: the output format is text or json\n", output)
-		return checkUnreadable
-	}
-
+	err := o.Check()
 	var policy routing.Policy
-	if *policyFile != "" {
-		data, err := os.ReadFile(*policyFile)
-		if err == nil {
-			policy, err = routing.ParsePolicy(data)
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "postgate check: %s: %v\n", *policyFile, err)
-			return checkUnreadable
-		}
+	if err == nil {
+		policy, err = o.Policy()
 	}
-	opts := []manifest.Option{manifest.WithNamespace(*namespace)}
-	if *recursive {
-		opts = append(opts, manifest.WithRecursive())
+	var loader *manifest.Loader
+	if err == nil {
+		loader, err = o.Loader()
 	}
-	loader, err := manifest.NewLoader(opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "postgate check: %v\n", err)
 		return checkUnreadable
 	}
 	set, err := loader.Load(fs.Args()...)
 	if err != nil {
-		for _, e := range flattenErrors(err) {
-			fmt.Fprintf(stderr, "%v\n", e)
-		}
+		fmt.Fprintln(stderr, err) // one line per input that cannot be read (errors.Join)
 		return checkUnreadable
 	}
-
 	report := check.Judge(set, policy)
-	if output == "json" {
-		if err := report.WriteJSON(stdout); err != nil {
-			fmt.Fprintf(stderr, "postgate check: %v\n", err)
-			return checkUnreadable
-		}
-	} else {
-		report.WriteText(stdout)
+	if err := o.Write(stdout, report); err != nil {
+		fmt.Fprintf(stderr, "postgate check: %v\n", err)
+		return checkUnreadable
 	}
-	if report.Failed(*strict) {
+	if report.Failed(o.Strict) {
 		return checkRefused
 	}
 	return checkOK
-}
-
-// flattenErrors undoes errors.Join, so each error prints on its own line.
-func flattenErrors(err error) []error {
-	var joined interface{ Unwrap() []error }
-	if errors.As(err, &joined) {
-		return joined.Unwrap()
-	}
-	return []error{err}
 }

@@ -4,9 +4,14 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -60,4 +65,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "postgate: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
+}
+
+// flagSet is a command's flag set: errors and -h go to stderr, the
+// command's usage before the flags.
+func flagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	return fs
+}
+
+// restConfig is the API server's configuration for --kubeconfig: the file,
+// or else in-cluster, or $KUBECONFIG.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err == nil && cfg.QPS == 0 {
+			cfg.QPS = -1 // as ctrl.GetConfig: the API server's priority and fairness limits, not 5 requests a second
+		}
+		return cfg, err
+	}
+	return ctrl.GetConfig()
 }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/internal/operator"
 	"github.com/postgate/postgate/internal/routing"
 	"github.com/postgate/postgate/internal/testenv"
 )
@@ -148,7 +149,7 @@ func TestOperatorCommand(t *testing.T) {
 	waitNoRelays(t, c, "sd")
 	ctx := context.Background()
 	var lease coordinationv1.Lease
-	if err := c.Get(ctx, types.NamespacedName{Namespace: "postgate-system", Name: operatorLeaderElectionID}, &lease); err != nil {
+	if err := c.Get(ctx, types.NamespacedName{Namespace: "postgate-system", Name: operator.LeaderElectionID}, &lease); err != nil {
 		t.Errorf("leader Lease: %v", err)
 	}
 	var index corev1.Secret

@@ -113,6 +113,11 @@ type Config struct {
 
 	// Logger receives the relay's log; nil discards it.
 	Logger *slog.Logger
+
+	// proxyCIDRsFlag and webhookAllowFlag are the text of
+	// --proxy-protocol-cidrs and --webhook-allow-cidrs that BindFlags
+	// binds; New adds their networks to ProxyCIDRs and WebhookAllow.
+	proxyCIDRsFlag, webhookAllowFlag string
 }
 
 // Relay is one relay replica. Run it once.
@@ -153,6 +158,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if cfg.Namespace != "" && cfg.Kube == nil {
 		return nil, errors.New("cluster mode needs the API server's configuration")
+	}
+	if err := cfg.parseFlagText(); err != nil {
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {

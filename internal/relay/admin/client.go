@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/lifecycle"
 )
 
 // Client talks to a relay's admin API: `postgate queue` and `postgate
@@ -136,4 +139,30 @@ func (c *Client) Delete(ctx context.Context, id string, bounce bool) error {
 		suffix = "?bounce=true"
 	}
 	return c.Do(ctx, http.MethodDelete, "/v1/messages/"+url.PathEscape(id)+suffix, nil, nil)
+}
+
+// Drain starts the relay's on-demand drain (served by its lifecycle) and
+// polls it every interval until the hand-off is done. When ctx ends first
+// it returns context.Cause(ctx).
+func (c *Client) Drain(ctx context.Context, interval time.Duration) (*lifecycle.DrainStatus, error) {
+	var st lifecycle.DrainStatus
+	err := c.Do(ctx, http.MethodPost, "/v1/drain", nil, &st)
+	for err == nil && !st.Done {
+		select {
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+		case <-time.After(interval):
+			err = c.Do(ctx, http.MethodGet, "/v1/drain", nil, &st)
+		}
+	}
+	return &st, err
+}
+
+// BindFlags binds q to fs under the list flags of `postgate queue`.
+func (q *ListQuery) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&q.Sender, "sender", "", "list: messages whose sender contains this")
+	fs.StringVar(&q.Domain, "domain", "", "list: messages with a recipient in this domain")
+	fs.DurationVar(&q.Older, "older", 0, "list: messages that arrived longer ago than this")
+	fs.IntVar(&q.Limit, "limit", DefaultLimit, "list: at most this many messages")
+	fs.StringVar(&q.After, "after", "", "list: messages after this ID (the next page)")
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/lifecycle"
 )
 
 // WriteList writes a page of messages as the table `postgate queue list`
@@ -62,4 +64,17 @@ func WriteMessage(w io.Writer, m *Message) {
 		fmt.Fprintf(tw, "<%s>\t%s\t%d\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, ts(r.LastAttempt), ts(r.NextAttempt), r.LastReply)
 	}
 	_ = tw.Flush()
+}
+
+// WriteDrain writes what `postgate relay drain` prints: how many messages
+// moved and how many are left, then each peer's share and the error that
+// stopped the hand-off, if any.
+func WriteDrain(w io.Writer, st *lifecycle.DrainStatus) {
+	fmt.Fprintf(w, "handed off %d, remaining %d\n", st.HandedOff, st.Remaining)
+	for peer, n := range st.Peers {
+		fmt.Fprintf(w, "  %s: %d\n", peer, n)
+	}
+	if st.Error != "" {
+		fmt.Fprintf(w, "error: %s\n", st.Error)
+	}
 }
