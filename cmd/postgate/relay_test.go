@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/postgate/postgate/internal/relay"
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/testenv"
 )
@@ -79,21 +82,30 @@ func startRelay(t *testing.T, args ...string) *relayProcess {
 
 // startRelayInProcess runs the relay package in this process with the
 // configuration the flags args give `postgate relay` (see relayArgs), until
-// the test ends.
+// the test ends, for the tests of the commands that talk to a relay.
 func startRelayInProcess(t *testing.T, args ...string) *relayProcess {
 	t.Helper()
+	var cfg relay.Config
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	var usage strings.Builder
-	f, err := parseRelayFlags(relayArgs(t, args), &usage)
-	if err != nil {
+	fs.SetOutput(&usage)
+	cfg.BindFlags(fs)
+	if err := fs.Parse(relayArgs(t, args)); err != nil {
 		t.Fatalf("%v\n%s", err, usage.String())
 	}
-	cfg, err := f.config(nil)
+	p := &relayProcess{log: &testenv.LogBuffer{}}
+	cfg.Logger = slog.New(slog.NewTextHandler(p.log, nil))
+	r, err := relay.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &relayProcess{}
-	p.addr, p.log = runRelayInProcess(t, cfg)
-	p.adminAddr = p.log.WaitMatch(t, adminListening)[1]
+	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
+	t.Cleanup(func() {
+		if err := r.Shutdown(context.Background()); err != nil {
+			t.Errorf("relay: %v\n%s", err, p.log)
+		}
+	})
+	p.waitListening(t)
 	return p
 }
 
@@ -114,44 +126,6 @@ func sendOne(addr, from, subject string) (string, error) {
 }
 
 var queuedID = regexp.MustCompile(`^250 2\.0\.0 OK: queued as (\S+)$`)
-
-// TestRelayStandalone is the README's run command on the samples: loopback
-// clients may send as the sample domains, others are refused, and a change
-// to the files applies without a restart.
-func TestRelayStandalone(t *testing.T) {
-	dir := t.TempDir()
-	samples, _ := filepath.Glob(filepath.Join("..", "..", "config", "samples", "*.yaml"))
-	for _, f := range samples {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p := startRelayInProcess(t, "--manifests", dir, "--spool-dir", t.TempDir())
-	if line, err := sendOne(p.addr, "alice@example.com", "hello"); err != nil || !queuedID.MatchString(line) {
-		t.Fatalf("sample sender: %q %v", line, err)
-	}
-	if line, _ := sendOne(p.addr, "alice@new.test", "hello"); !strings.HasPrefix(line, "554 5.7.1 Relay access denied") {
-		t.Fatalf("unknown domain: %q", line)
-	}
-	if !strings.Contains(p.logs(), `msg="Publish this DKIM record" object="SenderDomain default/example-com" name=postgate1._domainkey.example.com`) {
-		t.Errorf("the DKIM record to publish is not logged:\n%s", p.logs())
-	}
-
-	newDomain := "apiVersion: postgate.io/v1alpha1\nkind: SenderDomain\nmetadata: {name: new}\nspec: {domain: new.test}\n"
-	if err := os.WriteFile(filepath.Join(dir, "new.yaml"), []byte(newDomain), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, func() string {
-		if line, _ := sendOne(p.addr, "alice@new.test", "hello"); !queuedID.MatchString(line) {
-			return fmt.Sprintf("new.test still refused after the file changed: %q\n%s", line, p.logs())
-		}
-		return ""
-	})
-}
 
 // TestRelayKill9 kills the relay process with SIGKILL at random moments
 // while clients send, restarts it on the same spool, and checks that every

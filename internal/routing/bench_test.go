@@ -17,10 +17,11 @@ import (
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 )
 
-// The benchmark fixture of the compiler issue: 10,000 SenderDomains (5,000
-// signing: 4,000 Ed25519 and 1,000 distinct RSA-2048 keys), 5,000 RelayRoutes
-// on the non-signing half, 1,000 TrustedNetworks. The RSA keys take minutes
-// to generate, so they are made once and kept in testdata/ (not committed).
+// The compiler's benchmark fixture (README: Benchmarks): 10,000
+// SenderDomains (5,000 signing: 4,000 Ed25519 and 1,000 distinct RSA-2048
+// keys), 5,000 RelayRoutes on the non-signing half, 1,000 TrustedNetworks.
+// The RSA keys take minutes to generate, so they are made once and kept in
+// testdata/ (not committed).
 //
 //	go test -run '^$' -bench . -benchmem ./internal/routing/
 

@@ -1,4 +1,4 @@
-package main
+package relay_test
 
 import (
 	"context"
@@ -115,7 +115,7 @@ func (w *webhookReceiver) seen(event string) int {
 	return w.events[event]
 }
 
-// TestRelayWebhooks runs the relay process with a SenderDomain that names a
+// TestRelayWebhooks runs the relay in process with a SenderDomain that names a
 // webhook: while the receiver answers 503 and then hangs, mail is still
 // delivered; once it answers, it gets one signed notification per outcome
 // (DELIVERED 250, DEFERRED 451, BOUNCED 550), duplicates only of the same
@@ -163,7 +163,7 @@ spec: {cidrs: [127.0.0.0/8]}
 	if err := os.WriteFile(filepath.Join(dir, "relay.yaml"), []byte(manifests), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startRelayInProcess(t, "--manifests", dir, "--spool-dir", t.TempDir(), "--dns-server", dns.Addr(),
+	p := startRelayInProcess(t, nil, "--manifests", dir, "--spool-dir", t.TempDir(), "--dns-server", dns.Addr(),
 		"--mx-port", strconv.Itoa(mx.Port()), "--webhook-allow-cidrs", "127.0.0.0/8")
 
 	submit := func(to string) {

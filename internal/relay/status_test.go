@@ -1,4 +1,4 @@
-package main
+package relay_test
 
 import (
 	"context"
@@ -25,7 +25,7 @@ import (
 // DeliveryDegraded with Bounces, and the next delivery clears it.
 func TestRelayDeliveryStatus(t *testing.T) {
 	api, c := operatorCluster(t)
-	startOperatorProcess(t, api.Kubeconfig, "--metrics-bind-address", "0", "--health-probe-bind-address", "0")
+	startOperator(t, api)
 	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
 	target := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.4:0"})
 	if err := dns.Add("smarthost.relay.test. 60 IN A 127.0.0.4"); err != nil {

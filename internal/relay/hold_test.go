@@ -1,4 +1,4 @@
-package main
+package relay_test
 
 import (
 	"context"
@@ -64,7 +64,8 @@ stringData:
 		t.Fatal(err)
 	}
 
-	addr, logs := runRelayInProcess(t, standaloneConfig(t, dir, dns.Addr(), mx.Port()))
+	p := runRelayInProcess(t, standaloneConfig(t, dir, dns.Addr(), mx.Port()))
+	addr, logs := p.addr, p.log
 
 	const n = 5
 	for i := range n {

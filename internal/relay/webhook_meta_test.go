@@ -1,4 +1,4 @@
-package main
+package relay_test
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -96,32 +95,14 @@ func submitTagged(t *testing.T, addr, tag string) string {
 	return m[1]
 }
 
-// stop sends SIGTERM and waits, bounded, for the relay to exit.
-func (p *relayProcess) stop(t *testing.T) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v\n%s", err, p.logs())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the relay did not exit within 60s of SIGTERM\n%s", p.logs())
-	}
-}
-
-// TestRelayWebhookMetaAndRestarts runs the relay process with a SenderDomain
-// whose annotations name an account and a customer number: a message
-// tagged with X-Postgate-Tag reaches the MX without the field, and its
-// notification carries the tag, the account, the customer number and the
-// namespace as tenant. Then the sequence that used to lose a notification:
-// the journal drained, two SIGTERM restarts on the same spool (the first
-// deletes the drained segment), and a new message, whose notification
-// must arrive.
+// TestRelayWebhookMetaAndRestarts runs the relay in process with a
+// SenderDomain whose annotations name an account and a customer number: a
+// message tagged with X-Postgate-Tag reaches the MX without the field, and
+// its notification carries the tag, the account, the customer number and
+// the namespace as tenant. Then the sequence that used to lose a
+// notification: the journal drained, two graceful restarts (as on SIGTERM)
+// on the same spool (the first deletes the drained segment), and a new
+// message, whose notification must arrive.
 func TestRelayWebhookMetaAndRestarts(t *testing.T) {
 	dns := testenv.StartDNSServer(t, testenv.DNSOptions{})
 	mx := testenv.StartSMTPSink(t, testenv.SMTPSinkOptions{Addr: "127.0.0.3:0"})
@@ -164,8 +145,8 @@ spec: {cidrs: [127.0.0.0/8]}
 		t.Fatal(err)
 	}
 	spool := t.TempDir()
-	run := func() *relayProcess {
-		return startRelay(t, "--manifests", dir, "--spool-dir", spool, "--dns-server", dns.Addr(),
+	run := func() *testRelay {
+		return startRelayInProcess(t, nil, "--manifests", dir, "--spool-dir", spool, "--dns-server", dns.Addr(),
 			"--mx-port", strconv.Itoa(mx.Port()), "--webhook-allow-cidrs", "127.0.0.0/8")
 	}
 
@@ -187,7 +168,7 @@ spec: {cidrs: [127.0.0.0/8]}
 		t.Errorf("the MX got:\n%s", data)
 	}
 
-	// Drained (the relay wrote down the receiver's 2xx: a SIGTERM while
+	// Drained (the relay wrote down the receiver's 2xx: a shutdown while
 	// the answer is on its way would leave the notification to be sent
 	// again): stop, start (the drained segment goes), stop, start.
 	queueDir := filepath.Join(spool, "notify", "example.com")

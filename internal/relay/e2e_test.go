@@ -1,4 +1,4 @@
-package main
+package relay_test
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -23,6 +22,44 @@ import (
 	"github.com/postgate/postgate/internal/relay"
 	"github.com/postgate/postgate/internal/testenv"
 )
+
+// TestRelayStandalone is the README's run command on the samples: loopback
+// clients may send as the sample domains, others are refused, and a change
+// to the files applies without a restart.
+func TestRelayStandalone(t *testing.T) {
+	dir := t.TempDir()
+	samples, _ := filepath.Glob(filepath.Join(testenv.Samples(t), "*.yaml"))
+	for _, f := range samples {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startRelayInProcess(t, nil, "--manifests", dir, "--spool-dir", t.TempDir())
+	if line, err := sendOne(p.addr, "alice@example.com", "hello"); err != nil || !queuedID.MatchString(line) {
+		t.Fatalf("sample sender: %q %v", line, err)
+	}
+	if line, _ := sendOne(p.addr, "alice@new.test", "hello"); !strings.HasPrefix(line, "554 5.7.1 Relay access denied") {
+		t.Fatalf("unknown domain: %q", line)
+	}
+	if !strings.Contains(p.logs(), `msg="Publish this DKIM record" object="SenderDomain default/example-com" name=postgate1._domainkey.example.com`) {
+		t.Errorf("the DKIM record to publish is not logged:\n%s", p.logs())
+	}
+
+	newDomain := "apiVersion: postgate.io/v1alpha1\nkind: SenderDomain\nmetadata: {name: new}\nspec: {domain: new.test}\n"
+	if err := os.WriteFile(filepath.Join(dir, "new.yaml"), []byte(newDomain), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, func() string {
+		if line, _ := sendOne(p.addr, "alice@new.test", "hello"); !queuedID.MatchString(line) {
+			return fmt.Sprintf("new.test still refused after the file changed: %q\n%s", line, p.logs())
+		}
+		return ""
+	})
+}
 
 // TestRelayEndToEnd runs the standalone relay in this process against a
 // loopback DNS server and two SMTP sinks: a message from a signing domain
@@ -71,7 +108,8 @@ spec: {cidrs: [127.0.0.0/8]}
 
 	f := standaloneConfig(t, dir, dns.Addr(), mx.Port())
 	f.MetricsAddr, f.Pprof = "127.0.0.1:0", true
-	addr, logs := runRelayInProcess(t, f)
+	p := runRelayInProcess(t, f)
+	addr, logs := p.addr, p.log
 
 	for _, from := range []string{"alice@example.com", "invoices@billing.example.com"} {
 		if line, err := sendOne(addr, from, "to "+from); err != nil || !queuedID.MatchString(line) {
@@ -166,25 +204,6 @@ func standaloneConfig(t *testing.T, dir, dnsAddr string, mxPort int) relay.Confi
 		MaxMessageBytes: 25 << 20, MaxRecipients: 100, MaxConnections: 100, MaxConnectionsPerClient: 10,
 		DNSServer: dnsAddr, MXPort: mxPort, ShutdownGrace: 5 * time.Second,
 	}
-}
-
-// runRelayInProcess runs the relay package in this process until the test
-// ends, and returns its SMTP address and its log.
-func runRelayInProcess(t *testing.T, cfg relay.Config) (string, *testenv.LogBuffer) {
-	t.Helper()
-	logs := &testenv.LogBuffer{}
-	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
-	r, err := relay.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = r.Run(context.Background()) }() // its error is Shutdown's
-	t.Cleanup(func() {
-		if err := r.Shutdown(context.Background()); err != nil {
-			t.Errorf("relay: %v\n%s", err, logs)
-		}
-	})
-	return logs.WaitMatch(t, listening)[1], logs
 }
 
 func scrape(t *testing.T, url string) []byte {

@@ -1,0 +1,63 @@
+package relay_test
+
+import (
+	"flag"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/postgate/postgate/internal/relay"
+)
+
+func TestAdminBindAddressLoopbackOnly(t *testing.T) {
+	base := []string{"--manifests", "x"}
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{nil, true},
+		{[]string{"--admin-bind-address", "[::1]:8025"}, true},
+		{[]string{"--admin-bind-address", "localhost:8025"}, true},
+		{[]string{"--admin-bind-address", ""}, true},
+		{[]string{"--admin-bind-address", ":8025"}, false},
+		{[]string{"--admin-bind-address", "10.0.0.1:8025"}, false},
+		{[]string{"--admin-bind-address", ":8025", "--admin-allow-non-loopback"}, true},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		cfg.BindFlags(fs)
+		err := fs.Parse(append(base, tc.args...))
+		if err == nil {
+			err = cfg.Check()
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("relay %q: error %v, want ok=%t", tc.args, err, tc.ok)
+		}
+	}
+}
+
+// TestNetworkFlags: the networks of --proxy-protocol-cidrs and
+// --webhook-allow-cidrs, text on the command line, are parsed by New, which
+// names the flag of one that is not a network.
+func TestNetworkFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--proxy-protocol-cidrs", "10.0.0.0/8, 192.0.2.1/24", "--webhook-allow-cidrs", "127.0.0.0/8"}, ""},
+		{[]string{"--proxy-protocol-cidrs", "10.0.0.1"}, "--proxy-protocol-cidrs: "},
+		{[]string{"--webhook-allow-cidrs", "127.0.0.0/8,::1/200"}, "--webhook-allow-cidrs: "},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		cfg.BindFlags(fs)
+		if err := fs.Parse(append([]string{"--manifests", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := relay.New(cfg)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.wantErr)) {
+			t.Errorf("relay %q: New: %v, want an error starting %q", tc.args, err, tc.wantErr)
+		}
+	}
+}
