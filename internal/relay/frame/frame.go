@@ -79,6 +79,22 @@ func (f Format) Append(dst, payload []byte) ([]byte, error) {
 	}
 }
 
+// Seal frames, in place, a record built in rec after 4 bytes reserved for
+// its length (CRCTrailer only): it fills in the length and appends the CRC,
+// so that a large payload (a message body read straight into the buffer) is
+// never copied to be framed. It refuses what Append refuses.
+func (f Format) Seal(rec []byte) ([]byte, error) {
+	if f.Layout != CRCTrailer {
+		panic(fmt.Sprintf("frame: Seal needs the CRCTrailer layout, not %d", f.Layout))
+	}
+	n := len(rec) - 4
+	if n <= 0 || n > f.MaxPayload {
+		return rec, fmt.Errorf("%w: %d bytes, between 1 and %d", ErrTooLarge, max(n, 0), f.MaxPayload)
+	}
+	binary.BigEndian.PutUint32(rec, uint32(n)) // #nosec G115 -- at most MaxPayload
+	return binary.BigEndian.AppendUint32(rec, crc32.Checksum(rec, castagnoli)), nil
+}
+
 // head is the length of the fixed fields before the payload. They are read
 // whole before the length is judged, as the notification journal always
 // has: a record cut inside them is truncated, whatever its length says.

@@ -219,3 +219,19 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+// TestSeal: a record sealed in place is the record Append makes.
+func TestSeal(t *testing.T) {
+	payload := []byte("segment record")
+	want, err := queueFormat.Append(nil, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := queueFormat.Seal(append(make([]byte, 4), payload...))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("Seal: %x, %v; Append: %x", got, err, want)
+	}
+	if _, err := queueFormat.Seal(make([]byte, 4)); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("empty payload sealed: %v", err)
+	}
+}

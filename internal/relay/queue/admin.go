@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -33,12 +34,12 @@ func (q *Queue) lookup(ctx context.Context, id ID) (*entry, error) {
 
 // Get returns message id as stored.
 func (q *Queue) Get(ctx context.Context, id ID) (Message, error) {
-	if _, err := q.lookup(ctx, id); err != nil {
+	e, err := q.lookup(ctx, id)
+	if err != nil {
 		return Message{}, err
 	}
 	defer q.ops.Done()
-	m, _, err := q.read(id)
-	return m, err
+	return q.message(e)
 }
 
 // MaxList bounds one page of List.
@@ -56,23 +57,23 @@ func (q *Queue) List(ctx context.Context, after ID, limit int) ([]Message, error
 		limit = MaxList
 	}
 	q.mu.Lock()
-	ids := make([]ID, 0, len(q.entries))
-	for id := range q.entries {
+	entries := make([]*entry, 0, len(q.entries))
+	for id, e := range q.entries {
 		if id > after {
-			ids = append(ids, id)
+			entries = append(entries, e)
 		}
 	}
 	q.mu.Unlock()
-	slices.Sort(ids)
+	slices.SortFunc(entries, func(a, b *entry) int { return strings.Compare(string(a.id), string(b.id)) })
 	var out []Message
-	for _, id := range ids {
+	for _, e := range entries {
 		if len(out) == limit {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		m, _, err := q.read(id)
+		m, err := q.message(e)
 		if errors.Is(err, ErrNotFound) {
 			continue // completed or deleted meanwhile
 		}
@@ -180,6 +181,9 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 		return err
 	}
 	defer q.ops.Done()
+	if e.loc != nil {
+		defer q.maintain() // after the io lock is released
+	}
 	e.io.Lock()
 	defer e.io.Unlock()
 	q.mu.Lock()
@@ -187,6 +191,9 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 	q.mu.Unlock()
 	if gone {
 		return fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	if e.loc != nil {
+		return q.deleteSegment(e)
 	}
 	if err := q.fs.Remove(msgName(id)); err != nil {
 		return storageErr("remove queue file", err)
@@ -208,10 +215,14 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 // lifetime does not restart. Export leaves the message queued;
 // the caller deletes it once the peer has it.
 func (q *Queue) Export(ctx context.Context, id ID, w io.Writer) error {
-	if _, err := q.lookup(ctx, id); err != nil {
+	e, err := q.lookup(ctx, id)
+	if err != nil {
 		return err
 	}
 	defer q.ops.Done()
+	if e.loc != nil {
+		return q.exportSegment(ctx, e, w)
+	}
 	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("%s: %w", id, err)
@@ -228,7 +239,7 @@ func (q *Queue) Export(ctx context.Context, id ID, w io.Writer) error {
 	if _, err := io.Copy(w, io.NewSectionReader(f, 0, l.headerLen)); err != nil {
 		return err
 	}
-	body := &bodyReader{f: f, r: io.NewSectionReader(f, l.headerLen, l.bodyLen), want: l.bodyCRC}
+	body := &bodyReader{r: io.NewSectionReader(f, l.headerLen, l.bodyLen), want: l.bodyCRC}
 	if _, err := io.Copy(w, ctxReader{ctx, body}); err != nil {
 		return err
 	}
@@ -279,6 +290,9 @@ func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 		return "", err
 	}
 	defer q.unreserve(h.ID)
+	if q.opts.SegmentBodyBytes > 0 && bl <= q.opts.SegmentBodyBytes {
+		return q.importSegment(r, h, js, bl, bodyCRC)
+	}
 	w, err := q.create(h.ID)
 	if err != nil {
 		return "", err
@@ -297,20 +311,9 @@ func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 	case cw.crc != bodyCRC:
 		return "", fmt.Errorf("body checksum mismatch: %w", ErrCorrupt)
 	}
-	journal, err := io.ReadAll(io.LimitReader(r, maxJournal+1))
+	m, err := readJournal(r, h, bl)
 	if err != nil {
-		return "", fmt.Errorf("read record journal: %w", err)
-	}
-	if len(journal) > maxJournal {
-		return "", fmt.Errorf("journal over %d bytes: %w", maxJournal, ErrCorrupt)
-	}
-	m := newMessage(h, bl)
-	for off := 0; off < len(journal); {
-		n := nextRecord(journal[off:], &m)
-		if n == 0 {
-			return "", fmt.Errorf("journal record at byte %d: %w", off, ErrCorrupt)
-		}
-		off += n
+		return "", err
 	}
 	if _, pending := m.nextDue(); pending == 0 {
 		return h.ID, nil
@@ -326,4 +329,25 @@ func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 		return "", err
 	}
 	return h.ID, nil
+}
+
+// readJournal reads the journal of an exported record, after its body, and
+// returns the message's state.
+func readJournal(r io.Reader, h *header, bodyLen int64) (Message, error) {
+	journal, err := io.ReadAll(io.LimitReader(r, maxJournal+1))
+	if err != nil {
+		return Message{}, fmt.Errorf("read record journal: %w", err)
+	}
+	if len(journal) > maxJournal {
+		return Message{}, fmt.Errorf("journal over %d bytes: %w", maxJournal, ErrCorrupt)
+	}
+	m := newMessage(h, bodyLen)
+	for off := 0; off < len(journal); {
+		n := nextRecord(journal[off:], &m)
+		if n == 0 {
+			return Message{}, fmt.Errorf("journal record at byte %d: %w", off, ErrCorrupt)
+		}
+		off += n
+	}
+	return m, nil
 }

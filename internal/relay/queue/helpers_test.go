@@ -25,6 +25,14 @@ func options(c *testenv.Clock) queue.Options {
 	return queue.Options{Clock: c, Rand: rand.New(rand.NewPCG(1, 2)), MinFreeBytes: 1}
 }
 
+// fileOptions returns test options that store every message in a file of
+// its own: the format before segments, which large messages keep.
+func fileOptions(c *testenv.Clock) queue.Options {
+	o := options(c)
+	o.SegmentBodyBytes = -1
+	return o
+}
+
 func openQueue(t testing.TB, fsys queue.FS, opts queue.Options) *queue.Queue {
 	t.Helper()
 	q, err := queue.Open(context.Background(), fsys, opts)

@@ -72,7 +72,7 @@ func (q *Queue) Lease(ctx context.Context, id ID) (*Lease, error) {
 	}
 	e.leased = true
 	q.mu.Unlock()
-	m, _, err := q.read(id)
+	m, err := q.message(e)
 	if err != nil {
 		q.mu.Lock()
 		e.leased = false
@@ -92,6 +92,12 @@ func (l *Lease) Message() Message {
 // Body opens the message body; see Queue.Body. Each call reads it afresh,
 // so each destination of a message can have its own reader.
 func (l *Lease) Body(ctx context.Context) (io.ReadCloser, error) {
+	if l.e.loc != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return l.q.segBody(l.e)
+	}
 	return l.q.Body(ctx, l.e.id)
 }
 
@@ -121,6 +127,9 @@ func (l *Lease) Update(ctx context.Context, a Attempt) (Message, error) {
 	})
 	if err != nil {
 		return Message{}, err
+	}
+	if l.e.loc != nil {
+		q.maintain()
 	}
 	l.msg = m
 	return m.clone(), nil
@@ -195,6 +204,15 @@ func (l *Lease) Close() {
 	}
 }
 
+// message returns message e as stored.
+func (q *Queue) message(e *entry) (Message, error) {
+	if e.loc != nil {
+		return q.segMessage(e)
+	}
+	m, _, err := q.read(e.id)
+	return m, err
+}
+
 // mutate changes a message's state: it reads the file (the authority),
 // asks change for a journal record, appends it at the end of the last valid
 // record and fsyncs the file. A message left with no pending recipient is
@@ -207,6 +225,9 @@ func (q *Queue) mutate(e *entry, change func(m *Message, now time.Time) (*record
 	q.mu.Unlock()
 	if gone {
 		return Message{}, fmt.Errorf("%s: %w", e.id, ErrNotFound)
+	}
+	if e.loc != nil {
+		return q.mutateSegment(e, change)
 	}
 	if e.dirty {
 		if err := q.group.wait(); err != nil {

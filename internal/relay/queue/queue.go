@@ -77,6 +77,14 @@ type Options struct {
 	// CompactBytes is the journal size past which a message file is
 	// rewritten with one snapshot record. Default 64 KiB.
 	CompactBytes int64
+	// SegmentBodyBytes: a message whose body is at most this long is
+	// stored in the shared segment files, a longer one in a file of its
+	// own. Default 1 MiB, at most 16 MiB; negative stores every message in
+	// a file of its own, as before segments (docs/design.md, "The queue").
+	SegmentBodyBytes int64
+	// SegmentBytes is the size at which a new segment file is started.
+	// Default 64 MiB.
+	SegmentBytes int64
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -94,7 +102,9 @@ func (o Options) withDefaults() (Options, error) {
 	defaults := []struct {
 		v   *int64
 		def int64
-	}{{&o.MinFreeBytes, 64 << 20}, {&o.MaxBodyBytes, 32 << 20}, {&o.CompactBytes, 64 << 10}}
+	}{{&o.MinFreeBytes, 64 << 20}, {&o.MaxBodyBytes, 32 << 20}, {&o.CompactBytes, 64 << 10},
+		{&o.SegmentBodyBytes, defaultSegmentBody}, {&o.SegmentBytes, 64 << 20},
+	}
 	for _, d := range defaults {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -113,8 +123,10 @@ func (o Options) withDefaults() (Options, error) {
 		o.Lifetime = 48 * time.Hour
 	}
 	switch {
-	case o.MinFreeBytes < 0, o.MaxBodyBytes < 0, o.CompactBytes < 0, o.MaxMessages < 0, o.Lifetime < 0:
+	case o.MinFreeBytes < 0, o.MaxBodyBytes < 0, o.CompactBytes < 0, o.MaxMessages < 0, o.Lifetime < 0, o.SegmentBytes < 0:
 		return o, fmt.Errorf("negative limit in queue options: %w", ErrInvalid)
+	case o.SegmentBodyBytes > maxSegmentBody:
+		return o, fmt.Errorf("segment body bytes %d over %d: %w", o.SegmentBodyBytes, maxSegmentBody, ErrInvalid)
 	case o.MaxRecipients < 0 || o.MaxRecipients > MaxRecipients:
 		return o, fmt.Errorf("max recipients %d not in [1, %d]: %w", o.MaxRecipients, MaxRecipients, ErrInvalid)
 	}
@@ -137,14 +149,33 @@ type Queue struct {
 	changed   chan struct{}
 
 	enqueued, fileSyncs, dirSyncs atomic.Uint64
+
+	// Segments (segment.go).
+	wmu     sync.Mutex // the append lock
+	active  *segment   // under wmu; nil until the first append after Open
+	nextSeq uint64     // under wmu
+	segs    []*segment // under mu: every segment file, oldest first
+	maint   sync.Mutex // one reclamation at a time
+	bufs    sync.Pool  // record buffers, *[]byte
 }
 
+// defaultSegmentBody is Options.SegmentBodyBytes by default.
+const defaultSegmentBody = 1 << 20
+
 // entry is what the queue keeps in memory about a message: enough to
-// schedule it. Envelope and state are read from the file when needed.
+// schedule it. Envelope and state are read from the file when needed; a
+// segment message's state is kept here, its envelope read from the
+// segment.
 type entry struct {
 	id      ID
 	size    int64
 	arrival time.Time // Message.Arrival, for the oldest message's age
+	// loc is where a segment message's record is, nil for a message in a
+	// file of its own. Under Queue.mu; changed by compaction only.
+	loc *segLoc
+	// state is a segment message's recipients' status. Under Queue.mu,
+	// changed with io held.
+	state []RecipientStatus
 
 	// io serializes changes to the message's file; the file is the
 	// authority on the message's state.
@@ -189,14 +220,17 @@ func Open(ctx context.Context, fsys FS, opts Options) (*Queue, error) {
 		importing: make(map[ID]bool),
 		changed:   make(chan struct{}, 1),
 	}
+	q.bufs.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	q.group = newGroupSync(func() error {
 		q.dirSyncs.Add(1)
 		return fsys.SyncDir()
 	})
 	if err := q.recover(ctx); err != nil {
+		q.closeSegments()
 		closeQuietly(lock)
 		return nil, err
 	}
+	q.maintain()
 	return q, nil
 }
 
@@ -207,6 +241,7 @@ func (q *Queue) recover(ctx context.Context) error {
 	}
 	slices.Sort(names)
 	log := q.opts.Logger
+	var segs []string
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -214,7 +249,9 @@ func (q *Queue) recover(ctx context.Context) error {
 		base, ext, _ := strings.Cut(name, ".")
 		id, idErr := ParseID(base)
 		switch {
-		case name == lockName || ext == strings.TrimPrefix(corruptSuffix, "."):
+		case name == lockName || strings.HasSuffix(name, corruptSuffix):
+		case strings.HasSuffix(name, segSuffix):
+			segs = append(segs, name)
 		case idErr == nil && ext == "tmp":
 			// A write that never committed: its Enqueue did not return nil.
 			if err := q.fs.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -233,6 +270,9 @@ func (q *Queue) recover(ctx context.Context) error {
 		default:
 			log.Warn("Unknown file in queue directory left alone", "file", name)
 		}
+	}
+	if err := q.recoverSegments(ctx, segs); err != nil {
+		return err
 	}
 	if len(q.entries) > 0 {
 		log.Info("Queue recovered", "messages", len(q.entries))
@@ -291,6 +331,7 @@ func (q *Queue) Close() error {
 	q.closed = true
 	q.mu.Unlock()
 	q.ops.Wait()
+	q.closeSegments()
 	return q.lock.Close()
 }
 
@@ -341,11 +382,14 @@ func storageErr(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// Enqueue stores a message and returns its ID once the message is durable:
-// written, fsynced, renamed into place and the directory fsynced, the
-// directory fsync shared with concurrent Enqueues (group commit). It
-// returns an error (never the ID) when anything fails, and leaves no
-// trace then. The body is streamed to disk, never held in memory; env is
+// Enqueue stores a message and returns its ID once the message is durable.
+// A body of at most Options.SegmentBodyBytes is read into a pooled buffer
+// and appended as one record to the active segment, whose fsync is shared
+// with the appends beside it (group commit). A longer one is streamed to a
+// file of its own, fsynced, renamed into place and the directory fsynced,
+// that fsync shared with concurrent Enqueues. It returns an error (never
+// the ID) when anything fails, and the message is not queued then (a
+// record in a segment that failed may come back after a restart). env is
 // stored exactly as given and must pass the queue's checks (ErrInvalid).
 func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, error) {
 	if err := q.begin(); err != nil {
@@ -372,6 +416,19 @@ func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, 
 		return "", err
 	}
 	defer q.unreserve("")
+	if q.opts.SegmentBodyBytes > 0 && env.Size <= q.opts.SegmentBodyBytes {
+		rest, done, err := q.enqueueSegment(ctx, h, js, body)
+		if err != nil {
+			return "", err
+		}
+		if rest == nil {
+			q.enqueued.Add(1)
+			q.maintain()
+			return h.ID, nil
+		}
+		defer done()
+		body = rest
+	}
 
 	w, err := q.create(h.ID)
 	if err != nil {
@@ -565,7 +622,7 @@ type Stats struct {
 	Oldest time.Time
 	// Since Open:
 	Enqueued  uint64 // Enqueue calls that returned an ID
-	FileSyncs uint64 // fsyncs of message files
+	FileSyncs uint64 // fsyncs of message and segment files
 	DirSyncs  uint64 // fsyncs of the directory
 }
 
@@ -682,10 +739,10 @@ func (q *Queue) jitter() float64 {
 
 // bodyReader reads a message body and checks its CRC at the end.
 type bodyReader struct {
-	f    File
-	r    *io.SectionReader
-	crc  uint32
-	want uint32
+	r     *io.SectionReader
+	crc   uint32
+	want  uint32
+	close func() error
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
@@ -697,7 +754,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *bodyReader) Close() error { return b.f.Close() }
+func (b *bodyReader) Close() error { return b.close() }
 
 // Body opens the body of message id. The reader returns an error wrapping
 // ErrCorrupt instead of io.EOF when the body does not match its checksum.
@@ -706,6 +763,12 @@ func (b *bodyReader) Close() error { return b.f.Close() }
 func (q *Queue) Body(ctx context.Context, id ID) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	q.mu.Lock()
+	e := q.entries[id]
+	q.mu.Unlock()
+	if e != nil && e.loc != nil {
+		return q.segBody(e)
 	}
 	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)
 	if err != nil {
@@ -719,5 +782,5 @@ func (q *Queue) Body(ctx context.Context, id ID) (io.ReadCloser, error) {
 		closeQuietly(f)
 		return nil, err
 	}
-	return &bodyReader{f: f, r: io.NewSectionReader(f, l.headerLen, l.bodyLen), want: l.bodyCRC}, nil
+	return &bodyReader{r: io.NewSectionReader(f, l.headerLen, l.bodyLen), want: l.bodyCRC, close: f.Close}, nil
 }

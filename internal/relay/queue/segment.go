@@ -1,0 +1,846 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postgate/postgate/internal/relay/frame"
+)
+
+// Segment files: doc.go describes the format, docs/design.md ("The queue")
+// why messages up to Options.SegmentBodyBytes share them.
+const (
+	segMagic  = "PGQ\x02" // version 2 of the queue's on-disk format
+	segSuffix = ".seg"
+	// maxSegmentBody bounds Options.SegmentBodyBytes, and so every body
+	// recovery accepts from a segment.
+	maxSegmentBody = 16 << 20
+	// msgHead is the fixed part of a message record's payload: kind,
+	// header JSON length, body CRC.
+	msgHead = 1 + 4 + 4
+
+	kindMessage = 'M' // a message: header JSON and body
+	kindState   = 'S' // a journal record of one message
+	kindDelete  = 'D' // a message deleted by an operator or handed off
+)
+
+// segmentFormat frames segment records like the journal of a message file
+// ([length][payload][CRC of both]), with room for the largest message.
+var segmentFormat = frame.Format{Layout: frame.CRCTrailer, MaxPayload: msgHead + maxHeader + maxSegmentBody}
+
+func segName(seq uint64) string { return fmt.Sprintf("%016x%s", seq, segSuffix) }
+
+// segment is one segment file. Records are appended to the active one
+// only; the others are sealed and only read.
+type segment struct {
+	seq   uint64
+	f     File
+	group *groupSync // fsyncs of this file, shared by the appends of a batch
+	size  atomic.Int64
+	dirty atomic.Bool // written since its last fsync
+
+	mu  sync.Mutex
+	err error // a write or fsync failed: nothing more is acknowledged from it
+
+	// Under Queue.mu.
+	sealed    bool  // no longer the active segment
+	live      int   // messages whose current message record is here
+	liveBytes int64 // the size of those records
+	readers   int   // body and header reads under way
+	removed   bool  // the file is removed: close it when readers is 0
+}
+
+func (q *Queue) newSegment(seq uint64, f File, size int64) *segment {
+	s := &segment{seq: seq, f: f}
+	s.size.Store(size)
+	s.group = newGroupSync(func() error {
+		if err := s.failed(); err != nil {
+			return err
+		}
+		s.dirty.Store(false)
+		q.fileSyncs.Add(1)
+		if err := f.Sync(); err != nil {
+			s.fail(err)
+			return err
+		}
+		return nil
+	})
+	return s
+}
+
+// fail seals the segment for good: after a failed write or fsync the
+// kernel may have dropped pages, so a record written after them could be
+// durable when they are not. Recovery stops at the first bad record, so
+// nothing after it may ever be acknowledged.
+func (s *segment) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+func (s *segment) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// wait makes what was appended to s before the call durable.
+func (s *segment) wait() error {
+	if err := s.group.wait(); err != nil {
+		return storageErr("sync queue segment", err)
+	}
+	return nil
+}
+
+// segLoc is where a message record is.
+type segLoc struct {
+	seg     *segment
+	off     int64 // of the frame
+	len     int64 // of the frame
+	hdrLen  int64
+	bodyCRC uint32
+}
+
+func (l *segLoc) hdrOff() int64  { return l.off + 4 + msgHead }
+func (l *segLoc) bodyOff() int64 { return l.hdrOff() + l.hdrLen }
+
+// acquire keeps s open for a read; the caller holds q.mu.
+func (s *segment) acquire() { s.readers++ }
+
+// release ends a read of s.
+func (q *Queue) release(s *segment) {
+	q.mu.Lock()
+	s.readers--
+	closeIt := s.removed && s.readers == 0
+	q.mu.Unlock()
+	if closeIt {
+		closeQuietly(s.f)
+	}
+}
+
+// appendRecords writes recs, one after the other, to the active segment,
+// rolling to a new one first when it is full or failed. It returns the
+// segment and the offset of the first record; the caller waits on the
+// segment for durability.
+func (q *Queue) appendRecords(recs []byte) (*segment, int64, error) {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	s := q.active
+	if s == nil || s.failed() != nil || (s.size.Load() > int64(len(segMagic)) && s.size.Load()+int64(len(recs)) > q.opts.SegmentBytes) {
+		var err error
+		if s, err = q.roll(); err != nil {
+			return nil, 0, err
+		}
+	}
+	off := s.size.Load()
+	s.dirty.Store(true)
+	if _, err := s.f.WriteAt(recs, off); err != nil {
+		s.fail(err)
+		return nil, 0, storageErr("write queue segment", err)
+	}
+	s.size.Store(off + int64(len(recs)))
+	return s, off, nil
+}
+
+// roll starts a new active segment: created, its magic written, its name
+// made durable (a directory fsync, shared with file commits) before any
+// record in it can be acknowledged. The caller holds q.wmu.
+func (q *Queue) roll() (*segment, error) {
+	seq := q.nextSeq
+	q.nextSeq++
+	name := segName(seq)
+	f, err := q.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, storageErr("create queue segment", err)
+	}
+	_, err = f.WriteAt([]byte(segMagic), 0)
+	if err == nil {
+		err = q.group.wait()
+	}
+	if err != nil {
+		closeQuietly(f)
+		if rerr := q.fs.Remove(name); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			q.opts.Logger.Warn("Cannot remove unused queue segment", "file", name, "error", rerr)
+		}
+		return nil, storageErr("start queue segment", err)
+	}
+	s := q.newSegment(seq, f, int64(len(segMagic)))
+	s.dirty.Store(true)
+	q.mu.Lock()
+	if q.active != nil {
+		q.active.sealed = true
+	}
+	q.segs = append(q.segs, s)
+	q.mu.Unlock()
+	q.active = s
+	return s, nil
+}
+
+// getBuf returns a record buffer from the pool; putBuf gives it back. A
+// buffer holds at most one message of Options.SegmentBodyBytes, so the
+// pool holds at most that per concurrent Enqueue.
+func (q *Queue) getBuf() *[]byte { return q.bufs.Get().(*[]byte) } //nolint:forcetypeassert // only *[]byte are put
+
+func (q *Queue) putBuf(b *[]byte) { q.bufs.Put(b) }
+
+// messageRecord starts a message record in buf: frame length (filled in
+// by seal), kind, header JSON length, body CRC (filled in by seal), JSON.
+// The body is appended after it.
+func messageRecord(buf, js []byte) []byte {
+	buf = append(buf[:0], 0, 0, 0, 0, kindMessage)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(js))) //nolint:gosec // at most maxHeader
+	buf = append(buf, 0, 0, 0, 0)
+	return append(buf, js...)
+}
+
+// sealMessage fills in the body CRC and frames the record; it returns the
+// record and its location relative to the record's start.
+func sealMessage(buf []byte, hdrLen int) ([]byte, segLoc, error) {
+	bodyCRC := crc32.Checksum(buf[4+msgHead+hdrLen:], castagnoli)
+	binary.BigEndian.PutUint32(buf[4+5:], bodyCRC)
+	rec, err := segmentFormat.Seal(buf)
+	if err != nil {
+		return nil, segLoc{}, fmt.Errorf("message record: %w: %w", ErrTooLarge, err)
+	}
+	return rec, segLoc{len: int64(len(rec)), hdrLen: int64(hdrLen), bodyCRC: bodyCRC}, nil
+}
+
+// stateRecord frames a journal record of message id.
+func stateRecord(dst []byte, id ID, r *record) ([]byte, error) {
+	js, err := marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0, kindState)
+	dst = append(dst, id...)
+	dst = append(dst, js...)
+	rec, err := segmentFormat.Seal(dst[start:])
+	if err != nil {
+		return nil, fmt.Errorf("journal record: %w: %w", ErrInvalid, err)
+	}
+	return append(dst[:start], rec...), nil
+}
+
+func deleteRecord(id ID) []byte {
+	rec, _ := segmentFormat.Seal(append([]byte{0, 0, 0, 0, kindDelete}, id...)) // a fixed, valid size
+	return rec
+}
+
+// readBody reads body into buf, at most limit bytes, and reports whether
+// it ended within the limit. Past it, buf holds limit+1 bytes.
+func readBody(ctx context.Context, buf []byte, body io.Reader, limit int64) ([]byte, bool, error) {
+	start := len(buf)
+	r := ctxReader{ctx, body}
+	for {
+		if int64(len(buf)-start) > limit {
+			return buf, false, nil
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(max(cap(buf), 4096), int(limit)+1-(len(buf)-start)))
+		}
+		room := min(cap(buf), start+int(limit)+1)
+		n, err := r.Read(buf[len(buf):room])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return buf, true, nil
+		}
+		if err != nil {
+			return buf, false, fmt.Errorf("read message body: %w", err)
+		}
+	}
+}
+
+// enqueueSegment stores a message in the active segment: the body is read
+// into a pooled buffer behind the header, framed, appended, and Enqueue
+// returns once the fsync shared by the appends beside it has. A body over
+// Options.SegmentBodyBytes is not stored: rest reads it whole again, for
+// the per-file path.
+func (q *Queue) enqueueSegment(ctx context.Context, h *header, js []byte, body io.Reader) (rest io.Reader, done func(), err error) {
+	bp := q.getBuf()
+	buf := messageRecord(*bp, js)
+	hdrEnd := len(buf)
+	limit := min(q.opts.SegmentBodyBytes, q.opts.MaxBodyBytes)
+	buf, whole, err := readBody(ctx, buf, body, limit)
+	*bp = buf[:0]
+	if err == nil && !whole && limit == q.opts.MaxBodyBytes {
+		err = fmt.Errorf("body over %d bytes: %w", limit, ErrTooLarge)
+	}
+	if err != nil {
+		q.putBuf(bp)
+		return nil, nil, err
+	}
+	if !whole {
+		return io.MultiReader(bytes.NewReader(buf[hdrEnd:]), body), func() { q.putBuf(bp) }, nil
+	}
+	defer q.putBuf(bp)
+	rec, loc, err := sealMessage(buf, len(js))
+	*bp = rec[:0]
+	if err != nil {
+		return nil, nil, err
+	}
+	m := newMessage(h, int64(len(rec)-hdrEnd-4))
+	if err := q.commitSegment(rec, loc, &m); err != nil {
+		return nil, nil, err
+	}
+	return nil, nil, nil
+}
+
+// commitSegment appends a message record (and whatever records follow it
+// in recs), waits until they are durable and indexes m at their place.
+func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message) error {
+	s, off, err := q.appendRecords(recs)
+	if err != nil {
+		return err
+	}
+	if err := s.wait(); err != nil {
+		return err
+	}
+	loc.seg, loc.off = s, off
+	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival, loc: &loc, state: m.Recipients}
+	q.mu.Lock()
+	q.setSummary(e, m)
+	q.index(e)
+	q.mu.Unlock()
+	q.signal()
+	return nil
+}
+
+// index adds e to the queue; the caller holds q.mu.
+func (q *Queue) index(e *entry) {
+	q.entries[e.id] = e
+	if e.loc != nil {
+		e.loc.seg.live++
+		e.loc.seg.liveBytes += e.loc.len
+	}
+}
+
+// unindex removes e from the queue; the caller holds q.mu.
+func (q *Queue) unindex(e *entry) {
+	e.gone = true
+	delete(q.entries, e.id)
+	if e.loc != nil {
+		e.loc.seg.live--
+		e.loc.seg.liveBytes -= e.loc.len
+	}
+}
+
+// segHeader reads the header JSON of a segment message and returns it
+// with a copy of the message's location and state, the segment kept open
+// for the caller (q.release).
+func (q *Queue) segHeader(e *entry) (segLoc, Message, []byte, error) {
+	q.mu.Lock()
+	if e.gone {
+		q.mu.Unlock()
+		return segLoc{}, Message{}, nil, fmt.Errorf("%s: %w", e.id, ErrNotFound)
+	}
+	loc := *e.loc
+	m := Message{ID: e.id, Arrival: e.arrival, Size: e.size, Held: e.held, Recipients: slices.Clone(e.state)}
+	loc.seg.acquire()
+	q.mu.Unlock()
+	js := make([]byte, loc.hdrLen)
+	if _, err := loc.seg.f.ReadAt(js, loc.hdrOff()); err != nil {
+		q.release(loc.seg)
+		return segLoc{}, Message{}, nil, fmt.Errorf("%s: read header: %w", e.id, err)
+	}
+	h, err := decodeHeaderJSON(js)
+	if err != nil {
+		q.release(loc.seg)
+		return segLoc{}, Message{}, nil, fmt.Errorf("%s: %w", e.id, err)
+	}
+	m.Envelope = h.Envelope
+	return loc, m, js, nil
+}
+
+// segMessage returns a segment message as stored.
+func (q *Queue) segMessage(e *entry) (Message, error) {
+	loc, m, _, err := q.segHeader(e)
+	if err != nil {
+		return Message{}, err
+	}
+	q.release(loc.seg)
+	return m, nil
+}
+
+// segBody opens the body of a segment message; the segment stays open
+// until the reader is closed, compaction or not.
+func (q *Queue) segBody(e *entry) (io.ReadCloser, error) {
+	q.mu.Lock()
+	if e.gone {
+		q.mu.Unlock()
+		return nil, fmt.Errorf("%s: %w", e.id, ErrNotFound)
+	}
+	loc := *e.loc
+	loc.seg.acquire()
+	q.mu.Unlock()
+	return &bodyReader{
+		r: io.NewSectionReader(loc.seg.f, loc.bodyOff(), e.size), want: loc.bodyCRC,
+		close: func() error { q.release(loc.seg); return nil },
+	}, nil
+}
+
+// mutateSegment is mutate for a segment message; the caller holds e.io.
+// A record that only marks recipients delivered is not waited on: a power
+// loss may roll it back, and the recipients are delivered again, never
+// lost (docs/design.md, "The queue").
+func (q *Queue) mutateSegment(e *entry, change func(m *Message, now time.Time) (*record, error)) (Message, error) {
+	m, err := q.segMessage(e)
+	if err != nil {
+		return Message{}, err
+	}
+	rec, err := change(&m, q.now())
+	if err != nil || rec == nil {
+		return m, err
+	}
+	bp := q.getBuf()
+	defer q.putBuf(bp)
+	b, err := stateRecord((*bp)[:0], e.id, rec)
+	if err != nil {
+		return Message{}, err
+	}
+	*bp = b[:0]
+	s, _, err := q.appendRecords(b)
+	if err != nil {
+		return Message{}, err
+	}
+	if !deliveredOnly(rec) {
+		if err := s.wait(); err != nil {
+			return Message{}, err
+		}
+	}
+	rec.apply(&m)
+	q.mu.Lock()
+	e.state = slices.Clone(m.Recipients)
+	if !q.setSummary(e, &m) {
+		q.unindex(e)
+	}
+	q.mu.Unlock()
+	return m, nil
+}
+
+func deliveredOnly(r *record) bool {
+	if r.Held != nil || len(r.Rcpts) == 0 {
+		return false
+	}
+	for _, s := range r.Rcpts {
+		if s.State != Delivered {
+			return false
+		}
+	}
+	return true
+}
+
+// deleteSegment removes a segment message durably; the caller holds e.io.
+func (q *Queue) deleteSegment(e *entry) error {
+	s, _, err := q.appendRecords(deleteRecord(e.id))
+	if err != nil {
+		return err
+	}
+	if err := s.wait(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	q.unindex(e)
+	q.mu.Unlock()
+	return nil
+}
+
+// exportSegment writes a segment message in the export format: the fixed
+// header and header JSON of a message file, the body, a snapshot.
+func (q *Queue) exportSegment(ctx context.Context, e *entry, w io.Writer) error {
+	loc, m, js, err := q.segHeader(e)
+	if err != nil {
+		return err
+	}
+	defer q.release(loc.seg)
+	snap, err := encodeRecord(snapshotRecord(&m, q.now()))
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(append(fixedHeader(js, m.Size, loc.bodyCRC), js...)); err != nil {
+		return err
+	}
+	body := &bodyReader{r: io.NewSectionReader(loc.seg.f, loc.bodyOff(), m.Size), want: loc.bodyCRC}
+	if _, err := io.Copy(w, ctxReader{ctx, body}); err != nil {
+		return err
+	}
+	_, err = w.Write(snap)
+	return err
+}
+
+// importSegment stores an imported message whose body (bl bytes, bodyCRC)
+// r holds next, followed by its journal: a message record and a snapshot,
+// appended together.
+func (q *Queue) importSegment(r io.Reader, h *header, js []byte, bl int64, bodyCRC uint32) (ID, error) {
+	bp := q.getBuf()
+	defer q.putBuf(bp)
+	buf := messageRecord(*bp, js)
+	hdrEnd := len(buf)
+	buf = slices.Grow(buf, int(bl))
+	n, err := io.ReadFull(r, buf[hdrEnd:hdrEnd+int(bl)])
+	*bp = buf[:0]
+	if err != nil {
+		return "", fmt.Errorf("read record body (%d of %d bytes): %w: %w", n, bl, ErrCorrupt, err)
+	}
+	buf = buf[:hdrEnd+int(bl)]
+	rec, loc, err := sealMessage(buf, len(js))
+	if err != nil {
+		return "", err
+	}
+	*bp = rec[:0]
+	if loc.bodyCRC != bodyCRC {
+		return "", fmt.Errorf("body checksum mismatch: %w", ErrCorrupt)
+	}
+	m, err := readJournal(r, h, bl)
+	if err != nil {
+		return "", err
+	}
+	if _, pending := m.nextDue(); pending == 0 {
+		return h.ID, nil
+	}
+	recs, err := stateRecord(rec, h.ID, snapshotRecord(&m, q.now()))
+	if err != nil {
+		return "", err
+	}
+	*bp = recs[:0]
+	if err := q.commitSegment(recs, loc, &m); err != nil {
+		return "", err
+	}
+	return h.ID, nil
+}
+
+// recoverSegments replays the segment files, oldest first: a message
+// record indexes (or re-indexes) its message, a journal record applies to
+// a known message, a delete record or a journal record leaving no
+// recipient pending drops it. Each file is read up to its first record
+// that is not whole and valid. The next active segment takes the next
+// sequence number.
+func (q *Queue) recoverSegments(ctx context.Context, names []string) error {
+	type seg struct {
+		seq  uint64
+		name string
+	}
+	var segs []seg
+	for _, name := range names {
+		seq, err := strconv.ParseUint(name[:len(name)-len(segSuffix)], 16, 64)
+		if err != nil || segName(seq) != name {
+			q.opts.Logger.Warn("Unknown file in queue directory left alone", "file", name)
+			continue
+		}
+		segs = append(segs, seg{seq, name})
+	}
+	slices.SortFunc(segs, func(a, b seg) int { return cmp.Compare(a.seq, b.seq) })
+	for _, sg := range segs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		q.nextSeq = max(q.nextSeq, sg.seq+1)
+		if err := q.replaySegment(sg.seq, sg.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (q *Queue) replaySegment(seq uint64, name string) error {
+	log := q.opts.Logger
+	f, err := q.fs.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		closeQuietly(f)
+		return fmt.Errorf("stat %s: %w", name, err)
+	}
+	size := st.Size()
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 256<<10)
+	magic := make([]byte, len(segMagic))
+	if n, _ := io.ReadFull(r, magic); n < len(magic) || string(magic) != segMagic {
+		closeQuietly(f)
+		if bytes.HasPrefix([]byte(segMagic), magic[:n]) || bytes.Count(magic[:n], []byte{0}) == n {
+			// Created but never fsynced with a record: nothing in it
+			// was acknowledged.
+			if err := q.fs.Remove(name); err != nil {
+				return fmt.Errorf("remove %s: %w", name, err)
+			}
+			return nil
+		}
+		log.Error("Corrupt queue segment set aside", "file", name)
+		if err := q.fs.Rename(name, name+corruptSuffix); err != nil {
+			return fmt.Errorf("set aside %s: %w", name, err)
+		}
+		return nil
+	}
+	s := q.newSegment(seq, f, 0)
+	s.sealed = true
+	q.segs = append(q.segs, s)
+	off := int64(len(segMagic))
+	for {
+		payload, err := segmentFormat.Read(r)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if errors.Is(err, frame.ErrTruncated) || errors.Is(err, frame.ErrCorrupt) {
+			// A crash's torn tail, or damage: what follows cannot be
+			// framed, and nothing after a failed write was acknowledged.
+			log.Warn("Queue segment read up to a bad record", "file", name, "offset", off, "size", size, "error", err)
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		if err := q.replayRecord(s, off, payload); err != nil {
+			log.Warn("Queue segment read up to a bad record", "file", name, "offset", off, "size", size, "error", err)
+			break
+		}
+		off += int64(len(payload)) + frame.Overhead
+	}
+	s.size.Store(off)
+	return nil
+}
+
+// replayRecord applies one record of segment s at offset off.
+func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
+	switch p[0] {
+	case kindMessage:
+		if len(p) < msgHead {
+			return fmt.Errorf("short message record: %w", ErrCorrupt)
+		}
+		hl := int64(binary.BigEndian.Uint32(p[1:]))
+		if hl > int64(len(p)-msgHead) {
+			return fmt.Errorf("message record header length: %w", ErrCorrupt)
+		}
+		js, body := p[msgHead:msgHead+hl], p[msgHead+hl:]
+		loc := segLoc{seg: s, off: off, len: int64(len(p)) + frame.Overhead, hdrLen: hl, bodyCRC: binary.BigEndian.Uint32(p[5:])}
+		if crc32.Checksum(body, castagnoli) != loc.bodyCRC {
+			return fmt.Errorf("body checksum mismatch: %w", ErrCorrupt)
+		}
+		h, err := decodeHeaderJSON(js)
+		if err != nil {
+			return err
+		}
+		if old := q.entries[h.ID]; old != nil {
+			if old.loc == nil {
+				q.opts.Logger.Warn("Queue segment repeats a message that has a file; the file is kept", "id", h.ID)
+				return nil
+			}
+			q.unindex(old)
+		}
+		m := newMessage(h, int64(len(body)))
+		e := &entry{id: h.ID, size: m.Size, arrival: m.Arrival, loc: &loc, state: m.Recipients}
+		q.setSummary(e, &m)
+		q.index(e)
+	case kindState, kindDelete:
+		if len(p) < 1+idLen {
+			return fmt.Errorf("short journal record: %w", ErrCorrupt)
+		}
+		id, err := ParseID(string(p[1 : 1+idLen]))
+		if err != nil {
+			return fmt.Errorf("journal record: %w: %w", ErrCorrupt, err)
+		}
+		e := q.entries[id]
+		if e == nil || e.loc == nil {
+			return nil // finished or deleted before, or not a segment message
+		}
+		if p[0] == kindDelete {
+			q.unindex(e)
+			return nil
+		}
+		m := Message{ID: id, Arrival: e.arrival, Recipients: e.state, Held: e.held}
+		r, err := decodeRecord(p[1+idLen:], len(m.Recipients))
+		if err != nil {
+			return err
+		}
+		r.apply(&m)
+		if !q.setSummary(e, &m) {
+			q.unindex(e)
+		}
+	default:
+		return fmt.Errorf("record kind %q: %w", p[0], ErrCorrupt)
+	}
+	return nil
+}
+
+// decodeRecord decodes a journal record's JSON for a message of n
+// recipients and checks it.
+func decodeRecord(js []byte, n int) (*record, error) {
+	var r record
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil || dec.More() || r.Time.IsZero() {
+		return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
+	}
+	for _, s := range r.Rcpts {
+		if s.Index < 0 || s.Index >= n || s.validate() != nil {
+			return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
+		}
+	}
+	return &r, nil
+}
+
+// maintain reclaims segments, oldest first: the oldest sealed segment is
+// removed once no message's current record is in it, and its live
+// messages are copied into the active segment (message record and
+// snapshot) when they are a small part of it or when it holds back
+// removable ones. Only the oldest goes, so no older file can bring back a
+// message that a removed one finished, and no live message has journal
+// records in it: nothing needs to be written again first
+// (docs/design.md, "The queue"). One call at a time; others skip.
+func (q *Queue) maintain() {
+	if !q.maint.TryLock() {
+		return
+	}
+	defer q.maint.Unlock()
+	for {
+		q.mu.Lock()
+		if len(q.segs) == 0 || !q.segs[0].sealed {
+			q.mu.Unlock()
+			return
+		}
+		old := q.segs[0]
+		if old.live == 0 {
+			q.mu.Unlock()
+			if err := q.removeSegment(old); err != nil {
+				q.opts.Logger.Warn("Cannot remove queue segment", "segment", segName(old.seq), "error", err)
+				return
+			}
+			continue
+		}
+		var deadBehind int64
+		for _, s := range q.segs[1:] {
+			if s.sealed {
+				deadBehind += s.size.Load() - s.liveBytes
+			}
+		}
+		if old.liveBytes*2 > old.size.Load() && deadBehind < q.opts.SegmentBytes {
+			q.mu.Unlock()
+			return
+		}
+		var move []*entry
+		for _, e := range q.entries {
+			if e.loc != nil && e.loc.seg == old {
+				move = append(move, e)
+			}
+		}
+		q.mu.Unlock()
+		if err := q.compactSegment(old, move); err != nil {
+			q.opts.Logger.Warn("Cannot compact queue segment", "segment", segName(old.seq), "error", err)
+			return
+		}
+	}
+}
+
+// removeSegment removes a sealed segment, then fsyncs the directory, so
+// that segments go strictly oldest first even on a filesystem that would
+// reorder removals.
+func (q *Queue) removeSegment(s *segment) error {
+	if err := q.fs.Remove(segName(s.seq)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	q.mu.Lock()
+	q.segs = slices.DeleteFunc(q.segs, func(x *segment) bool { return x == s })
+	s.removed = true
+	closeIt := s.readers == 0
+	q.mu.Unlock()
+	if closeIt {
+		closeQuietly(s.f)
+	}
+	return q.group.wait()
+}
+
+// compactSegment copies the messages move out of old: each one's record as
+// it is (its CRC checked) and a snapshot of its state, appended together,
+// then moved to the copy once durable. Each message's io lock is held
+// from the copy to the move, so that no journal record can fall between.
+func (q *Queue) compactSegment(old *segment, move []*entry) error {
+	for _, e := range move {
+		if err := q.copyMessage(old, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (q *Queue) copyMessage(old *segment, e *entry) error {
+	e.io.Lock()
+	defer e.io.Unlock()
+	q.mu.Lock()
+	if e.gone || e.loc.seg != old {
+		q.mu.Unlock()
+		return nil
+	}
+	loc := *e.loc
+	m := Message{ID: e.id, Arrival: e.arrival, Held: e.held, Recipients: slices.Clone(e.state)}
+	q.mu.Unlock()
+	rec := make([]byte, loc.len)
+	if _, err := old.f.ReadAt(rec, loc.off); err != nil {
+		return fmt.Errorf("%s: read record: %w", e.id, err)
+	}
+	if _, _, err := segmentFormat.Next(rec); err != nil {
+		return fmt.Errorf("%s: %w: %w", e.id, ErrCorrupt, err)
+	}
+	recs, err := stateRecord(rec, e.id, snapshotRecord(&m, q.now()))
+	if err != nil {
+		return err
+	}
+	s, off, err := q.appendRecords(recs)
+	if err != nil {
+		return err
+	}
+	if err := s.wait(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	if !e.gone {
+		old.live--
+		old.liveBytes -= loc.len
+		loc.seg, loc.off = s, off
+		e.loc = &loc
+		s.live++
+		s.liveBytes += loc.len
+	}
+	q.mu.Unlock()
+	return nil
+}
+
+// closeSegments fsyncs what was appended and not waited on (delivered
+// recipients), so that a clean shutdown delivers nothing twice, and
+// closes the files. A failed fsync is only logged: what it may lose is
+// delivered again, never lost.
+func (q *Queue) closeSegments() {
+	q.mu.Lock()
+	segs := slices.Clone(q.segs)
+	q.mu.Unlock()
+	for _, s := range segs {
+		if s.dirty.Load() && s.failed() == nil {
+			if err := s.wait(); err != nil {
+				q.opts.Logger.Warn("Cannot sync queue segment at close", "segment", segName(s.seq), "error", err)
+			}
+		}
+		q.mu.Lock()
+		s.removed = true
+		closeIt := s.readers == 0
+		q.mu.Unlock()
+		if closeIt {
+			closeQuietly(s.f)
+		}
+	}
+}
