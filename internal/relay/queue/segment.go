@@ -642,7 +642,13 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 				q.opts.Logger.Warn("Queue segment repeats a message that has a file; the file is kept", "id", h.ID)
 				return nil
 			}
+			// A copy made by compaction: the message moves, its state
+			// stays (the snapshot after the copy may have been lost).
 			q.unindex(old)
+			old.gone = false
+			old.loc = &loc
+			q.index(old)
+			return nil
 		}
 		m := newMessage(h, int64(len(body)))
 		e := &entry{id: h.ID, size: m.Size, arrival: m.Arrival, loc: &loc, state: m.Recipients}
