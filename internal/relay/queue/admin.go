@@ -181,7 +181,7 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 		return err
 	}
 	defer q.ops.Done()
-	if e.loc != nil {
+	if e.inSeg {
 		defer q.maintain() // after the io lock is released
 	}
 	e.io.Lock()
@@ -192,7 +192,7 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 	if gone {
 		return fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
-	if e.loc != nil {
+	if e.inSeg {
 		return q.deleteSegment(e)
 	}
 	if err := q.fs.Remove(msgName(id)); err != nil {
@@ -220,7 +220,7 @@ func (q *Queue) Export(ctx context.Context, id ID, w io.Writer) error {
 		return err
 	}
 	defer q.ops.Done()
-	if e.loc != nil {
+	if e.inSeg {
 		return q.exportSegment(ctx, e, w)
 	}
 	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)

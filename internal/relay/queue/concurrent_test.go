@@ -19,9 +19,21 @@ import (
 // operator flushing and holding at once: every recipient is delivered
 // exactly once, and the queue ends empty, after a crash too.
 func TestConcurrentDelivery(t *testing.T) {
+	for _, st := range []struct {
+		name         string
+		segmentBytes int64
+	}{{"segments of 64 MiB", 0}, {"segments of 4000 bytes", 4000}} {
+		// Small segments roll, are removed and compacted while
+		// Enqueues and Updates are under way.
+		t.Run(st.name, func(t *testing.T) { concurrentDelivery(t, st.segmentBytes) })
+	}
+}
+
+func concurrentDelivery(t *testing.T, segmentBytes int64) {
 	fsys := queuetest.New()
 	clock := newClock()
 	opts := options(clock)
+	opts.SegmentBytes = segmentBytes
 	opts.Retry = queue.Retry{Delays: []time.Duration{time.Nanosecond}}
 	q := openQueue(t, fsys, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

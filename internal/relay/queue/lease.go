@@ -92,7 +92,7 @@ func (l *Lease) Message() Message {
 // Body opens the message body; see Queue.Body. Each call reads it afresh,
 // so each destination of a message can have its own reader.
 func (l *Lease) Body(ctx context.Context) (io.ReadCloser, error) {
-	if l.e.loc != nil {
+	if l.e.inSeg {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -128,7 +128,7 @@ func (l *Lease) Update(ctx context.Context, a Attempt) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	if l.e.loc != nil {
+	if l.e.inSeg {
 		q.maintain()
 	}
 	l.msg = m
@@ -206,7 +206,7 @@ func (l *Lease) Close() {
 
 // message returns message e as stored.
 func (q *Queue) message(e *entry) (Message, error) {
-	if e.loc != nil {
+	if e.inSeg {
 		return q.segMessage(e)
 	}
 	m, _, err := q.read(e.id)
@@ -226,7 +226,7 @@ func (q *Queue) mutate(e *entry, change func(m *Message, now time.Time) (*record
 	if gone {
 		return Message{}, fmt.Errorf("%s: %w", e.id, ErrNotFound)
 	}
-	if e.loc != nil {
+	if e.inSeg {
 		return q.mutateSegment(e, change)
 	}
 	if e.dirty {

@@ -170,8 +170,10 @@ type entry struct {
 	id      ID
 	size    int64
 	arrival time.Time // Message.Arrival, for the oldest message's age
-	// loc is where a segment message's record is, nil for a message in a
-	// file of its own. Under Queue.mu; changed by compaction only.
+	// inSeg: the message is in a segment, not in a file of its own.
+	inSeg bool
+	// loc is where a segment message's record is. Under Queue.mu;
+	// changed by compaction only.
 	loc *segLoc
 	// state is a segment message's recipients' status. Under Queue.mu,
 	// changed with io held.
@@ -767,7 +769,7 @@ func (q *Queue) Body(ctx context.Context, id ID) (io.ReadCloser, error) {
 	q.mu.Lock()
 	e := q.entries[id]
 	q.mu.Unlock()
-	if e != nil && e.loc != nil {
+	if e != nil && e.inSeg {
 		return q.segBody(e)
 	}
 	f, err := q.fs.OpenFile(msgName(id), os.O_RDONLY, 0)

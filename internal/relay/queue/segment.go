@@ -62,6 +62,7 @@ type segment struct {
 	live      int   // messages whose current message record is here
 	liveBytes int64 // the size of those records
 	readers   int   // body and header reads under way
+	inflight  int   // appends whose callers have not indexed them yet
 	removed   bool  // the file is removed: close it when readers is 0
 }
 
@@ -138,7 +139,9 @@ func (q *Queue) release(s *segment) {
 // appendRecords writes recs, one after the other, to the active segment,
 // rolling to a new one first when it is full or failed. It returns the
 // segment and the offset of the first record; the caller waits on the
-// segment for durability.
+// segment for durability, indexes what it wrote, then calls q.landed: until
+// then the segment is not removed, though it may be sealed and hold no
+// live message yet.
 func (q *Queue) appendRecords(recs []byte) (*segment, int64, error) {
 	q.wmu.Lock()
 	defer q.wmu.Unlock()
@@ -156,7 +159,17 @@ func (q *Queue) appendRecords(recs []byte) (*segment, int64, error) {
 		return nil, 0, storageErr("write queue segment", err)
 	}
 	s.size.Store(off + int64(len(recs)))
+	q.mu.Lock()
+	s.inflight++ // before the segment can be sealed: q.wmu is held
+	q.mu.Unlock()
 	return s, off, nil
+}
+
+// landed ends what appendRecords began.
+func (q *Queue) landed(s *segment) {
+	q.mu.Lock()
+	s.inflight--
+	q.mu.Unlock()
 }
 
 // roll starts a new active segment: created, its magic written, its name
@@ -310,11 +323,12 @@ func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message) error {
 	if err != nil {
 		return err
 	}
+	defer q.landed(s)
 	if err := s.wait(); err != nil {
 		return err
 	}
 	loc.seg, loc.off = s, off
-	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival, loc: &loc, state: m.Recipients}
+	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival, inSeg: true, loc: &loc, state: m.Recipients}
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.index(e)
@@ -326,7 +340,7 @@ func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message) error {
 // index adds e to the queue; the caller holds q.mu.
 func (q *Queue) index(e *entry) {
 	q.entries[e.id] = e
-	if e.loc != nil {
+	if e.inSeg {
 		e.loc.seg.live++
 		e.loc.seg.liveBytes += e.loc.len
 	}
@@ -336,7 +350,7 @@ func (q *Queue) index(e *entry) {
 func (q *Queue) unindex(e *entry) {
 	e.gone = true
 	delete(q.entries, e.id)
-	if e.loc != nil {
+	if e.inSeg {
 		e.loc.seg.live--
 		e.loc.seg.liveBytes -= e.loc.len
 	}
@@ -420,6 +434,7 @@ func (q *Queue) mutateSegment(e *entry, change func(m *Message, now time.Time) (
 	if err != nil {
 		return Message{}, err
 	}
+	defer q.landed(s)
 	if !deliveredOnly(rec) {
 		if err := s.wait(); err != nil {
 			return Message{}, err
@@ -453,6 +468,7 @@ func (q *Queue) deleteSegment(e *entry) error {
 	if err != nil {
 		return err
 	}
+	defer q.landed(s)
 	if err := s.wait(); err != nil {
 		return err
 	}
@@ -638,7 +654,7 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 			return err
 		}
 		if old := q.entries[h.ID]; old != nil {
-			if old.loc == nil {
+			if !old.inSeg {
 				q.opts.Logger.Warn("Queue segment repeats a message that has a file; the file is kept", "id", h.ID)
 				return nil
 			}
@@ -651,7 +667,7 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 			return nil
 		}
 		m := newMessage(h, int64(len(body)))
-		e := &entry{id: h.ID, size: m.Size, arrival: m.Arrival, loc: &loc, state: m.Recipients}
+		e := &entry{id: h.ID, size: m.Size, arrival: m.Arrival, inSeg: true, loc: &loc, state: m.Recipients}
 		q.setSummary(e, &m)
 		q.index(e)
 	case kindState, kindDelete:
@@ -663,7 +679,7 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 			return fmt.Errorf("journal record: %w: %w", ErrCorrupt, err)
 		}
 		e := q.entries[id]
-		if e == nil || e.loc == nil {
+		if e == nil || !e.inSeg {
 			return nil // finished or deleted before, or not a segment message
 		}
 		if p[0] == kindDelete {
@@ -722,6 +738,10 @@ func (q *Queue) maintain() {
 			return
 		}
 		old := q.segs[0]
+		if old.inflight > 0 {
+			q.mu.Unlock()
+			return // its appends' callers run maintain again
+		}
 		if old.live == 0 {
 			q.mu.Unlock()
 			if err := q.removeSegment(old); err != nil {
@@ -742,7 +762,7 @@ func (q *Queue) maintain() {
 		}
 		var move []*entry
 		for _, e := range q.entries {
-			if e.loc != nil && e.loc.seg == old {
+			if e.inSeg && e.loc.seg == old {
 				move = append(move, e)
 			}
 		}
@@ -811,6 +831,7 @@ func (q *Queue) copyMessage(old *segment, e *entry) error {
 	if err != nil {
 		return err
 	}
+	defer q.landed(s)
 	if err := s.wait(); err != nil {
 		return err
 	}
