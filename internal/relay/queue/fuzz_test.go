@@ -3,11 +3,11 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
-	"encoding/binary"
-	"hash/crc32"
 	"strings"
 	"testing"
 	"time"
