@@ -771,6 +771,15 @@ func (q *Queue) maintain() {
 			q.opts.Logger.Warn("Cannot compact queue segment", "segment", segName(old.seq), "error", err)
 			return
 		}
+		q.mu.Lock()
+		stuck := old.live > 0 && old.inflight == 0
+		q.mu.Unlock()
+		if stuck {
+			// Every message found was copied, and some remain: never
+			// loop over them.
+			q.opts.Logger.Error("Queue segment keeps messages after compaction", "segment", segName(old.seq))
+			return
+		}
 	}
 }
 
