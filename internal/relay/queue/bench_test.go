@@ -13,7 +13,8 @@ import (
 
 // BenchmarkEnqueue measures durable Enqueues on the real disk (b.TempDir)
 // by message size and concurrent callers, with the fsyncs each message
-// cost: one file fsync each, and a share of a directory fsync.
+// cost: in segments (the default), a share of one segment fsync;
+// BenchmarkEnqueueDeliver compares with a file per message.
 //
 //	go test -run '^$' -bench Enqueue -benchtime 2s ./internal/relay/queue/
 func BenchmarkEnqueue(b *testing.B) {
