@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,6 +252,12 @@ func (q *Queue) recover(ctx context.Context) error {
 		base, ext, _ := strings.Cut(name, ".")
 		id, idErr := ParseID(base)
 		switch {
+		case strings.HasSuffix(name, segSuffix+corruptSuffix):
+			// Set aside: its number is never used again, so that a
+			// later set-aside never replaces it.
+			if seq, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix+corruptSuffix), 16, 64); err == nil {
+				q.nextSeq = max(q.nextSeq, seq+1)
+			}
 		case name == lockName || strings.HasSuffix(name, corruptSuffix):
 		case strings.HasSuffix(name, segSuffix):
 			segs = append(segs, name)

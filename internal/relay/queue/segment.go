@@ -591,7 +591,7 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 	magic := make([]byte, len(segMagic))
 	if n, _ := io.ReadFull(r, magic); n < len(magic) || string(magic) != segMagic {
 		closeQuietly(f)
-		if bytes.HasPrefix([]byte(segMagic), magic[:n]) || bytes.Count(magic[:n], []byte{0}) == n {
+		if int64(n) == size && bytes.HasPrefix([]byte(segMagic), magic[:n]) || allZero(io.MultiReader(bytes.NewReader(magic[:n]), r)) {
 			// Created but never fsynced with a record: nothing in it
 			// was acknowledged.
 			if err := q.fs.Remove(name); err != nil {
@@ -631,6 +631,24 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 	}
 	s.size.Store(off)
 	return nil
+}
+
+// allZero reports whether r holds only zero bytes (a file extended and
+// never written, as a crash leaves one), reading errors as not zero.
+func allZero(r io.Reader) bool {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if bytes.ContainsFunc(buf[:n], func(c rune) bool { return c != 0 }) {
+			return false
+		}
+		if errors.Is(err, io.EOF) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
 }
 
 // replayRecord applies one record of segment s at offset off.
