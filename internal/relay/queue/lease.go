@@ -129,6 +129,7 @@ func (l *Lease) Update(ctx context.Context, a Attempt) (Message, error) {
 		return Message{}, err
 	}
 	if l.e.inSeg {
+		m.Envelope = l.msg.Envelope // not read back from the segment
 		q.maintain()
 	}
 	l.msg = m

@@ -414,11 +414,14 @@ func (q *Queue) segBody(e *entry) (io.ReadCloser, error) {
 // A record that only marks recipients delivered is not waited on: a power
 // loss may roll it back, and the recipients are delivered again, never
 // lost (docs/design.md, "The queue").
+//
+// The message it returns has no envelope: a change needs only the state,
+// and reading the header back would cost a JSON decode per Update (the
+// lease has the envelope).
 func (q *Queue) mutateSegment(e *entry, change func(m *Message, now time.Time) (*record, error)) (Message, error) {
-	m, err := q.segMessage(e)
-	if err != nil {
-		return Message{}, err
-	}
+	q.mu.Lock()
+	m := Message{ID: e.id, Arrival: e.arrival, Size: e.size, Held: e.held, Recipients: slices.Clone(e.state)}
+	q.mu.Unlock()
 	rec, err := change(&m, q.now())
 	if err != nil || rec == nil {
 		return m, err
