@@ -30,7 +30,8 @@ type Layout uint8
 
 const (
 	// CRCTrailer: [length][payload][CRC of length and payload]. The
-	// queue's message journal (version 1 of its file format).
+	// queue's message journal (version 1 of its file format) and its
+	// segment records (version 2).
 	CRCTrailer Layout = iota + 1
 	// CRCHeader: [length][CRC of payload][payload]. The webhook
 	// notification journal's segments.
