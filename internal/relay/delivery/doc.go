@@ -24,6 +24,10 @@
 // addresses are tried before an attempt defers. An idle session is kept
 // for IdleTimeout and reused, after RSET, for the next message to the
 // same address; concurrency is bounded per destination and in total.
+// go-smtp's client sets a session up (EHLO, AUTH); the transactions are
+// the package's own (pipeline.go): to a server that offers PIPELINING (RFC
+// 2920), RSET, MAIL, every RCPT and DATA go in one group, and the message
+// is dot-stuffed a buffer at a time.
 // Opportunistic TLS whose handshake fails is retried once, on a new
 // connection, in plaintext.
 //

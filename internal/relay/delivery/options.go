@@ -72,8 +72,9 @@ type Options struct {
 }
 
 // Timeouts bound each step of an SMTP session (RFC 5321 section 4.5.3.2).
-// go-smtp's client has one timeout for every command, so the RFC's
-// shorter DATA initiation timeout (2 minutes) is the command timeout here.
+// One timeout covers every command (as go-smtp's client, which sets the
+// session up, has it), so the RFC's shorter DATA initiation timeout (2
+// minutes) is the command timeout here.
 type Timeouts struct {
 	// Connect bounds the TCP connection. Default 30s.
 	Connect time.Duration

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 
@@ -166,58 +165,49 @@ func (w *Worker) shuffle(hosts []mxHost) {
 func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, host string, addr netip.Addr, body bodyFunc, o *outcome) *failure {
 	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
 	s := w.pool.get(d.connKey(host, remote))
-	if s != nil && !w.reset(ctx, s) {
-		w.pool.end(s)
-		s = nil
-	}
-	if s == nil {
-		var f *failure
-		s, f = w.connect(ctx, d, host, addr, false)
-		if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
-			// Opportunistic TLS that fails its handshake: once more in
-			// plaintext, on a new connection, as the policy allows.
-			if s != nil {
-				s.close(false)
+	for {
+		reused := s != nil
+		if s == nil {
+			var f *failure
+			s, f = w.connect(ctx, d, host, addr, false)
+			if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
+				// Opportunistic TLS that fails its handshake: once more in
+				// plaintext, on a new connection, as the policy allows.
+				if s != nil {
+					s.close(false)
+				}
+				s, f = w.connect(ctx, d, host, addr, true)
 			}
-			s, f = w.connect(ctx, d, host, addr, true)
+			if f != nil {
+				o.host, o.remote = strings.TrimSuffix(host, "."), remote
+				if s != nil {
+					o.connected(host, s)
+				}
+				return f
+			}
 		}
+		o.connected(host, s)
+		t := newOutcome(d)
+		t.connected(host, s)
+		stop := s.watch(ctx)
+		f, stale := w.transaction(ctx, s, msg, d, body, t, reused)
+		stop()
+		if stale {
+			// An idle session that failed its RSET (the server closed it
+			// meanwhile): nothing of the transaction was taken, and it
+			// goes on a new connection.
+			w.pool.end(s)
+			s = nil
+			continue
+		}
+		if ctx.Err() != nil {
+			s.broken = true
+		}
+		w.pool.put(s)
 		if f != nil {
-			o.host, o.remote = strings.TrimSuffix(host, "."), remote
-			if s != nil {
-				o.connected(host, s)
-			}
 			return f
 		}
+		*o = *t
+		return nil
 	}
-	o.connected(host, s)
-	t := newOutcome(d)
-	t.connected(host, s)
-	stop := s.watch(ctx)
-	f := w.transaction(ctx, s, msg, d, body, t)
-	stop()
-	if ctx.Err() != nil {
-		s.broken = true
-	}
-	w.pool.put(s)
-	if f != nil {
-		return f
-	}
-	*o = *t
-	return nil
-}
-
-// reset readies an idle session for the next transaction with RSET,
-// within a short timeout: a session the server closed meanwhile fails it,
-// and the caller dials again.
-func (w *Worker) reset(ctx context.Context, s *session) bool {
-	stop := s.watch(ctx)
-	defer stop()
-	s.c.CommandTimeout = min(w.opts.Timeouts.Command, 30*time.Second)
-	err := s.c.Reset()
-	s.c.CommandTimeout = w.opts.Timeouts.Command
-	if err != nil {
-		s.broken = true
-		return false
-	}
-	return true
 }

@@ -36,10 +36,13 @@ type connKey struct {
 
 // session is one SMTP connection after EHLO (and STARTTLS, AUTH).
 type session struct {
-	key    connKey
-	where  string // host[ip]:port, for messages
-	raw    net.Conn
+	key   connKey
+	where string // host[ip]:port, for messages
+	raw   net.Conn
+	// c set the session up (EHLO, AUTH) and tells its extensions; wire
+	// speaks its transactions (see pipeline.go).
 	c      *smtp.Client
+	wire   *smtpWire
 	local  netip.AddrPort
 	tls    TLSInfo
 	opened time.Time
@@ -49,9 +52,10 @@ type session struct {
 
 // close ends the session, with QUIT when it is healthy.
 func (s *session) close(quit bool) {
-	if quit && !s.broken && s.c != nil {
-		s.c.CommandTimeout = 5 * time.Second
-		_ = s.c.Quit()
+	if quit && !s.broken && s.wire != nil {
+		if s.wire.command("QUIT") == nil && s.wire.flush() == nil {
+			_, _ = s.wire.reply(221, 5*time.Second)
+		}
 	}
 	_ = s.raw.Close()
 }
@@ -142,8 +146,11 @@ func (w *Worker) open(ctx context.Context, s *session, d *destination, name stri
 		return s.failed(err, "at greeting or EHLO")
 	}
 	if d.username != "" {
-		return w.auth(s, d)
+		if f := w.auth(s, d); f != nil {
+			return f
+		}
 	}
+	s.wire = newSMTPWire(conn)
 	return nil
 }
 
