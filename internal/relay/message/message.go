@@ -175,7 +175,11 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	br := bufio.NewReaderSize(source{ctx: ctx, r: in}, 64<<10)
+	// A small buffer: it holds the header while it is parsed (readHeader
+	// takes a longer line in pieces), and the body's reads, which the
+	// queue makes 32 KB at a time, pass it by. Each message had 64 KB of
+	// its own, most of the accept path's garbage at 1 KB messages.
+	br := bufio.NewReaderSize(source{ctx: ctx, r: in}, 4<<10)
 	hdr, complete, err := readHeader(br)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -22,11 +23,13 @@ import (
 // stream, above TLS. It exists because go-smtp decides some things before
 // the session is asked, in ways the relay must not inherit:
 //
-//   - its DATA reader deletes a bare CR that follows a leading dot (".\rX"
-//     arrives as "X"), so the session's byte check never sees it; protoConn
-//     watches the bytes before they are dot-decoded and flags the message,
-//     which the session then refuses with 550 5.5.2 (RFC 5321 section
-//     2.3.8; SMTP smuggling);
+//   - its DATA reader goes byte by byte, and deletes a bare CR that
+//     follows a leading dot (".\rX" arrives as "X"), so the session's byte
+//     check would never see it; protoConn reads DATA bodies itself, a
+//     buffer at a time (body), ending them where go-smtp's reader would,
+//     flags that CR, which the session then refuses with 550 5.5.2 (RFC
+//     5321 section 2.3.8; SMTP smuggling), and hands go-smtp's reader an
+//     empty body;
 //   - it answers commands out of sequence with 502 (not implemented) where
 //     RFC 5321 sections 4.1.4 and 4.3.2 give 503 5.5.1, and invalid base64
 //     in AUTH with 454 4.7.0 (temporary) where RFC 4954 section 4 gives
@@ -70,6 +73,10 @@ type protoConn struct {
 	// its own.
 	dataFault atomic.Pointer[message.UnsafeBytesError]
 	dataBytes int64
+	// dataStarted: a 354 began a DATA body that body has not handed out
+	// yet. Atomic: the session's Data of a BDAT message, which asks,
+	// runs in a goroutine of its own.
+	dataStarted atomic.Bool
 	// needHello: after STARTTLS, MAIL and AUTH wait for a new EHLO (RFC
 	// 3207 section 4.2: the server discards what it knew of the client).
 	needHello, greeting bool
@@ -86,6 +93,7 @@ const (
 	modeCommand streamMode = iota // command lines
 	modeSASL                      // the next line answers a 334 challenge
 	modeData                      // a DATA body, until the end-of-data line
+	modeDataEnd                   // the body was read: go-smtp's reader gets its end
 	modeChunk                     // a BDAT chunk of chunkLeft bytes
 )
 
@@ -170,7 +178,7 @@ func (c *protoConn) Read(p []byte) (int, error) {
 // protoConn answered a command itself).
 func (c *protoConn) next() error {
 	switch c.mode {
-	case modeData:
+	case modeData, modeDataEnd:
 		return c.nextData()
 	case modeChunk:
 		return c.nextChunk()
@@ -258,73 +266,162 @@ func (c *protoConn) startTLS(arg string) error {
 	return nil
 }
 
-// nextData passes on DATA body bytes up to the end-of-data line. A bare
-// CR right after a leading dot, which go-smtp's DATA reader would delete
-// with the dot, is noted as the body's fault and passed on as a space:
-// go-smtp then ends the body where RFC 5321 section 4.5.2 does (after
-// ".\r\r\n" its reader would otherwise miss the next end-of-data line),
-// and the session refuses the message.
+// nextData is go-smtp's DATA reader asking for the body: the session
+// read it through body (or gave up on it) already. The rest of the body
+// is read and dropped up to the end-of-data line, and go-smtp gets an
+// empty body's end-of-data line: its reader ends where protoConn ended
+// the body, and never goes over the body byte by byte.
 func (c *protoConn) nextData() error {
+	for c.mode == modeData {
+		if _, err := c.decode(nil); err != nil {
+			return err
+		}
+	}
+	c.mode = modeCommand
+	c.pending = append(c.scratch[:0], ".\r\n"...)
+	return nil
+}
+
+// body returns the reader of the DATA body whose 354 protoConn wrote last,
+// and nil when there is none (the session's Data is reading a BDAT
+// message). It must be called, and read, in the connection's goroutine,
+// as go-smtp calls Session.Data for DATA. It reads the body as go-smtp's
+// reader would (dot-unstuffed, the end-of-data line left out; at most max
+// bytes, then smtp.ErrDataTooLarge), a buffer at a time.
+func (c *protoConn) body(max int64) io.Reader {
+	if !c.dataStarted.Swap(false) {
+		return nil
+	}
+	return &dataBody{c: c, left: max}
+}
+
+// dataBody reads a DATA body through protoConn.decode.
+type dataBody struct {
+	c    *protoConn
+	left int64
+}
+
+func (b *dataBody) Read(p []byte) (int, error) {
+	if b.c.mode != modeData {
+		return 0, io.EOF
+	}
+	// go-smtp's reader: the limit's bytes, then an error.
+	if b.left <= 0 {
+		return 0, smtp.ErrDataTooLarge
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.c.decode(p)
+	b.left -= int64(n)
+	if err == nil && b.c.mode != modeData {
+		err = io.EOF
+	}
+	if errors.Is(err, io.EOF) && b.c.mode == modeData {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// decode reads DATA body bytes from what is buffered (reading more when
+// nothing is) and writes them dot-unstuffed to dst, up to the end-of-data
+// line, which it consumes and which ends modeData; a nil dst drops them.
+// Runs of ordinary bytes are found with IndexByte and copied in one piece.
+// It ends the body exactly where go-smtp's DATA reader (go-smtp data.go,
+// after net/textproto) does, a line beginning only after CR LF. A bare CR
+// right after a leading dot, which go-smtp's reader would delete with the
+// dot, is noted as the body's fault (the session refuses the message with
+// 550 5.5.2, RFC 5321 section 2.3.8) and read as a space.
+func (c *protoConn) decode(dst []byte) (int, error) {
 	want := 1
 	if c.dot == dotDot {
 		want = 2 // a CR after the leading dot needs the byte after it
 	}
-	if _, err := c.r.Peek(want); err != nil && c.r.Buffered() < 1 {
-		return err
+	_, perr := c.r.Peek(want)
+	if perr != nil && c.r.Buffered() < 1 {
+		return 0, perr
 	}
-	buf, _ := c.r.Peek(min(c.r.Buffered(), len(c.scratch)))
-	c.pending = append(c.scratch[:0], buf...)
-	n := 0
-	for n < len(buf) && c.mode == modeData {
-		b := buf[n]
+	buf, _ := c.r.Peek(c.r.Buffered())
+	discard := dst == nil
+	out, in := 0, 0
+	emit := func(b []byte) {
+		if !discard {
+			copy(dst[out:], b)
+		}
+		out += len(b)
+	}
+	room := func() int {
+		if discard {
+			return len(buf)
+		}
+		return len(dst) - out
+	}
+	for in < len(buf) && c.mode == modeData && room() > 0 {
+		b := buf[in]
 		switch c.dot {
-		case dotBeginLine:
-			switch b {
-			case '.':
+		case dotBeginLine, dotData:
+			if c.dot == dotBeginLine && b == '.' {
 				c.dot = dotDot
-			case '\r':
-				c.dot = dotCR
-			default:
-				c.dot = dotData
+				in++
+				continue
 			}
+			// Up to the next CR, the bytes are the body's as they are.
+			run := buf[in:]
+			if j := bytes.IndexByte(run, '\r'); j >= 0 {
+				run = run[:j]
+			}
+			run = run[:min(len(run), room())]
+			if len(run) > 0 {
+				emit(run)
+				in += len(run)
+				c.dot = dotData
+				continue
+			}
+			emit(buf[in : in+1]) // the CR
+			in++
+			c.dot = dotCR
 		case dotDot:
 			switch {
 			case b != '\r':
+				emit(buf[in : in+1])
+				in++
 				c.dot = dotData
-			case n+1 == len(buf) && n > 0:
-				// The byte after the CR is not here yet: stop before
-				// the CR, and read on from the leading dot.
-				c.pending = c.pending[:n]
-				_, err := c.r.Discard(n)
-				c.dataBytes += int64(n)
-				return err
-			case n+1 < len(buf) && buf[n+1] != '\n':
-				c.dataFault.CompareAndSwap(nil, &message.UnsafeBytesError{What: "bare CR after a leading dot", Offset: c.dataBytes + int64(n)})
-				c.pending[n] = ' '
-				c.dot = dotData
+			case in+1 == len(buf):
+				// The byte after the CR is not here yet: the next call
+				// reads on from the CR, with two bytes at least, unless
+				// the stream ended (perr).
+				c.discardData(in)
+				if in == 0 {
+					return out, perr
+				}
+				return out, nil
+			case buf[in+1] == '\n':
+				in += 2
+				c.mode = modeDataEnd // the end-of-data line
 			default:
-				c.dot = dotDotCR
+				c.dataFault.CompareAndSwap(nil, &message.UnsafeBytesError{What: "bare CR after a leading dot", Offset: c.dataBytes + int64(in)})
+				emit([]byte{' '})
+				in++
+				c.dot = dotData
 			}
-		case dotDotCR:
-			// Only a LF can follow here (see dotDot), or the stream ended.
-			c.mode = modeCommand // the end-of-data line
 		case dotCR:
+			emit(buf[in : in+1])
+			in++
 			if b == '\n' {
 				c.dot = dotBeginLine
 			} else {
-				c.dot = dotData
-			}
-		case dotData:
-			if b == '\r' {
-				c.dot = dotCR
+				c.dot = dotData // go-smtp's reader: even a second CR
 			}
 		}
-		n++
 	}
+	c.discardData(in)
+	return out, nil
+}
+
+// discardData consumes n bytes of the body from the reader.
+func (c *protoConn) discardData(n int) {
 	c.dataBytes += int64(n)
-	c.pending = c.pending[:n]
-	_, err := c.r.Discard(n)
-	return err
+	_, _ = c.r.Discard(n) // buffered already: Discard cannot fail
 }
 
 // nextChunk passes on BDAT chunk bytes.
@@ -388,6 +485,7 @@ func (c *protoConn) Write(p []byte) (int, error) {
 	case strings.HasPrefix(line, "354 "):
 		c.mode, c.dot, c.dataBytes = modeData, dotBeginLine, 0
 		c.dataFault.Store(nil)
+		c.dataStarted.Store(true)
 	case strings.HasPrefix(line, "334 "):
 		c.mode = modeSASL
 	case strings.HasPrefix(line, "250-Hello ") && c.tlsConfig != nil && c.TLS() == nil:

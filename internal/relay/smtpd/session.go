@@ -269,6 +269,11 @@ func (s *session) Data(r io.Reader) (err error) {
 	} else {
 		params.SenderDomain, params.DKIM, err = s.signing(s.from)
 	}
+	// A DATA body is read by protoConn, a buffer at a time; go-smtp's own
+	// reader (r) goes byte by byte, and reads BDAT messages' chunks.
+	if body := s.pc.body(s.s.cfg.MaxMessageBytes); body != nil {
+		r = body
+	}
 	in := message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength)
 	if err == nil {
 		prepared, err = message.Prepare(ctx, in, params)
@@ -307,6 +312,12 @@ func (s *session) Data(r io.Reader) (err error) {
 			Message: "Not accepted for now: " + boundReason(unsigned.reason) + "; mail of a signing domain is never sent unsigned, try again later"}
 	case errors.As(err, &be) && be.LongLine:
 		// 550 5.6.0: the content is unacceptable (RFC 3463 section 3.7).
+		// The reply is the connection's last: a client that sends such
+		// lines is not one to go on with (the body was read to its end,
+		// so nothing of it is taken for a command either way).
+		if s.cc != nil {
+			s.cc.closeAfterWrite.Store(true)
+		}
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message refused: %s (RFC 5321 section 4.5.3.1.6 allows 998)", be)}
 	case errors.As(err, &be):
 		// 550 5.5.2: a syntax error in the message bytes, the defense
