@@ -273,11 +273,13 @@ func (s *Server) admit(raw net.Conn, implicitTLS bool, out *chanListener) {
 		return
 	}
 	if !s.limits.acquire(client.Addr()) {
+		// Counted before the client can see the 421, so that whoever
+		// reads the metric after the reply finds it.
+		s.cfg.Metrics.connectionRefused("connection_limit")
+		log.Info("Refused connection over the limits", "client", client)
 		_ = raw.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		fmt.Fprintf(raw, "421 4.7.0 %s Too many connections, try again later\r\n", s.cfg.Hostname)
 		_ = raw.Close()
-		log.Info("Refused connection over the limits", "client", client)
-		s.cfg.Metrics.connectionRefused("connection_limit")
 		return
 	}
 	cc := &clientConn{Conn: conn, remote: net.TCPAddrFromAddrPort(client), idle: s.cfg.IdleTimeout, minRate: s.cfg.MinDataRate, draining: &s.draining}
