@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,6 +269,20 @@ func (s *SMTPSink) Close() {
 		s.mu.Unlock()
 		s.conns.Wait()
 	})
+}
+
+// ExpireIdle makes every open connection's idle timeout fire now: the
+// sink's go-smtp server answers "421 4.4.2 Idle timeout" and closes it, as
+// when the client stayed quiet for IdleTimeout. A test means the event
+// itself, not a short timeout that a loaded machine may also reach in the
+// middle of a transaction.
+func (s *SMTPSink) ExpireIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.live {
+		c.expired.Store(true)
+		_ = c.SetReadDeadline(time.Now())
+	}
 }
 
 // SetFault sets what happens at stage from now on, replacing the previous
@@ -723,10 +738,15 @@ type tapConn struct {
 	tr        *transcript
 	done      chan struct{}
 	closeOnce sync.Once
+	expired   atomic.Bool // ExpireIdle: every read times out from now on
 }
 
 func (c *tapConn) Read(p []byte) (int, error) {
-	if err := c.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+	deadline := time.Now().Add(c.idle)
+	if c.expired.Load() {
+		deadline = time.Now()
+	}
+	if err := c.SetReadDeadline(deadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)

@@ -46,10 +46,11 @@ func TestEnvelopeParametersPassedOn(t *testing.T) {
 // A session the server closed while it was idle is noticed at RSET and
 // replaced: the message goes on a new connection, and nothing is deferred.
 func TestStaleIdleSessionReplaced(t *testing.T) {
-	e, sink := mxEnv(t, testenv.SMTPSinkOptions{IdleTimeout: 100 * time.Millisecond})
+	e, sink := mxEnv(t, testenv.SMTPSinkOptions{})
 	e.opts.IdleTimeout = time.Hour
 	e.start()
 	e.waitGone(e.enqueue("app@sender.test", "a@rcpt.test"))
+	sink.ExpireIdle()
 	if _, err := sink.WaitStats(ctx(t), func(s testenv.SinkStats) bool { return s.Closed == 1 }); err != nil {
 		t.Fatal(err)
 	}
