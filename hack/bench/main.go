@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -88,7 +89,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.work, "work-dir", "", "directory for spools and logs, on the disk to measure (default: a new directory under $TMPDIR)")
 	fs.BoolVar(&c.skipPostfix, "skip-postfix", false, "measure postgate and the ceiling only")
 	fs.StringVar(&c.profileRelay, "profile", "", "with perf installed: record a CPU profile (perf record -g) of postgate during the runs of this load, SIZE/SESSIONS, into the work directory")
-	fs.StringVar(&c.pprofRelay, "pprof", "", "record a Go CPU profile of postgate (its --pprof endpoint) for -pprof-time from the start of each run of this load, SIZE/SESSIONS, into the work directory (go tool pprof -top FILE)")
+	fs.StringVar(&c.pprofRelay, "pprof", "", "record a Go CPU profile, an allocation profile and an execution trace of postgate (its --pprof endpoint) for -pprof-time from the start of each run of this load, SIZE/SESSIONS, into the work directory (go tool pprof -top FILE, go tool trace FILE)")
 	fs.DurationVar(&c.pprofTime, "pprof-time", 3*time.Second, "how long -pprof records, from the start of the load")
 	fs.BoolVar(&c.keepWorkDir, "keep", false, "keep the work directory (logs, profiles)")
 	fs.StringVar(&loads, "loads", "client/route,source/mx", "loads, comma-separated CLIENT/DELIVERY: CLIENT client (the load client, for -duration) or source (smtp-source, -source-messages, one message per connection); DELIVERY route (postgate: a RelayRoute, Postfix: relayhost) or mx (postgate: MX lookup on the loopback DNS server, Postfix: a transport map entry)")
@@ -778,15 +779,21 @@ func descendants(root int) []int {
 func (b *bench) goProfile(addr string) func() {
 	out := filepath.Join(b.work, fmt.Sprintf("pprof-%03d.pb.gz", b.seq))
 	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(b.cfg.pprofTime.Seconds())))
-	fmt.Fprintf(b.log, "recording a Go CPU profile of postgate into %s (go tool pprof -top %s)\n", out, out)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := fetch(url, out); err != nil {
-			fmt.Fprintf(b.log, "pprof: %v\n", err)
-		}
-	}()
-	return func() { <-done }
+	secs := max(1, int(b.cfg.pprofTime.Seconds()))
+	trace := filepath.Join(b.work, fmt.Sprintf("trace-%03d.out", b.seq))
+	traceURL := fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%d", addr, secs)
+	allocs := filepath.Join(b.work, fmt.Sprintf("allocs-%03d.pb.gz", b.seq))
+	allocsURL := fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", addr, secs)
+	fmt.Fprintf(b.log, "recording a Go CPU profile of postgate into %s (go tool pprof -top %s), its allocations into %s and an execution trace into %s (go tool trace %s)\n", out, out, allocs, trace, trace)
+	var wg sync.WaitGroup
+	for _, f := range []struct{ url, out string }{{url, out}, {traceURL, trace}, {allocsURL, allocs}} {
+		wg.Go(func() {
+			if err := fetch(f.url, f.out); err != nil {
+				fmt.Fprintf(b.log, "pprof: %v\n", err)
+			}
+		})
+	}
+	return wg.Wait
 }
 
 // fetch saves the body of a GET of url to the file out.

@@ -466,6 +466,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace) // latency: where a goroutine waited, and on what
 		}
 		if err := start(cfg.MetricsAddr, mux); err != nil {
 			stop()

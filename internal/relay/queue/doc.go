@@ -9,7 +9,9 @@
 // and the segment fsynced (a message of at most Options.SegmentBodyBytes),
 // or its own file written and fsynced, renamed into place and the
 // directory fsynced (a larger one). Concurrent Enqueues share those fsyncs
-// (group commit). When storage fails, ENOSPC included, Enqueue returns an
+// (group commit): an fsync covers every append made before it starts,
+// and the next one starts as soon as it ends while appends wait. When
+// storage fails, ENOSPC included, Enqueue returns an
 // error and the message is not queued: this process never delivers it.
 // (A segment record whose fsync failed may still reach the disk and come
 // back after a restart; the client was told 4xx and may have sent the
