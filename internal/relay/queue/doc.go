@@ -23,9 +23,11 @@
 // one exception: an Update whose results only mark recipients Delivered
 // is appended to its segment but not waited on, so a power loss may roll
 // it back to Pending, and those recipients are delivered again (never
-// lost). Every other change (deferrals, bounces, holds, releases, flushes,
-// deletes) is durable when its call returns. Close fsyncs what was not
-// waited on. Every file access goes through FS, so tests (package
+// lost). A segment that stays dirty with no fsync for about a second is
+// fsynced by the queue (a background flush, from Open to Close), so a power
+// loss rolls back at most about a second of such records. Every other
+// change (deferrals, bounces, holds, releases, flushes, deletes) is durable
+// when its call returns. Close fsyncs what was not waited on. Every file access goes through FS, so tests (package
 // queuetest) drop what was not fsynced at a simulated crash.
 //
 // # On-disk layout

@@ -158,6 +158,9 @@ type Queue struct {
 	segs    []*segment // under mu: every segment file, oldest first
 	maint   sync.Mutex // one reclamation at a time
 	bufs    sync.Pool  // record buffers, *[]byte
+
+	stopFlush chan struct{}  // closed by Close: flush ends
+	flushing  sync.WaitGroup // flush
 }
 
 // defaultSegmentBody is Options.SegmentBodyBytes by default.
@@ -234,6 +237,8 @@ func Open(ctx context.Context, fsys FS, opts Options) (*Queue, error) {
 		return nil, err
 	}
 	q.maintain()
+	q.stopFlush = make(chan struct{})
+	q.flushing.Go(func() { q.flush(q.stopFlush) })
 	return q, nil
 }
 
@@ -340,6 +345,8 @@ func (q *Queue) Close() error {
 	q.closed = true
 	q.mu.Unlock()
 	q.ops.Wait()
+	close(q.stopFlush)
+	q.flushing.Wait()
 	q.closeSegments()
 	return q.lock.Close()
 }
