@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/queue"
 )
 
 // BindFlags binds c to fs under the flags of `postgate relay`, with their
@@ -21,6 +23,8 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SMTPAddr, "smtp-bind-address", ":2525", "address of the SMTP listener (STARTTLS when a key pair is given)")
 	fs.StringVar(&c.SMTPSAddr, "smtps-bind-address", "", "address of the implicit-TLS listener, as on port 465 (off when empty)")
 	fs.StringVar(&c.SpoolDir, "spool-dir", "./postgate-spool", "directory of the durable queue, generated keys, staging of messages being signed, and the last good table")
+	fs.Int64Var(&c.SpoolSegmentBytes, "spool-segment-bytes", queue.DefaultSegmentBytes, "size at which the queue starts a new segment file (at least 1 MiB)")
+	fs.Int64Var(&c.SpoolSegmentMaxBody, "spool-segment-max-body", queue.DefaultSegmentBodyBytes, "largest message body the queue stores in its shared segment files (at most 16 MiB); a larger one gets a file of its own; negative: every message in a file of its own, the format before segments")
 	fs.StringVar(&c.Hostname, "hostname", host, "host name in the greeting and in Received headers")
 	fs.Var((*stringList)(&c.Manifests), "manifests", "standalone mode: a manifest file or directory (repeatable)")
 	fs.StringVar(&c.Namespace, "relay-namespace", "", "cluster mode: the namespace where the operator publishes the table")
@@ -33,7 +37,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConnectionsPerClient, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
 	fs.Int64Var(&c.MinDataRate, "min-data-rate", 100, "least average rate of a message body in bytes/s once the idle timeout has passed since it began; slower bodies get 421 4.4.2 (slow-loris guard; negative: off)")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
-	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's CPU and heap profiles (net/http/pprof) under /debug/pprof/ on the metrics listener, for performance work; off by default: a profile shows message data in memory")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's CPU and heap profiles and execution traces (net/http/pprof) under /debug/pprof/ on the metrics listener, for performance work; off by default: a profile shows message data in memory")
 	fs.StringVar(&c.HealthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")
 	fs.StringVar(&c.AdminAddr, "admin-bind-address", "127.0.0.1:8025", "address of the queue admin API that `postgate queue` uses (off when empty); it can delete mail, so it must be loopback unless --admin-allow-non-loopback")
 	fs.BoolVar(&c.AdminAllowNonLoopback, "admin-allow-non-loopback", false, "let --admin-bind-address be a non-loopback address: the admin API has no authentication, anyone who reaches it can delete queued mail")

@@ -61,3 +61,31 @@ func TestNetworkFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestSpoolSegmentFlags: --spool-segment-bytes and --spool-segment-max-body
+// in their bounds pass, and Check names the flag of one that is not; a
+// negative max body (a file per message) is valid.
+func TestSpoolSegmentFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{nil, ""},
+		{[]string{"--spool-segment-bytes", "1048576", "--spool-segment-max-body", "16777216"}, ""},
+		{[]string{"--spool-segment-max-body", "-1"}, ""},
+		{[]string{"--spool-segment-bytes", "1048575"}, "--spool-segment-bytes 1048575: "},
+		{[]string{"--spool-segment-bytes", "-1"}, "--spool-segment-bytes -1: "},
+		{[]string{"--spool-segment-max-body", "16777217"}, "--spool-segment-max-body 16777217: "},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		cfg.BindFlags(fs)
+		if err := fs.Parse(append([]string{"--manifests", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.Check()
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.wantErr)) {
+			t.Errorf("relay %q: Check: %v, want an error starting %q", tc.args, err, tc.wantErr)
+		}
+	}
+}

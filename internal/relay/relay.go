@@ -58,6 +58,12 @@ type Config struct {
 	// SpoolDir (--spool-dir) holds the queue, generated keys, staging and
 	// the last good table.
 	SpoolDir string
+	// SpoolSegmentBytes (--spool-segment-bytes) is the size at which the
+	// queue starts a new segment file; SpoolSegmentMaxBody
+	// (--spool-segment-max-body) the largest body it stores in segments,
+	// negative for a file per message. 0: the queue's defaults
+	// (docs/design.md, "The queue").
+	SpoolSegmentBytes, SpoolSegmentMaxBody int64
 	// Hostname (--hostname) is the name in the greeting and in Received
 	// headers.
 	Hostname string
@@ -132,8 +138,13 @@ type Relay struct {
 	runOnce  sync.Once
 }
 
+// minSegmentBytes bounds --spool-segment-bytes from below: smaller segments
+// would cost a file and a directory fsync every few messages.
+const minSegmentBytes = 1 << 20
+
 // Check reports the first contradiction in c, naming the flags: one mode,
-// standalone or cluster; a TLS key pair whole; an admin API that can
+// standalone or cluster; a TLS key pair whole; the spool's segment sizes
+// in their bounds (docs/design.md, "The queue"); an admin API that can
 // delete mail and has no authentication on loopback only, unless allowed.
 func (c *Config) Check() error {
 	switch {
@@ -145,6 +156,10 @@ func (c *Config) Check() error {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	case c.SMTPSAddr != "" && c.TLSCertFile == "":
 		return errors.New("--smtps-bind-address needs --tls-cert-file and --tls-key-file")
+	case c.SpoolSegmentBytes != 0 && c.SpoolSegmentBytes < minSegmentBytes:
+		return fmt.Errorf("--spool-segment-bytes %d: give at least %d (1 MiB)", c.SpoolSegmentBytes, minSegmentBytes)
+	case c.SpoolSegmentMaxBody > queue.MaxSegmentBodyBytes:
+		return fmt.Errorf("--spool-segment-max-body %d: give at most %d (16 MiB), or a negative value for a file per message", c.SpoolSegmentMaxBody, queue.MaxSegmentBodyBytes)
 	case c.AdminAddr != "" && !c.AdminAllowNonLoopback && !isLoopback(c.AdminAddr):
 		return fmt.Errorf("--admin-bind-address %q is not a loopback address: the admin API can delete mail and has no authentication; use a port-forward, or --admin-allow-non-loopback", c.AdminAddr)
 	}
@@ -270,7 +285,10 @@ func (r *Relay) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(ctx, qdir, queue.Options{Logger: logger, MaxBodyBytes: cfg.MaxMessageBytes + message.MaxPrepended, Lifetime: routing.DefaultMaxQueueLifetime})
+	q, err := queue.Open(ctx, qdir, queue.Options{
+		Logger: logger, MaxBodyBytes: cfg.MaxMessageBytes + message.MaxPrepended, Lifetime: routing.DefaultMaxQueueLifetime,
+		SegmentBytes: cfg.SpoolSegmentBytes, SegmentBodyBytes: cfg.SpoolSegmentMaxBody,
+	})
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,9 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -109,5 +111,45 @@ func TestNewRefusesContradictions(t *testing.T) {
 	}
 	if _, err := relay.New(relay.Config{Manifests: []string{"x"}, AdminAddr: ":8025", AdminAllowNonLoopback: true}); err != nil {
 		t.Errorf("admin API off loopback, allowed: %v", err)
+	}
+}
+
+// TestSpoolSegmentMaxBody: the relay's queue takes --spool-segment-max-body:
+// by default a small message goes to a segment file, with a negative
+// value to a file of its own, and no segment file is ever made (the
+// message itself may be gone by then: delivered or bounced).
+func TestSpoolSegmentMaxBody(t *testing.T) {
+	for _, tc := range []struct {
+		maxBody  int64
+		segments bool
+	}{{0, true}, {-1, false}} {
+		t.Run(fmt.Sprint(tc.maxBody), func(t *testing.T) {
+			logs := &testenv.LogBuffer{}
+			cfg := standalone(t, logs)
+			cfg.SpoolSegmentMaxBody = tc.maxBody
+			r, err := relay.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ran := make(chan error, 1)
+			go func() { ran <- r.Run(context.Background()) }()
+			addr := logs.WaitMatch(t, listening)[1]
+			line, err := testenv.SubmitMail(addr, "127.0.0.1", "alice@example.com", "bob@dest.test", "hello")
+			if err != nil || !strings.HasPrefix(line, "250 ") {
+				t.Fatalf("submit: %q %v", line, err)
+			}
+			bounded, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
+			defer cancel()
+			if err := r.Shutdown(bounded); err != nil {
+				t.Fatalf("Shutdown: %v\n%s", err, logs)
+			}
+			if err := <-ran; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			names, err := filepath.Glob(filepath.Join(cfg.SpoolDir, "queue", "*.seg"))
+			if err != nil || (len(names) > 0) != tc.segments {
+				t.Errorf("segment files %q (%v), want some: %t", names, err, tc.segments)
+			}
+		})
 	}
 }

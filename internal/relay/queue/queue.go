@@ -104,7 +104,7 @@ func (o Options) withDefaults() (Options, error) {
 		v   *int64
 		def int64
 	}{{&o.MinFreeBytes, 64 << 20}, {&o.MaxBodyBytes, 32 << 20}, {&o.CompactBytes, 64 << 10},
-		{&o.SegmentBodyBytes, defaultSegmentBody}, {&o.SegmentBytes, 64 << 20},
+		{&o.SegmentBodyBytes, DefaultSegmentBodyBytes}, {&o.SegmentBytes, DefaultSegmentBytes},
 	}
 	for _, d := range defaults {
 		if *d.v == 0 {
@@ -163,8 +163,12 @@ type Queue struct {
 	flushing  sync.WaitGroup // flush
 }
 
-// defaultSegmentBody is Options.SegmentBodyBytes by default.
-const defaultSegmentBody = 1 << 20
+// Defaults and bounds of Options.SegmentBodyBytes and SegmentBytes.
+const (
+	DefaultSegmentBodyBytes = 1 << 20
+	DefaultSegmentBytes     = 64 << 20
+	MaxSegmentBodyBytes     = maxSegmentBody
+)
 
 // entry is what the queue keeps in memory about a message: enough to
 // schedule it. Envelope and state are read from the file when needed; a
