@@ -23,6 +23,14 @@ const (
 	MetricQueueOldestAge = "postgate_relay_queue_oldest_message_age_seconds"
 	// MetricQueueEnqueued counts messages queued since the relay started.
 	MetricQueueEnqueued = "postgate_relay_queue_enqueued_total"
+	// MetricQueueSegments is the number of the queue's segment files.
+	MetricQueueSegments = "postgate_relay_queue_segments"
+	// MetricQueueSegmentBytes is the size of the segment files on disk.
+	MetricQueueSegmentBytes = "postgate_relay_queue_segment_bytes"
+	// MetricQueueSegmentLiveBytes is the part of MetricQueueSegmentBytes
+	// that queued messages hold; the rest is reclaimed when a segment is
+	// removed or compacted.
+	MetricQueueSegmentLiveBytes = "postgate_relay_queue_segment_live_bytes"
 )
 
 // QueueStats is what the collector reads: *queue.Queue.
@@ -30,12 +38,14 @@ type QueueStats interface {
 	Stats() queue.Stats
 }
 
-// QueueCollector reports the queue's depth and age at each scrape.
+// QueueCollector reports the queue's depth and age, and the count, size
+// and live part of its segment files, at each scrape.
 type QueueCollector struct {
 	q   QueueStats
 	now func() time.Time
 
 	messages, held, bytes, oldest, enqueued *prometheus.Desc
+	segments, segBytes, segLive             *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*QueueCollector)(nil)
@@ -54,12 +64,16 @@ func NewQueueCollector(q QueueStats, now func() time.Time) *QueueCollector {
 		oldest: prometheus.NewDesc(MetricQueueOldestAge,
 			"Age of the oldest message in the relay's queue, from its original arrival; 0 when empty.", nil, nil),
 		enqueued: prometheus.NewDesc(MetricQueueEnqueued, "Messages queued since the relay started.", nil, nil),
+		segments: prometheus.NewDesc(MetricQueueSegments, "Segment files of the relay's queue.", nil, nil),
+		segBytes: prometheus.NewDesc(MetricQueueSegmentBytes, "Bytes of the relay's queue segment files on disk.", nil, nil),
+		segLive: prometheus.NewDesc(MetricQueueSegmentLiveBytes,
+			"Bytes of the relay's queue segment files that queued messages hold; the rest is reclaimed when a segment is removed or compacted.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.messages, c.held, c.bytes, c.oldest, c.enqueued} {
+	for _, d := range []*prometheus.Desc{c.messages, c.held, c.bytes, c.oldest, c.enqueued, c.segments, c.segBytes, c.segLive} {
 		ch <- d
 	}
 }
@@ -76,4 +90,7 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(s.Bytes))
 	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(c.enqueued, prometheus.CounterValue, float64(s.Enqueued))
+	ch <- prometheus.MustNewConstMetric(c.segments, prometheus.GaugeValue, float64(s.Segments))
+	ch <- prometheus.MustNewConstMetric(c.segBytes, prometheus.GaugeValue, float64(s.SegmentBytes))
+	ch <- prometheus.MustNewConstMetric(c.segLive, prometheus.GaugeValue, float64(s.SegmentLiveBytes))
 }

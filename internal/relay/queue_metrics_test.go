@@ -72,3 +72,46 @@ func TestQueueCollector(t *testing.T) {
 		t.Errorf("%s = %v, want 2", MetricQueueEnqueued, got)
 	}
 }
+
+// TestQueueCollectorSegments reads the segment files' count, bytes and
+// live bytes from a real queue as segments fill, roll and are reclaimed.
+func TestQueueCollectorSegments(t *testing.T) {
+	ctx := context.Background()
+	q, err := queue.Open(ctx, queuetest.New(), queue.Options{SegmentBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = q.Close() }()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewQueueCollector(q, nil))
+	const magic = 4 // each segment starts with one, never live
+	want := func(segments float64, dead float64) {
+		t.Helper()
+		got := testenv.Gather(t, reg)
+		n, size, live := got[MetricQueueSegments+"{}"], got[MetricQueueSegmentBytes+"{}"], got[MetricQueueSegmentLiveBytes+"{}"]
+		if n != segments || size-live != dead+segments*magic {
+			t.Errorf("segments %v, bytes %v, live bytes %v: want %v segments and %v dead bytes besides their magic", n, size, live, segments, dead)
+		}
+	}
+	want(0, 0)
+	env := queue.Envelope{From: "a@example.com", To: []queue.Rcpt{{Addr: "b@dest.test"}}}
+	body := "Subject: x\r\n\r\n" + strings.Repeat("x", 3000) + "\r\n"
+	first, err := q.Enqueue(ctx, env, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(1, 0)
+	if live := testenv.Gather(t, reg)[MetricQueueSegmentLiveBytes+"{}"]; live < float64(len(body)) {
+		t.Errorf("live bytes %v, less than the body (%d)", live, len(body))
+	}
+	if _, err := q.Enqueue(ctx, env, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	want(2, 0) // past 4096 bytes: a second segment
+	if err := q.Delete(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	// The first segment is removed; the delete record stays in the second:
+	// length, kind, the 26-byte ID, CRC.
+	want(1, 4+1+26+4)
+}

@@ -640,6 +640,13 @@ type Stats struct {
 	// Oldest is the earliest Arrival of a message in the queue; zero when
 	// the queue is empty.
 	Oldest time.Time
+	// The segment files: how many, their bytes on disk, and of those the
+	// bytes of the messages whose current record is in them (the rest
+	// comes back only when a segment is removed or compacted:
+	// docs/design.md, "The queue").
+	Segments         int
+	SegmentBytes     int64
+	SegmentLiveBytes int64
 	// Since Open:
 	Enqueued  uint64 // Enqueue calls that returned an ID
 	FileSyncs uint64 // fsyncs of message and segment files
@@ -661,6 +668,11 @@ func (q *Queue) Stats() Stats {
 		if s.Oldest.IsZero() || e.arrival.Before(s.Oldest) {
 			s.Oldest = e.arrival
 		}
+	}
+	for _, sg := range q.segs {
+		s.Segments++
+		s.SegmentBytes += sg.size.Load()
+		s.SegmentLiveBytes += sg.liveBytes
 	}
 	q.mu.Unlock()
 	s.Enqueued = q.enqueued.Load()
