@@ -386,6 +386,21 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 		{"networkPolicy.smtpFrom[0].ipBlock.cidr=10.0.0.0/33", "cidr"},
 		{"policy.domainClaim[0].suffixes[0]=example.com", "domainClaim"},
 		{"relay.replica=3", "replica"},
+		// Object names are fixed (values.yaml, README: Install).
+		{"nameOverride=mail", "nameOverride"},
+		{"fullnameOverride=mail", "fullnameOverride"},
+		{"image.digest=latest", "digest"},
+		{"relay.updateStrategy.type=Recreate", "updateStrategy"},
+		{"operator.updateStrategy.type=OnDelete", "updateStrategy"},
+		{"relay.service.nodePorts.smtp=70000", "nodePorts"},
+		{"relay.service.nodePorts.submission=30587", "submission"},
+		{"operator.extraEnv[0].value=x", "extraEnv"},
+		{"relay.extraVolumeMounts[0].name=x", "mountPath"},
+		{"relay.topologySpreadConstraints[0].maxSkew=1", "topologyKey"},
+		{"relay.livenessProbe.httpGet.path=/x", "httpGet"},
+		{"operator.podDisruptionBudget.maxUnavailable=half", "maxUnavailable"},
+		{"relay.revisionHistoryLimit=-1", "revisionHistoryLimit"},
+		{"relay.serviceAccount.name=mail", "serviceAccount"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--namespace", namespace, "--set", tc.set)
@@ -401,6 +416,12 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 		_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--set", "relay.smtps.enabled=true")
 		if err == nil || !bytes.Contains(stderr, []byte("relay.tls.secretName")) {
 			t.Errorf("want relay.smtps.enabled refused without a key pair, got %v:\n%s", err, stderr)
+		}
+	})
+	t.Run("podLabels over the chart's own", func(t *testing.T) {
+		_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--set", `relay.podLabels.app\.kubernetes\.io/component=mail`)
+		if err == nil || !bytes.Contains(stderr, []byte("relay.podLabels: app.kubernetes.io/component is a label of the chart's own")) {
+			t.Errorf("want the selector label refused in podLabels, got %v:\n%s", err, stderr)
 		}
 	})
 	t.Run("certificate without issuer", func(t *testing.T) {

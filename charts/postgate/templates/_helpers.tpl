@@ -1,8 +1,11 @@
 {{/*
 Object names are fixed (postgate-operator, postgate-relay, ...), not derived
-from the release name: the RBAC bindings, the relay Leases
-(postgate-relay-<pod>) and the published table (postgate-table) are named by
-the code, and the CRDs make postgate one install per cluster.
+from the release name, and there is no nameOverride or fullnameOverride: the
+code names the published table (postgate-table and its shards
+postgate-table-*), the relay Leases (postgate-relay-<pod>), the hand-off key
+(postgate-relay-handoff) and the leader election Lease, the relay's RBAC is
+narrowed to the name postgate-table, and the CRDs make postgate one install
+per cluster. A second, renamed release would share all of those.
 */}}
 
 {{- define "postgate.labels" -}}
@@ -24,7 +27,91 @@ app.kubernetes.io/component: relay
 {{- end }}
 
 {{- define "postgate.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+{{- end }}
+
+{{/*
+postgate.podLabels: the chart's labels and the component's podLabels, which
+may not set the chart's own keys (two of them select the pods).
+Argument: (list $ "operator"|"relay").
+*/}}
+{{- define "postgate.podLabels" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $own := fromYaml (include "postgate.labels" $root) -}}
+{{- $_ := set $own "app.kubernetes.io/component" $c -}}
+{{ include "postgate.labels" $root }}
+app.kubernetes.io/component: {{ $c }}
+{{- with (index $root.Values $c).podLabels }}
+{{- range $k, $v := . }}
+{{- if hasKey $own $k }}
+{{- fail (printf "%s.podLabels: %s is a label of the chart's own" $c $k) }}
+{{- end }}
+{{- end }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+postgate.probe: an HTTP probe of path on the port named probes, with the
+timings of the component's values. Argument: (list path timings).
+*/}}
+{{- define "postgate.probe" -}}
+httpGet:
+  path: {{ index . 0 }}
+  port: probes
+{{- with index . 1 }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+postgate.podSpecExtras: scheduling fields shared by both components, after
+affinity. A topology spread constraint without labelSelector selects the
+component's own pods (without one it would count no pods at all).
+Argument: (list $ "operator"|"relay").
+*/}}
+{{- define "postgate.podSpecExtras" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $v := index $root.Values $c -}}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with $v.topologySpreadConstraints }}
+{{- $all := list }}
+{{- range . }}
+{{- $tsc := deepCopy . }}
+{{- if not $tsc.labelSelector }}
+{{- $_ := set $tsc "labelSelector" (dict "matchLabels" (fromYaml (include (printf "postgate.selector.%s" $c) $root))) }}
+{{- end }}
+{{- $all = append $all $tsc }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $all | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+postgate.pdb: a PodDisruptionBudget's spec bounds: minAvailable or
+maxUnavailable, 1 by default. Argument: (list $ "operator"|"relay").
+*/}}
+{{- define "postgate.pdb" -}}
+{{- $c := index . 1 -}}
+{{- $pdb := (index (index . 0).Values $c).podDisruptionBudget -}}
+{{- if and (hasKey $pdb "minAvailable") (hasKey $pdb "maxUnavailable") -}}
+{{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable, not both" $c) -}}
+{{- else if hasKey $pdb "minAvailable" -}}
+minAvailable: {{ $pdb.minAvailable | toJson }}
+{{- else if hasKey $pdb "maxUnavailable" -}}
+maxUnavailable: {{ $pdb.maxUnavailable | toJson }}
+{{- else -}}
+maxUnavailable: 1
+{{- end }}
 {{- end }}
 
 {{/* The Secret holding the relay's key pair, or "" when TLS is off. */}}
