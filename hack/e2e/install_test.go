@@ -401,6 +401,9 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 		{"operator.podDisruptionBudget.maxUnavailable=half", "maxUnavailable"},
 		{"relay.revisionHistoryLimit=-1", "revisionHistoryLimit"},
 		{"relay.serviceAccount.name=mail", "serviceAccount"},
+		{"relay.podSecurityContext.runAsUser=-1", "runAsUser"},
+		{"relay.securityContext.capabilities.drop=ALL", "drop"},
+		{"operator.podSecurityContext.runAsUsr=1000", "runAsUsr"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--namespace", namespace, "--set", tc.set)

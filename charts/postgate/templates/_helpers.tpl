@@ -123,21 +123,6 @@ postgate-relay-tls
 {{- end -}}
 {{- end }}
 
-{{- define "postgate.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
-{{- end }}
-
-{{- define "postgate.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: ["ALL"]
-{{- end }}
-
 {{/*
 postgate.rbac renders the Role and ClusterRole that controller-gen generated
 into config/rbac/<component>/role.yaml (copied to files/rbac/ by
