@@ -697,8 +697,13 @@ func (q *Queue) Due(now time.Time, limit int) []ID {
 	if limit <= 0 {
 		return []ID{}
 	}
-	h := make(dueHeap, 0, min(limit, 256))
+	// The candidates are sized by what is queued, not by limit alone: the
+	// delivery loop calls Due after every few deliveries with a limit of
+	// its free slots, and a buffer of 256 was a tenth of the relay's
+	// allocations under load. Appended, and made a heap only once full,
+	// so that no candidate is boxed by heap.Push.
 	q.mu.Lock()
+	h := make(dueHeap, 0, min(limit, len(q.entries)))
 	for _, e := range q.entries {
 		if e.held || e.leased || e.pending == 0 || e.nextDue.After(now) {
 			continue
@@ -706,7 +711,10 @@ func (q *Queue) Due(now time.Time, limit int) []ID {
 		c := dueCandidate{e.id, e.nextDue}
 		switch {
 		case len(h) < limit:
-			heap.Push(&h, c)
+			h = append(h, c)
+			if len(h) == limit {
+				heap.Init(&h)
+			}
 		case c.compare(h[0]) < 0:
 			h[0] = c
 			heap.Fix(&h, 0)
