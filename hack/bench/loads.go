@@ -179,7 +179,7 @@ func durability(work string, skipPostfix bool) []string {
 	}
 	out := []string{
 		fmt.Sprintf("Work directory %s: %s.", where, fs),
-		"postgate: spool in the work directory, fsync on: the message file and the spool directory are synced before the 250, the delivery journal as it records (up to three fsyncs per message).",
+		"postgate: spool in the work directory, fsync on: a message of at most 1 MiB is appended to a shared segment file and fsynced before the 250 (one fsync per group of concurrent acceptances), a delivered record fsynced within about a second; a larger message gets a file of its own, fsynced with the spool directory.",
 	}
 	if !skipPostfix {
 		out = append(out, "Postfix: queue in the work directory (same disk), its default durability: the cleanup server fsyncs each queue file before smtpd's 250 (no setting turns it off), no directory sync.")
