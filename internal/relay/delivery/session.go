@@ -48,6 +48,10 @@ type session struct {
 	opened time.Time
 	// broken: the connection failed or its state is unknown; never reused.
 	broken bool
+	// copyBuf carries message bytes from the spool to the wire. One per
+	// session, made at its first message: a session runs one transaction
+	// at a time, and a buffer per message was most of delivery's garbage.
+	copyBuf []byte
 }
 
 // close ends the session, with QUIT when it is healthy.

@@ -253,7 +253,10 @@ func (w *Worker) copyBody(ctx context.Context, s *session, wc io.Writer, body bo
 	}
 	defer func() { _ = rc.Close() }()
 	src := message.NewChecker(rc, 0)
-	buf := make([]byte, 32<<10)
+	if s.copyBuf == nil {
+		s.copyBuf = make([]byte, 32<<10)
+	}
+	buf := s.copyBuf
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
