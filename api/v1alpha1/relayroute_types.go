@@ -99,6 +99,8 @@ type RelayRouteStatus struct {
 // +kubebuilder:printcolumn:name="Sender Domain",type=string,JSONPath=`.spec.senderDomainRef.name`
 // +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.spec.target.host`
 // +kubebuilder:printcolumn:name="Port",type=integer,JSONPath=`.spec.target.port`
+// +kubebuilder:printcolumn:name="Reason",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Message",type=string,priority=1,JSONPath=`.status.conditions[?(@.type=="Ready")].message`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type RelayRoute struct {
 	metav1.TypeMeta `json:",inline"`
