@@ -179,6 +179,15 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 		"crd/servicemonitors.monitoring.coreos.com", "crd/certificates.cert-manager.io")
 	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+allValuesNamespace+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
 	dryRun(t, rendered)
+
+	// The NOTES warn that a retention policy of Delete can lose mail. A
+	// client dry run changes nothing; --take-ownership, because another test
+	// may have installed the cluster-wide objects under its release.
+	notes := run(t, nil, "helm", "install", "postgate", "charts/postgate", "--namespace", allValuesNamespace,
+		"--dry-run=client", "--take-ownership", "--skip-crds", "-f", allValues)
+	if !bytes.Contains(notes, []byte("WARNING: relay.persistentVolumeClaimRetentionPolicy deletes spool claims")) {
+		t.Errorf("helm install with whenScaled: Delete: the NOTES do not warn:\n%s", notes)
+	}
 }
 
 // A PodDisruptionBudget takes minAvailable or maxUnavailable, not both.
