@@ -10,6 +10,10 @@ CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # hack/e2e runs bin/helm (no version in the name, so the tests find it).
 HELM := $(LOCALBIN)/helm
+# promtool of Prometheus 3.16 (Go module versions v0.3xx are Prometheus
+# 3.xx), for the chart's alert rule tests; hack/e2e runs bin/promtool.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := $(LOCALBIN)/promtool
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
@@ -70,7 +74,7 @@ deps: ## Install the Debian packages the tests use, when missing.
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	  fi
 
-.PHONY: helm test
+.PHONY: helm promtool test
 helm: ## Build helm into bin/ (once per HELM_VERSION), for hack/e2e.
 	@if [ ! -x $(HELM) ] || [ ! -f $(LOCALBIN)/.helm.stamp ] || [ "$$(cat $(LOCALBIN)/.helm.stamp)" != $(HELM_VERSION) ]; then \
 	  mkdir -p $(LOCALBIN); \
@@ -79,7 +83,17 @@ helm: ## Build helm into bin/ (once per HELM_VERSION), for hack/e2e.
 	  echo $(HELM_VERSION) > $(LOCALBIN)/.helm.stamp; \
 	fi
 
-test: envtest deps helm ## Run every test against a real API server, sockets and DNS on loopback.
+# remove_all_sd leaves out the service discovery plugins (cloud SDKs):
+# promtool's rule checks and tests do not use them.
+promtool: ## Build promtool into bin/ (once per PROMTOOL_VERSION), for hack/e2e's alert rule tests.
+	@if [ ! -x $(PROMTOOL) ] || [ ! -f $(LOCALBIN)/.promtool.stamp ] || [ "$$(cat $(LOCALBIN)/.promtool.stamp)" != $(PROMTOOL_VERSION) ]; then \
+	  mkdir -p $(LOCALBIN); \
+	  echo "building promtool $(PROMTOOL_VERSION) into bin/"; \
+	  GOBIN=$(LOCALBIN) CGO_ENABLED=0 go install -tags remove_all_sd github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION); \
+	  echo $(PROMTOOL_VERSION) > $(LOCALBIN)/.promtool.stamp; \
+	fi
+
+test: envtest deps helm promtool ## Run every test against a real API server, sockets and DNS on loopback.
 	go test -count=1 ./...
 
 .PHONY: build

@@ -1,8 +1,9 @@
 // Package e2e is the end-to-end suite (docs/design.md contract 8): postgate
 // installed as users install it, checked by a real kube-apiserver and etcd.
-// It needs bin/kubectl, bin/kube-apiserver, bin/etcd (`make envtest`) and
-// bin/helm (`make helm`); `make test` builds them first. A missing binary
-// fails the suite: a test that silently does not run proves nothing.
+// It needs bin/kubectl, bin/kube-apiserver, bin/etcd (`make envtest`),
+// bin/helm (`make helm`) and bin/promtool (`make promtool`); `make test`
+// builds them first. A missing binary fails the suite: a test that
+// silently does not run proves nothing.
 package e2e
 
 import (
@@ -240,6 +241,8 @@ networkPolicy:
 serviceMonitor:
   enabled: true
   labels: {release: prometheus}
+prometheusRule:
+  enabled: true
 certificate:
   enabled: true
   dnsNames: [smtp.example.com]
@@ -302,6 +305,21 @@ spec:
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
+  name: prometheusrules.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
   name: certificates.cert-manager.io
 spec:
   group: cert-manager.io
@@ -329,6 +347,7 @@ func TestChartOptionalObjectsPassTheAPIServer(t *testing.T) {
 		"ServiceMonitor " + namespace + "/postgate-relay",
 		"ServiceMonitor " + namespace + "/postgate-operator",
 		"Certificate " + namespace + "/postgate-relay",
+		"PrometheusRule " + namespace + "/postgate",
 	} {
 		if !slices.Contains(ids, want) {
 			t.Errorf("rendered with the optional values, no %s in:\n  %s", want, strings.Join(ids, "\n  "))
@@ -356,7 +375,7 @@ func TestChartOptionalObjectsPassTheAPIServer(t *testing.T) {
 	}
 	run(t, []byte(optionalCRDs), "kubectl", "apply", "--server-side", "-f", "-")
 	run(t, nil, "kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/servicemonitors.monitoring.coreos.com", "crd/certificates.cert-manager.io")
+		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com", "crd/certificates.cert-manager.io")
 	createNamespace(t)
 	dryRun(t, rendered)
 }

@@ -176,7 +176,7 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 
 	run(t, []byte(optionalCRDs), "kubectl", "apply", "--server-side", "-f", "-")
 	run(t, nil, "kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/servicemonitors.monitoring.coreos.com", "crd/certificates.cert-manager.io")
+		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com", "crd/certificates.cert-manager.io")
 	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+allValuesNamespace+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
 	dryRun(t, rendered)
 

@@ -300,6 +300,9 @@ func (r *Relay) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := reg.Register(cr); err != nil {
+			return err
+		}
 		go func() { _ = cr.Start(ctx) }() // it logs what goes wrong and falls back to reading the files
 		tlsConfig = cr.TLSConfig()
 	}

@@ -25,6 +25,10 @@ const (
 	MetricQueue = "postgate_relay_webhook_queue_notifications"
 	// MetricJournalBytes is the disk space the journal takes.
 	MetricJournalBytes = "postgate_relay_webhook_journal_bytes"
+	// MetricJournalLimitBytes is MaxJournalBytes, the journal's cap: an
+	// alert compares MetricJournalBytes with it rather than with a
+	// number that could drift from the relay's.
+	MetricJournalLimitBytes = "postgate_relay_webhook_journal_limit_bytes"
 	// MetricRequests counts webhook requests by code: the HTTP status
 	// class (2xx, 3xx, 4xx, 5xx) or "error" when there was no response
 	// (refused address, connection failure, timeout).
@@ -71,7 +75,11 @@ func newMetrics(reg prometheus.Registerer, n *Notifier) (*metrics, error) {
 	bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: MetricJournalBytes, Help: "Disk space taken by the webhook notification journal.",
 	}, func() float64 { return float64(n.diskBytes.Load()) })
-	for _, c := range []prometheus.Collector{m.notifications, m.requests, m.duration, queue, bytes} {
+	limit := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: MetricJournalLimitBytes, Help: "The webhook notification journal's cap; notifications past it are dropped.",
+	})
+	limit.Set(float64(n.opts.MaxJournalBytes))
+	for _, c := range []prometheus.Collector{m.notifications, m.requests, m.duration, queue, bytes, limit} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -419,6 +419,9 @@ func TestJournalFull(t *testing.T) {
 	testenv.EventuallyTrue(t, "still waiting for all written or dropped", func() bool {
 		return len(e.n.in) == 0 && e.n.pendingDisk.Load()+int64(e.count(resultJournalFull)) == calls
 	})
+	if got := testenv.Gather(t, e.reg)[MetricJournalLimitBytes+"{}"]; got != float64(opts.MaxJournalBytes) {
+		t.Errorf("%s = %v, want the cap %d", MetricJournalLimitBytes, got, opts.MaxJournalBytes)
+	}
 	if b := e.n.diskBytes.Load(); b > opts.MaxJournalBytes || e.count(resultJournalFull) == 0 {
 		t.Errorf("journal %d bytes (cap %d), %v dropped", b, opts.MaxJournalBytes, e.count(resultJournalFull))
 	}

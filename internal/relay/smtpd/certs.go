@@ -3,13 +3,24 @@ package smtpd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 )
+
+// MetricCertificateExpiry is the NotAfter of the certificate served for
+// STARTTLS and implicit TLS, in seconds since the Unix epoch: an alert
+// warns before it expires, whether or not a renewal was written to the
+// files (README: Runbooks, PostgateTLSCertificateExpiring).
+const MetricCertificateExpiry = "postgate_relay_tls_certificate_expiry_timestamp_seconds"
+
+var certificateExpiryDesc = prometheus.NewDesc(MetricCertificateExpiry,
+	"NotAfter of the TLS certificate the relay serves, in seconds since the Unix epoch.", nil, nil)
 
 // CertReloader serves the TLS key pair from --tls-cert-file and
 // --tls-key-file and picks up new files (cert-manager renewing a mounted
@@ -96,6 +107,29 @@ func (r *CertReloader) reloaded() <-chan struct{} { return *r.loaded.Load() }
 // GetCertificate is for tls.Config.
 func (r *CertReloader) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return r.cw.GetCertificate(hello)
+}
+
+var _ prometheus.Collector = (*CertReloader)(nil)
+
+// Describe implements prometheus.Collector.
+func (r *CertReloader) Describe(ch chan<- *prometheus.Desc) { ch <- certificateExpiryDesc }
+
+// Collect implements prometheus.Collector: the expiry of the pair in
+// force at the scrape, so a renewal shows at once.
+func (r *CertReloader) Collect(ch chan<- prometheus.Metric) {
+	c, err := r.cw.GetCertificate(nil)
+	if err != nil || c == nil || len(c.Certificate) == 0 {
+		return
+	}
+	leaf := c.Leaf
+	if leaf == nil {
+		// tls.LoadX509KeyPair fills Leaf since Go 1.23, unless
+		// GODEBUG x509keypairleaf=0.
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(certificateExpiryDesc, prometheus.GaugeValue, float64(leaf.NotAfter.Unix()))
 }
 
 // TLSConfig is a server configuration that serves the reloaded pair, TLS 1.2

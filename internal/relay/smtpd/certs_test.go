@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postgate/postgate/internal/testenv"
 )
@@ -31,6 +35,24 @@ func servedNames(t *testing.T, addr string, client *tls.Config) []string {
 	}
 	_ = c.Quit()
 	return state.PeerCertificates[0].DNSNames
+}
+
+// leafOf parses the first certificate of a PEM file.
+func leafOf(t *testing.T, certFile string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(certFile) //nolint:gosec // the test's own file
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatal("no PEM block in", certFile)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // watch runs r's watch until the test ends.
@@ -78,10 +100,22 @@ func TestCertReloader(t *testing.T) {
 		t.Fatalf("served %v", got)
 	}
 
+	// The expiry gauge follows the pair in force.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r)
+	expiry := func() float64 { return testenv.Gather(t, reg)[MetricCertificateExpiry+"{}"] }
+	if got, want := expiry(), float64(leafOf(t, certFile).NotAfter.Unix()); got != want {
+		t.Errorf("%s = %v, want the certificate's NotAfter %v", MetricCertificateExpiry, got, want)
+	}
+
 	// Renewal: new files in place, each replaced by a rename.
 	reloaded := r.reloaded()
-	ca.Issue(t, "relay.test", "smtp.relay.test").WriteFiles(t, dir)
+	renewedNotAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
+	ca.IssueCert(t, testenv.CertOptions{Names: []string{"relay.test", "smtp.relay.test"}, NotAfter: renewedNotAfter}).WriteFiles(t, dir)
 	waitReload(t, reloaded)
+	if got := expiry(); got != float64(renewedNotAfter.Unix()) {
+		t.Errorf("after renewal %s = %v, want %v", MetricCertificateExpiry, got, renewedNotAfter.Unix())
+	}
 	renewed := []string{"relay.test", "smtp.relay.test"}
 	if got := servedNames(t, addr, client); !slices.Equal(got, renewed) {
 		t.Fatalf("after renewal served %v", got)
