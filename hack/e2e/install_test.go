@@ -243,6 +243,8 @@ serviceMonitor:
   labels: {release: prometheus}
 prometheusRule:
   enabled: true
+grafanaDashboard:
+  enabled: true
 certificate:
   enabled: true
   dnsNames: [smtp.example.com]
@@ -348,6 +350,7 @@ func TestChartOptionalObjectsPassTheAPIServer(t *testing.T) {
 		"ServiceMonitor " + namespace + "/postgate-operator",
 		"Certificate " + namespace + "/postgate-relay",
 		"PrometheusRule " + namespace + "/postgate",
+		"ConfigMap " + namespace + "/postgate-dashboard",
 	} {
 		if !slices.Contains(ids, want) {
 			t.Errorf("rendered with the optional values, no %s in:\n  %s", want, strings.Join(ids, "\n  "))

@@ -178,6 +178,8 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 	run(t, nil, "kubectl", "wait", "--for=condition=Established", "--timeout=60s",
 		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com", "crd/certificates.cert-manager.io")
 	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+allValuesNamespace+"\n"), "kubectl", "apply", "--server-side", "-f", "-")
+	// grafanaDashboard.namespace: the Grafana sidecar's.
+	run(t, []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: monitoring\n"), "kubectl", "apply", "--server-side", "-f", "-")
 	dryRun(t, rendered)
 
 	// The NOTES warn that a retention policy of Delete can lose mail. A
