@@ -28,6 +28,7 @@ Commands:
   relay      run the SMTP relay (standalone with --manifests, or in a cluster);
              relay drain: hand a running relay's queue to its peers
   queue      list, show, flush, hold, release or delete a running relay's queued mail
+  smoke      check an installed postgate: the relay answers SMTP, relays have a table
   version    print the version
   help       print this help
 `
@@ -58,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runRelay(args[1:], stderr)
 	case "queue":
 		return runQueue(args[1:], stdout, stderr)
+	case "smoke":
+		return runSmoke(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -144,6 +144,48 @@ func startProcess(t *testing.T, name string, env map[string]string, args []strin
 	})
 }
 
+// helmTestPod runs the command of the chart's `helm test` pod
+// (templates/tests/smoke.yaml) with its addresses pointed at the local
+// relay (relay-0; the other replicas' URLs are dropped): it passes once
+// the relay answers SMTP and has the operator's table. Pointed at a port
+// where nothing listens, it fails.
+func helmTestPod(t *testing.T, pod map[string]any, smtpAddr, metricsAddr string) {
+	t.Helper()
+	if pod == nil {
+		t.Fatal("no helm test pod rendered")
+	}
+	bin, err := buildPostgate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	smoke := func(smtp string) (string, error) {
+		var args []string
+		for _, a := range field(pod, "spec", "containers", 0, "args").([]any) {
+			arg := fmt.Sprint(a)
+			name, value, _ := strings.Cut(arg, "=")
+			switch {
+			case name == "--smtp-address":
+				arg = name + "=" + smtp
+			case name == "--relay-metrics-url" && strings.Contains(value, "//postgate-relay-0."):
+				arg = name + "=http://" + metricsAddr + "/metrics"
+			case name == "--relay-metrics-url":
+				continue
+			}
+			args = append(args, arg)
+		}
+		out, err := exec.Command(bin, args...).CombinedOutput() //nolint:gosec // the binary just built, with the chart's arguments
+		return fmt.Sprintf("postgate %s\n%s", strings.Join(args, " "), out), err
+	}
+	out, err := smoke(smtpAddr)
+	if err != nil || !strings.Contains(out, "ok   SMTP") || !strings.Contains(out, "ok   routing table") {
+		t.Fatalf("the helm test pod's check failed: %v\n%s", err, out)
+	}
+	t.Logf("helm test pod's check:\n%s", out)
+	if out, err := smoke(freeAddr(t, "127.0.0.1")); err == nil {
+		t.Errorf("the helm test pod's check passed with no relay listening:\n%s", out)
+	}
+}
+
 // waitReady polls an HTTP endpoint until it answers 200.
 func waitReady(t *testing.T, url string) {
 	t.Helper()
@@ -190,12 +232,13 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	fx.relayPodName = "postgate-relay-0"
 	relayEnv := map[string]string{"POD_NAMESPACE": namespace, "POD_NAME": fx.relayPodName}
 	relayProbes := freeAddr(t, "127.0.0.1")
+	relayMetrics := freeAddr(t, "127.0.0.1")
 	fx.relaySMTP = freeAddr(t, "127.0.0.1")
 	startProcess(t, "relay", relayEnv, append(localArgs(
 		containerArgs(t, objs["StatefulSet "+namespace+"/postgate-relay"]),
 		map[string]string{
 			"--smtp-bind-address":         fx.relaySMTP,
-			"--metrics-bind-address":      freeAddr(t, "127.0.0.1"),
+			"--metrics-bind-address":      relayMetrics,
 			"--health-probe-bind-address": relayProbes,
 			"--handoff-bind-address":      freeAddr(t, "127.0.0.1"),
 		},
@@ -214,6 +257,7 @@ func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	}
 	t.Logf("samples accepted, programmed and ready in %s", time.Since(start).Round(time.Millisecond))
 	waitReady(t, "http://"+relayProbes+"/readyz")
+	helmTestPod(t, objs["Pod "+namespace+"/postgate-smoke"], fx.relaySMTP, relayMetrics)
 	t.Logf("kubectl get postgate -A:\n%s", run(t, nil, "kubectl", "get", "postgate", "-A"))
 
 	// The samples trust all of loopback: take them away before the
