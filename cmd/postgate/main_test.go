@@ -17,6 +17,7 @@ func TestRun(t *testing.T) {
 		{[]string{"version"}, 0, "postgate dev", ""},
 		{[]string{"help"}, 0, "Commands:", ""},
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{[]string{"smoke"}, 2, "", "Usage: postgate smoke --smtp-address"},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer
