@@ -19,8 +19,8 @@ func TestSMTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(greeting, "relay.test") || !strings.Contains(ehlo, "relay.test") {
-		t.Errorf("greeting %q, EHLO reply %q: want the sink's name in both", greeting, ehlo)
+	if !strings.HasPrefix(greeting, "relay.test ") || !strings.Contains(ehlo, "smoke.test") || !strings.Contains(ehlo, "\nPIPELINING") {
+		t.Errorf("greeting %q, EHLO reply %q: want the sink's name, then the EHLO reply's lines", greeting, ehlo)
 	}
 
 	for _, tc := range []struct {
