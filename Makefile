@@ -17,7 +17,7 @@ PROMTOOL := $(LOCALBIN)/promtool
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go api/v1alpha1/applyconfiguration config/crd/bases charts/postgate/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go api/v1alpha1/applyconfiguration config/crd/bases charts/postgate/files/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
 
 .PHONY: help
 help: ## Show the targets.
@@ -34,8 +34,10 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases, the chart a
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=postgate-operator paths=./internal/controllers/... output:rbac:artifacts:config=config/rbac/operator
 	$(CONTROLLER_GEN) rbac:roleName=postgate-relay paths=./internal/relay/... output:rbac:artifacts:config=config/rbac/relay
-	rm -rf charts/postgate/crds && mkdir -p charts/postgate/crds
-	cp config/crd/bases/*.yaml charts/postgate/crds/
+	# The chart renders these as templates (templates/crds.yaml), so that
+	# helm upgrade updates them; Helm never upgrades what is in crds/.
+	rm -rf charts/postgate/files/crds && mkdir -p charts/postgate/files/crds
+	cp config/crd/bases/*.yaml charts/postgate/files/crds/
 	# internal/manifest embeds its own copy (postgate check and the standalone relay).
 	rm -rf internal/manifest/crds && mkdir -p internal/manifest/crds
 	cp config/crd/bases/*.yaml internal/manifest/crds/

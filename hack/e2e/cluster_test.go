@@ -211,7 +211,10 @@ func waitReady(t *testing.T, url string) {
 func TestInstalledOperatorAndRelayProgramTheSamples(t *testing.T) {
 	const tenant = "tenant-a"
 	createNamespace(t)
-	notes := run(t, nil, "helm", "install", "postgate", "charts/postgate", "--namespace", namespace)
+	// --take-ownership: the suite's API server has the CRDs already
+	// (envtest installs config/crd/bases), not through Helm, as after
+	// `kubectl apply -k` (README: Upgrade).
+	notes := run(t, nil, "helm", "install", "postgate", "charts/postgate", "--namespace", namespace, "--take-ownership")
 	for _, want := range []string{"swaks --server 127.0.0.1:2525", "kubectl get postgate -A", "port-forward svc/postgate-relay 2525:25"} {
 		if !bytes.Contains(notes, []byte(want)) {
 			t.Errorf("helm install NOTES lack %q:\n%s", want, notes)

@@ -52,17 +52,33 @@ func run(t *testing.T, stdin []byte, name string, args ...string) []byte {
 }
 
 func tryRun(stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
-	path := filepath.Join(api.BinDir, name)
+	return tryRunOn(api, stdin, name, args...)
+}
+
+// runOn is run against the API server s rather than the suite's.
+func runOn(t *testing.T, s *testenv.APIServer, stdin []byte, name string, args ...string) []byte {
+	t.Helper()
+	out, stderr, err := tryRunOn(s, stdin, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr)
+	}
+	return out
+}
+
+// tryRunOn runs a binary from bin/ with kubectl and helm pointed at the
+// API server s.
+func tryRunOn(s *testenv.APIServer, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
+	path := filepath.Join(s.BinDir, name)
 	if _, err := os.Stat(path); err != nil {
 		return nil, nil, fmt.Errorf("%s is missing from bin/: run `make envtest helm`: %w", name, err)
 	}
 	if name == "kubectl" {
-		args = append([]string{"--kubeconfig", api.Kubeconfig}, args...)
+		args = append([]string{"--kubeconfig", s.Kubeconfig}, args...)
 	}
 	cmd := exec.Command(path, args...) //nolint:gosec // a binary from bin/ with the test's arguments
-	cmd.Dir = api.Root
+	cmd.Dir = s.Root
 	helmHome := filepath.Join(os.TempDir(), "postgate-e2e-helm")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+api.Kubeconfig, "HELM_CACHE_HOME="+helmHome+"/cache",
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.Kubeconfig, "HELM_CACHE_HOME="+helmHome+"/cache",
 		"HELM_CONFIG_HOME="+helmHome+"/config", "HELM_DATA_HOME="+helmHome+"/data")
 	var out, errOut bytes.Buffer
 	cmd.Stdin = bytes.NewReader(stdin)

@@ -62,9 +62,25 @@ func StartAPIServer(tb testing.TB) *APIServer {
 	return s
 }
 
+// StartAPIServerWithoutCRDs is StartAPIServer without the postgate CRDs,
+// for tests of how they are installed and upgraded (hack/e2e, with helm).
+func StartAPIServerWithoutCRDs(tb testing.TB) *APIServer {
+	tb.Helper()
+	s, stop, err := newAPIServer(false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(stop)
+	return s
+}
+
 // NewAPIServer is StartAPIServer for TestMain, where no testing.TB exists:
 // the caller must call stop.
 func NewAPIServer() (s *APIServer, stop func(), err error) {
+	return newAPIServer(true)
+}
+
+func newAPIServer(withCRDs bool) (s *APIServer, stop func(), err error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, nil, err
@@ -75,10 +91,10 @@ func NewAPIServer() (s *APIServer, stop func(), err error) {
 			return nil, nil, fmt.Errorf("%s is missing from %s: run `make envtest` first: %w", name, bin, err)
 		}
 	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: bin,
+	env := &envtest.Environment{BinaryAssetsDirectory: bin}
+	if withCRDs {
+		env.CRDDirectoryPaths = []string{filepath.Join(root, "config", "crd", "bases")}
+		env.ErrorIfCRDPathMissing = true
 	}
 	cfg, err := env.Start()
 	if err != nil {
