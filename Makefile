@@ -6,8 +6,16 @@ LOCALBIN := $(CURDIR)/bin
 CONTROLLER_GEN_VERSION := v0.23.0
 GOLANGCI_LINT_VERSION := v2.15.0
 HELM_VERSION := v3.22.0
+HELM_DOCS_VERSION := v1.14.2
+# Helm's own release builds set the Kubernetes version that client-only
+# renders (helm template, helm install --dry-run=client) assume from their
+# k8s.io/client-go (v0.37 for helm v3.22.0); a plain go install leaves
+# v1.20.0, below the chart's kubeVersion (>=1.30).
+HELM_KUBE_MINOR := 37
+HELM_LDFLAGS := $(foreach p,chartutil lint/rules,-X helm.sh/helm/v3/pkg/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(p).k8sVersionMinor=$(HELM_KUBE_MINOR))
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM_DOCS := $(LOCALBIN)/helm-docs-$(HELM_DOCS_VERSION)
 # hack/e2e runs bin/helm (no version in the name, so the tests find it).
 HELM := $(LOCALBIN)/helm
 # promtool of Prometheus 3.16 (Go module versions v0.3xx are Prometheus
@@ -17,7 +25,7 @@ PROMTOOL := $(LOCALBIN)/promtool
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Paths that `make generate manifests` writes; `make verify` fails when they drift.
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go api/v1alpha1/applyconfiguration config/crd/bases charts/postgate/files/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go api/v1alpha1/applyconfiguration config/crd/bases charts/postgate/files/crds internal/manifest/crds config/rbac/operator config/rbac/relay charts/postgate/files/rbac charts/postgate/README.md
 
 .PHONY: help
 help: ## Show the targets.
@@ -45,6 +53,10 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs into config/crd/bases, the chart a
 	rm -rf charts/postgate/files/rbac && mkdir -p charts/postgate/files/rbac/operator charts/postgate/files/rbac/relay
 	cp config/rbac/operator/role.yaml charts/postgate/files/rbac/operator/
 	cp config/rbac/relay/role.yaml charts/postgate/files/rbac/relay/
+
+.PHONY: docs
+docs: $(HELM_DOCS) ## Generate charts/postgate/README.md (the values table) from values.yaml's comments and README.md.gotmpl.
+	$(HELM_DOCS) --chart-search-root charts --template-files README.md.gotmpl --sort-values-order file
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -81,7 +93,7 @@ helm: ## Build helm into bin/ (once per HELM_VERSION), for hack/e2e.
 	@if [ ! -x $(HELM) ] || [ ! -f $(LOCALBIN)/.helm.stamp ] || [ "$$(cat $(LOCALBIN)/.helm.stamp)" != $(HELM_VERSION) ]; then \
 	  mkdir -p $(LOCALBIN); \
 	  echo "building helm $(HELM_VERSION) into bin/"; \
-	  GOBIN=$(LOCALBIN) CGO_ENABLED=0 go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	  GOBIN=$(LOCALBIN) CGO_ENABLED=0 go install -ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
 	  echo $(HELM_VERSION) > $(LOCALBIN)/.helm.stamp; \
 	fi
 
@@ -103,7 +115,7 @@ build: ## Build bin/postgate.
 	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(LOCALBIN)/postgate ./cmd/postgate
 
 .PHONY: verify
-verify: generate manifests ## Fail when generated files drift from the tree; format, vet and lint.
+verify: generate manifests docs ## Fail when generated files drift from the tree; format, vet and lint.
 	bash hack/verify-generated.sh $(GENERATED)
 	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'" >&2; go mod tidy -diff; exit 1; }
 	@unformatted=$$(gofmt -s -l $$(git ls-files '*.go')); \
@@ -114,6 +126,11 @@ $(CONTROLLER_GEN):
 	mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 	mv $(LOCALBIN)/controller-gen $@
+
+$(HELM_DOCS):
+	mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
+	mv $(LOCALBIN)/helm-docs $@
 
 $(GOLANGCI_LINT):
 	mkdir -p $(LOCALBIN)
