@@ -122,7 +122,11 @@ func TestChartTakesOverUpgradesAndKeepsTheCRDs(t *testing.T) {
 		t.Errorf("crds.keep=false: helm.sh/resource-policy is still %q", got)
 	}
 	run(nil, "helm", "uninstall", "postgate", "--namespace", namespace)
-	run(nil, "kubectl", append([]string{"wait", "--for=delete", "--timeout=60s"}, crdNames...)...)
+	// The API server's CRD finalizer deletes the objects, then the CRD.
+	if _, stderr, err := tryRunOn(s, nil, "kubectl", append([]string{"wait", "--for=delete", "--timeout=180s"}, crdNames...)...); err != nil {
+		t.Fatalf("crds.keep=false: the CRDs outlive helm uninstall: %v\n%s\n%s", err, stderr,
+			run(nil, "kubectl", append([]string{"get", "-o", "yaml"}, crdNames...)...))
+	}
 	if _, stderr, err := tryRunOn(s, nil, "kubectl", "get", "-n", upgradeTenant, "trustednetworks"); err == nil {
 		t.Errorf("the TrustedNetwork kind is still served after its CRD was deleted:\n%s", stderr)
 	}
