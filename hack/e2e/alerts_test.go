@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -135,10 +137,33 @@ func TestChartAlertRules(t *testing.T) {
 		t.Errorf("rendered alerts %v: want the 10 of values.yaml", alerts)
 	}
 
-	// An alert turned off is not rendered; the others stay.
-	off := helmTemplate(t, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.alerts.PostgateSpoolFull.enabled=false",
+	// An alert turned off is not rendered; another's overrides and the
+	// labels of every alert are.
+	changed := helmTemplate(t, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.alerts.PostgateSpoolFull.enabled=false",
+		"--set", "prometheusRule.alerts.PostgateQueueOldMessage.threshold=7200", "--set", "prometheusRule.alerts.PostgateQueueOldMessage.for=1h",
+		"--set", "prometheusRule.alerts.PostgateQueueOldMessage.severity=critical", "--set", "prometheusRule.alertLabels.team=mail",
 		"--show-only", "templates/prometheusrule.yaml")
-	if bytes.Contains(off, []byte("alert: PostgateSpoolFull")) || !bytes.Contains(off, []byte("alert: PostgateQueueOldMessage")) {
-		t.Errorf("PostgateSpoolFull.enabled=false:\n%s", off)
+	var got struct {
+		Spec struct {
+			Groups []struct{ Rules []map[string]any }
+		}
+	}
+	if err := yaml.Unmarshal(changed, &got); err != nil {
+		t.Fatal(err)
+	}
+	rules := map[string]map[string]any{}
+	for _, g := range got.Spec.Groups {
+		for _, r := range g.Rules {
+			rules[fmt.Sprint(r["alert"])] = r
+		}
+	}
+	if _, ok := rules["PostgateSpoolFull"]; ok || len(rules) != len(alerts)-1 {
+		t.Errorf("PostgateSpoolFull.enabled=false: rendered %v", slices.Sorted(maps.Keys(rules)))
+	}
+	old := rules["PostgateQueueOldMessage"]
+	if e := fmt.Sprint(old["expr"]); !strings.HasSuffix(e, "> 7200") || old["for"] != "1h" ||
+		field(old, "labels", "severity") != "critical" || field(old, "labels", "team") != "mail" ||
+		field(rules["PostgateRelayNoTable"], "labels", "team") != "mail" {
+		t.Errorf("overrides of PostgateQueueOldMessage and alertLabels not rendered:\n%s", changed)
 	}
 }

@@ -333,8 +333,40 @@ spec:
     - name: v1
       served: true
       storage: true
+      # The fields of prometheus-operator's v1 API that a rule group and a
+      # rule have, so that a misspelled or mistyped field is refused (strict
+      # field validation) rather than dropped.
       schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [groups]
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name, rules]
+                    properties:
+                      name: {type: string, minLength: 1}
+                      interval: {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                      limit: {type: integer}
+                      partial_response_strategy: {type: string}
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true}
+                            for: {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                            keep_firing_for: {type: string, minLength: 1}
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
 ---
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
