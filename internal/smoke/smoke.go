@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -112,3 +113,59 @@ func Table(ctx context.Context, client *http.Client, url string) (version int64,
 
 // DefaultTimeout is how long each check may take.
 const DefaultTimeout = 30 * time.Second
+
+// Options are the settings of `postgate smoke`.
+type Options struct {
+	// SMTPAddress is host:port of the relay's SMTP Service.
+	SMTPAddress string
+	// HELO is the name sent with EHLO.
+	HELO string
+	// MetricsURLs are relays' /metrics URLs whose routing table is checked.
+	MetricsURLs urlList
+	// Timeout bounds each check.
+	Timeout time.Duration
+}
+
+// urlList is a repeatable flag.
+type urlList []string
+
+func (u *urlList) String() string     { return strings.Join(*u, ",") }
+func (u *urlList) Set(v string) error { *u = append(*u, v); return nil }
+
+// BindFlags binds the options to fs, with their defaults.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.SMTPAddress, "smtp-address", "", "host:port of the relay's SMTP Service")
+	fs.StringVar(&o.HELO, "helo", "postgate-smoke.invalid", "the name sent with EHLO")
+	fs.Var(&o.MetricsURLs, "relay-metrics-url", "a relay's /metrics URL, whose routing table is checked (repeatable)")
+	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "how long each check may take")
+}
+
+// Run runs every check, each within Timeout, and prints one line per check:
+// "ok" lines to stdout, "FAIL" lines to stderr. It reports whether all
+// passed.
+func (o *Options) Run(ctx context.Context, stdout, stderr io.Writer) bool {
+	passed := true
+	check := func(what string, f func(ctx context.Context) (string, error)) {
+		ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+		if ok, err := f(ctx); err != nil {
+			passed = false
+			fmt.Fprintf(stderr, "FAIL %s: %v\n", what, err)
+		} else {
+			fmt.Fprintf(stdout, "ok   %s: %s\n", what, ok)
+		}
+	}
+	check("SMTP "+o.SMTPAddress, func(ctx context.Context) (string, error) {
+		greeting, ehlo, err := SMTP(ctx, o.SMTPAddress, o.HELO)
+		first, _, _ := strings.Cut(ehlo, "\n")
+		return fmt.Sprintf("220 %s; EHLO 250 %s", greeting, first), err
+	})
+	client := &http.Client{Timeout: o.Timeout}
+	for _, u := range o.MetricsURLs {
+		check("routing table "+u, func(ctx context.Context) (string, error) {
+			v, err := Table(ctx, client, u)
+			return fmt.Sprintf("version %d", v), err
+		})
+	}
+	return passed
+}

@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, n *Notifier) (*metrics, error) {
 	}
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: MetricQueue, Help: "Webhook notifications waiting to be accepted by a receiver.",
-	}, func() float64 { return float64(len(n.in)) + float64(n.pendingDisk.Load()) })
+	}, func() float64 { return float64(n.buffered.Load()) + float64(n.pendingDisk.Load()) })
 	bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: MetricJournalBytes, Help: "Disk space taken by the webhook notification journal.",
 	}, func() float64 { return float64(n.diskBytes.Load()) })

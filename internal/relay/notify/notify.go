@@ -41,7 +41,8 @@ const (
 	// that the connection can be reused); the rest is cut off.
 	maxResponseBody = 64 << 10
 	// writeBatch bounds how many notifications the writer takes from the
-	// buffer before one fsync per queue.
+	// buffer before one fsync per queue (whole attempts: it may pass it by
+	// one attempt's recipients).
 	writeBatch = 1000
 	// retireBytes is the size from which a segment the sender has read to
 	// its end is closed and deleted even though the writer could go on
@@ -132,6 +133,7 @@ type Notifier struct {
 
 	diskBytes   atomic.Int64 // journal size
 	pendingDisk atomic.Int64 // journaled, not yet acknowledged or dropped
+	buffered    atomic.Int64 // notifications in the buffer (n.in) or being written
 	lastDropLog atomic.Int64 // Unix nanoseconds of the last "dropping" log line
 	dropsUnlogd atomic.Int64 // drops since that line
 
@@ -143,10 +145,13 @@ type Notifier struct {
 
 var _ delivery.Observer = (*Notifier)(nil)
 
-// item is one notification on its way to the journal.
+// item is one attempt's notifications on their way to the journal. They
+// travel together so that the writer journals them in one append and the
+// sender finds them all at once: one request per message and attempt, as
+// the receivers of the reference format expect, never a part of it.
 type item struct {
 	queue string
-	rec   record
+	recs  []record
 }
 
 // record is a journal record.
@@ -363,18 +368,28 @@ func (n *Notifier) Observe(a delivery.Attempt) {
 	}
 	job := BodyMeta{Account: d.Account, CustomerNo: d.CustomerNo, Tenant: d.Object.Namespace,
 		ReceivedTs: formatTime(a.Arrival), JobID: string(a.QueueID), Version: "1"}
+	var recs []record
 	for i := range a.Recipients {
 		nt, ok := notificationOf(&a, &a.Recipients[i])
 		if !ok {
 			continue
 		}
+		recs = append(recs, record{Enqueued: now.UnixMilli(), Domain: a.Domain.Key(), Job: job, N: nt})
+	}
+	if len(recs) == 0 {
+		return
+	}
+	// BufferSize bounds notifications, not attempts.
+	if n.buffered.Add(int64(len(recs))) <= int64(n.opts.BufferSize) {
 		select {
-		case n.in <- item{queue: name, rec: record{Enqueued: now.UnixMilli(), Domain: a.Domain.Key(), Job: job, N: nt}}:
+		case n.in <- item{queue: name, recs: recs}:
+			return
 		default:
-			n.m.count(resultBufferFull, 1)
-			n.logDrop(now, "buffer full")
 		}
 	}
+	n.buffered.Add(-int64(len(recs)))
+	n.m.count(resultBufferFull, len(recs))
+	n.logDrop(now, "buffer full")
 }
 
 // logDrop logs drops at most once per dropLogInterval, with the count since

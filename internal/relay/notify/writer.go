@@ -30,12 +30,17 @@ func (n *Notifier) writeLoop(ctx context.Context) {
 	}
 }
 
-// drain adds what the buffer holds, up to writeBatch items.
+// drain adds what the buffer holds, up to about writeBatch notifications.
 func (n *Notifier) drain(batch []item) []item {
-	for len(batch) < writeBatch {
+	count := 0
+	for _, it := range batch {
+		count += len(it.recs)
+	}
+	for count < writeBatch {
 		select {
 		case it := <-n.in:
 			batch = append(batch, it)
+			count += len(it.recs)
 		default:
 			return batch
 		}
@@ -45,6 +50,11 @@ func (n *Notifier) drain(batch []item) []item {
 
 // write appends a batch to the queues' journals, with one fsync per queue.
 func (n *Notifier) write(batch []item) {
+	defer func() {
+		for _, it := range batch {
+			n.buffered.Add(-int64(len(it.recs)))
+		}
+	}()
 	var order []string
 	byQueue := map[string][]item{}
 	for _, it := range batch {
@@ -91,31 +101,33 @@ func (n *Notifier) appendItems(q *outbox, items []item) {
 	var buf []byte
 	count, reserved := 0, int64(0)
 	for _, it := range items {
-		p, err := json.Marshal(it.rec)
-		if err != nil || len(p) == 0 || len(p) > maxRecord {
-			n.log.Error("Webhook notification cannot be journaled", "domain", q.name, "job", it.rec.Job.JobID, "size", len(p), "error", err)
-			n.m.count(resultJournalError, 1)
-			continue
-		}
-		size := int64(recordHeader + len(p))
-		domainBytes := q.pendingBytes()
-		if n.diskBytes.Load()+reserved+size > n.opts.MaxJournalBytes || domainBytes+reserved+size > n.opts.MaxDomainJournalBytes {
-			n.m.count(resultJournalFull, 1)
-			n.logDrop(n.opts.Now(), "journal full")
-			continue
-		}
-		if q.active == nil || (q.active.size+int64(len(buf))+size > n.opts.SegmentBytes && q.active.size+int64(len(buf)) > 0) {
-			n.flush(q, buf, count)
-			buf, count = buf[:0], 0
-			if err := n.roll(q); err != nil {
-				n.log.Error("Webhook journal segment cannot be created", "domain", q.name, "error", err)
+		for _, rec := range it.recs {
+			p, err := json.Marshal(rec)
+			if err != nil || len(p) == 0 || len(p) > maxRecord {
+				n.log.Error("Webhook notification cannot be journaled", "domain", q.name, "job", rec.Job.JobID, "size", len(p), "error", err)
 				n.m.count(resultJournalError, 1)
 				continue
 			}
+			size := int64(recordHeader + len(p))
+			domainBytes := q.pendingBytes()
+			if n.diskBytes.Load()+reserved+size > n.opts.MaxJournalBytes || domainBytes+reserved+size > n.opts.MaxDomainJournalBytes {
+				n.m.count(resultJournalFull, 1)
+				n.logDrop(n.opts.Now(), "journal full")
+				continue
+			}
+			if q.active == nil || (q.active.size+int64(len(buf))+size > n.opts.SegmentBytes && q.active.size+int64(len(buf)) > 0) {
+				n.flush(q, buf, count)
+				buf, count = buf[:0], 0
+				if err := n.roll(q); err != nil {
+					n.log.Error("Webhook journal segment cannot be created", "domain", q.name, "error", err)
+					n.m.count(resultJournalError, 1)
+					continue
+				}
+			}
+			buf = appendRecord(buf, p)
+			count++
+			reserved += size
 		}
-		buf = appendRecord(buf, p)
-		count++
-		reserved += size
 	}
 	n.flush(q, buf, count)
 }
