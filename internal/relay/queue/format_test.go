@@ -23,54 +23,12 @@ func TestFormatV1(t *testing.T) {
 		t.Fatal(err)
 	}
 	const id = queue.ID("01hf7yat00yqhhxd8zvq2z7knv")
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, string(id)+".msg"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fsys, err := queue.OpenDir(dir)
+	q, _ := openFixture(t, string(id)+".msg", data)
+	m, err := q.Get(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = fsys.Close() })
-	ctx := context.Background()
-	q, err := queue.Open(ctx, fsys, queue.Options{MinFreeBytes: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
-	m, err := q.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	arrival := time.Unix(1700000000, 0).UTC()
-	if !m.Arrival.Equal(arrival) || m.Envelope.From != "a@example.com" || len(m.Envelope.To) != 3 ||
-		m.Envelope.To[2].Addr != "rrr@example.net" || !m.Held {
-		t.Fatalf("message: %+v", m)
-	}
-	want := []struct {
-		state    queue.State
-		attempts int
-		code     int
-		text     string
-	}{{queue.Pending, 2, 451, "later"}, {queue.Delivered, 1, 250, "ok <queued> & done"}, {queue.Failed, 1, 550, "no such user"}}
-	for i, w := range want {
-		s := m.Recipients[i]
-		if s.State != w.state || s.Attempts != w.attempts || s.Reply.Code != w.code || s.Reply.Text != w.text {
-			t.Errorf("recipient %d: %+v, want %+v", i, s, w)
-		}
-	}
-	if next := m.Recipients[0].NextAttempt; !next.Equal(arrival.Add(2 * time.Hour)) {
-		t.Errorf("next attempt %v", next)
-	}
-	body, err := q.Body(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = body.Close() }()
-	b, err := io.ReadAll(body)
-	if err != nil || string(b) != "Subject: fixture\r\n\r\nbody\r\n" {
-		t.Errorf("body %q, %v", b, err)
-	}
+	checkFixture(t, q, m, "rrr@example.net")
 }
 
 // TestFormatV2 opens a spool holding a segment written by version 2 of
@@ -85,21 +43,8 @@ func TestFormatV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "0000000000000007.seg"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fsys, err := queue.OpenDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fsys.Close() })
+	q, dir := openFixture(t, "0000000000000007.seg", data)
 	ctx := context.Background()
-	q, err := queue.Open(ctx, fsys, queue.Options{MinFreeBytes: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = q.Close() })
 	msgs, err := q.List(ctx, "", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -108,10 +53,44 @@ func TestFormatV2(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].ID != id {
 		t.Fatalf("recovered %+v, want %s alone", msgs, id)
 	}
-	m := msgs[0]
+	checkFixture(t, q, msgs[0], "ccc@example.net")
+	// New messages go to a new segment, after the old one.
+	if _, err := q.Enqueue(ctx, queue.Envelope{To: []queue.Rcpt{{Addr: "x@example.net"}}}, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "0000000000000008.seg")); err != nil {
+		t.Errorf("new segment: %v", err)
+	}
+}
+
+// openFixture opens a queue on a new directory holding data under name.
+func openFixture(t *testing.T, name string, data []byte) (*queue.Queue, string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := queue.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fsys.Close() })
+	q, err := queue.Open(context.Background(), fsys, queue.Options{MinFreeBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	return q, dir
+}
+
+// checkFixture checks the message both fixtures hold (their third
+// recipient apart): envelope, held, each recipient's state, the retry
+// time and the body.
+func checkFixture(t *testing.T, q *queue.Queue, m queue.Message, thirdRcpt string) {
+	t.Helper()
 	arrival := time.Unix(1700000000, 0).UTC()
 	if !m.Arrival.Equal(arrival) || m.Envelope.From != "a@example.com" || len(m.Envelope.To) != 3 ||
-		m.Envelope.To[2].Addr != "ccc@example.net" || !m.Held {
+		m.Envelope.To[2].Addr != thirdRcpt || !m.Held {
 		t.Fatalf("message: %+v", m)
 	}
 	want := []struct {
@@ -129,7 +108,7 @@ func TestFormatV2(t *testing.T) {
 	if next := m.Recipients[0].NextAttempt; !next.Equal(arrival.Add(2 * time.Hour)) {
 		t.Errorf("next attempt %v", next)
 	}
-	body, err := q.Body(ctx, id)
+	body, err := q.Body(context.Background(), m.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,12 +116,5 @@ func TestFormatV2(t *testing.T) {
 	b, err := io.ReadAll(body)
 	if err != nil || string(b) != "Subject: fixture\r\n\r\nbody\r\n" {
 		t.Errorf("body %q, %v", b, err)
-	}
-	// New messages go to a new segment, after the old one.
-	if _, err := q.Enqueue(ctx, queue.Envelope{To: []queue.Rcpt{{Addr: "x@example.net"}}}, strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "0000000000000008.seg")); err != nil {
-		t.Errorf("new segment: %v", err)
 	}
 }

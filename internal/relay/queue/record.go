@@ -174,19 +174,29 @@ func nextRecord(b []byte, m *Message) int {
 	if err != nil {
 		return 0
 	}
+	r, err := decodeRecord(js, len(m.Recipients))
+	if err != nil {
+		return 0
+	}
+	r.apply(m)
+	return n
+}
+
+// decodeRecord decodes a journal record's JSON for a message of n
+// recipients and checks it.
+func decodeRecord(js []byte, n int) (*record, error) {
 	var r record
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil || dec.More() || r.Time.IsZero() {
-		return 0
+		return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
 	}
 	for _, s := range r.Rcpts {
-		if s.Index < 0 || s.Index >= len(m.Recipients) || s.validate() != nil {
-			return 0
+		if s.Index < 0 || s.Index >= n || s.validate() != nil {
+			return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
 		}
 	}
-	r.apply(m)
-	return n
+	return &r, nil
 }
 
 // apply applies a valid record to m.

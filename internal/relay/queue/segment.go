@@ -6,7 +6,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -722,23 +721,6 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 		return fmt.Errorf("record kind %q: %w", p[0], ErrCorrupt)
 	}
 	return nil
-}
-
-// decodeRecord decodes a journal record's JSON for a message of n
-// recipients and checks it.
-func decodeRecord(js []byte, n int) (*record, error) {
-	var r record
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil || dec.More() || r.Time.IsZero() {
-		return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
-	}
-	for _, s := range r.Rcpts {
-		if s.Index < 0 || s.Index >= n || s.validate() != nil {
-			return nil, fmt.Errorf("journal record: %w", ErrCorrupt)
-		}
-	}
-	return &r, nil
 }
 
 // maintain reclaims segments, oldest first: the oldest sealed segment is
