@@ -54,6 +54,7 @@ type DNSServer struct {
 
 	mu      sync.Mutex
 	zone    map[string][]dns.RR // by canonical owner name
+	signed  map[string]bool     // zones whose answers are "validated"
 	faults  map[dnsKey]DNSFault
 	queries map[dnsKey]int
 }
@@ -92,6 +93,7 @@ func NewDNSServer(ctx context.Context, opts DNSOptions) (*DNSServer, error) {
 		negTTL:  opts.NegativeTTL,
 		closed:  make(chan struct{}),
 		zone:    make(map[string][]dns.RR),
+		signed:  make(map[string]bool),
 		faults:  make(map[dnsKey]DNSFault),
 		queries: make(map[dnsKey]int),
 	}
@@ -206,6 +208,35 @@ func (s *DNSServer) Remove(name string, rrtype uint16) {
 	s.zone[name] = kept
 }
 
+// Sign makes the server answer for names at or below zone as a validating
+// resolver does for a signed zone whose signatures check out: with the AD
+// bit (RFC 4035 section 3.2.3) when the query asked for it with AD or DO
+// (RFC 6840 section 5.7), for records and denials alike. An answer whose
+// CNAME chain leaves the signed zones is not authenticated. A bogus zone is
+// SetFault(..., DNSServFail), which is what a validating resolver answers.
+func (s *DNSServer) Sign(zone string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.signed[dns.CanonicalName(zone)] = true
+}
+
+// Unsign makes zone insecure again.
+func (s *DNSServer) Unsign(zone string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.signed, dns.CanonicalName(zone))
+}
+
+// isSigned reports whether name is at or below a signed zone; s.mu is held.
+func (s *DNSServer) isSigned(name string) bool {
+	for z := range s.signed {
+		if dns.IsSubDomain(z, name) {
+			return true
+		}
+	}
+	return false
+}
+
 // SetFault makes queries for name and rrtype (0: every type) fail as f says,
 // until it is set back to DNSNoFault. A fault for the exact type wins over
 // one for every type.
@@ -299,7 +330,14 @@ func (s *DNSServer) answer(req *dns.Msg) *dns.Msg {
 	resp := new(dns.Msg).SetReply(req)
 	resp.Authoritative, resp.RecursionAvailable = true, true
 	name := dns.CanonicalName(q.Name)
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	// AD when asked for and every name the answer visits is signed.
+	resp.AuthenticatedData = req.AuthenticatedData || do
 	for range maxCNAMEChain {
+		resp.AuthenticatedData = resp.AuthenticatedData && s.isSigned(name)
 		rrs := s.zone[name]
 		var match []dns.RR
 		var cname *dns.CNAME

@@ -209,7 +209,7 @@ func TestEqualPreferenceShuffled(t *testing.T) {
 	w.opts.Rand = rand.New(rand.NewPCG(1, 2))
 	seen := map[string]bool{}
 	for range 30 {
-		hosts, f := w.resolver.mx(ctx(t), "rcpt.test", w.shuffle)
+		hosts, _, f := w.resolver.mx(ctx(t), "rcpt.test", w.shuffle)
 		if f != nil {
 			t.Fatal(f.reply)
 		}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +27,12 @@ type ResolverOptions struct {
 	Timeout time.Duration
 	// MaxEntries bounds the cache. Default: 10000.
 	MaxEntries int
+	// TrustAD trusts the AD bit of the servers' answers (RFC 4035 section
+	// 3.2.3): they are validating resolvers, reached over a path no one
+	// else can write to (loopback), as RFC 7672 section 2.1 and Postfix
+	// require for DANE. Without it every answer counts as insecure, and
+	// DANE never applies.
+	TrustAD bool
 }
 
 // Resolver looks up MX and address records for delivery, over UDP with a
@@ -37,6 +45,7 @@ type Resolver struct {
 	clock    Clock
 	timeout  time.Duration
 	max      int
+	trustAD  bool
 
 	mu    sync.Mutex
 	cache map[cacheKey]cacheEntry
@@ -61,6 +70,10 @@ type answer struct {
 	rrs []dns.RR
 	// nxdomain: the name (or the end of its CNAME chain) does not exist.
 	nxdomain bool
+	// secure: every response along the chain was validated by the
+	// (trusted) resolver, its AD bit set (RFC 4035 section 3.2.3), for
+	// the records and for a denial of existence alike.
+	secure bool
 }
 
 // lookupError is a lookup that gave no answer: a timeout, SERVFAIL,
@@ -87,6 +100,7 @@ func NewResolver(opts ResolverOptions) (*Resolver, error) {
 		clock:   opts.Clock,
 		timeout: opts.Timeout,
 		max:     opts.MaxEntries,
+		trustAD: opts.TrustAD,
 		cache:   make(map[cacheKey]cacheEntry),
 		udp:     &dns.Client{Net: "udp"},
 		tcp:     &dns.Client{Net: "tcp"},
@@ -170,11 +184,13 @@ func (r *Resolver) store(key cacheKey, e cacheEntry, now time.Time) {
 func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (answer, uint32, error) {
 	ttl := uint32(1<<31 - 1)
 	cur := name
+	secure := r.trustAD
 	for range maxCNAMEs {
 		msg, err := r.exchange(ctx, cur, qtype)
 		if err != nil {
 			return answer{}, 0, &lookupError{name: cur, qtype: qtype, err: err}
 		}
+		secure = secure && msg.AuthenticatedData
 		start := cur
 		var rrs []dns.RR
 		for hops := 0; ; hops++ {
@@ -199,14 +215,14 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (answ
 			cur = dns.CanonicalName(cname.Target)
 		}
 		if len(rrs) > 0 {
-			return answer{name: cur, rrs: rrs}, ttl, nil
+			return answer{name: cur, rrs: rrs, secure: secure}, ttl, nil
 		}
 		if msg.Rcode == dns.RcodeNameError {
-			return answer{name: cur, nxdomain: true}, min(ttl, negativeTTL(msg)), nil
+			return answer{name: cur, nxdomain: true, secure: secure}, min(ttl, negativeTTL(msg)), nil
 		}
 		if cur == start || negativeTTL(msg) > 0 {
 			// NODATA for the end of the chain.
-			return answer{name: cur}, min(ttl, negativeTTL(msg)), nil
+			return answer{name: cur, secure: secure}, min(ttl, negativeTTL(msg)), nil
 		}
 		// The answer stopped at a CNAME target: ask for it.
 	}
@@ -230,6 +246,10 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
 	q.RecursionDesired = true
+	// AD in a query asks a validating resolver to say whether it validated
+	// the answer (RFC 6840 section 5.7), without the RRSIGs that DO would
+	// bring.
+	q.AuthenticatedData = r.trustAD
 	q.SetEdns0(1232, false)
 	var lastErr error
 	for _, server := range r.servers {
@@ -276,20 +296,21 @@ type mxHost struct {
 }
 
 // mx returns the mail hosts of domain in preference order (equal
-// preferences in the order shuffle leaves them), or why mail to it cannot
-// be routed: NXDOMAIN (5.1.2) and a null MX (RFC 7505, 5.1.10) are final,
-// a failed lookup temporary (4.4.3).
-func (r *Resolver) mx(ctx context.Context, domain string, shuffle func([]mxHost)) ([]mxHost, *failure) {
+// preferences in the order shuffle leaves them), whether the MX RRset (or
+// the denial of one) is DNSSEC-secure, or why mail to it cannot be routed:
+// NXDOMAIN (5.1.2) and a null MX (RFC 7505, 5.1.10) are final, a failed
+// lookup temporary (4.4.3).
+func (r *Resolver) mx(ctx context.Context, domain string, shuffle func([]mxHost)) ([]mxHost, bool, *failure) {
 	a, err := r.lookup(ctx, domain, dns.TypeMX)
 	switch {
 	case err != nil:
-		return nil, localFailure(false, CauseDNS, "4.4.3", "%v", err)
+		return nil, false, localFailure(false, CauseDNS, "4.4.3", "%v", err)
 	case a.nxdomain:
-		return nil, localFailure(true, CauseDNS, "5.1.2", "domain %s does not exist (NXDOMAIN)", domain)
+		return nil, false, localFailure(true, CauseDNS, "5.1.2", "domain %s does not exist (NXDOMAIN)", domain)
 	case len(a.rrs) == 0:
 		// RFC 5321 section 5.1: no MX, the domain (after its CNAMEs) is
 		// its own mail host, preference 0.
-		return []mxHost{{name: a.name, implicit: true}}, nil
+		return []mxHost{{name: a.name, implicit: true}}, a.secure, nil
 	}
 	var hosts []mxHost
 	null := false
@@ -303,7 +324,7 @@ func (r *Resolver) mx(ctx context.Context, domain string, shuffle func([]mxHost)
 	}
 	if len(hosts) == 0 && null {
 		// RFC 7505 section 3: a null MX says the domain takes no mail.
-		return nil, localFailure(true, CauseDNS, "5.1.10", "domain %s accepts no mail (null MX)", domain)
+		return nil, false, localFailure(true, CauseDNS, "5.1.10", "domain %s accepts no mail (null MX)", domain)
 	}
 	slices.SortStableFunc(hosts, func(x, y mxHost) int { return int(x.pref) - int(y.pref) })
 	for i := 0; i < len(hosts); {
@@ -316,14 +337,28 @@ func (r *Resolver) mx(ctx context.Context, domain string, shuffle func([]mxHost)
 		}
 		i = j
 	}
-	return hosts, nil
+	return hosts, a.secure, nil
+}
+
+// hostAddrs are a host's addresses as one attempt found them.
+type hostAddrs struct {
+	addrs []netip.Addr
+	// secure: every lookup that was made answered DNSSEC-secure (RFC 7672
+	// section 2.2.2: TLSA records are looked up only for such a host).
+	secure bool
+	// name is the end of the host's CNAME chain (the first lookup's),
+	// the host name itself without one: the TLSA base domain to try first
+	// when the chain is secure (RFC 7672 section 2.2.2).
+	name string
 }
 
 // addrs returns host's addresses, IPv4 first, then IPv6 unless v6 is false.
 // notFound is set when neither lookup found the name or an address; err
 // when no address was found and a lookup failed.
-func (r *Resolver) addrs(ctx context.Context, host string, v4, v6 bool) (addrs []netip.Addr, notFound bool, err error) {
+func (r *Resolver) addrs(ctx context.Context, host string, v4, v6 bool) (ha hostAddrs, notFound bool, err error) {
 	notFound = true
+	ha.secure = r.trustAD
+	ha.name = dns.CanonicalName(host)
 	var errs []error
 	types := []uint16{}
 	if v4 {
@@ -332,12 +367,17 @@ func (r *Resolver) addrs(ctx context.Context, host string, v4, v6 bool) (addrs [
 	if v6 {
 		types = append(types, dns.TypeAAAA)
 	}
-	for _, t := range types {
+	for i, t := range types {
 		a, lerr := r.lookup(ctx, host, t)
 		if lerr != nil {
 			errs = append(errs, lerr)
 			notFound = false
+			ha.secure = false
 			continue
+		}
+		ha.secure = ha.secure && a.secure
+		if i == 0 {
+			ha.name = a.name
 		}
 		for _, rr := range a.rrs {
 			var ip net.IP
@@ -348,12 +388,66 @@ func (r *Resolver) addrs(ctx context.Context, host string, v4, v6 bool) (addrs [
 				ip = rr.AAAA
 			}
 			if addr, ok := netip.AddrFromSlice(ip); ok {
-				addrs = append(addrs, addr.Unmap())
+				ha.addrs = append(ha.addrs, addr.Unmap())
 			}
 		}
 	}
-	if len(addrs) > 0 {
-		return addrs, false, nil
+	if len(ha.addrs) > 0 {
+		return ha, false, nil
 	}
-	return nil, notFound && len(errs) == 0, errors.Join(errs...)
+	return hostAddrs{name: ha.name}, notFound && len(errs) == 0, errors.Join(errs...)
+}
+
+// tlsa looks up the TLSA records of a host's SMTP port (RFC 7672 section
+// 2.2.3: "_25._tcp.<host>", with the port actually used). secure tells
+// whether the answer, records or their denial, was validated; an error is
+// a failed lookup (SERVFAIL, timeout: a validating resolver answers
+// SERVFAIL for bogus data), which RFC 7672 section 2.2 treats as a reason
+// not to deliver to that host.
+func (r *Resolver) tlsa(ctx context.Context, host string, port int) (rrs []*dns.TLSA, secure bool, err error) {
+	name := "_" + strconv.Itoa(port) + "._tcp." + dns.CanonicalName(host)
+	a, err := r.lookup(ctx, name, dns.TypeTLSA)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, rr := range a.rrs {
+		if t, ok := rr.(*dns.TLSA); ok {
+			rrs = append(rrs, t)
+		}
+	}
+	return rrs, a.secure, nil
+}
+
+// LookupTXT returns the TXT records of name, each record's strings joined
+// (RFC 7208 section 3.3 and RFC 8461 section 3.1 read them so); none, and
+// no error, for NXDOMAIN and NODATA. MTA-STS and TLS-RPT ask through it, so
+// they use the relay's DNS server and cache.
+func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	a, err := r.lookup(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, rr := range a.rrs {
+		if t, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(t.Txt, ""))
+		}
+	}
+	return out, nil
+}
+
+// LookupHost returns host's IPv4 and IPv6 addresses (IPv4 first), for the
+// HTTPS clients of MTA-STS and TLS-RPT.
+func (r *Resolver) LookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
+	ha, notFound, err := r.addrs(ctx, host, true, true)
+	switch {
+	case len(ha.addrs) > 0:
+		return ha.addrs, nil
+	case err != nil:
+		return nil, err
+	case notFound:
+		return nil, fmt.Errorf("host %s not found", strings.TrimSuffix(host, "."))
+	default:
+		return nil, fmt.Errorf("host %s has no address", strings.TrimSuffix(host, "."))
+	}
 }

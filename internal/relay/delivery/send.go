@@ -93,7 +93,7 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 		hosts = []mxHost{{name: dns.CanonicalName(d.host)}}
 	} else {
 		var f *failure
-		hosts, f = w.resolver.mx(ctx, d.domain, w.shuffle)
+		hosts, _, f = w.resolver.mx(ctx, d.domain, w.shuffle)
 		if f != nil {
 			o.failAll(f)
 			return o
@@ -108,12 +108,12 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 	)
 hosts:
 	for _, h := range hosts {
-		addrs, _, err := w.resolver.addrs(ctx, h.name, true, !w.opts.DisableIPv6)
+		ha, _, err := w.resolver.addrs(ctx, h.name, true, !w.opts.DisableIPv6)
 		if err != nil {
 			dnsErr = err
 			continue
 		}
-		for _, a := range addrs {
+		for _, a := range ha.addrs {
 			if d.source.IsValid() && d.source.Is4() != a.Is4() {
 				skipped++
 				continue
