@@ -19,7 +19,7 @@ func handshake(t *testing.T, cert *testenv.Cert, verify func(tls.ConnectionState
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -27,7 +27,7 @@ func handshake(t *testing.T, cert *testenv.Cert, verify func(tls.ConnectionState
 		if err != nil {
 			return
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		// The server's own error is the client's alert when verify fails.
 		_ = tls.Server(conn, cert.ServerConfig()).HandshakeContext(t.Context())
 	}()
@@ -42,7 +42,7 @@ func handshake(t *testing.T, cert *testenv.Cert, verify func(tls.ConnectionState
 		MinVersion:         tls.VersionTLS12,
 	})
 	err = client.HandshakeContext(t.Context())
-	client.Close()
+	_ = client.Close()
 	<-served
 	return err
 }

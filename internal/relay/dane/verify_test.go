@@ -131,7 +131,7 @@ func TestDANEEEIgnoresNamesAndDates(t *testing.T) {
 	} {
 		// RFC 7672 section 3.1.1: neither the names nor the dates, whatever
 		// the time and the reference identifiers.
-		for _, now := range []time.Time{time.Now(), time.Now().AddDate(20, 0, 0), time.Time{}} {
+		for _, now := range []time.Time{time.Now(), time.Now().AddDate(20, 0, 0), {}} {
 			wantResult(t, Verify([]Record{r}, chain, mxNames, now), "")
 			wantResult(t, Verify([]Record{r}, chain, nil, now), "")
 		}
