@@ -67,8 +67,15 @@ func further(a, b *Error) *Error {
 func Verify(records []Record, chain []*x509.Certificate, names []string, now time.Time) error {
 	usable := usableRecords(records)
 	if len(usable) == 0 {
-		return &Error{Result: ResultTLSAInvalid, Reason: fmt.Sprintf(
-			"none of the %d TLSA records is usable for SMTP (RFC 7672 section 3.1.3: DANE-TA(2) or DANE-EE(3), a known selector and matching type, well-formed data)", len(records))}
+		which := fmt.Sprintf("none of the %d TLSA records is", len(records))
+		switch len(records) {
+		case 0:
+			which = "there is no TLSA record"
+		case 1:
+			which = "the TLSA record is not"
+		}
+		return &Error{Result: ResultTLSAInvalid, Reason: which +
+			" usable for SMTP (RFC 7672 section 3.1.3: DANE-TA(2) or DANE-EE(3), a known selector and matching type, well-formed data)"}
 	}
 	if len(chain) == 0 || chain[0] == nil {
 		return &Error{Result: ResultValidationFailure, Reason: "the server sent no certificate to match its TLSA records against"}
@@ -85,9 +92,13 @@ func Verify(records []Record, chain []*x509.Certificate, names []string, now tim
 		}
 		anchored = append(anchored, r)
 	}
+	which := fmt.Sprintf("any of its %d usable TLSA records", len(usable))
+	if len(usable) == 1 {
+		which = "its usable TLSA record"
+	}
 	failure := &Error{Result: ResultValidationFailure, Reason: fmt.Sprintf(
-		"the server's certificate chain matches none of its %d usable TLSA records (its key is %s)",
-		len(usable), (Record{Usage: UsageDANEEE, Selector: SelectorSPKI, MatchingType: MatchingSHA2256,
+		"the server's certificate chain does not match %s (its key is %s)",
+		which, (Record{Usage: UsageDANEEE, Selector: SelectorSPKI, MatchingType: MatchingSHA2256,
 			Data: associate(leaf, SelectorSPKI, MatchingSHA2256)}).String())}
 	if len(anchored) == 0 {
 		return failure
