@@ -88,9 +88,10 @@ func TestReloadOnChange(t *testing.T) {
 	go func() { _ = src.Run(ctx) }()
 
 	old := src.Table()
-	if err := os.WriteFile(file, []byte(domainA+domainB), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// Each change is a rename, as editors and kubelet's Secret volumes
+	// make them: a file truncated and then written lets the polling loop
+	// read it empty, which is a valid empty manifest set.
+	writeAtomic(t, file, domainA+domainB)
 	testenv.EventuallyTrue(t, "the table in force lacks b.example.com", func() bool { return src.Table().Domain("b.example.com") != nil })
 	if old.Domain("b.example.com") != nil {
 		t.Error("the old table changed: tables must be immutable")
@@ -98,14 +99,24 @@ func TestReloadOnChange(t *testing.T) {
 
 	// A broken file keeps the table in force.
 	good := src.Table()
-	if err := os.WriteFile(file, []byte("kind: [\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomic(t, file, "kind: [\n")
 	if _, err := src.Reload(); err == nil {
 		t.Error("reloading broken YAML: no error")
 	}
 	if src.Table() != good {
 		t.Error("a broken manifest replaced the table")
+	}
+}
+
+// writeAtomic replaces file with data in one rename.
+func writeAtomic(t *testing.T, file, data string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(file), ".tmp-"+filepath.Base(file))
+	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
 	}
 }
 
