@@ -191,6 +191,7 @@ func New(opts Options) (*Cache, error) {
 		c.store = s
 		policies, err := s.load(opts.Clock(), opts.MaxEntries)
 		if err != nil {
+			_ = s.close()
 			return nil, err
 		}
 		for _, p := range policies {
@@ -205,10 +206,18 @@ func New(opts Options) (*Cache, error) {
 // after Close find no new policies.
 func (c *Cache) Close() {
 	c.mu.Lock()
+	already := c.closed
 	c.closed = true
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
+	if c.store != nil && !already {
+		c.diskMu.Lock()
+		defer c.diskMu.Unlock()
+		if err := c.store.close(); err != nil {
+			c.log.Error("Closing the MTA-STS policy directory", "error", err)
+		}
+	}
 }
 
 // Lookup returns the policy in force for domain, an A-label in lower case,
@@ -475,8 +484,11 @@ func (c *Cache) sync(domain string) {
 	c.diskMu.Lock()
 	defer c.diskMu.Unlock()
 	c.mu.Lock()
-	e := c.entries[domain]
+	e, closed := c.entries[domain], c.closed
 	c.mu.Unlock()
+	if closed {
+		return // the directory is closed, or about to be
+	}
 	if e == nil {
 		if err := c.store.remove(domain); err != nil {
 			c.log.Error("Cannot remove the MTA-STS policy file", "domain", domain, "error", err)

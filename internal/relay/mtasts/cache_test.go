@@ -209,6 +209,26 @@ func TestBodyLimit(t *testing.T) {
 	}
 }
 
+func TestFetchTimeout(t *testing.T) {
+	e := newEnv(t, "slow.test", "trickle.test")
+	e.server.Publish(t, e.dns, "slow.test", "id1")
+	e.server.Publish(t, e.dns, "trickle.test", "id1")
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) }) // before the server's Close, which waits for its handlers
+	e.server.Handle("slow.test", http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-stop }))
+	e.server.Handle("trickle.test", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "version: STSv1\n")
+		w.(http.Flusher).Flush()
+		<-stop
+	}))
+	c := e.cache(func(o *Options) { o.Timeout = 500 * time.Millisecond })
+	// Whatever part a loaded machine spends the time in, the fetch ends
+	// with its bound.
+	wantErr(t, c.Lookup(t.Context(), "slow.test"), ResultFetchError, "within 500ms")
+	wantErr(t, c.Lookup(t.Context(), "trickle.test"), ResultFetchError, "within 500ms")
+}
+
 func TestInvalidPolicy(t *testing.T) {
 	e := newEnv(t, "syntax.test", "html.test")
 	e.publish("syntax.test", "id1", "version: STSv1\nmode: enforce\nmax_age: soon\nmx: mx1.example.test\n")

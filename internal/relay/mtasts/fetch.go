@@ -82,6 +82,9 @@ func (c *Cache) fetch(ctx context.Context, domain string) (*Policy, *Error) {
 		if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 			return fail(ResultWebPKIInvalid, "the certificate is not valid for mta-sts.%s: %v", domain, unwrapURL(err))
 		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fail(ResultFetchError, "no answer within %v", c.opts.Timeout)
+		}
 		return fail(ResultFetchError, "%v", unwrapURL(err))
 	}
 	defer func() { _ = resp.Body.Close() }()
@@ -101,6 +104,9 @@ func (c *Cache) fetch(ctx context.Context, domain string) (*Policy, *Error) {
 		return fail(ResultInvalid, "the media type is %q, not text/plain (RFC 8461 section 3.3)", ct)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxBody+1))
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fail(ResultFetchError, "no complete policy within %v", c.opts.Timeout)
+	}
 	if err != nil {
 		return fail(ResultFetchError, "reading the policy: %v", err)
 	}

@@ -1,6 +1,8 @@
 package mtasts
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +23,9 @@ import (
 // the old one, then the directory fsynced: a crash leaves the old file or
 // the new one, never half of either.
 type store struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	root *os.Root // every name resolves inside dir
+	log  *slog.Logger
 }
 
 // record is a file's content. The policy is kept as the text fetched and
@@ -48,15 +51,21 @@ func openStore(dir string, log *slog.Logger) (*store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mtasts: policy directory: %w", err)
 	}
-	return &store{dir: dir, log: log}, nil
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mtasts: policy directory: %w", err)
+	}
+	return &store{dir: dir, root: root, log: log}, nil
 }
+
+func (s *store) close() error { return s.root.Close() }
 
 // load reads every policy file: a temporary file left by a crash is
 // removed, a corrupt file logged and skipped (the next fetch replaces it),
 // an expired policy removed. Over maxEntries, the policies that expire
 // first are left out.
 func (s *store) load(now time.Time, maxEntries int) ([]*Policy, error) {
-	ents, err := os.ReadDir(s.dir)
+	ents, err := fs.ReadDir(s.root.FS(), ".")
 	if err != nil {
 		return nil, fmt.Errorf("mtasts: reading the policy directory: %w", err)
 	}
@@ -65,7 +74,7 @@ func (s *store) load(now time.Time, maxEntries int) ([]*Policy, error) {
 		name := de.Name()
 		switch {
 		case strings.HasPrefix(name, tmpPrefix):
-			if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := s.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				s.log.Warn("Cannot remove a temporary MTA-STS policy file", "file", name, "error", err)
 			}
 			continue
@@ -95,7 +104,7 @@ func (s *store) load(now time.Time, maxEntries int) ([]*Policy, error) {
 
 // read parses one file and checks it against its name.
 func (s *store) read(name string) (*Policy, error) {
-	f, err := os.Open(filepath.Join(s.dir, name))
+	f, err := s.root.Open(name)
 	if err != nil {
 		return nil, err
 	}
@@ -134,11 +143,13 @@ func (s *store) write(p *Policy) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.dir, tmpPrefix+p.Domain+"-*")
+	var suffix [8]byte
+	_, _ = rand.Read(suffix[:])
+	tmp := tmpPrefix + p.Domain + "-" + hex.EncodeToString(suffix[:])
+	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
@@ -147,10 +158,10 @@ func (s *store) write(p *Policy) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.dir, p.Domain+fileSuffix))
+		err = s.root.Rename(tmp, p.Domain+fileSuffix)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
+		_ = s.root.Remove(tmp)
 		return err
 	}
 	return s.syncDir()
@@ -158,7 +169,7 @@ func (s *store) write(p *Policy) error {
 
 // remove deletes the file of domain, if any, durably.
 func (s *store) remove(domain string) error {
-	err := os.Remove(filepath.Join(s.dir, domain+fileSuffix))
+	err := s.root.Remove(domain + fileSuffix)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -170,7 +181,7 @@ func (s *store) remove(domain string) error {
 
 // syncDir makes a rename or removal durable.
 func (s *store) syncDir() error {
-	d, err := os.Open(s.dir)
+	d, err := s.root.Open(".")
 	if err != nil {
 		return err
 	}
