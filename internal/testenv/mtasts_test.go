@@ -55,7 +55,9 @@ func TestPolicyServer(t *testing.T) {
 	if n := s.Requests("example.test"); n != 2 {
 		t.Errorf("%d requests, want 2", n)
 	}
-	if _, err := client.Get("https://mta-sts.other.test:" + port + PolicyPath); err == nil {
+	resp, err := client.Get("https://mta-sts.other.test:" + port + PolicyPath)
+	if err == nil {
+		_ = resp.Body.Close()
 		t.Error("a name off the certificate was accepted")
 	}
 }
