@@ -231,6 +231,7 @@ func (c *Cache) Close() {
 func (c *Cache) Lookup(ctx context.Context, domain string) Result {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	if !validHostname(domain) || len(domain) > 253-len("mta-sts.") {
+		c.log.Debug("No MTA-STS lookup: not a domain name in A-labels", "domain", domain)
 		return Result{}
 	}
 	now := c.opts.Clock()

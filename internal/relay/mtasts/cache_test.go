@@ -1,6 +1,7 @@
 package mtasts
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -433,4 +434,65 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(data)
+}
+
+func TestGivingUpKeepsTheFetch(t *testing.T) {
+	e := newEnv(t, "example.test")
+	e.server.Publish(t, e.dns, "example.test", "id1")
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	e.server.Handle("example.test", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, enforcePolicy)
+	}))
+	c := e.cache()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan Result)
+	go func() { done <- c.Lookup(ctx, "example.test") }()
+	<-arrived
+	cancel()
+	wantErr(t, <-done, ResultFetchError, "gave up waiting for the policy of example.test: context canceled")
+	// The fetch goes on without its caller, and its policy is cached.
+	close(release)
+	e.logs.wait(t, "MTA-STS policy fetched", "domain=example.test")
+	e.lookup(c, "example.test", ModeEnforce)
+	e.wantRequests("example.test", 1)
+}
+
+func TestMaxEntries(t *testing.T) {
+	e := newEnv(t, "a.test", "b.test", "c.test")
+	e.publish("a.test", "id1", strings.Replace(enforcePolicy, "86400", "7200", 1))
+	e.publish("b.test", "id1", strings.Replace(enforcePolicy, "86400", "3600", 1)) // expires first
+	e.publish("c.test", "id1", enforcePolicy)
+	c := e.cache(func(o *Options) { o.MaxEntries = 2 })
+	for _, d := range []string{"a.test", "b.test", "c.test"} {
+		e.lookup(c, d, ModeEnforce)
+	}
+	e.logs.wait(t, "MTA-STS policy evicted", "domain=b.test")
+	if _, err := os.Stat(filepath.Join(e.dir, "b.test.json")); !os.IsNotExist(err) {
+		t.Errorf("the evicted policy's file: %v, want it removed", err)
+	}
+	e.lookup(c, "a.test", ModeEnforce)
+	e.lookup(c, "c.test", ModeEnforce)
+	e.lookup(c, "b.test", ModeEnforce)
+	e.wantRequests("a.test", 1)
+	e.wantRequests("c.test", 1)
+	e.wantRequests("b.test", 2)
+}
+
+func TestClosed(t *testing.T) {
+	e := newEnv(t, "example.test", "other.test")
+	e.publish("example.test", "id1", enforcePolicy)
+	e.publish("other.test", "id1", enforcePolicy)
+	c := e.cache()
+	e.lookup(c, "example.test", ModeEnforce)
+	c.Close()
+	c.Close()
+	// What is cached still applies; nothing new is fetched.
+	e.lookup(c, "example.test", ModeEnforce)
+	wantErr(t, c.Lookup(t.Context(), "other.test"), ResultFetchError, "closed")
+	e.wantRequests("other.test", 0)
 }
