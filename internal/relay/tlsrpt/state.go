@@ -1,0 +1,274 @@
+package tlsrpt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// dayState is one UTC day's counts and the sending state of its reports;
+// it is also the JSON of the day's file.
+type dayState struct {
+	Day string `json:"day"` // YYYY-MM-DD
+	// SendAt is when the day's reports start going out: the end of the day
+	// plus its random delay, drawn once.
+	SendAt  time.Time               `json:"sendAt"`
+	Domains map[string]*domainState `json:"domains"`
+
+	dirty bool // changed since the last save
+}
+
+// domainState is one policy domain's counts of the day and its report's
+// sending state.
+type domainState struct {
+	// UniqueID makes the report-id and the attachment's unique-id.
+	UniqueID string         `json:"uniqueID"`
+	Policies []*policyState `json:"policies"`
+	// First is the first attempt to send the report (zero: none yet);
+	// from then on the counts no longer change.
+	First    time.Time `json:"firstAttempt,omitzero"`
+	Next     time.Time `json:"nextAttempt,omitzero"`
+	Attempts int       `json:"attempts,omitempty"`
+	// Pending are the rua URIs that have not taken the report yet; empty
+	// before the record was read.
+	Pending []string `json:"pending,omitempty"`
+	// Done: sent everywhere, or given up.
+	Done bool `json:"done,omitempty"`
+
+	index map[string]*policyState
+}
+
+type policyState struct {
+	Policy  Policy         `json:"policy"`
+	Success int64          `json:"success"`
+	Failure int64          `json:"failure"`
+	Details []*detailState `json:"details,omitempty"`
+
+	index map[string]*detailState
+}
+
+type detailState struct {
+	Failure Failure `json:"failure"`
+	Count   int64   `json:"count"`
+}
+
+// policy returns the entry of p, adding it unless max are there.
+func (d *domainState) policy(p Policy, max int) *policyState {
+	if d.index == nil {
+		d.index = make(map[string]*policyState, len(d.Policies))
+		for _, ps := range d.Policies {
+			d.index[policyKey(ps.Policy)] = ps
+		}
+	}
+	k := policyKey(p)
+	if ps := d.index[k]; ps != nil {
+		return ps
+	}
+	if len(d.Policies) >= max {
+		return nil
+	}
+	ps := &policyState{Policy: p}
+	d.Policies = append(d.Policies, ps)
+	d.index[k] = ps
+	return ps
+}
+
+// detail counts f in its failure-details entry, adding it unless max are
+// there (the failure then counts in the summary only).
+func (p *policyState) detail(f Failure, max int) {
+	if p.index == nil {
+		p.index = make(map[string]*detailState, len(p.Details))
+		for _, ds := range p.Details {
+			p.index[failureKey(ds.Failure)] = ds
+		}
+	}
+	k := failureKey(f)
+	ds := p.index[k]
+	if ds == nil {
+		if len(p.Details) >= max {
+			return
+		}
+		ds = &detailState{Failure: f}
+		p.Details = append(p.Details, ds)
+		p.index[k] = ds
+	}
+	ds.Count++
+}
+
+// The keys join the fields with bytes that no field holds unescaped in
+// practice; a collision would merge two entries, never lose a count.
+func policyKey(p Policy) string {
+	return string(p.Type) + "\x00" + strings.Join(p.Strings, "\x01") + "\x00" + strings.Join(p.MXHosts, "\x01")
+}
+
+func failureKey(f Failure) string {
+	return strings.Join([]string{f.Result, f.SendingMTAIP.String(), f.ReceivingIP.String(),
+		f.ReceivingMXHostname, f.ReceivingMXHelo, f.AdditionalInfo, f.FailureReasonCode}, "\x00")
+}
+
+const fileSuffix = ".json"
+
+// load reads the day files of the directory.
+func (r *Reporter) load() error {
+	if err := os.MkdirAll(r.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("tlsrpt: %w", err)
+	}
+	entries, err := os.ReadDir(r.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("tlsrpt: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.Contains(name, fileSuffix+".tmp-") { // a save that a crash cut short
+			_ = os.Remove(filepath.Join(r.opts.Dir, name))
+			continue
+		}
+		if !e.Type().IsRegular() || !strings.HasSuffix(name, fileSuffix) {
+			continue
+		}
+		path := filepath.Join(r.opts.Dir, name)
+		d, err := readDay(path)
+		if err != nil {
+			// Reports are optional: a damaged file must not keep the
+			// relay from starting. It stays, renamed, for a look.
+			r.opts.Logger.Error("TLS report state unreadable, set aside", "file", path, "err", err)
+			if err := os.Rename(path, path+".corrupt"); err != nil {
+				return fmt.Errorf("tlsrpt: %w", err)
+			}
+			continue
+		}
+		r.days[d.Day] = d
+	}
+	return nil
+}
+
+func readDay(path string) (*dayState, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var d dayState
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, err
+	}
+	if _, err := time.Parse(time.DateOnly, d.Day); err != nil || d.Day+fileSuffix != filepath.Base(path) {
+		return nil, fmt.Errorf("the file holds day %q", d.Day)
+	}
+	if d.Domains == nil {
+		d.Domains = make(map[string]*domainState)
+	}
+	for name, dom := range d.Domains {
+		if dom == nil {
+			delete(d.Domains, name)
+		}
+	}
+	return &d, nil
+}
+
+// saveChanged writes the days that changed and removes the files of the
+// days dropped. Without a directory it only forgets the dirty marks.
+func (r *Reporter) saveChanged() error {
+	r.save.Lock()
+	defer r.save.Unlock()
+	type file struct {
+		day  string
+		data []byte
+	}
+	var files []file
+	var errs []error
+	r.mu.Lock()
+	for key, d := range r.days {
+		if !d.dirty {
+			continue
+		}
+		d.dirty = false
+		if r.opts.Dir == "" {
+			continue
+		}
+		data, err := json.Marshal(d)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		files = append(files, file{key, data})
+	}
+	r.mu.Unlock()
+	for _, f := range files {
+		if err := writeFile(r.opts.Dir, f.day+fileSuffix, f.data); err != nil {
+			errs = append(errs, err)
+			r.markDirty(f.day) // try again next time
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reporter) markDirty(day string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d := r.days[day]; d != nil {
+		d.dirty = true
+	}
+}
+
+// dropOld forgets the days that ended more than KeepDays ago, and removes
+// their files.
+func (r *Reporter) dropOld() error {
+	r.save.Lock()
+	defer r.save.Unlock()
+	limit := dayOf(r.opts.Clock.Now()).AddDate(0, 0, -r.opts.KeepDays)
+	var old []string
+	r.mu.Lock()
+	for key := range r.days {
+		if t, err := time.Parse(time.DateOnly, key); err == nil && t.AddDate(0, 0, 1).Before(limit) {
+			delete(r.days, key)
+			old = append(old, key)
+		}
+	}
+	r.mu.Unlock()
+	if r.opts.Dir == "" {
+		return nil
+	}
+	var errs []error
+	for _, key := range old {
+		if err := os.Remove(filepath.Join(r.opts.Dir, key+fileSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeFile replaces dir/name atomically: a temporary file, fsync, rename,
+// directory fsync, so a crash leaves the old content or the new.
+func writeFile(dir, name string, data []byte) error {
+	tmp, err := os.CreateTemp(dir, name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }() // a no-op once renamed
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
