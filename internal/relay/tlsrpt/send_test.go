@@ -60,7 +60,7 @@ func TestDailyReportByMail(t *testing.T) {
 		}
 		r.Record(Session{Policy: stsPolicy, Failure: &hostMismatch})
 		r.Record(Session{Policy: noPolicy}) // other.test has no record: no report
-		time.Sleep(day.AddDate(0, 0, 1).Add(-time.Second).Sub(time.Now()))
+		time.Sleep(time.Until(day.AddDate(0, 0, 1).Add(-time.Second)))
 		r.Record(Session{Policy: stsPolicy}) // 23:59:59
 		synctest.Wait()
 		if len(msgs) != 0 {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -297,7 +298,7 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 func (r *Reporter) newDay(day time.Time) *dayState {
 	var delay time.Duration
 	if r.opts.MaxDelay > 0 {
-		delay = randDuration(r.opts.MaxDelay)
+		delay = mrand.N(r.opts.MaxDelay) //nolint:gosec // spreading the load needs no secrecy
 	}
 	return &dayState{Day: day.Format(time.DateOnly), SendAt: day.AddDate(0, 0, 1).Add(delay), Domains: make(map[string]*domainState)}
 }
@@ -354,16 +355,6 @@ func newUniqueID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (Go 1.24+)
 	return hex.EncodeToString(b[:])
-}
-
-func randDuration(max time.Duration) time.Duration {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	var n uint64
-	for _, c := range b {
-		n = n<<8 | uint64(c)
-	}
-	return time.Duration(n % uint64(max))
 }
 
 // Report returns the section 4 JSON report of domain for the UTC day that
