@@ -20,7 +20,8 @@
 // The state is bounded: at most Options.MaxDomains policy domains a day,
 // MaxPolicies policies a domain and MaxFailureDetails failure-details a
 // policy (a failure past that bound still counts in the summary), strings
-// cut to a few hundred bytes, and days older than KeepDays dropped. A
+// cut to 256 bytes and 16 policy-string lines, MaxDayBytes of strings a
+// day, and days older than KeepDays dropped. A
 // session of a domain past the bound, of a day too far from today, or of a
 // domain whose report has started going out is not counted (Dropped).
 //

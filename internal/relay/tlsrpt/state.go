@@ -18,6 +18,8 @@ type dayState struct {
 	// plus its random delay, drawn once.
 	SendAt  time.Time               `json:"sendAt"`
 	Domains map[string]*domainState `json:"domains"`
+	// Size is what the strings of the counts take, for MaxDayBytes.
+	Size int64 `json:"size"`
 
 	dirty bool // changed since the last save
 }
@@ -56,8 +58,9 @@ type detailState struct {
 	Count   int64   `json:"count"`
 }
 
-// policy returns the entry of p, adding it unless max are there.
-func (d *domainState) policy(p Policy, max int) *policyState {
+// policy returns the entry of p, adding it unless max are there or admit
+// refuses its size.
+func (d *domainState) policy(p Policy, max int, admit func(int) bool) *policyState {
 	if d.index == nil {
 		d.index = make(map[string]*policyState, len(d.Policies))
 		for _, ps := range d.Policies {
@@ -68,7 +71,7 @@ func (d *domainState) policy(p Policy, max int) *policyState {
 	if ps := d.index[k]; ps != nil {
 		return ps
 	}
-	if len(d.Policies) >= max {
+	if len(d.Policies) >= max || !admit(len(k)+entryOverhead) {
 		return nil
 	}
 	ps := &policyState{Policy: p}
@@ -78,8 +81,9 @@ func (d *domainState) policy(p Policy, max int) *policyState {
 }
 
 // detail counts f in its failure-details entry, adding it unless max are
-// there (the failure then counts in the summary only).
-func (p *policyState) detail(f Failure, max int) {
+// there or admit refuses its size (the failure then counts in the summary
+// only).
+func (p *policyState) detail(f Failure, max int, admit func(int) bool) {
 	if p.index == nil {
 		p.index = make(map[string]*detailState, len(p.Details))
 		for _, ds := range p.Details {
@@ -89,7 +93,7 @@ func (p *policyState) detail(f Failure, max int) {
 	k := failureKey(f)
 	ds := p.index[k]
 	if ds == nil {
-		if len(p.Details) >= max {
+		if len(p.Details) >= max || !admit(len(k)+entryOverhead) {
 			return
 		}
 		ds = &detailState{Failure: f}

@@ -137,6 +137,9 @@ type Options struct {
 	// domains a day (default 10000), policies a domain and day (default 8),
 	// failure-details a policy (default 32).
 	MaxDomains, MaxPolicies, MaxFailureDetails int
+	// MaxDayBytes bounds the strings a day's counts hold, roughly its
+	// memory and file size; default 32 MiB.
+	MaxDayBytes int64
 	// Logger receives what happens to reports; nil discards it.
 	Logger *slog.Logger
 }
@@ -144,8 +147,13 @@ type Options struct {
 // maxField bounds each string a session adds to the state.
 const maxField = 256
 
-// maxPolicyStrings bounds the policy-string lines of one policy.
-const maxPolicyStrings = 64
+// maxPolicyStrings bounds the policy-string lines and mx-host patterns of
+// one policy.
+const maxPolicyStrings = 16
+
+// entryOverhead is what an entry of the counts costs besides its strings,
+// for MaxDayBytes.
+const entryOverhead = 64
 
 // retryWindow is how long after its first attempt a report may still be
 // retried (RFC 8460 section 5.5: "for up to 24 hours").
@@ -218,6 +226,9 @@ func (o *Options) defaults() error {
 	setDefault(&o.MaxDomains, 10000)
 	setDefault(&o.MaxPolicies, 8)
 	setDefault(&o.MaxFailureDetails, 32)
+	if o.MaxDayBytes == 0 {
+		o.MaxDayBytes = 32 << 20
+	}
 	return nil
 }
 
@@ -270,9 +281,16 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 		d = r.newDay(day)
 		r.days[key] = d
 	}
+	admit := func(n int) bool {
+		if d.Size+int64(n) > r.opts.MaxDayBytes {
+			return false
+		}
+		d.Size += int64(n)
+		return true
+	}
 	dom := d.Domains[domain]
 	if dom == nil {
-		if len(d.Domains) >= r.opts.MaxDomains {
+		if len(d.Domains) >= r.opts.MaxDomains || !admit(len(domain)+entryOverhead) {
 			return false
 		}
 		dom = &domainState{UniqueID: newUniqueID()}
@@ -281,7 +299,7 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 	if !dom.First.IsZero() {
 		return false // the report is going out: its counts are final
 	}
-	p := dom.policy(bounded(s.Policy, domain), r.opts.MaxPolicies)
+	p := dom.policy(bounded(s.Policy, domain), r.opts.MaxPolicies, admit)
 	if p == nil {
 		return false
 	}
@@ -291,7 +309,7 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 		return true
 	}
 	p.Failure++
-	p.detail(boundedFailure(*s.Failure), r.opts.MaxFailureDetails)
+	p.detail(boundedFailure(*s.Failure), r.opts.MaxFailureDetails, admit)
 	return true
 }
 

@@ -133,6 +133,28 @@ func TestBounds(t *testing.T) {
 	}
 }
 
+// TestDayBytes: MaxDayBytes bounds what a day's strings take, whatever the
+// sessions bring.
+func TestDayBytes(t *testing.T) {
+	opts := testOptions()
+	opts.Clock = testenv.NewClock(day0.Add(time.Hour))
+	opts.MaxDayBytes = 4000
+	r := open(t, opts)
+	long := strings.Repeat("x", 1000)
+	for i := range 20 {
+		r.Record(Session{Policy: Policy{Type: PolicySTS, Domain: fmt.Sprintf("d%d.test", i%4), Strings: []string{long, long, fmt.Sprint(i)}}})
+	}
+	r.mu.Lock()
+	size := r.days[day0.Format(time.DateOnly)].Size
+	r.mu.Unlock()
+	if size > opts.MaxDayBytes || r.Dropped() == 0 {
+		t.Errorf("a day of %d bytes (max %d), %d sessions dropped", size, opts.MaxDayBytes, r.Dropped())
+	}
+	if data, err := r.Report("d0.test", day0); err != nil || len(data) > int(opts.MaxDayBytes) {
+		t.Errorf("report of %d bytes: %v", len(data), err)
+	}
+}
+
 // TestConcurrentRecord: Record from many goroutines loses no count (go test
 // -race checks the locking).
 func TestConcurrentRecord(t *testing.T) {
