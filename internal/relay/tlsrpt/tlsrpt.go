@@ -238,10 +238,29 @@ func setDefault[T time.Duration | int](v *T, def T) {
 	}
 }
 
-// publicUnicast is the default AllowAddr.
+// notPublic are ranges that IsGlobalUnicast lets through but that reach
+// no receiver on the internet: 0.0.0.0/8 connects to the local host on
+// Linux (RFC 1122 section 3.2.1.3), 100.64.0.0/10 is carrier-grade NAT
+// (RFC 6598) and holds a cloud metadata endpoint (100.100.100.200).
+var notPublic = [...]netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+}
+
+// publicUnicast is the default AllowAddr: not loopback, private (RFC 1918,
+// RFC 4193), link-local (the metadata endpoints at 169.254.169.254),
+// unspecified, multicast or one of notPublic.
 func publicUnicast(a netip.Addr) bool {
 	a = a.Unmap()
-	return a.IsGlobalUnicast() && !a.IsPrivate()
+	if !a.IsGlobalUnicast() || a.IsPrivate() {
+		return false
+	}
+	for _, p := range notPublic {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // Dropped returns how many sessions were not counted: past a bound, too

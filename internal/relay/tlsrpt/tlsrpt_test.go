@@ -294,3 +294,17 @@ func TestOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestPublicUnicast: the default AllowAddr.
+func TestPublicUnicast(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"192.0.2.1": true, "2001:db8::1": true, "8.8.8.8": true, "::ffff:8.8.8.8": true,
+		"127.0.0.1": false, "::1": false, "10.1.2.3": false, "172.16.0.1": false, "192.168.1.1": false,
+		"fd00:ec2::254": false, "169.254.169.254": false, "fe80::1": false, "0.0.0.0": false, "0.1.2.3": false,
+		"100.100.100.200": false, "224.0.0.1": false, "255.255.255.255": false, "::": false,
+	} {
+		if got := publicUnicast(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("publicUnicast(%s) = %v, want %v", addr, got, want)
+		}
+	}
+}
