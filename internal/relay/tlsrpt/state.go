@@ -58,60 +58,86 @@ type detailState struct {
 	Count   int64   `json:"count"`
 }
 
-// policy returns the entry of p, adding it unless max are there or admit
-// refuses its size.
-func (d *domainState) policy(p Policy, max int, admit func(int) bool) *policyState {
+// policy returns the entry of p, adding it (bounded, with the normalized
+// domain) unless max are there or the budget refuses its size.
+func (d *domainState) policy(p Policy, domain string, max int, b budget) *policyState {
 	if d.index == nil {
 		d.index = make(map[string]*policyState, len(d.Policies))
 		for _, ps := range d.Policies {
-			d.index[policyKey(ps.Policy)] = ps
+			d.index[string(appendPolicyKey(nil, ps.Policy))] = ps
 		}
 	}
-	k := policyKey(p)
-	if ps := d.index[k]; ps != nil {
+	// The key is built on the stack and the lookup does not copy it: a
+	// session of a known policy allocates nothing. A policy past the
+	// bounds is found under the key of its bounded form.
+	var buf [512]byte
+	if ps := d.index[string(appendPolicyKey(buf[:0], p))]; ps != nil {
 		return ps
 	}
-	if len(d.Policies) >= max || !admit(len(k)+entryOverhead) {
+	p = bounded(p, domain)
+	k := appendPolicyKey(buf[:0], p)
+	if ps := d.index[string(k)]; ps != nil {
+		return ps
+	}
+	if len(d.Policies) >= max || !b.admit(len(k)+entryOverhead) {
 		return nil
 	}
 	ps := &policyState{Policy: p}
 	d.Policies = append(d.Policies, ps)
-	d.index[k] = ps
+	d.index[string(k)] = ps
 	return ps
 }
 
-// detail counts f in its failure-details entry, adding it unless max are
-// there or admit refuses its size (the failure then counts in the summary
-// only).
-func (p *policyState) detail(f Failure, max int, admit func(int) bool) {
+// detail counts f in its failure-details entry, adding it (bounded) unless
+// max are there or the budget refuses its size (the failure then counts in
+// the summary only).
+func (p *policyState) detail(f Failure, max int, b budget) {
 	if p.index == nil {
 		p.index = make(map[string]*detailState, len(p.Details))
 		for _, ds := range p.Details {
-			p.index[failureKey(ds.Failure)] = ds
+			p.index[string(appendFailureKey(nil, ds.Failure))] = ds
 		}
 	}
-	k := failureKey(f)
-	ds := p.index[k]
+	var buf [512]byte
+	ds := p.index[string(appendFailureKey(buf[:0], f))]
 	if ds == nil {
-		if len(p.Details) >= max || !admit(len(k)+entryOverhead) {
-			return
+		f = boundedFailure(f)
+		k := appendFailureKey(buf[:0], f)
+		ds = p.index[string(k)]
+		if ds == nil {
+			if len(p.Details) >= max || !b.admit(len(k)+entryOverhead) {
+				return
+			}
+			ds = &detailState{Failure: f}
+			p.Details = append(p.Details, ds)
+			p.index[string(k)] = ds
 		}
-		ds = &detailState{Failure: f}
-		p.Details = append(p.Details, ds)
-		p.index[k] = ds
 	}
 	ds.Count++
 }
 
-// The keys join the fields with bytes that no field holds unescaped in
-// practice; a collision would merge two entries, never lose a count.
-func policyKey(p Policy) string {
-	return string(p.Type) + "\x00" + strings.Join(p.Strings, "\x01") + "\x00" + strings.Join(p.MXHosts, "\x01")
+// The keys join the fields with bytes that no field holds in practice; a
+// collision would merge two entries, never lose a count.
+func appendPolicyKey(b []byte, p Policy) []byte {
+	b = append(b, p.Type...)
+	for _, s := range p.Strings {
+		b = append(append(b, 1), s...)
+	}
+	b = append(b, 0)
+	for _, s := range p.MXHosts {
+		b = append(append(b, 1), s...)
+	}
+	return b
 }
 
-func failureKey(f Failure) string {
-	return strings.Join([]string{f.Result, f.SendingMTAIP.String(), f.ReceivingIP.String(),
-		f.ReceivingMXHostname, f.ReceivingMXHelo, f.AdditionalInfo, f.FailureReasonCode}, "\x00")
+func appendFailureKey(b []byte, f Failure) []byte {
+	b = append(b, f.Result...)
+	b = f.SendingMTAIP.AppendTo(append(b, 0))
+	b = f.ReceivingIP.AppendTo(append(b, 0))
+	for _, s := range []string{f.ReceivingMXHostname, f.ReceivingMXHelo, f.AdditionalInfo, f.FailureReasonCode} {
+		b = append(append(b, 0), s...)
+	}
+	return b
 }
 
 const fileSuffix = ".json"

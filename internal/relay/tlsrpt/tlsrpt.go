@@ -69,7 +69,8 @@ type Session struct {
 
 // Failure is a failed session's failure-details (section 4.4).
 type Failure struct {
-	// Result is a section 4.3 result-type (the Result constants).
+	// Result is a section 4.3 result-type (the Result constants); ""
+	// counts as validation-failure.
 	Result                            string
 	SendingMTAIP, ReceivingIP         netip.Addr
 	ReceivingMXHostname               string
@@ -294,22 +295,17 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 	if day.Before(today.AddDate(0, 0, -1)) || day.After(today.AddDate(0, 0, 1)) {
 		return false
 	}
-	key := day.Format(time.DateOnly)
-	d := r.days[key]
+	var kb [len(time.DateOnly)]byte
+	key := day.AppendFormat(kb[:0], time.DateOnly)
+	d := r.days[string(key)]
 	if d == nil {
 		d = r.newDay(day)
-		r.days[key] = d
+		r.days[d.Day] = d
 	}
-	admit := func(n int) bool {
-		if d.Size+int64(n) > r.opts.MaxDayBytes {
-			return false
-		}
-		d.Size += int64(n)
-		return true
-	}
+	b := budget{d: d, max: r.opts.MaxDayBytes}
 	dom := d.Domains[domain]
 	if dom == nil {
-		if len(d.Domains) >= r.opts.MaxDomains || !admit(len(domain)+entryOverhead) {
+		if len(d.Domains) >= r.opts.MaxDomains || !b.admit(len(domain)+entryOverhead) {
 			return false
 		}
 		dom = &domainState{UniqueID: newUniqueID()}
@@ -318,7 +314,7 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 	if !dom.First.IsZero() {
 		return false // the report is going out: its counts are final
 	}
-	p := dom.policy(bounded(s.Policy, domain), r.opts.MaxPolicies, admit)
+	p := dom.policy(s.Policy, domain, r.opts.MaxPolicies, b)
 	if p == nil {
 		return false
 	}
@@ -328,7 +324,11 @@ func (r *Reporter) count(day time.Time, now time.Time, domain string, s Session)
 		return true
 	}
 	p.Failure++
-	p.detail(boundedFailure(*s.Failure), r.opts.MaxFailureDetails, admit)
+	f := *s.Failure
+	if f.Result == "" {
+		f.Result = ResultValidationFailure // result-type is required (section 4.4)
+	}
+	p.detail(f, r.opts.MaxFailureDetails, b)
 	return true
 }
 
@@ -338,6 +338,20 @@ func (r *Reporter) newDay(day time.Time) *dayState {
 		delay = mrand.N(r.opts.MaxDelay) //nolint:gosec // spreading the load needs no secrecy
 	}
 	return &dayState{Day: day.Format(time.DateOnly), SendAt: day.AddDate(0, 0, 1).Add(delay), Domains: make(map[string]*domainState)}
+}
+
+// budget admits what a day's strings may still take (MaxDayBytes).
+type budget struct {
+	d   *dayState
+	max int64
+}
+
+func (b budget) admit(n int) bool {
+	if b.d.Size+int64(n) > b.max {
+		return false
+	}
+	b.d.Size += int64(n)
+	return true
 }
 
 // dayOf is the start of t's UTC day.

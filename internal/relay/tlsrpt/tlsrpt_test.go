@@ -308,3 +308,25 @@ func TestPublicUnicast(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRecord: the cost delivery pays per session, in parallel.
+func BenchmarkRecord(b *testing.B) {
+	opts := testOptions()
+	opts.Clock = testenv.NewClock(day0.Add(time.Hour))
+	r, err := Open(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			s := Session{Policy: stsPolicy, Time: day0.Add(time.Hour)}
+			if i%10 == 0 {
+				s.Failure = &hostMismatch
+			}
+			r.Record(s)
+			i++
+		}
+	})
+}
