@@ -169,14 +169,8 @@ func (r *Reporter) dial(ctx context.Context, network, addr string) (net.Conn, er
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = append(ips, ip)
 	} else {
-		names, err := r.opts.LookupHost(ctx, host)
-		if err != nil {
+		if ips, err = r.opts.LookupHost(ctx, host); err != nil {
 			return nil, err
-		}
-		for _, n := range names {
-			if ip, err := netip.ParseAddr(n); err == nil {
-				ips = append(ips, ip)
-			}
 		}
 	}
 	var d net.Dialer

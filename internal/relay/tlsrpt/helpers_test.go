@@ -42,14 +42,6 @@ func open(t *testing.T, opts Options) *Reporter {
 	return r
 }
 
-// resolver asks only the test DNS server at addr.
-func resolver(addr string) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}}
-}
-
 // checkSchema fails the test unless report is an RFC 8460 section 4.4
 // report: every field with its name and JSON type, nothing else; it
 // returns the decoded report.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/testenv"
 )
 
@@ -173,7 +174,10 @@ func loopbackOptions(t *testing.T, ca *testenv.CA, rua string) (Options, *testen
 	if err := srv.Add(`_smtp._tls.example.test. TXT "v=TLSRPTv1; rua=`+rua+`"`, "reports.example.test. A 127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	res := resolver(srv.Addr())
+	res, err := delivery.NewResolver(delivery.ResolverOptions{Server: srv.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := testOptions()
 	opts.Clock = testenv.NewClock(day0.AddDate(0, 0, 1).Add(time.Minute))
 	opts.MaxDelay = -1

@@ -107,10 +107,12 @@ type Options struct {
 	// Submit takes a complete mailto: report message; nil leaves mailto:
 	// URIs unused.
 	Submit func(ctx context.Context, from string, to []string, message []byte) error
-	// LookupTXT finds the _smtp._tls record, LookupHost the addresses of an
-	// https: URI's host; default net.DefaultResolver's.
+	// LookupTXT finds the _smtp._tls record (each record's strings
+	// joined; none or a *net.DNSError that IsNotFound for a name without
+	// one), LookupHost the addresses of an https: URI's host. The relay
+	// passes its delivery.Resolver's; default net.DefaultResolver's.
 	LookupTXT  func(ctx context.Context, name string) ([]string, error)
-	LookupHost func(ctx context.Context, host string) ([]string, error)
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
 	// RootCAs verify https: receivers; nil: the system roots.
 	RootCAs *x509.CertPool
 	// AllowAddr decides which addresses an https: POST may go to; nil
@@ -209,7 +211,9 @@ func (o *Options) defaults() error {
 		o.LookupTXT = net.DefaultResolver.LookupTXT
 	}
 	if o.LookupHost == nil {
-		o.LookupHost = net.DefaultResolver.LookupHost
+		o.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
 	}
 	if o.AllowAddr == nil {
 		o.AllowAddr = publicUnicast
