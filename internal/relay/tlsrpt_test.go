@@ -87,6 +87,9 @@ func TestTLSReportQueuedSigned(t *testing.T) {
 	if err != nil || len(verifications) != 1 || verifications[0].Err != nil || verifications[0].Domain != "reports.test" {
 		t.Fatalf("DKIM: %v %+v\n%s", err, verifications, data)
 	}
+	if sig := strings.ReplaceAll(strings.ReplaceAll(string(data[:bytes.Index(data, []byte("\r\n\r\n"))]), "\r\n", ""), "\t", ""); !strings.Contains(sig, "TLS-Report-Domain:TLS-Report-Submitter") {
+		t.Errorf("the signature does not cover TLS-Report-Domain and TLS-Report-Submitter:\n%s", data)
+	}
 	m, err := mail.ReadMessage(bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)

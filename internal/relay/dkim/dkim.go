@@ -37,8 +37,10 @@ const maxInstances = 4
 // signedFields are the header fields signed when present (RFC 6376 section
 // 5.4.1): those that carry what a reader sees and trusts (originator,
 // recipients, subject, date, identity and threading), the MIME fields that
-// decide how the body is read, and the one-click unsubscribe pair (RFC 8058
-// section 4 requires both to be signed). Received and other trace fields
+// decide how the body is read, the one-click unsubscribe pair (RFC 8058
+// section 4 requires both to be signed), and the two fields that say whose
+// TLS report a message is (RFC 8460 section 5.3; a receiver trusts a
+// report by its signature). Received and other trace fields
 // are not: relays add them on the way. From is also oversigned (listed once
 // more than it appears), so a second From cannot be added without breaking
 // the signature (RFC 6376 section 8.15).
@@ -46,6 +48,7 @@ var signedFields = []string{
 	"From", "Reply-To", "Subject", "Date", "Message-ID", "To", "Cc",
 	"In-Reply-To", "References", "MIME-Version", "Content-Type",
 	"Content-Transfer-Encoding", "List-Unsubscribe", "List-Unsubscribe-Post",
+	"TLS-Report-Domain", "TLS-Report-Submitter",
 }
 
 // Key is one domain's signing key.

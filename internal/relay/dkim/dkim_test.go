@@ -33,7 +33,7 @@ func TestSignedFields(t *testing.T) {
 		{"From bounded, then oversigned", []string{"From", "From", "From", "From", "From", "From"}, "From:From:From:From:From"},
 		{"trace fields never", []string{"Received", "DKIM-Signature", "Return-Path", "ARC-Seal", "From"}, "From:From"},
 		{"the whole list", signedFields,
-			"From:From:Reply-To:Subject:Date:Message-ID:To:Cc:In-Reply-To:References:MIME-Version:Content-Type:Content-Transfer-Encoding:List-Unsubscribe:List-Unsubscribe-Post"},
+			"From:From:Reply-To:Subject:Date:Message-ID:To:Cc:In-Reply-To:References:MIME-Version:Content-Type:Content-Transfer-Encoding:List-Unsubscribe:List-Unsubscribe-Post:TLS-Report-Domain:TLS-Report-Submitter"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

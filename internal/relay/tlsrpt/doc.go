@@ -53,6 +53,11 @@
 // redirect followed (a 3xx is a failure), any 2xx a success. A domain
 // without a valid record gets no report (logged).
 //
+// Section 5.3 wants a report delivered "despite any TLS-related failures"
+// (it may be about them) and its own session left out of the next report:
+// the message carries TLS-Required: No (RFC 8689 section 5), which delivery
+// must honor, and delivery does not Record the sessions of such messages.
+//
 // A URI that failed is tried again with exponential back-off (RetryBackoff,
 // doubling) up to MaxAttempts attempts, and not past 24 hours after the
 // first (section 5.5); a URI that took the report is not sent it again.

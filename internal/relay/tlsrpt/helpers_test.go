@@ -171,6 +171,9 @@ func mailReportParts(t *testing.T, msg []byte) (mail.Header, string, []byte) {
 			t.Errorf("the message lacks %s", f)
 		}
 	}
+	if m.Header.Get("TLS-Required") != "No" {
+		t.Errorf("TLS-Required %q, want No (RFC 8460 section 5.3, RFC 8689)", m.Header.Get("TLS-Required"))
+	}
 	if _, err := m.Header.Date(); err != nil {
 		t.Errorf("Date: %v", err)
 	}

@@ -133,6 +133,10 @@ func (r *Reporter) mailReport(to []string, domain, fileName, reportID string, da
 	header("TLS-Report-Domain", domain)
 	header("TLS-Report-Submitter", r.opts.Submitter)
 	header("Auto-Submitted", "auto-generated") // RFC 3834: no auto-replies
+	// RFC 8460 section 5.3: a report goes out "despite any TLS-related
+	// failures" (it may be about them); RFC 8689 section 5 is how a
+	// message says so to the MTAs that deliver it.
+	header("TLS-Required", "No")
 	header("MIME-Version", "1.0")
 	header("Content-Type", mime.FormatMediaType("multipart/report", map[string]string{"report-type": "tlsrpt", "boundary": boundary}))
 	b.WriteString("\r\n")
