@@ -197,7 +197,7 @@ func (r *Reporter) finish(key, domain string, a attempt) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d := r.days[key]
-	if d == nil {
+	if d == nil || d.Domains[domain] == nil { // dropped meanwhile
 		return time.Time{}
 	}
 	dom := d.Domains[domain]
