@@ -119,6 +119,15 @@ type TransportEncryption struct {
 	Requested   bool           `json:"requested"`
 	Established bool           `json:"established"`
 	Properties  *TLSProperties `json:"properties,omitempty"`
+	// Policy is what decided the connection's TLS (a postgate addition to
+	// the reference format): "dane", "mta-sts", "mta-sts-testing" or
+	// "tls-policy" (the SenderDomain's own mxTLSPolicy).
+	Policy string `json:"policy,omitempty"`
+	// PolicyResult is the RFC 8460 result type of a TLS check or
+	// negotiation that failed ("validation-failure",
+	// "certificate-host-mismatch", "starttls-not-supported", ...); the
+	// reason is in SMTP.Reason.
+	PolicyResult string `json:"policyResult,omitempty"`
 }
 
 // TLSProperties are those of an established TLS connection; Protocol is

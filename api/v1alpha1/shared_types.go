@@ -215,6 +215,24 @@ type TransportEncryption struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=128
 	CipherSuite string `json:"cipherSuite,omitempty"`
+
+	// policy is what decided the connection's TLS: dane (the MX host's
+	// DNSSEC-signed TLSA records, RFC 7672), mta-sts (the recipient
+	// domain's enforced MTA-STS policy, RFC 8461), mta-sts-testing (a
+	// policy in testing mode: checked and reported, not enforced), or
+	// tls-policy (the SenderDomain's mxTLSPolicy or the RelayRoute's
+	// tlsPolicy alone).
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	Policy string `json:"policy,omitempty"`
+
+	// policyResult is the RFC 8460 result type of a TLS check or
+	// negotiation that failed (validation-failure,
+	// certificate-host-mismatch, starttls-not-supported, ...), empty when
+	// none failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	PolicyResult string `json:"policyResult,omitempty"`
 }
 
 // DeliveryWindow counts delivery outcomes over a recent period.

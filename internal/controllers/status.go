@@ -221,7 +221,8 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 func failureReason(f *v1alpha1.DeliveryAttempt) v1alpha1.Reason {
 	switch {
 	case f.TLS != nil && !f.TLS.Established &&
-		(f.TLS.Requested == v1alpha1.TLSPolicyRequired || f.TLS.Requested == v1alpha1.TLSPolicyVerify):
+		(f.TLS.Requested == v1alpha1.TLSPolicyRequired || f.TLS.Requested == v1alpha1.TLSPolicyVerify ||
+			f.TLS.Policy == "dane" || f.TLS.Policy == "mta-sts"):
 		return v1alpha1.ReasonTLSRequiredButUnavailable
 	case f.ResponseCode == 0 && strings.Contains(strings.ToLower(f.Reply), "cannot assign requested address"):
 		// EADDRNOTAVAIL from bind(2): the host does not own the source IP.

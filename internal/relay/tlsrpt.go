@@ -53,7 +53,7 @@ func (s *ReportSubmitter) Submit(ctx context.Context, from string, to []string, 
 		return err
 	}
 	defer func() { _ = p.Close() }()
-	env := queue.Envelope{From: from, MessageID: p.MessageID, HeaderFrom: p.HeaderFrom}
+	env := queue.Envelope{From: from, MessageID: p.MessageID, HeaderFrom: p.HeaderFrom, TLSOptional: true}
 	for _, addr := range to {
 		env.To = append(env.To, queue.Rcpt{Addr: addr, Notify: []string{"NEVER"}})
 	}

@@ -154,6 +154,12 @@ type TLSInfo struct {
 	Established bool
 	// Protocol is the version, such as TLSv1.3; CipherSuite its IANA name.
 	Protocol, CipherSuite string
+	// Policy is what decided the connection's TLS: the recipient domain's
+	// DANE or MTA-STS policy, or the sender domain's (route's) TLSPolicy.
+	Policy PolicyKind
+	// PolicyResult is the TLS-RPT result type (RFC 8460 section 4.3) of a
+	// certificate check or negotiation that failed, "" when none did.
+	PolicyResult string
 }
 
 func tlsInfoOf(st tls.ConnectionState) (protocol, suite string) {

@@ -64,6 +64,15 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// DisableIPv6 connects to IPv4 addresses only.
 	DisableIPv6 bool
+	// DisableDANE turns DANE (RFC 7672) off: TLSA records are not looked
+	// up. DANE also needs a Resolver that trusts the AD bit.
+	DisableDANE bool
+	// STS gives recipient domains' MTA-STS policies (RFC 8461); nil: MTA-STS
+	// is off.
+	STS STSPolicies
+	// TLSReports counts TLS sessions of MX delivery for TLS-RPT (RFC
+	// 8460); nil: none are counted.
+	TLSReports TLSReporter
 	// Timeouts bound each step of a session.
 	Timeouts Timeouts
 	// Rand orders MX hosts of equal preference. Default: seeded randomly.

@@ -41,6 +41,9 @@ type destination struct {
 	// fail, when set, decides the recipients without a connection (an
 	// address that has no domain).
 	fail *failure
+	// tlsOptional: the message says "TLS-Required: No" (RFC 8689): no
+	// recipient TLS policy applies to it (queue.Envelope.TLSOptional).
+	tlsOptional bool
 }
 
 // plan splits the due recipients of msg into destinations, as the current
@@ -87,6 +90,7 @@ func (w *Worker) plan(msg *queue.Message, due []int, dl routing.Delivery) []*des
 			d = &destination{
 				domain: domain, port: w.opts.MXPort, policy: policy,
 				mode: v1alpha1.TLSModeSTARTTLS, source: source, fail: f,
+				tlsOptional: msg.Envelope.TLSOptional,
 			}
 			byDomain[key] = d
 			out = append(out, d)
@@ -137,10 +141,10 @@ func (d *destination) limitKey() string {
 	return "mx " + d.domain + src
 }
 
-func (d *destination) connKey(host string, remote netip.AddrPort) connKey {
+func (d *destination) connKey(host string, remote netip.AddrPort, p *connPolicy) connKey {
 	return connKey{
 		remote: remote, host: host, source: d.source, policy: d.policy,
-		mode: d.mode, roots: d.roots, user: d.username,
+		mode: d.mode, roots: d.roots, user: d.username, verify: p.key,
 	}
 }
 

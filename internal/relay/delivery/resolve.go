@@ -119,7 +119,7 @@ func NewResolver(opts ResolverOptions) (*Resolver, error) {
 			return nil, fmt.Errorf("DNS server %q: %w", opts.Server, err)
 		}
 		r.servers = []string{opts.Server}
-		return r, nil
+		return r, r.checkTrust()
 	}
 	cfg, err := dns.ClientConfigFromFile("/etc/resolv.conf")
 	if err != nil {
@@ -131,7 +131,24 @@ func NewResolver(opts ResolverOptions) (*Resolver, error) {
 	if len(r.servers) == 0 {
 		return nil, errors.New("system resolver: /etc/resolv.conf names no server")
 	}
-	return r, nil
+	return r, r.checkTrust()
+}
+
+// checkTrust refuses to trust the AD bit of a server off loopback: it
+// crossed a network anyone on the path can write to, so it proves nothing
+// (RFC 4035 section 4.9.3, RFC 7672 section 2.1).
+func (r *Resolver) checkTrust() error {
+	if !r.trustAD {
+		return nil
+	}
+	for _, s := range r.servers {
+		host, _, _ := net.SplitHostPort(s)
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.Unmap().IsLoopback() {
+			return fmt.Errorf("DNSSEC: the AD bit is trusted only from a validating resolver on loopback, and DNS server %s is not one (run a validating resolver such as unbound beside the relay and point --dns-server at it)", s)
+		}
+	}
+	return nil
 }
 
 // lookup returns the records of type qtype for name, from the cache while

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -141,5 +142,18 @@ func TestResolverSecureAnswers(t *testing.T) {
 	}
 	if _, err := trusting.LookupHost(ctx(t), "nowhere.test"); err == nil {
 		t.Error("LookupHost of a missing host: no error")
+	}
+}
+
+// The AD bit is trusted only from loopback.
+func TestResolverTrustsADOnlyOnLoopback(t *testing.T) {
+	if _, err := NewResolver(ResolverOptions{Server: "192.0.2.1:53", TrustAD: true}); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("a remote validating resolver: %v", err)
+	}
+	if _, err := NewResolver(ResolverOptions{Server: "[::1]:53", TrustAD: true}); err != nil {
+		t.Errorf("::1: %v", err)
+	}
+	if _, err := NewResolver(ResolverOptions{Server: "192.0.2.1:53"}); err != nil {
+		t.Errorf("a remote resolver, AD not trusted: %v", err)
 	}
 }

@@ -88,16 +88,23 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 	}
 	defer release()
 
-	var hosts []mxHost
+	var (
+		hosts []mxHost
+		dp    domainPolicies
+	)
 	if d.route != nil {
 		hosts = []mxHost{{name: dns.CanonicalName(d.host)}}
 	} else {
-		var f *failure
-		hosts, _, f = w.resolver.mx(ctx, d.domain, w.shuffle)
+		var (
+			f        *failure
+			mxSecure bool
+		)
+		hosts, mxSecure, f = w.resolver.mx(ctx, d.domain, w.shuffle)
 		if f != nil {
 			o.failAll(f)
 			return o
 		}
+		dp = w.lookupDomainPolicies(ctx, d, mxSecure)
 	}
 	var (
 		last     *failure
@@ -113,6 +120,15 @@ hosts:
 			dnsErr = err
 			continue
 		}
+		p := w.routePolicy(d, strings.TrimSuffix(h.name, "."))
+		if d.route == nil && len(ha.addrs) > 0 {
+			var f *failure
+			if p, f = w.hostPolicy(ctx, d, &dp, h, ha); f != nil {
+				// The recipient domain's policy rules this host out.
+				last = f
+				continue
+			}
+		}
 		for _, a := range ha.addrs {
 			if d.source.IsValid() && d.source.Is4() != a.Is4() {
 				skipped++
@@ -122,7 +138,7 @@ hosts:
 				break hosts
 			}
 			tries++
-			f := w.try(ctx, msg, d, h.name, a, body, o)
+			f := w.try(ctx, msg, d, &p, h.name, a, body, o)
 			if f == nil {
 				return o
 			}
@@ -162,21 +178,22 @@ func (w *Worker) shuffle(hosts []mxHost) {
 // on a new one. It fills o and returns nil when the host took the
 // transaction (whatever it answered), or the failure that makes the next
 // address worth trying.
-func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, host string, addr netip.Addr, body bodyFunc, o *outcome) *failure {
+func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p *connPolicy, host string, addr netip.Addr, body bodyFunc, o *outcome) *failure {
 	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
-	s := w.pool.get(d.connKey(host, remote))
+	s := w.pool.get(d.connKey(host, remote, p))
 	for {
 		reused := s != nil
 		if s == nil {
 			var f *failure
-			s, f = w.connect(ctx, d, host, addr, false)
-			if f != nil && f.plainRetry && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
+			s, f = w.connect(ctx, d, p, host, addr, false)
+			if f != nil && f.plainRetry && p.plainAllowed() && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
 				// Opportunistic TLS that fails its handshake: once more in
-				// plaintext, on a new connection, as the policy allows.
+				// plaintext, on a new connection, as the policy allows
+				// (never under DANE or an enforced MTA-STS policy).
 				if s != nil {
 					s.close(false)
 				}
-				s, f = w.connect(ctx, d, host, addr, true)
+				s, f = w.connect(ctx, d, p, host, addr, true)
 			}
 			if f != nil {
 				o.host, o.remote = strings.TrimSuffix(host, "."), remote

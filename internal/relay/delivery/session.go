@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -19,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
 // connKey identifies the connections that may carry each other's
@@ -32,6 +32,9 @@ type connKey struct {
 	mode   v1alpha1.TLSMode
 	roots  *x509.CertPool
 	user   string
+	// verify names what the recipient domain's policy checked (DANE's
+	// records, MTA-STS), "" when none did.
+	verify string
 }
 
 // session is one SMTP connection after EHLO (and STARTTLS, AUTH).
@@ -52,6 +55,11 @@ type session struct {
 	// session, made at its first message: a session runs one transaction
 	// at a time, and a buffer per message was most of delivery's garbage.
 	copyBuf []byte
+	// checkErr is the certificate check's failure under a recipient
+	// policy (DANE, MTA-STS), rptResult the TLS-RPT result type of a
+	// failed TLS negotiation (RFC 8460 section 4.3), both for reporting.
+	checkErr  error
+	rptResult string
 }
 
 // close ends the session, with QUIT when it is healthy.
@@ -73,7 +81,7 @@ func (s *session) watch(ctx context.Context) (stop func() bool) {
 // connect opens a session to addr, host's address, as d says. On failure
 // it returns the session too (closed) when a connection was made, for its
 // local address and TLS state.
-func (w *Worker) connect(ctx context.Context, d *destination, host string, addr netip.Addr, plain bool) (*session, *failure) {
+func (w *Worker) connect(ctx context.Context, d *destination, p *connPolicy, host string, addr netip.Addr, plain bool) (*session, *failure) {
 	name := strings.TrimSuffix(host, ".")
 	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
 	where := fmt.Sprintf("%s[%s]:%d", name, addr, d.port)
@@ -88,18 +96,21 @@ func (w *Worker) connect(ctx context.Context, d *destination, host string, addr 
 		return nil, localFailure(false, CauseConnect, "4.4.1", "connect to %s: %v", where, err)
 	}
 	s := &session{
-		key: d.connKey(host, remote), where: where, raw: raw, opened: w.clock.Now(),
-		tls: TLSInfo{Requested: d.policy, Mode: d.mode},
+		key: d.connKey(host, remote, p), where: where, raw: raw, opened: w.clock.Now(),
+		tls: TLSInfo{Requested: d.policy, Mode: d.mode, Policy: p.kind},
 	}
 	if a, ok := raw.LocalAddr().(*net.TCPAddr); ok {
 		ap := a.AddrPort()
 		s.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	stop := s.watch(ctx)
-	f := w.open(ctx, s, d, name, plain)
+	f := w.open(ctx, s, d, p, name, plain)
 	stop()
 	if f == nil && ctx.Err() != nil {
 		f = localFailure(false, CauseConnect, "4.4.2", "%s: attempt aborted: %v", where, ctx.Err())
+	}
+	if !plain && (f == nil || f.cause == CauseTLS) {
+		w.reportSession(p, host, s, f)
 	}
 	if f != nil {
 		s.broken = true
@@ -115,19 +126,19 @@ func (w *Worker) connect(ctx context.Context, d *destination, host string, addr 
 // the first EHLO and STARTTLS are spoken here (net/textproto), and go-smtp
 // takes the connection after them, reading a stand-in greeting and sending
 // EHLO again, which RFC 3207 section 4.2 requires after TLS anyway.
-func (w *Worker) open(ctx context.Context, s *session, d *destination, name string, plain bool) *failure {
+func (w *Worker) open(ctx context.Context, s *session, d *destination, p *connPolicy, name string, plain bool) *failure {
 	var conn net.Conn = &deadlineConn{Conn: s.raw, block: w.opts.Timeouts.DataBlock}
-	cfg := w.tlsConfig(d, name)
+	cfg := w.tlsConfig(p, name, s)
 	switch {
 	case d.mode == v1alpha1.TLSModeImplicit:
 		tc := tls.Client(conn, cfg)
-		if f := w.handshake(ctx, tc, s); f != nil {
+		if f := w.handshake(ctx, tc, s, p); f != nil {
 			return f
 		}
 		conn = tc
-	case d.policy == v1alpha1.TLSPolicyNone || plain:
+	case !p.tls || plain:
 	default:
-		c, f := w.startTLS(ctx, conn, cfg, s, d.policy)
+		c, f := w.startTLS(ctx, conn, cfg, s, p)
 		if f != nil {
 			return f
 		}
@@ -183,29 +194,25 @@ func protoError(e *textproto.Error) *smtp.SMTPError {
 	return se
 }
 
-// tlsConfig returns the client TLS configuration for a host.
-func (w *Worker) tlsConfig(d *destination, name string) *tls.Config {
-	cfg := &tls.Config{ServerName: name}
-	if d.policy == v1alpha1.TLSPolicyVerify {
-		cfg.RootCAs = cmp.Or(d.roots, w.opts.RootCAs)
-		return cfg
-	}
-	// Opportunistic and Required encrypt without authenticating the peer
-	// (RFC 7435): any certificate and any TLS version beats plaintext.
-	cfg.InsecureSkipVerify = true //nolint:gosec // only policy Verify authenticates the peer
-	cfg.MinVersion = tls.VersionTLS10
-	return cfg
-}
-
 // handshake runs the TLS handshake and records what it negotiated.
-func (w *Worker) handshake(ctx context.Context, tc *tls.Conn, s *session) *failure {
+func (w *Worker) handshake(ctx context.Context, tc *tls.Conn, s *session, p *connPolicy) *failure {
 	hctx, cancel := context.WithTimeout(ctx, w.opts.Timeouts.Command)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		var verr *tls.CertificateVerificationError
-		if errors.As(err, &verr) {
-			return localFailure(false, CauseTLS, "4.7.5", "TLS certificate of %s not verified: %v", s.where, err)
+		switch {
+		case s.checkErr != nil && p.enforce:
+			// The recipient policy's check (DANE's records) refused
+			// the certificate: 4.7.5 with the reason, never in plaintext.
+			s.rptResult = resultOf(s.checkErr)
+			s.tls.PolicyResult = s.rptResult
+			return localFailure(false, CauseTLS, "4.7.5", "%s: the certificate of %s does not satisfy %s: %v", s.rptResult, s.where, p.policyName(), s.checkErr)
+		case errors.As(err, &verr):
+			s.rptResult = resultOf(verr)
+			s.tls.PolicyResult = s.rptResult
+			return localFailure(false, CauseTLS, "4.7.5", "%s: TLS certificate of %s not verified for %s: %v", s.rptResult, s.where, p.policyName(), err)
 		}
+		s.rptResult = tlsrpt.ResultValidationFailure
 		f := localFailure(false, CauseTLS, "4.7.5", "TLS handshake with %s failed: %v", s.where, err)
 		f.plainRetry = true
 		return f
@@ -218,8 +225,8 @@ func (w *Worker) handshake(ctx context.Context, tc *tls.Conn, s *session) *failu
 // startTLS reads the greeting, says EHLO and, when the server offers it,
 // STARTTLS (RFC 3207). It returns the connection for go-smtp: TLS, or
 // plaintext when the policy allows it.
-func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s *session, policy v1alpha1.TLSPolicy) (net.Conn, *failure) {
-	required := policy == v1alpha1.TLSPolicyRequired || policy == v1alpha1.TLSPolicyVerify
+func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s *session, p *connPolicy) (net.Conn, *failure) {
+	required := p.require
 	step := func() { _ = conn.SetDeadline(time.Now().Add(w.opts.Timeouts.Command)) }
 	// Replies before TLS are bounded, as go-smtp bounds its lines.
 	limited := &io.LimitedReader{R: conn, N: 64 << 10}
@@ -260,7 +267,8 @@ func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s
 		case !errors.As(err, &te):
 			return nil, s.failed(err, "at STARTTLS")
 		case required:
-			return nil, remoteFailure(protoError(te), CauseTLS, "TLS is required, but "+s.where+" refused STARTTLS").temporary()
+			s.rptResult = tlsrpt.ResultSTARTTLSNotSupported
+			return nil, remoteFailure(protoError(te), CauseTLS, "TLS is required by "+p.policyName()+", but "+s.where+" refused STARTTLS").temporary()
 		default:
 			starttls = false // refused (454): go on in plaintext, RFC 3207 section 4
 		}
@@ -272,13 +280,14 @@ func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s
 	}
 	_ = conn.SetDeadline(time.Time{})
 	if !starttls {
+		s.rptResult = tlsrpt.ResultSTARTTLSNotSupported
 		if required {
-			return nil, localFailure(false, CauseTLS, "4.7.4", "TLS is required, but %s does not offer STARTTLS", s.where)
+			return nil, localFailure(false, CauseTLS, "4.7.4", "TLS is required by %s, but %s does not offer STARTTLS: nothing sent in plaintext", p.policyName(), s.where)
 		}
 		return newGreetedConn(conn), nil
 	}
 	tc := tls.Client(conn, cfg)
-	if f := w.handshake(ctx, tc, s); f != nil {
+	if f := w.handshake(ctx, tc, s, p); f != nil {
 		return nil, f
 	}
 	return newGreetedConn(tc), nil

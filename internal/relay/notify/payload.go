@@ -81,7 +81,10 @@ func notificationOf(a *delivery.Attempt, r *delivery.RecipientResult) (n Notific
 		smtp.Reason = string(r.Status)
 	}
 	if a.TLS.Requested != "" || a.TLS.Established {
-		te := &TransportEncryption{Requested: a.TLS.Requested != "" && a.TLS.Requested != v1alpha1.TLSPolicyNone, Established: a.TLS.Established}
+		te := &TransportEncryption{
+			Requested:   a.TLS.Requested != "" && a.TLS.Requested != v1alpha1.TLSPolicyNone,
+			Established: a.TLS.Established, Policy: string(a.TLS.Policy), PolicyResult: a.TLS.PolicyResult,
+		}
 		if a.TLS.Established {
 			te.Properties = &TLSProperties{Protocol: strings.Replace(a.TLS.Protocol, "TLSv", "TLS", 1), CipherSuite: a.TLS.CipherSuite}
 		}

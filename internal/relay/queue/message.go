@@ -25,6 +25,13 @@ type Envelope struct {
 	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 	// RequireTLS is set when MAIL FROM carried REQUIRETLS (RFC 8689).
 	RequireTLS bool `json:"requiretls,omitempty"`
+	// TLSOptional is set for a message that carries "TLS-Required: No"
+	// (RFC 8689 section 5) and that the relay made itself: its TLS-RPT
+	// reports (RFC 8460 section 5.3 wants them to get through the very
+	// TLS failures they report). The recipient domain's DANE and MTA-STS
+	// policies do not stop its delivery; the sender domain's policy still
+	// applies.
+	TLSOptional bool `json:"tlsOptional,omitempty"`
 	// Ret is the DSN RET= parameter, "FULL" or "HDRS" (RFC 3461 section 4.3).
 	Ret string `json:"ret,omitempty"`
 	// EnvID is the DSN ENVID= parameter as given (RFC 3461 section 4.4).

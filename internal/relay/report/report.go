@@ -244,10 +244,12 @@ func attemptOf(a delivery.Attempt, end time.Time) *v1alpha1.DeliveryAttempt {
 	}
 	if a.TLS != (delivery.TLSInfo{}) {
 		at.TLS = &v1alpha1.TransportEncryption{
-			Requested:   a.TLS.Requested,
-			Established: a.TLS.Established,
-			Protocol:    truncate(a.TLS.Protocol, 32),
-			CipherSuite: truncate(a.TLS.CipherSuite, 128),
+			Requested:    a.TLS.Requested,
+			Established:  a.TLS.Established,
+			Protocol:     truncate(a.TLS.Protocol, 32),
+			CipherSuite:  truncate(a.TLS.CipherSuite, 128),
+			Policy:       truncate(string(a.TLS.Policy), 32),
+			PolicyResult: truncate(a.TLS.PolicyResult, 64),
 		}
 	}
 	return at
@@ -513,6 +515,8 @@ func attemptApply(a *v1alpha1.DeliveryAttempt) *acv1alpha1.DeliveryAttemptApplyC
 		setIf(t.Established, at.WithEstablished)
 		setIf(t.Protocol, at.WithProtocol)
 		setIf(t.CipherSuite, at.WithCipherSuite)
+		setIf(t.Policy, at.WithPolicy)
+		setIf(t.PolicyResult, at.WithPolicyResult)
 		out.WithTLS(at)
 	}
 	return out

@@ -352,6 +352,12 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: established
       type:
         scalar: boolean
+    - name: policy
+      type:
+        scalar: string
+    - name: policyResult
+      type:
+        scalar: string
     - name: protocol
       type:
         scalar: string

@@ -34,6 +34,18 @@ type TransportEncryptionApplyConfiguration struct {
 	Protocol *string `json:"protocol,omitempty"`
 	// cipherSuite is the negotiated cipher suite (IANA name).
 	CipherSuite *string `json:"cipherSuite,omitempty"`
+	// policy is what decided the connection's TLS: dane (the MX host's
+	// DNSSEC-signed TLSA records, RFC 7672), mta-sts (the recipient
+	// domain's enforced MTA-STS policy, RFC 8461), mta-sts-testing (a
+	// policy in testing mode: checked and reported, not enforced), or
+	// tls-policy (the SenderDomain's mxTLSPolicy or the RelayRoute's
+	// tlsPolicy alone).
+	Policy *string `json:"policy,omitempty"`
+	// policyResult is the RFC 8460 result type of a TLS check or
+	// negotiation that failed (validation-failure,
+	// certificate-host-mismatch, starttls-not-supported, ...), empty when
+	// none failed.
+	PolicyResult *string `json:"policyResult,omitempty"`
 }
 
 // TransportEncryptionApplyConfiguration constructs a declarative configuration of the TransportEncryption type for use with
@@ -71,5 +83,21 @@ func (b *TransportEncryptionApplyConfiguration) WithProtocol(value string) *Tran
 // If called multiple times, the CipherSuite field is set to the value of the last call.
 func (b *TransportEncryptionApplyConfiguration) WithCipherSuite(value string) *TransportEncryptionApplyConfiguration {
 	b.CipherSuite = &value
+	return b
+}
+
+// WithPolicy sets the Policy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Policy field is set to the value of the last call.
+func (b *TransportEncryptionApplyConfiguration) WithPolicy(value string) *TransportEncryptionApplyConfiguration {
+	b.Policy = &value
+	return b
+}
+
+// WithPolicyResult sets the PolicyResult field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the PolicyResult field is set to the value of the last call.
+func (b *TransportEncryptionApplyConfiguration) WithPolicyResult(value string) *TransportEncryptionApplyConfiguration {
+	b.PolicyResult = &value
 	return b
 }
