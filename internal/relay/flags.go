@@ -43,6 +43,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.AdminAllowNonLoopback, "admin-allow-non-loopback", false, "let --admin-bind-address be a non-loopback address: the admin API has no authentication, anyone who reaches it can delete queued mail")
 	fs.StringVar(&c.DNSServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&c.MXPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
+	c.Outbound.bindFlags(fs)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&c.PodName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
 	fs.StringVar(&c.webhookAllowFlag, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")

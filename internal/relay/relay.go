@@ -101,6 +101,10 @@ type Config struct {
 
 	DNSServer string // --dns-server; empty: the system resolver
 	MXPort    int    // --mx-port
+	// Outbound (--dane, --dns-dnssec, --mta-sts*, --tls-ca-file,
+	// --tls-rpt*): the recipient domains' TLS policies for MX delivery and
+	// TLS reporting.
+	Outbound OutboundTLS
 
 	// ShutdownGrace (--shutdown-grace) is how long sessions and delivery
 	// attempts may take to finish at shutdown.
@@ -343,10 +347,15 @@ func (r *Relay) run(ctx context.Context) error {
 			return err
 		}
 	}
-	resolver, err := delivery.NewResolver(delivery.ResolverOptions{Server: cfg.DNSServer})
+	resolver, err := delivery.NewResolver(delivery.ResolverOptions{Server: cfg.DNSServer, TrustAD: cfg.Outbound.DNSSEC})
+	if err != nil {
+		return fmt.Errorf("--dns-server: %w", err)
+	}
+	tlsPolicies, err := newOutbound(cfg, resolver, q, tables, stageDir, logger, reg)
 	if err != nil {
 		return err
 	}
+	defer tlsPolicies.close()
 	// Delivery notifications: journaled under the spool, sent to the
 	// SenderDomains' webhooks, never to the relay's own endpoints.
 	notifier, err := notify.New(notify.Options{
@@ -357,10 +366,12 @@ func (r *Relay) run(ctx context.Context) error {
 		return err
 	}
 	observers = append(observers, notifier)
-	worker, err := delivery.New(q, tables, delivery.Options{
+	deliveryOpts := delivery.Options{
 		Hostname: cfg.Hostname, Logger: logger, Resolver: resolver, MXPort: cfg.MXPort,
 		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
-	})
+	}
+	tlsPolicies.deliveryOptions(cfg, &deliveryOpts)
+	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {
 		return err
 	}
@@ -387,6 +398,17 @@ func (r *Relay) run(ctx context.Context) error {
 		stopNotify()
 		if err := <-notified; err != nil {
 			logger.Error("Notifications stopped", "error", err)
+		}
+	}()
+	// TLS reporting stops after delivery (deferred before it, so run
+	// after): the last sessions are counted and saved.
+	reportCtx, stopReports := context.WithCancel(context.Background())
+	reported := make(chan error, 1)
+	go func() { reported <- tlsPolicies.run(reportCtx) }()
+	defer func() {
+		stopReports()
+		if err := <-reported; err != nil {
+			logger.Error("TLS reporting stopped", "error", err)
 		}
 	}()
 	// Delivery stops after the SMTP server: its own context, canceled last.
