@@ -102,7 +102,11 @@ type DeliveryPolicy struct {
 	MaxQueueLifetime *metav1.Duration `json:"maxQueueLifetime,omitempty"`
 
 	// tlsPolicy for delivery to the recipients' MX hosts. Defaults to
-	// Opportunistic. A RelayRoute sets its own policy for its target.
+	// Opportunistic. It is the floor: a recipient domain's DANE (RFC 7672)
+	// or MTA-STS (RFC 8461) policy raises it for that domain, never lowers
+	// it. None is an explicit opt-out of TLS, DANE and MTA-STS included:
+	// mail then travels in plaintext even to domains that ask for TLS. A
+	// RelayRoute sets its own policy for its target.
 	// +optional
 	// +kubebuilder:default=Opportunistic
 	TLSPolicy TLSPolicy `json:"tlsPolicy,omitempty"`

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -196,6 +197,13 @@ func (w *Worker) log(a *Attempt) {
 	if a.TLS.Established {
 		tlsProto = a.TLS.Protocol
 	}
+	// What decided the TLS, and what failed under it: "dane",
+	// "mta-sts/certificate-host-mismatch", "tls-policy"; "none" without a
+	// connection.
+	tlsPolicy := cmp.Or(string(a.TLS.Policy), "none")
+	if a.TLS.PolicyResult != "" {
+		tlsPolicy += "/" + a.TLS.PolicyResult
+	}
 	for _, r := range a.Recipients {
 		level := slog.LevelInfo
 		if r.Status != StatusSent {
@@ -210,6 +218,7 @@ func (w *Worker) log(a *Attempt) {
 			"status", string(r.Status),
 			"reply", r.Reply.String(),
 			"tls", tlsProto,
+			"tls_policy", tlsPolicy,
 		)
 	}
 }

@@ -31,7 +31,11 @@ type DeliveryPolicyApplyConfiguration struct {
 	// as expired, from 1m to 120h. Defaults to 48h.
 	MaxQueueLifetime *v1.Duration `json:"maxQueueLifetime,omitempty"`
 	// tlsPolicy for delivery to the recipients' MX hosts. Defaults to
-	// Opportunistic. A RelayRoute sets its own policy for its target.
+	// Opportunistic. It is the floor: a recipient domain's DANE (RFC 7672)
+	// or MTA-STS (RFC 8461) policy raises it for that domain, never lowers
+	// it. None is an explicit opt-out of TLS, DANE and MTA-STS included:
+	// mail then travels in plaintext even to domains that ask for TLS. A
+	// RelayRoute sets its own policy for its target.
 	TLSPolicy *apiv1alpha1.TLSPolicy `json:"tlsPolicy,omitempty"`
 	// webhook receives a signed JSON notification for each message outcome
 	// (delivered, deferred, bounced, expired).
