@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/testenv"
 )
 
@@ -174,14 +173,17 @@ func loopbackOptions(t *testing.T, ca *testenv.CA, rua string) (Options, *testen
 	if err := srv.Add(`_smtp._tls.example.test. TXT "v=TLSRPTv1; rua=`+rua+`"`, "reports.example.test. A 127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	res, err := delivery.NewResolver(delivery.ResolverOptions{Server: srv.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Go's resolver asking the loopback server (delivery's Resolver, which
+	// the relay passes, imports this package).
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, srv.Addr())
+	}}
 	opts := testOptions()
 	opts.Clock = testenv.NewClock(day0.AddDate(0, 0, 1).Add(time.Minute))
 	opts.MaxDelay = -1
-	opts.LookupTXT, opts.LookupHost = res.LookupTXT, res.LookupHost
+	opts.LookupTXT = res.LookupTXT
+	opts.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) { return res.LookupNetIP(ctx, "ip", host) }
 	opts.RootCAs = ca.Pool()
 	opts.AllowAddr = func(a netip.Addr) bool { return a.IsLoopback() }
 	return opts, srv
