@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postgate/postgate/internal/relay/inflow"
 	"github.com/postgate/postgate/internal/relay/queue"
 )
 
@@ -36,6 +37,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConnections, "max-connections", 1000, "most open SMTP connections (421 above)")
 	fs.IntVar(&c.MaxConnectionsPerClient, "max-connections-per-client", 50, "most open SMTP connections from one client address (421 above)")
 	fs.Int64Var(&c.MinDataRate, "min-data-rate", 100, "least average rate of a message body in bytes/s once the idle timeout has passed since it began; slower bodies get 421 4.4.2 (slow-loris guard; negative: off)")
+	fs.DurationVar(&c.InFlowDelay, "in-flow-delay", inflow.DefaultDelay, "while delivery is behind acceptance (more accepted messages not yet taken by delivery than it works on at once), the longest a new transaction waits at MAIL FROM for delivery to take a message, first come first served; never refused (Postfix's in_flow_delay; 0: off, at most 10s)")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (off when empty)")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's CPU and heap profiles and execution traces (net/http/pprof) under /debug/pprof/ on the metrics listener, for performance work; off by default: a profile shows message data in memory")
 	fs.StringVar(&c.HealthAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (off when empty)")

@@ -36,6 +36,7 @@ import (
 	"github.com/postgate/postgate/internal/relay/admin"
 	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/relay/follow"
+	"github.com/postgate/postgate/internal/relay/inflow"
 	"github.com/postgate/postgate/internal/relay/lifecycle"
 	"github.com/postgate/postgate/internal/relay/message"
 	"github.com/postgate/postgate/internal/relay/notify"
@@ -90,6 +91,10 @@ type Config struct {
 	MaxConnections          int   // --max-connections
 	MaxConnectionsPerClient int   // --max-connections-per-client
 	MinDataRate             int64 // --min-data-rate
+	// InFlowDelay (--in-flow-delay) is the longest a new transaction waits
+	// at MAIL FROM while delivery is behind acceptance; 0 turns the wait
+	// off (docs/design.md, "In-flow backpressure").
+	InFlowDelay time.Duration
 
 	MetricsAddr string // --metrics-bind-address
 	Pprof       bool   // --pprof: profiles on the metrics listener
@@ -146,6 +151,11 @@ type Relay struct {
 // would cost a file and a directory fsync every few messages.
 const minSegmentBytes = 1 << 20
 
+// maxInFlowDelay bounds --in-flow-delay: Postfix allows 0 to 10 s, and a
+// client waits at least 5 minutes for the MAIL reply (RFC 5321 section
+// 4.5.3.2.2), so 10 s is far from any client's patience.
+const maxInFlowDelay = 10 * time.Second
+
 // Check reports the first contradiction in c, naming the flags: one mode,
 // standalone or cluster; a TLS key pair whole; the spool's segment sizes
 // in their bounds (docs/design.md, "The queue"); an admin API that can
@@ -162,6 +172,8 @@ func (c *Config) Check() error {
 		return errors.New("--smtps-bind-address needs --tls-cert-file and --tls-key-file")
 	case c.SpoolSegmentBytes != 0 && c.SpoolSegmentBytes < minSegmentBytes:
 		return fmt.Errorf("--spool-segment-bytes %d: give at least %d (1 MiB)", c.SpoolSegmentBytes, minSegmentBytes)
+	case c.InFlowDelay < 0 || c.InFlowDelay > maxInFlowDelay:
+		return fmt.Errorf("--in-flow-delay %s: give 0 (off) to %s", c.InFlowDelay, maxInFlowDelay)
 	case c.SpoolSegmentMaxBody > queue.MaxSegmentBodyBytes:
 		return fmt.Errorf("--spool-segment-max-body %d: give at most %d (16 MiB), or a negative value for a file per message", c.SpoolSegmentMaxBody, queue.MaxSegmentBodyBytes)
 	case c.AdminAddr != "" && !c.AdminAllowNonLoopback && !isLoopback(c.AdminAddr):
@@ -289,9 +301,13 @@ func (r *Relay) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The gate is made once delivery's capacity is known; nothing leases
+	// before delivery runs, later.
+	var gate *inflow.Gate
 	q, err := queue.Open(ctx, qdir, queue.Options{
 		Logger: logger, MaxBodyBytes: cfg.MaxMessageBytes + message.MaxPrepended, Lifetime: routing.DefaultMaxQueueLifetime,
 		SegmentBytes: cfg.SpoolSegmentBytes, SegmentBodyBytes: cfg.SpoolSegmentMaxBody,
+		Taken: func() { gate.Taken() },
 	})
 	if err != nil {
 		return err
@@ -313,39 +329,6 @@ func (r *Relay) run(ctx context.Context) error {
 	stageDir := filepath.Join(cfg.SpoolDir, "staging")
 	if err := os.MkdirAll(stageDir, 0o700); err != nil { //nolint:gosec // under the spool directory the operator chose
 		return err
-	}
-	smtpMetrics, err := smtpd.NewMetrics(reg)
-	if err != nil {
-		return err
-	}
-	srv, err := smtpd.New(smtpd.Config{
-		Metrics:  smtpMetrics,
-		StageDir: stageDir,
-		Hostname: cfg.Hostname, Tables: tables, Spool: QueueSpool{Queue: q}, TLS: tlsConfig,
-		ProxyCIDRs: cfg.ProxyCIDRs, MaxMessageBytes: cfg.MaxMessageBytes, MaxRecipients: cfg.MaxRecipients,
-		MaxConnections: cfg.MaxConnections, MaxConnectionsPerClient: cfg.MaxConnectionsPerClient, MinDataRate: cfg.MinDataRate, Logger: logger,
-	})
-	if err != nil {
-		return err
-	}
-
-	errs := make(chan error, 4)
-	listen := func(addr string, implicitTLS bool) error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		logger.Info("SMTP listening", "address", ln.Addr().String(), "implicitTLS", implicitTLS, "starttls", tlsConfig != nil)
-		go func() { errs <- srv.Serve(ln, implicitTLS) }()
-		return nil
-	}
-	if err := listen(cfg.SMTPAddr, false); err != nil {
-		return err
-	}
-	if cfg.SMTPSAddr != "" {
-		if err := listen(cfg.SMTPSAddr, true); err != nil {
-			return err
-		}
 	}
 	resolver, err := delivery.NewResolver(delivery.ResolverOptions{Server: cfg.DNSServer, TrustAD: cfg.Outbound.DNSSEC})
 	if err != nil {
@@ -374,6 +357,48 @@ func (r *Relay) run(ctx context.Context) error {
 	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {
 		return err
+	}
+	// In-flow backpressure (docs/design.md): while more accepted messages
+	// wait for delivery than it works on at once, a new transaction waits
+	// at MAIL FROM for delivery to take one, at most --in-flow-delay.
+	inflowMetrics, err := inflow.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	gate = inflow.New(inflow.Options{Delay: cfg.InFlowDelay, Bound: worker.Capacity(), Backlog: q.Untaken, Metrics: inflowMetrics})
+	smtpMetrics, err := smtpd.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	srv, err := smtpd.New(smtpd.Config{
+		Metrics:  smtpMetrics,
+		StageDir: stageDir,
+		Hostname: cfg.Hostname, Tables: tables, Spool: QueueSpool{Queue: q}, TLS: tlsConfig,
+		ProxyCIDRs: cfg.ProxyCIDRs, MaxMessageBytes: cfg.MaxMessageBytes, MaxRecipients: cfg.MaxRecipients,
+		MaxConnections: cfg.MaxConnections, MaxConnectionsPerClient: cfg.MaxConnectionsPerClient, MinDataRate: cfg.MinDataRate, Logger: logger,
+		InFlow: gate,
+	})
+	if err != nil {
+		return err
+	}
+
+	errs := make(chan error, 4)
+	listen := func(addr string, implicitTLS bool) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		logger.Info("SMTP listening", "address", ln.Addr().String(), "implicitTLS", implicitTLS, "starttls", tlsConfig != nil)
+		go func() { errs <- srv.Serve(ln, implicitTLS) }()
+		return nil
+	}
+	if err := listen(cfg.SMTPAddr, false); err != nil {
+		return err
+	}
+	if cfg.SMTPSAddr != "" {
+		if err := listen(cfg.SMTPSAddr, true); err != nil {
+			return err
+		}
 	}
 	lc := lifecycle.New(lifecycle.Config{
 		Namespace: cfg.Namespace, PodName: cfg.PodName, StatefulSet: cfg.StatefulSet,

@@ -71,6 +71,11 @@ func New(q *queue.Queue, tables TableSource, opts Options) (*Worker, error) {
 	}, nil
 }
 
+// Capacity is how many messages the worker delivers at once
+// (Options.MaxMessages): the backlog of accepted messages at or under
+// which the relay's in-flow gate counts delivery as keeping up.
+func (w *Worker) Capacity() int { return w.opts.MaxMessages }
+
 // tablePoll is how often Run looks for a first routing table.
 const tablePoll = time.Second
 

@@ -199,6 +199,7 @@ func (q *Queue) Delete(ctx context.Context, id ID) error {
 		return storageErr("remove queue file", err)
 	}
 	q.mu.Lock()
+	q.settle(e)
 	e.gone = true
 	delete(q.entries, id)
 	q.mu.Unlock()
@@ -325,7 +326,7 @@ func (q *Queue) Import(ctx context.Context, r io.Reader) (ID, error) {
 	if err := w.write(snap); err != nil {
 		return "", err
 	}
-	if err := q.commit(w, &m); err != nil {
+	if err := q.commit(w, &m, false); err != nil {
 		return "", err
 	}
 	return h.ID, nil

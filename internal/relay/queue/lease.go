@@ -71,7 +71,11 @@ func (q *Queue) Lease(ctx context.Context, id ID) (*Lease, error) {
 		return nil, fmt.Errorf("%s: %w", id, ErrHeld)
 	}
 	e.leased = true
+	taken := q.settle(e)
 	q.mu.Unlock()
+	if taken && q.opts.Taken != nil {
+		q.opts.Taken()
+	}
 	m, err := q.message(e)
 	if err != nil {
 		q.mu.Lock()
@@ -275,6 +279,7 @@ func (q *Queue) mutate(e *entry, change func(m *Message, now time.Time) (*record
 
 	q.mu.Lock()
 	if !q.setSummary(e, &m) {
+		q.settle(e)
 		e.gone = true
 		delete(q.entries, e.id)
 	}

@@ -86,6 +86,12 @@ type Options struct {
 	// SegmentBytes is the size at which a new segment file is started.
 	// Default 64 MiB.
 	SegmentBytes int64
+	// Taken, when set, is called each time a message that Enqueue
+	// accepted is leased for the first time (a delivery worker took it),
+	// outside the queue's locks: the relay's in-flow gate lets one waiting
+	// transaction go (docs/design.md, "In-flow backpressure"). It must not
+	// block.
+	Taken func()
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -150,6 +156,9 @@ type Queue struct {
 	changed   chan struct{}
 
 	enqueued, fileSyncs, dirSyncs atomic.Uint64
+	// untaken counts the entries whose untaken is set; changed under mu,
+	// read without it (Untaken).
+	untaken atomic.Int64
 
 	// Segments (segment.go).
 	wmu     sync.Mutex // the append lock
@@ -200,6 +209,9 @@ type entry struct {
 	nextDue time.Time
 	leased  bool
 	gone    bool
+	// untaken: accepted by Enqueue and not yet leased, held or removed;
+	// counted in Queue.untaken. Under Queue.mu.
+	untaken bool
 }
 
 func msgName(id ID) string { return string(id) + ".msg" }
@@ -334,8 +346,28 @@ func (q *Queue) read(id ID) (Message, layout, error) {
 func (q *Queue) setSummary(e *entry, m *Message) bool {
 	e.nextDue, e.pending = m.nextDue()
 	e.held = m.Held
+	if e.held {
+		q.settle(e) // on hold, it no longer waits for delivery
+	}
 	return e.pending > 0
 }
+
+// settle takes e out of the messages accepted and not yet taken, if it is
+// one. The caller holds q.mu or owns e alone.
+func (q *Queue) settle(e *entry) bool {
+	if !e.untaken {
+		return false
+	}
+	e.untaken = false
+	q.untaken.Add(-1)
+	return true
+}
+
+// Untaken returns how many messages Enqueue accepted that no delivery has
+// taken yet (leased for the first time), leaving out those held or removed
+// since: the backlog between acceptance and delivery that the relay's
+// in-flow gate watches.
+func (q *Queue) Untaken() int { return int(q.untaken.Load()) }
 
 // Close waits for the operations under way (cancel the contexts of the
 // Enqueues still reading a body first) and releases the spool's lock.
@@ -468,7 +500,7 @@ func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, 
 		return "", storageErr("write queue file", err)
 	}
 	m := newMessage(h, n)
-	if err := q.commit(w, &m); err != nil {
+	if err := q.commit(w, &m, true); err != nil {
 		return "", err
 	}
 	q.enqueued.Add(1)
@@ -562,8 +594,9 @@ func (w *spoolFile) abort() {
 // commit makes the written file durable under its final name and indexes
 // m: fsync the file, rename it into place, fsync the directory (shared).
 // Until the directory fsync returns, a crash may lose the message, and the
-// caller has not been told it is queued.
-func (q *Queue) commit(w *spoolFile, m *Message) error {
+// caller has not been told it is queued. fresh: Enqueue accepted it, so it
+// counts as untaken until first leased.
+func (q *Queue) commit(w *spoolFile, m *Message, fresh bool) error {
 	q.fileSyncs.Add(1)
 	if err := w.f.Sync(); err != nil {
 		return storageErr("sync queue file", err)
@@ -584,6 +617,7 @@ func (q *Queue) commit(w *spoolFile, m *Message) error {
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.entries[m.ID] = e
+	q.markUntaken(e, fresh)
 	q.mu.Unlock()
 	w.committed = true
 	q.signal()
@@ -647,6 +681,9 @@ type Stats struct {
 	Segments         int
 	SegmentBytes     int64
 	SegmentLiveBytes int64
+	// Untaken is how many messages Enqueue accepted that no delivery has
+	// taken yet (Queue.Untaken).
+	Untaken int
 	// Since Open:
 	Enqueued  uint64 // Enqueue calls that returned an ID
 	FileSyncs uint64 // fsyncs of message and segment files
@@ -675,6 +712,7 @@ func (q *Queue) Stats() Stats {
 		s.SegmentLiveBytes += sg.liveBytes
 	}
 	q.mu.Unlock()
+	s.Untaken = q.Untaken()
 	s.Enqueued = q.enqueued.Load()
 	s.FileSyncs = q.fileSyncs.Load()
 	s.DirSyncs = q.dirSyncs.Load()

@@ -311,15 +311,16 @@ func (q *Queue) enqueueSegment(ctx context.Context, h *header, js []byte, body i
 		return nil, nil, err
 	}
 	m := newMessage(h, int64(len(rec)-hdrEnd-4))
-	if err := q.commitSegment(rec, loc, &m); err != nil {
+	if err := q.commitSegment(rec, loc, &m, true); err != nil {
 		return nil, nil, err
 	}
 	return nil, nil, nil
 }
 
 // commitSegment appends a message record (and whatever records follow it
-// in recs), waits until they are durable and indexes m at their place.
-func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message) error {
+// in recs), waits until they are durable and indexes m at their place;
+// fresh as for commit.
+func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message, fresh bool) error {
 	s, off, err := q.appendRecords(recs)
 	if err != nil {
 		return err
@@ -333,9 +334,19 @@ func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message) error {
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.index(e)
+	q.markUntaken(e, fresh)
 	q.mu.Unlock()
 	q.signal()
 	return nil
+}
+
+// markUntaken counts a message Enqueue accepted (fresh) as not yet taken by
+// delivery, unless something took it already. The caller holds q.mu.
+func (q *Queue) markUntaken(e *entry, fresh bool) {
+	if fresh && !e.held && !e.leased && !e.gone && !e.untaken {
+		e.untaken = true
+		q.untaken.Add(1)
+	}
 }
 
 // index adds e to the queue; the caller holds q.mu.
@@ -349,6 +360,7 @@ func (q *Queue) index(e *entry) {
 
 // unindex removes e from the queue; the caller holds q.mu.
 func (q *Queue) unindex(e *entry) {
+	q.settle(e)
 	e.gone = true
 	delete(q.entries, e.id)
 	if e.inSeg {
@@ -540,7 +552,7 @@ func (q *Queue) importSegment(r io.Reader, h *header, js []byte, bl int64, bodyC
 		return "", err
 	}
 	*bp = recs[:0]
-	if err := q.commitSegment(recs, loc, &m); err != nil {
+	if err := q.commitSegment(recs, loc, &m, false); err != nil {
 		return "", err
 	}
 	return h.ID, nil

@@ -38,6 +38,12 @@ type Spool interface {
 	Enqueue(ctx context.Context, env *Envelope, body io.Reader) (id string, err error)
 }
 
+// InFlow holds a new transaction back while delivery is behind acceptance
+// (internal/relay/inflow); it never refuses one.
+type InFlow interface {
+	Wait(ctx context.Context) (time.Duration, string)
+}
+
 // Envelope is what the server knows of a message besides its bytes.
 type Envelope struct {
 	// From is MAIL FROM as the client gave it; empty for the null sender.
@@ -115,6 +121,9 @@ type Config struct {
 	// Metrics counts sessions, accepted and refused mail; nil counts
 	// nothing.
 	Metrics *Metrics
+	// InFlow is waited on at MAIL FROM, before the client sends the body
+	// (docs/design.md, "In-flow backpressure"); nil: never.
+	InFlow InFlow
 }
 
 func (c *Config) setDefaults() {

@@ -137,6 +137,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			}
 		}
 	}
+	// While delivery is behind, the transaction waits here, before the
+	// client sends its body, for delivery to take a message or at most
+	// --in-flow-delay; then it goes on. The MAIL reply is only late (the
+	// client waits up to 5 minutes for it, RFC 5321 section 4.5.3.2.2),
+	// nothing is refused.
+	if s.s.cfg.InFlow != nil {
+		s.s.cfg.InFlow.Wait(context.Background())
+	}
 	var size int64
 	if opts != nil {
 		size = opts.Size
