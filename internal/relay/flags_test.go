@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postgate/postgate/internal/relay"
 )
@@ -86,6 +87,36 @@ func TestSpoolSegmentFlags(t *testing.T) {
 		err := cfg.Check()
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.wantErr)) {
 			t.Errorf("relay %q: Check: %v, want an error starting %q", tc.args, err, tc.wantErr)
+		}
+	}
+}
+
+// TestInFlowDelayFlag: --in-flow-delay defaults to Postfix's 1s, takes 0
+// (off), and is refused negative or past 10s with a message naming it.
+func TestInFlowDelayFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    time.Duration
+		wantErr bool
+	}{
+		{nil, time.Second, false},
+		{[]string{"--in-flow-delay", "0"}, 0, false},
+		{[]string{"--in-flow-delay", "250ms"}, 250 * time.Millisecond, false},
+		{[]string{"--in-flow-delay", "-1s"}, 0, true},
+		{[]string{"--in-flow-delay", "11s"}, 0, true},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		cfg.BindFlags(fs)
+		if err := fs.Parse(append([]string{"--manifests", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.Check()
+		switch {
+		case tc.wantErr && (err == nil || !strings.Contains(err.Error(), "--in-flow-delay")):
+			t.Errorf("relay %q: Check: %v, want an error naming --in-flow-delay", tc.args, err)
+		case !tc.wantErr && (err != nil || cfg.InFlowDelay != tc.want):
+			t.Errorf("relay %q: InFlowDelay %s, error %v; want %s", tc.args, cfg.InFlowDelay, err, tc.want)
 		}
 	}
 }
