@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -161,6 +162,9 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 	}
 	if got := fmt.Sprint(rc.DNSServer, " ", rc.MinDataRate, " ", rc.Pprof); got != "10.96.0.10:53 1024 true" {
 		t.Errorf("relay.extraArgs: --dns-server, --min-data-rate, --pprof parsed as %q", got)
+	}
+	if rc.InFlowDelay != 500*time.Millisecond {
+		t.Errorf("relay.inFlowDelay: --in-flow-delay parsed as %s, want 500ms", rc.InFlowDelay)
 	}
 	opArgs := expandEnv(containerArgs(t, op), env)
 	var oo operator.Options
