@@ -15,6 +15,7 @@ package inflow
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,8 +34,8 @@ type Options struct {
 	// will take in one go is never held back.
 	Bound int
 	// Backlog returns how many accepted messages delivery has not taken
-	// yet (queue.Queue.Untaken). It is called under the gate's lock and
-	// must not call into the gate.
+	// yet (queue.Queue.Untaken). It is called with and without the gate's
+	// lock held, and must not call into the gate.
 	Backlog func() int
 	// Metrics observes the waits; nil observes nothing.
 	Metrics *Metrics
@@ -47,6 +48,10 @@ type Gate struct {
 
 	mu   sync.Mutex
 	line []chan struct{} // the waiting transactions, first come first
+	// waiting is len(line), changed under mu: Wait and Taken read it
+	// without the lock, so that while delivery keeps up a transaction
+	// costs two atomic reads and no lock.
+	waiting atomic.Int64
 }
 
 // New returns a gate with opts.
@@ -74,6 +79,9 @@ func (g *Gate) Wait(ctx context.Context) (time.Duration, string) {
 	if g == nil || g.opts.Delay <= 0 {
 		return 0, ""
 	}
+	if g.waiting.Load() == 0 && g.opts.Backlog() <= g.opts.Bound {
+		return 0, ""
+	}
 	g.mu.Lock()
 	if g.opts.Backlog() <= g.opts.Bound {
 		// Caught up: whoever still waits goes too, before the caller.
@@ -83,6 +91,7 @@ func (g *Gate) Wait(ctx context.Context) (time.Duration, string) {
 	}
 	ch := make(chan struct{})
 	g.line = append(g.line, ch)
+	g.waiting.Store(int64(len(g.line)))
 	g.mu.Unlock()
 
 	start := time.Now()
@@ -106,8 +115,13 @@ func (g *Gate) Wait(ctx context.Context) (time.Duration, string) {
 
 // Taken tells the gate that delivery took a message: the first waiter in
 // line goes, or every waiter once the backlog is back at most Bound.
+//
+// A take that finds nobody waiting does nothing, without the lock. One
+// that races with a transaction joining the line may miss it; the next
+// take, the next transaction once delivery has caught up, or the delay
+// lets it go.
 func (g *Gate) Taken() {
-	if g == nil {
+	if g == nil || g.waiting.Load() == 0 {
 		return
 	}
 	g.mu.Lock()
@@ -124,9 +138,7 @@ func (g *Gate) Waiting() int {
 	if g == nil {
 		return 0
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.line)
+	return int(g.waiting.Load())
 }
 
 // releaseLocked lets the first n waiters go. The caller holds g.mu.
@@ -140,6 +152,7 @@ func (g *Gate) releaseLocked(n int) {
 	if len(g.line) == 0 {
 		g.line = nil // let the array go rather than creep along it
 	}
+	g.waiting.Store(int64(len(g.line)))
 }
 
 // leave takes ch out of the line; false when it was let go already.
@@ -149,6 +162,7 @@ func (g *Gate) leave(ch chan struct{}) bool {
 	for i, c := range g.line {
 		if c == ch {
 			g.line = append(g.line[:i], g.line[i+1:]...)
+			g.waiting.Store(int64(len(g.line)))
 			return true
 		}
 	}
