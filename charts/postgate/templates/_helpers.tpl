@@ -150,3 +150,96 @@ rules:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+postgate.caBundleVolume: the volume source of relay.outboundTLS.caBundle,
+with its one key as ca.crt (--tls-ca-file), or "" when none is set.
+*/}}
+{{- define "postgate.caBundleVolume" -}}
+{{- $b := .Values.relay.outboundTLS.caBundle | default dict -}}
+{{- $set := list -}}
+{{- range list "pem" "secretName" "configMapName" -}}
+{{- if index $b . }}{{ $set = append $set . }}{{ end -}}
+{{- end -}}
+{{- if gt (len $set) 1 -}}
+{{- fail (printf "relay.outboundTLS.caBundle: set one of pem, secretName and configMapName, not %s" (join " and " $set)) -}}
+{{- end -}}
+{{- $key := $b.key | default "ca.crt" -}}
+{{- if $b.pem -}}
+configMap:
+  name: postgate-relay-ca-bundle
+  items:
+    - {key: ca.crt, path: ca.crt}
+{{- else if $b.secretName -}}
+secret:
+  secretName: {{ $b.secretName }}
+  items:
+    - {key: {{ $key | quote }}, path: ca.crt}
+{{- else if $b.configMapName -}}
+configMap:
+  name: {{ $b.configMapName }}
+  items:
+    - {key: {{ $key | quote }}, path: ca.crt}
+{{- else if $b.key -}}
+{{- fail "relay.outboundTLS.caBundle.key names a key of secretName or configMapName: set one of them" -}}
+{{- end -}}
+{{- end }}
+
+{{/* The image of the validating resolver sidecar. */}}
+{{- define "postgate.resolverImage" -}}
+{{- with .Values.relay.dnssecResolver.image -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
+{{- else -}}
+{{ .repository }}:{{ .tag }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+postgate.unboundConf: unbound.conf of the validating resolver beside the
+relay (relay.dnssecResolver). The relay trusts the AD bit of its answers
+(--dns-dnssec, RFC 4035 section 3.2.3), which holds only because unbound
+listens on loopback alone, recurses from the root itself (no forwarder
+between the authoritative servers and the validation) and validates against
+the root trust anchors.
+*/}}
+{{- define "postgate.unboundConf" -}}
+{{- $r := .Values.relay.dnssecResolver -}}
+server:
+  # Loopback only: the relay pod's (or, with hostNetwork, the node's).
+  interface: 127.0.0.1@{{ $r.port }}
+  access-control: 127.0.0.0/8 allow
+  do-daemonize: no
+  # The pod's user already; no chroot, no pidfile, logs on stderr: the
+  # root filesystem is read-only and nothing is written.
+  username: ""
+  chroot: ""
+  directory: "/etc/postgate/unbound"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  # Validation failures in the log, with the reason: a DANE deferral for
+  # a bogus TLSA record is explained there.
+  val-log-level: 2
+  module-config: "validator iterator"
+  {{- range $r.trustAnchors }}
+  trust-anchor: {{ . | quote }}
+  {{- end }}
+  # Bogus or stripped signatures fail (SERVFAIL) rather than pass as
+  # insecure; names are revealed to each server only as far as it needs
+  # (RFC 9156).
+  harden-dnssec-stripped: yes
+  harden-glue: yes
+  harden-below-nxdomain: yes
+  qname-minimisation: yes
+  hide-identity: yes
+  hide-version: yes
+# No remote control: nothing else in the pod may change the resolver.
+remote-control:
+  control-enable: no
+{{- with $r.extraConfig }}
+{{ . }}
+{{- end }}
+{{- end }}
