@@ -25,7 +25,8 @@ func readYAML(t *testing.T, name string, v any) {
 }
 
 // Chart.yaml's Artifact Hub annotations name the image of the appVersion
-// and exactly the chart's CRDs, and its kubeVersion refuses a cluster
+// and the validating resolver's (relay.dnssecResolver), and exactly the
+// chart's CRDs, and its kubeVersion refuses a cluster
 // without the preStop sleep action (Kubernetes 1.30).
 func TestChartMetadata(t *testing.T) {
 	var chart struct {
@@ -37,6 +38,14 @@ func TestChartMetadata(t *testing.T) {
 		Image struct {
 			Repository string `json:"repository"`
 		} `json:"image"`
+		Relay struct {
+			DNSSECResolver struct {
+				Image struct {
+					Repository string `json:"repository"`
+					Tag        string `json:"tag"`
+				} `json:"image"`
+			} `json:"dnssecResolver"`
+		} `json:"relay"`
 	}
 	readYAML(t, "charts/postgate/values.yaml", &values)
 
@@ -46,8 +55,14 @@ func TestChartMetadata(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(chart.Annotations["artifacthub.io/images"]), &images); err != nil {
 		t.Fatal(err)
 	}
-	if want := values.Image.Repository + ":" + chart.AppVersion; len(images) != 1 || images[0].Image != want {
-		t.Errorf("artifacthub.io/images lists %+v, want the one image %s", images, want)
+	resolver := values.Relay.DNSSECResolver.Image
+	want := []string{values.Image.Repository + ":" + chart.AppVersion, resolver.Repository + ":" + resolver.Tag}
+	var listedImages []string
+	for _, i := range images {
+		listedImages = append(listedImages, i.Image)
+	}
+	if !slices.Equal(listedImages, want) {
+		t.Errorf("artifacthub.io/images lists %q, want %q", listedImages, want)
 	}
 
 	type crd struct {

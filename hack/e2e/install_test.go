@@ -475,6 +475,21 @@ func TestChartSchemaRejectsWrongValues(t *testing.T) {
 		{"relay.podSecurityContext.runAsUser=-1", "runAsUser"},
 		{"relay.securityContext.capabilities.drop=ALL", "drop"},
 		{"operator.podSecurityContext.runAsUsr=1000", "runAsUsr"},
+		// relay.outboundTLS and relay.dnssecResolver: unknown keys and
+		// values the relay or the pod would refuse later.
+		{"relay.outboundTLS.dnae=false", "dnae"},
+		{"relay.outboundTLS.dane=maybe", "dane"},
+		{"relay.outboundTLS.tlsRpt.from=nobody", "from"},
+		{"relay.outboundTLS.tlsRpt.submitter=not a domain", "submitter"},
+		{"relay.outboundTLS.caBundle.pemFile=/ca.crt", "pemFile"},
+		{"relay.outboundTLS.caBundle.secretName=Private_CA", "secretName"},
+		{"relay.dnssecResolver.enable=true", "enable"},
+		{"relay.dnssecResolver.port=70000", "port"},
+		{"relay.dnssecResolver.image.digest=latest", "digest"},
+		{"relay.dnssecResolver.image.tag=", "tag"},
+		{"relay.dnssecResolver.trustAnchors[0]=example.com", "trustAnchors"},
+		{"relay.dnssecResolver.readinessProbe.periodSeconds=5", "readinessProbe"},
+		{"relay.dnssecResolver.securityContext.capabilities.drop=ALL", "drop"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, stderr, err := tryRun(nil, "helm", "template", "postgate", "charts/postgate", "--namespace", namespace, "--set", tc.set)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/postgate/postgate/internal/operator"
 	"github.com/postgate/postgate/internal/relay"
+	"github.com/postgate/postgate/internal/relay/delivery"
 )
 
 // allValues sets every value of the chart (charts/postgate/ci, which
@@ -120,8 +121,20 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 		{"relay.persistentVolumeClaimRetentionPolicy", field(rl, "spec", "persistentVolumeClaimRetentionPolicy"), "{whenDeleted: Retain, whenScaled: Delete}"},
 		{"relay.extraEnv", field(rlPod, "containers", 0, "env", 3), "{name: GOMEMLIMIT, value: 900MiB}"},
 		{"relay.envFrom", field(rlPod, "containers", 0, "envFrom"), "[{prefix: POSTGATE_, secretRef: {name: postgate-relay-env, optional: true}}]"},
-		{"relay.extraVolumes", field(rlPod, "volumes", 1), "{name: ca, secret: {secretName: postgate-relay-ca, optional: true}}"},
-		{"relay.extraVolumeMounts", field(rlPod, "containers", 0, "volumeMounts", 2), "{name: ca, mountPath: /etc/postgate/ca, readOnly: true}"},
+		{"relay.extraVolumes", field(rlPod, "volumes", 3), "{name: ca, secret: {secretName: postgate-relay-ca, optional: true}}"},
+		{"relay.extraVolumeMounts", field(rlPod, "containers", 0, "volumeMounts", 3), "{name: ca, mountPath: /etc/postgate/ca, readOnly: true}"},
+		{"relay.outboundTLS.caBundle", field(rlPod, "volumes", 1), "{name: ca-bundle, secret: {secretName: private-ca, items: [{key: ca.pem, path: ca.crt}]}}"},
+		{"relay.outboundTLS.caBundle (mount)", field(rlPod, "containers", 0, "volumeMounts", 2), "{name: ca-bundle, mountPath: /etc/postgate/ca-bundle, readOnly: true}"},
+		{"relay.dnssecResolver (the config)", field(rlPod, "volumes", 2), "{name: dnssec-resolver, configMap: {name: postgate-relay-dnssec-resolver}}"},
+		{"relay.dnssecResolver.image", field(rlPod, "initContainers", 0, "image"), "registry.example.com/mirror/unbound@sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"},
+		{"relay.dnssecResolver.image.pullPolicy", field(rlPod, "initContainers", 0, "imagePullPolicy"), "Always"},
+		{"relay.dnssecResolver.resources", field(rlPod, "initContainers", 0, "resources"), "{requests: {cpu: 20m, memory: 64Mi}, limits: {cpu: 500m, memory: 256Mi}}"},
+		{"relay.dnssecResolver.securityContext", field(rlPod, "initContainers", 0, "securityContext"), `{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true,
+			capabilities: {drop: [ALL]}, seccompProfile: {type: RuntimeDefault}}`},
+		{"relay.dnssecResolver.startupProbe", field(rlPod, "initContainers", 0, "startupProbe"), `{exec: {command: [/usr/bin/drill, -Q, -p, "8053", "@127.0.0.1", ., SOA]},
+			periodSeconds: 1, timeoutSeconds: 5, failureThreshold: 60}`},
+		{"relay.dnssecResolver.livenessProbe", field(rlPod, "initContainers", 0, "livenessProbe"), `{exec: {command: [/usr/bin/drill, -Q, -p, "8053", "@127.0.0.1", ., SOA]},
+			periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 6}`},
 		{"relay.livenessProbe", field(rlPod, "containers", 0, "livenessProbe"), "{httpGet: {path: /healthz, port: probes}, initialDelaySeconds: 30, periodSeconds: 10, failureThreshold: 6}"},
 		{"relay.readinessProbe", field(rlPod, "containers", 0, "readinessProbe"), "{httpGet: {path: /readyz, port: probes}, initialDelaySeconds: 2, periodSeconds: 2, timeoutSeconds: 1}"},
 		{"relay.updateStrategy", field(rl, "spec", "updateStrategy"), "{type: RollingUpdate, rollingUpdate: {partition: 0, maxUnavailable: 1}}"},
@@ -160,8 +173,20 @@ func TestChartAllValuesPassTheAPIServer(t *testing.T) {
 	if err := fs.Parse(relayArgs[1:]); err != nil {
 		t.Fatalf("postgate relay refuses the chart's arguments %q: %v", relayArgs, err)
 	}
-	if got := fmt.Sprint(rc.DNSServer, " ", rc.MinDataRate, " ", rc.Pprof); got != "10.96.0.10:53 1024 true" {
-		t.Errorf("relay.extraArgs: --dns-server, --min-data-rate, --pprof parsed as %q", got)
+	if got := fmt.Sprint(rc.Outbound.MTASTSPort, " ", rc.MinDataRate, " ", rc.Pprof); got != "8443 1024 true" {
+		t.Errorf("relay.extraArgs: --mta-sts-port, --min-data-rate, --pprof parsed as %q", got)
+	}
+	wantOutbound := relay.OutboundTLS{
+		DANE: false, DNSSEC: true, MTASTS: false, MTASTSPort: 8443, CAFile: "/etc/postgate/ca-bundle/ca.crt",
+		TLSRPT: false, TLSRPTOrg: "Example Mail: Outbound", TLSRPTContact: "mailto:tls-reports@example.com",
+		TLSRPTFrom: "tlsrpt@example.com", TLSRPTSubmitter: "smtp.example.com",
+	}
+	if rc.Outbound != wantOutbound || rc.DNSServer != "127.0.0.1:8053" {
+		t.Errorf("relay.outboundTLS, relay.dnssecResolver: parsed as --dns-server %q, %+v; want 127.0.0.1:8053, %+v", rc.DNSServer, rc.Outbound, wantOutbound)
+	}
+	// The relay starts with these: it trusts the AD bit only from loopback.
+	if _, err := delivery.NewResolver(delivery.ResolverOptions{Server: rc.DNSServer, TrustAD: rc.Outbound.DNSSEC}); err != nil {
+		t.Errorf("the relay refuses the chart's resolver: %v", err)
 	}
 	if rc.InFlowDelay != 500*time.Millisecond {
 		t.Errorf("relay.inFlowDelay: --in-flow-delay parsed as %s, want 500ms", rc.InFlowDelay)
