@@ -161,6 +161,13 @@ func TestChartDNSSECResolverSidecar(t *testing.T) {
 	// Without the sidecar --dns-server stays the operator's to set.
 	run(t, nil, "helm", "template", "postgate", "charts/postgate", "--set", "relay.extraArgs[0]=--dns-server=10.96.0.10:53")
 
+	// unbound recurses from the root servers: the relay's NetworkPolicy
+	// must leave egress (UDP and TCP port 53 anywhere) open.
+	_, objs = relayOf(t, "--set", "relay.dnssecResolver.enabled=true", "--set", "networkPolicy.enabled=true")
+	if got := field(objs["NetworkPolicy "+namespace+"/postgate-relay"], "spec", "policyTypes"); !reflect.DeepEqual(got, fromYAML(t, "[Ingress]")) {
+		t.Errorf("with the resolver sidecar the relay's NetworkPolicy has policyTypes %v: egress to port 53 must stay open", got)
+	}
+
 	createNamespace(t)
 	dryRun(t, rendered)
 }
