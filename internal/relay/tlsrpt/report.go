@@ -67,11 +67,22 @@ func (r *Reporter) reportID(dom *domainState) string {
 // at 23:59:59Z; the file name's end timestamp agrees).
 func dayEnd(day time.Time) time.Time { return day.AddDate(0, 0, 1).Add(-time.Second) }
 
+// rangeEnd is the end of what a report covers: the day's end, or the first
+// attempt to send it when that came earlier (Send on the day itself),
+// since the counts stop there.
+func rangeEnd(day time.Time, dom *domainState) time.Time {
+	end := dayEnd(day)
+	if !dom.First.IsZero() && dom.First.Before(end) {
+		end = dom.First.UTC().Truncate(time.Second)
+	}
+	return end
+}
+
 // reportJSON builds the report; r.mu is held.
 func (r *Reporter) reportJSON(day time.Time, dom *domainState) ([]byte, error) {
 	rep := reportJSON{
 		OrganizationName: r.opts.OrganizationName,
-		DateRange:        dateRangeJSON{Start: day.Format(time.RFC3339), End: dayEnd(day).Format(time.RFC3339)},
+		DateRange:        dateRangeJSON{Start: day.Format(time.RFC3339), End: rangeEnd(day, dom).Format(time.RFC3339)},
 		ContactInfo:      r.opts.ContactInfo,
 		ReportID:         r.reportID(dom),
 		Policies:         make([]policyResult, 0, len(dom.Policies)),
@@ -113,7 +124,7 @@ func gzipped(data []byte) []byte {
 // submitter!policy-domain!begin-timestamp!end-timestamp!unique-id.json.gz,
 // the timestamps in seconds since the epoch.
 func (r *Reporter) fileName(domain string, day time.Time, dom *domainState) string {
-	return fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", r.opts.Submitter, domain, day.Unix(), dayEnd(day).Unix(), dom.UniqueID)
+	return fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", r.opts.Submitter, domain, day.Unix(), rangeEnd(day, dom).Unix(), dom.UniqueID)
 }
 
 // mailReport is the RFC 5322 message of a report (section 5.3): a

@@ -62,6 +62,9 @@ type job struct {
 	domain string
 }
 
+// jobKey is a job in Reporter.sending.
+type jobKey struct{ day, domain string }
+
 // sendDue sends every report that is due, one after the other, and returns
 // when the next one is (zero when none is waiting).
 func (r *Reporter) sendDue(ctx context.Context) (next time.Time) {
@@ -78,13 +81,13 @@ func (r *Reporter) sendDue(ctx context.Context) (next time.Time) {
 		if err != nil {
 			continue
 		}
-		if now.Before(d.SendAt) {
-			later(d.SendAt)
-			continue
-		}
 		for name, dom := range d.Domains {
+			// A report sent on demand (Send) before the day's time
+			// follows its own retries from then on.
 			switch {
 			case dom.Done:
+			case dom.First.IsZero() && now.Before(d.SendAt):
+				later(d.SendAt)
 			case !dom.Next.IsZero() && now.Before(dom.Next):
 				later(dom.Next)
 			default:
@@ -111,15 +114,18 @@ func (r *Reporter) sendDue(ctx context.Context) (next time.Time) {
 }
 
 // send makes one attempt at a report and returns when the next is due
-// (zero: none).
+// (zero: none, or another attempt is under way).
 func (r *Reporter) send(ctx context.Context, j job) time.Time {
 	key := j.day.Format(time.DateOnly)
 	r.mu.Lock()
 	d := r.days[key]
-	if d == nil || d.Domains[j.domain] == nil { // dropped meanwhile
+	if d == nil || d.Domains[j.domain] == nil || d.Domains[j.domain].Done || r.sending[jobKey{key, j.domain}] {
+		// Dropped or done meanwhile, or Run and Send both at it: the
+		// one under way finishes it.
 		r.mu.Unlock()
 		return time.Time{}
 	}
+	r.sending[jobKey{key, j.domain}] = true // finish clears it
 	dom := d.Domains[j.domain]
 	if dom.First.IsZero() {
 		dom.First = r.opts.Clock.Now()
@@ -141,16 +147,17 @@ func (r *Reporter) send(ctx context.Context, j job) time.Time {
 		switch {
 		case errors.As(err, &perm):
 			log.Info("TLS report not sent: the domain asks for none", "reason", err)
-			return r.finish(key, j.domain, attempt{})
+			return r.finish(key, j.domain, attempt{reason: "the domain asks for no reports: " + err.Error()})
 		case err != nil:
 			log.Info("TLS report destination lookup failed", "err", err)
-			return r.finish(key, j.domain, attempt{retry: true, cut: ctx.Err() != nil})
+			return r.finish(key, j.domain, attempt{retry: true, cut: ctx.Err() != nil, reason: err.Error()})
 		}
 		pending = uris
 	}
 
 	gz := gzipped(report)
-	var left, mailto []string
+	var left, sent, mailto []string
+	var reasons []string
 	for _, u := range pending {
 		if addr, ok := strings.CutPrefix(u, "mailto:"); ok {
 			mailto = append(mailto, addr)
@@ -159,14 +166,17 @@ func (r *Reporter) send(ctx context.Context, j job) time.Time {
 		if err := r.post(ctx, u, gz); err != nil {
 			log.Info("TLS report not delivered", "rua", u, "err", err)
 			left = append(left, u)
+			reasons = append(reasons, u+": "+err.Error())
 			continue
 		}
 		log.Info("TLS report delivered", "rua", u)
+		sent = append(sent, u)
 	}
 	switch {
 	case len(mailto) == 0:
 	case r.opts.Submit == nil:
 		log.Info("TLS report not sent by mail: reports by mail are off", "to", mailto)
+		reasons = append(reasons, "mailto: reports by mail are off")
 	default:
 		msg := r.mailReport(mailto, j.domain, file, id, j.day, gz)
 		sctx, cancel := context.WithTimeout(ctx, r.opts.SubmitTimeout)
@@ -177,18 +187,25 @@ func (r *Reporter) send(ctx context.Context, j job) time.Time {
 			for _, a := range mailto {
 				left = append(left, "mailto:"+a)
 			}
+			reasons = append(reasons, "mailto: "+err.Error())
 		} else {
 			log.Info("TLS report queued", "to", mailto)
+			for _, a := range mailto {
+				sent = append(sent, "mailto:"+a)
+			}
 		}
 	}
-	return r.finish(key, j.domain, attempt{left: left, retry: len(left) > 0, cut: ctx.Err() != nil})
+	return r.finish(key, j.domain, attempt{left: left, sent: sent, retry: len(left) > 0, cut: ctx.Err() != nil,
+		reason: strings.Join(reasons, "; ")})
 }
 
 // attempt is the outcome of one attempt at a report.
 type attempt struct {
-	left  []string // the rua URIs still to take the report
-	retry bool     // something failed for now: try again later
-	cut   bool     // the end of Run cut the attempt short: not counted
+	left   []string // the rua URIs still to take the report
+	sent   []string // the rua URIs that took it in this attempt
+	retry  bool     // something failed for now: try again later
+	cut    bool     // the end of Run cut the attempt short: not counted
+	reason string   // why something was not sent, for Status
 }
 
 // finish records an attempt and returns when the next is due (zero: none).
@@ -196,6 +213,7 @@ func (r *Reporter) finish(key, domain string, a attempt) time.Time {
 	now := r.opts.Clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	delete(r.sending, jobKey{key, domain})
 	d := r.days[key]
 	if d == nil || d.Domains[domain] == nil { // dropped meanwhile
 		return time.Time{}
@@ -203,6 +221,8 @@ func (r *Reporter) finish(key, domain string, a attempt) time.Time {
 	dom := d.Domains[domain]
 	d.dirty = true
 	dom.Pending = a.left
+	dom.Sent = append(dom.Sent, a.sent...)
+	dom.Reason = a.reason
 	switch {
 	case !a.retry:
 		dom.Done = true
@@ -213,7 +233,7 @@ func (r *Reporter) finish(key, domain string, a attempt) time.Time {
 	dom.Attempts++
 	next := now.Add(r.opts.RetryBackoff << min(dom.Attempts-1, 16))
 	if dom.Attempts >= r.opts.MaxAttempts || next.After(dom.First.Add(retryWindow)) {
-		dom.Done = true
+		dom.Done, dom.GaveUp = true, true
 		r.opts.Logger.Info("TLS report given up", "domain", domain, "day", key, "attempts", dom.Attempts, "notDelivered", a.left)
 		return time.Time{}
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -327,5 +328,90 @@ func TestGiveUp(t *testing.T) {
 	err := r.post(t.Context(), fmt.Sprintf("https://127.0.0.1:%d/tlsrpt", rc.port()), gzipped([]byte("{}")))
 	if err == nil || !strings.Contains(err.Error(), "loopback") || len(rc.got) != 0 {
 		t.Errorf("a POST to loopback: %v, %d received", err, len(rc.got))
+	}
+}
+
+// TestSendOnDemand: Send sends a report of the day itself at once, partial
+// (its date-range ends at the send, later sessions of the day are not
+// counted), and Run does not send it again; a failed on-demand attempt is
+// retried by Run with the back-off before the day's own time; a report
+// already sent is not sent again; Summary shows each state.
+func TestSendOnDemand(t *testing.T) {
+	ca := testenv.NewCA(t)
+	rc := startReceiver(t, ca, http.StatusServiceUnavailable)
+	opts, srv := loopbackOptions(t, ca, fmt.Sprintf("https://reports.example.test:%d/tlsrpt", rc.port()))
+	if err := srv.Add(`_smtp._tls.other.test. TXT "v=TLSRPTv1; rua=https://reports.example.test:` + fmt.Sprint(rc.port()) + `/tlsrpt"`); err != nil {
+		t.Fatal(err)
+	}
+	clock := opts.Clock.(*testenv.Clock)
+	now := day0.Add(10*time.Hour + 30*time.Second)
+	clock.Set(now)
+	opts.MaxDelay = time.Hour
+	r := open(t, opts)
+	r.Record(Session{Policy: stsPolicy})
+	r.Record(Session{Policy: stsPolicy, Failure: &hostMismatch})
+	r.Record(Session{Policy: noPolicy})
+
+	st := r.Summary(day0)
+	if !st.Partial || len(st.Domains) != 2 || !reflect.DeepEqual(st.Domains[0], Status{Domain: "example.test", Successful: 1, Failed: 1,
+		State: StateWaiting, ReportID: st.Domains[0].ReportID}) || st.Domains[1].Domain != "other.test" {
+		t.Fatalf("summary %+v", st)
+	}
+	if _, err := r.Send(t.Context(), day0, "nowhere.test"); !errors.Is(err, ErrNoSessions) {
+		t.Errorf("Send of a domain without sessions: %v", err)
+	}
+	if _, err := r.Send(t.Context(), day0.AddDate(0, 0, -1), ""); !errors.Is(err, ErrNoSessions) {
+		t.Errorf("Send of a day without sessions: %v", err)
+	}
+
+	// The first POST gets a 503: retrying, the counts final from now on.
+	st, err := r.Send(t.Context(), day0, "Example.test")
+	if err != nil || len(st.Domains) != 1 {
+		t.Fatalf("Send: %+v %v", st, err)
+	}
+	s := st.Domains[0]
+	if s.State != StateRetrying || s.Attempts != 1 || !s.NextAttempt.Equal(now.Add(r.opts.RetryBackoff)) ||
+		len(s.Pending) != 1 || !strings.Contains(s.Reason, "503") || !st.Partial {
+		t.Fatalf("after a 503: %+v", st)
+	}
+	r.Record(Session{Policy: stsPolicy})
+	if r.Dropped() != 1 {
+		t.Errorf("a session after the report started going out was counted (dropped %d)", r.Dropped())
+	}
+	if next := r.sendDue(t.Context()); !next.Equal(s.NextAttempt) || len(rc.got) != 1 {
+		t.Fatalf("Run before the retry time: next %v, %d POSTs", next, len(rc.got))
+	}
+	// Run retries at the back-off, long before the day's own time.
+	clock.Set(s.NextAttempt)
+	r.sendDue(t.Context())
+	if len(rc.got) != 2 {
+		t.Fatalf("%d POSTs after the retry time, want 2", len(rc.got))
+	}
+	<-rc.got
+	<-rc.bodies
+	<-rc.got
+	var rep reportJSON
+	if err := json.Unmarshal(gunzip(t, strings.NewReader(string(<-rc.bodies))), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if want := now.Truncate(time.Second).Format(time.RFC3339); rep.DateRange.End != want || rep.Policies[0].Summary != (summaryJSON{Successful: 1, Failure: 1}) {
+		t.Errorf("partial report: end %s (want %s), %+v", rep.DateRange.End, want, rep.Policies[0].Summary)
+	}
+	st = r.Summary(day0)
+	if s := st.Domains[0]; s.State != StateSent || len(s.Sent) != 1 || len(s.Pending) != 0 {
+		t.Errorf("after the retry: %+v", s)
+	}
+
+	// Sent: neither Send nor Run sends it again, the next day either.
+	if st, err = r.Send(t.Context(), day0, "example.test"); err != nil || st.Domains[0].State != StateSent {
+		t.Errorf("Send again: %+v %v", st, err)
+	}
+	clock.Set(day0.AddDate(0, 0, 1).Add(2 * time.Hour))
+	r.sendDue(t.Context())
+	if len(rc.got) != 1 { // other.test's report, by Run
+		t.Fatalf("%d POSTs after the day's time, want 1 (other.test)", len(rc.got))
+	}
+	if s := r.Summary(day0); s.Partial || s.Domains[0].State != StateSent || s.Domains[1].State != StateSent {
+		t.Errorf("the day over: %+v", s)
 	}
 }

@@ -40,6 +40,12 @@ type domainState struct {
 	Pending []string `json:"pending,omitempty"`
 	// Done: sent everywhere, or given up.
 	Done bool `json:"done,omitempty"`
+	// Sent are the rua URIs that took the report; GaveUp says the
+	// attempts ran out; Reason is why the last attempt sent nothing to
+	// some URI, or why no report went out at all.
+	Sent   []string `json:"sent,omitempty"`
+	GaveUp bool     `json:"gaveUp,omitempty"`
+	Reason string   `json:"reason,omitempty"`
 
 	index map[string]*policyState
 }

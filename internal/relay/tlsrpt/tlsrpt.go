@@ -173,6 +173,9 @@ type Reporter struct {
 
 	mu   sync.Mutex
 	days map[string]*dayState // by YYYY-MM-DD
+	// sending are the reports an attempt is under way for, by Run or by
+	// Send: one attempt at a time per report.
+	sending map[jobKey]bool
 }
 
 // Open checks opts and loads the counts kept in opts.Dir.
@@ -180,7 +183,7 @@ func Open(opts Options) (*Reporter, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	r := &Reporter{opts: opts, days: make(map[string]*dayState)}
+	r := &Reporter{opts: opts, days: make(map[string]*dayState), sending: make(map[jobKey]bool)}
 	if opts.Dir != "" {
 		if err := r.load(); err != nil {
 			return nil, err
