@@ -10,7 +10,7 @@ import (
 	"github.com/postgate/postgate/internal/relay/admin"
 )
 
-const queueUsage = `Usage: postgate queue <list|show|flush|hold|release|delete> [flags] [ID...]
+const queueUsage = `Usage: postgate queue <list|show|flush|hold|release|delete|tls-reports> [flags] [ID...]
 
 Inspects and acts on the queue of a running relay through its admin API
 (postgate relay --admin-bind-address, loopback by default: run it on the
@@ -25,6 +25,17 @@ relay's host, or through kubectl port-forward).
   delete [--bounce] ID...
                    delete messages: silently, or with --bounce, telling the
                    sender (a DSN from <>) that the pending recipients failed
+  tls-reports [--day D] [--domain X]
+                   the TLS reports (RFC 8460) of UTC day D (YYYY-MM-DD, today,
+                   yesterday; default today): per recipient domain the
+                   successful and failed sessions and whether the report went
+                   out; with --domain, that domain's report JSON as it would
+                   be sent
+  tls-reports --send --day D [--domain X]
+                   send day D's reports (or X's) now instead of after the day
+                   plus a random delay of up to 4 h; never twice; a failure is
+                   retried by the relay; today's report is partial (it covers
+                   the day until now, later sessions of the day go unreported)
 
 Flags:
 `

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postgate/postgate/internal/relay/admin"
 	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/relay/mtasts"
 	"github.com/postgate/postgate/internal/relay/queue"
@@ -176,6 +177,15 @@ func (o *outbound) run(ctx context.Context) error {
 		return nil
 	}
 	return o.reporter.Run(ctx)
+}
+
+// adminReports is the reporter for the admin API's TLS report endpoints:
+// a nil interface, not a nil *tlsrpt.Reporter, when reporting is off.
+func (o *outbound) adminReports() admin.TLSReports {
+	if o.reporter == nil {
+		return nil
+	}
+	return o.reporter
 }
 
 // close ends the MTA-STS fetches still under way.

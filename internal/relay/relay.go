@@ -446,7 +446,7 @@ func (r *Relay) run(ctx context.Context) error {
 			logger.Error("Delivery stopped", "error", err)
 		}
 	}()
-	stopHTTP, err := r.serveHTTP(q, tables, reg, lc)
+	stopHTTP, err := r.serveHTTP(q, tables, reg, lc, tlsPolicies.adminReports())
 	if err != nil {
 		return err
 	}
@@ -503,7 +503,7 @@ func (r *Relay) shutdown(lc *lifecycle.Lifecycle, srv *smtpd.Server, worker *del
 
 // serveHTTP serves /metrics, the probes and the admin API on their own
 // listeners.
-func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, lc *lifecycle.Lifecycle) (stop func(), err error) {
+func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, lc *lifecycle.Lifecycle, reports admin.TLSReports) (stop func(), err error) {
 	cfg, logger := r.cfg, r.log
 	var servers []*http.Server
 	var adminHandler http.Handler
@@ -566,7 +566,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 		bo := &Bouncer{Queue: q, Hostname: cfg.Hostname}
 		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
-		}})
+		}, TLSReports: reports})
 		adminHandler = lc.AdminHandler(adminHandler) // POST /v1/drain
 		if err := start(cfg.AdminAddr, adminHandler); err != nil {
 			stop()

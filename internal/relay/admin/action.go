@@ -1,7 +1,9 @@
 package admin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,10 +13,14 @@ import (
 // Action is one action of `postgate queue`: its verb, the message IDs it
 // names, and its flags.
 type Action struct {
-	Verb   string // list, show, flush, hold, release or delete
+	Verb   string // list, show, flush, hold, release, delete or tls-reports
 	IDs    []string
-	List   ListQuery // list's selection
+	List   ListQuery // list's selection; its Domain is tls-reports' too
 	Bounce bool      // delete: tell the sender
+	// Day and Send are tls-reports': the UTC day (YYYY-MM-DD, today or
+	// yesterday; "" is today), and sending its reports now.
+	Day  string
+	Send bool
 }
 
 // ErrUnknownAction is Check's error for a verb that is no action.
@@ -24,6 +30,8 @@ var ErrUnknownAction = errors.New("unknown action")
 func (a *Action) BindFlags(fs *flag.FlagSet) {
 	a.List.BindFlags(fs)
 	fs.BoolVar(&a.Bounce, "bounce", false, "delete: send the sender a bounce for the recipients still pending")
+	fs.StringVar(&a.Day, "day", "", "tls-reports: the UTC day, YYYY-MM-DD, today or yesterday (default today)")
+	fs.BoolVar(&a.Send, "send", false, "tls-reports: send the day's reports (--domain: that domain's) now, without the random delay; needs --day")
 }
 
 // Check reports whether the verb is an action and the IDs fit it.
@@ -34,6 +42,13 @@ func (a *Action) Check() error {
 			return fmt.Errorf("unexpected arguments %q", a.IDs)
 		}
 	case "flush":
+	case "tls-reports":
+		if len(a.IDs) > 0 {
+			return fmt.Errorf("unexpected arguments %q", a.IDs)
+		}
+		if a.Send && a.Day == "" {
+			return errors.New("--send needs --day (YYYY-MM-DD, today or yesterday): a report sent on its own day is partial")
+		}
 	case "show", "hold", "release", "delete":
 		if len(a.IDs) == 0 || (a.Verb == "show" && len(a.IDs) > 1) {
 			return errors.New("give a message ID")
@@ -67,6 +82,8 @@ func (a *Action) Run(ctx context.Context, c *Client, w io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(w, "%d messages flushed\n", n)
+	case "tls-reports":
+		return a.tlsReports(ctx, c, w)
 	default:
 		act, done := c.Hold, "held"
 		switch a.Verb {
@@ -85,6 +102,38 @@ func (a *Action) Run(ctx context.Context, c *Client, w io.Writer) error {
 			fmt.Fprintf(w, "%s: %s\n", id, done)
 		}
 		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// tlsReports is the tls-reports action: the day's table, one domain's
+// report JSON, or the table after sending.
+func (a *Action) tlsReports(ctx context.Context, c *Client, w io.Writer) error {
+	switch {
+	case a.Send:
+		st, err := c.SendTLSReports(ctx, a.Day, a.List.Domain)
+		if err != nil {
+			return err
+		}
+		WriteTLSReports(w, st)
+	case a.List.Domain != "":
+		resp, err := c.TLSReport(ctx, a.Day, a.List.Domain)
+		if err != nil {
+			return err
+		}
+		var out bytes.Buffer
+		if err := json.Indent(&out, resp.Report, "", "  "); err != nil {
+			return err
+		}
+		out.WriteByte('\n')
+		_, err = w.Write(out.Bytes())
+		return err
+	default:
+		st, err := c.TLSReports(ctx, a.Day)
+		if err != nil {
+			return err
+		}
+		WriteTLSReports(w, st)
 	}
 	return nil
 }

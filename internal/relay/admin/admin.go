@@ -18,6 +18,18 @@
 //	DELETE /v1/messages/{id}             delete it silently (no bounce)
 //	DELETE /v1/messages/{id}?bounce=true delete it and bounce its pending recipients to the sender
 //	POST   /v1/flush  {"ids": [...]}     retry now the named messages, all when none
+//	GET    /v1/tls-reports?day=DAY       the TLS reports (RFC 8460) of a UTC day: each
+//	                                     policy domain's session counts and sending state
+//	GET    /v1/tls-reports?day=DAY&domain=D
+//	                                     that domain's state and its report JSON as it
+//	                                     would be sent now
+//	POST   /v1/tls-reports/send?day=DAY[&domain=D]
+//	                                     send that day's reports (or D's) now, without
+//	                                     the random delay; a day not over yet is partial
+//
+// DAY is YYYY-MM-DD, today or yesterday (UTC), today when omitted from a
+// GET; a send needs it. The TLS report endpoints answer 404 (GET) and 409
+// (POST) when TLS reporting is off.
 package admin
 
 import (
@@ -31,6 +43,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
 // Queue is what the endpoint needs of the relay's queue (*queue.Queue).
@@ -64,6 +77,17 @@ type Options struct {
 	// the reason; the body is still queued while it runs. Nil: a delete
 	// with a bounce is refused (501).
 	Bounce func(ctx context.Context, m queue.Message, rcpts []int) error
+	// TLSReports is the relay's TLS reporter; nil when TLS reporting is
+	// off.
+	TLSReports TLSReports
+}
+
+// TLSReports is what the endpoint needs of the relay's TLS reporter
+// (*tlsrpt.Reporter).
+type TLSReports interface {
+	Summary(day time.Time) tlsrpt.DayStatus
+	Report(domain string, day time.Time) ([]byte, error)
+	Send(ctx context.Context, day time.Time, domain string) (tlsrpt.DayStatus, error)
 }
 
 // DeletedReply is the reason a bounce of a deleted message gives.
@@ -74,12 +98,13 @@ type Handler struct {
 	q      Queue
 	now    func() time.Time
 	bounce func(ctx context.Context, m queue.Message, rcpts []int) error
+	tlsrpt TLSReports
 	mux    *http.ServeMux
 }
 
 // New returns the handler of the admin API over q.
 func New(q Queue, opts Options) *Handler {
-	h := &Handler{q: q, now: opts.Now, bounce: opts.Bounce, mux: http.NewServeMux()}
+	h := &Handler{q: q, now: opts.Now, bounce: opts.Bounce, tlsrpt: opts.TLSReports, mux: http.NewServeMux()}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -89,6 +114,8 @@ func New(q Queue, opts Options) *Handler {
 	h.mux.HandleFunc("POST /v1/messages/{id}/release", h.act(q.Release))
 	h.mux.HandleFunc("DELETE /v1/messages/{id}", h.delete)
 	h.mux.HandleFunc("POST /v1/flush", h.flush)
+	h.mux.HandleFunc("GET /v1/tls-reports", h.tlsReports)
+	h.mux.HandleFunc("POST /v1/tls-reports/send", h.sendTLSReports)
 	return h
 }
 

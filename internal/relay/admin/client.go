@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/lifecycle"
+	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
 // Client talks to a relay's admin API: `postgate queue` and `postgate
@@ -158,10 +159,51 @@ func (c *Client) Drain(ctx context.Context, interval time.Duration) (*lifecycle.
 	return &st, err
 }
 
+// tlsReportQuery is the query of the TLS report endpoints.
+func tlsReportQuery(day, domain string) string {
+	v := url.Values{}
+	if day != "" {
+		v.Set("day", day)
+	}
+	if domain != "" {
+		v.Set("domain", domain)
+	}
+	return v.Encode()
+}
+
+// TLSReports returns the state of the TLS reports of a UTC day
+// (YYYY-MM-DD, today or yesterday; "" is today).
+func (c *Client) TLSReports(ctx context.Context, day string) (*tlsrpt.DayStatus, error) {
+	var st tlsrpt.DayStatus
+	if err := c.Do(ctx, http.MethodGet, "/v1/tls-reports?"+tlsReportQuery(day, ""), nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// TLSReport returns one domain's TLS report of a day as it would be sent.
+func (c *Client) TLSReport(ctx context.Context, day, domain string) (*TLSReportResponse, error) {
+	var resp TLSReportResponse
+	if err := c.Do(ctx, http.MethodGet, "/v1/tls-reports?"+tlsReportQuery(day, domain), nil, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// SendTLSReports sends a day's TLS reports now, domain's alone when it is
+// not "", and returns their state afterwards.
+func (c *Client) SendTLSReports(ctx context.Context, day, domain string) (*tlsrpt.DayStatus, error) {
+	var st tlsrpt.DayStatus
+	if err := c.Do(ctx, http.MethodPost, "/v1/tls-reports/send?"+tlsReportQuery(day, domain), nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // BindFlags binds q to fs under the list flags of `postgate queue`.
 func (q *ListQuery) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&q.Sender, "sender", "", "list: messages whose sender contains this")
-	fs.StringVar(&q.Domain, "domain", "", "list: messages with a recipient in this domain")
+	fs.StringVar(&q.Domain, "domain", "", "list: messages with a recipient in this domain; tls-reports: that policy domain's report")
 	fs.DurationVar(&q.Older, "older", 0, "list: messages that arrived longer ago than this")
 	fs.IntVar(&q.Limit, "limit", DefaultLimit, "list: at most this many messages")
 	fs.StringVar(&q.After, "after", "", "list: messages after this ID (the next page)")

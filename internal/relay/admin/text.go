@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/lifecycle"
+	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
 // WriteList writes a page of messages as the table `postgate queue list`
@@ -77,4 +78,38 @@ func WriteDrain(w io.Writer, st *lifecycle.DrainStatus) {
 	if st.Error != "" {
 		fmt.Fprintf(w, "error: %s\n", st.Error)
 	}
+}
+
+// WriteTLSReports writes what `postgate queue tls-reports` prints: the
+// day, whether it is partial and when its reports go out, then one line
+// per policy domain: its sessions, its report's state and where it went or
+// why not.
+func WriteTLSReports(w io.Writer, st *tlsrpt.DayStatus) {
+	fmt.Fprintf(w, "Day:      %s UTC", st.Day)
+	if st.Partial {
+		fmt.Fprint(w, " (not over: counts so far; a report sent now is partial)")
+	}
+	fmt.Fprintln(w)
+	if !st.SendAt.IsZero() {
+		fmt.Fprintf(w, "Sending:  from %s\n", st.SendAt.UTC().Format(time.RFC3339))
+	}
+	if len(st.Domains) == 0 {
+		fmt.Fprintln(w, "no TLS sessions counted")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DOMAIN\tSUCCESSFUL\tFAILED\tREPORT\tATTEMPTS\tDETAIL")
+	for _, d := range st.Domains {
+		detail := d.Reason
+		switch d.State {
+		case tlsrpt.StateSent:
+			detail = "to " + strings.Join(d.Sent, ",")
+		case tlsrpt.StateRetrying:
+			if !d.NextAttempt.IsZero() {
+				detail = "next " + d.NextAttempt.UTC().Format(time.RFC3339) + ": " + d.Reason
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", d.Domain, d.Successful, d.Failed, d.State, d.Attempts, detail)
+	}
+	_ = tw.Flush()
 }

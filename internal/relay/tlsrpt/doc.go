@@ -62,6 +62,13 @@
 // doubling) up to MaxAttempts attempts, and not past 24 hours after the
 // first (section 5.5); a URI that took the report is not sent it again.
 //
+// Send makes the same attempts now, for an operator (the relay's admin
+// API), sharing Run's state: one attempt at a time per report, never sent
+// twice, Run's back-off after a failure. A report's counts stop at its first
+// attempt, so a report sent on its own day covers the day until then
+// (Summary says Partial). Summary shows each domain's counts and report
+// state.
+//
 // The https: client dials only what Options.AllowAddr allows, public
 // unicast addresses by default: the rua URI comes from a stranger's DNS,
 // and must not make the relay POST into the cluster's own network.
