@@ -95,6 +95,16 @@ func TestQueueTools(t *testing.T) {
 	if _, code := queueCmd(t, p, "show"); code != 2 {
 		t.Fatalf("show without an ID: exit %d, want 2", code)
 	}
+	// TLS reports: nothing was delivered by MX, so nothing was counted.
+	if out, code := queueCmd(t, p, "tls-reports", "--day", "yesterday"); code != 0 || !strings.Contains(out, "no TLS sessions counted") {
+		t.Errorf("tls-reports: exit %d:\n%s", code, out)
+	}
+	if _, code := queueCmd(t, p, "tls-reports", "--send"); code != 2 {
+		t.Errorf("tls-reports --send without --day: exit %d, want 2", code)
+	}
+	if _, code := queueCmd(t, p, "tls-reports", "--send", "--day", "today"); code != 1 {
+		t.Errorf("tls-reports --send of a day without sessions: exit %d, want 1", code)
+	}
 }
 
 // TestRelayDrainCommand runs `postgate relay drain` against a standalone
