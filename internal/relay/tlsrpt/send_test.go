@@ -415,3 +415,56 @@ func TestSendOnDemand(t *testing.T) {
 		t.Errorf("the day over: %+v", s)
 	}
 }
+
+// TestSendWhileRunSends: Run and Send never make two attempts at one
+// report at once: while an on-demand attempt is under way, Run leaves the
+// report alone, and it goes out once.
+func TestSendWhileRunSends(t *testing.T) {
+	opts := testOptions()
+	opts.Clock = testenv.NewClock(day0.AddDate(0, 0, 1).Add(time.Minute))
+	opts.MaxDelay = -1
+	opts.LookupTXT = func(context.Context, string) ([]string, error) {
+		return []string{"v=TLSRPTv1; rua=mailto:tlsrpt@example.test"}, nil
+	}
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	var mu sync.Mutex
+	submits := 0
+	opts.Submit = func(context.Context, string, []string, []byte) error {
+		mu.Lock()
+		submits++
+		first := submits == 1
+		mu.Unlock()
+		if first { // the on-demand attempt waits for the test
+			entered <- struct{}{}
+			<-release
+		}
+		return nil
+	}
+	r := open(t, opts)
+	r.Record(Session{Policy: stsPolicy, Time: day0})
+	sent := make(chan DayStatus, 1)
+	go func() {
+		st, err := r.Send(t.Context(), day0, "")
+		if err != nil {
+			t.Error(err)
+		}
+		sent <- st
+	}()
+	wait(t, entered, "on-demand attempt")
+	if st := r.Summary(day0); st.Domains[0].State != StateSending {
+		t.Errorf("during the attempt: %+v", st.Domains[0])
+	}
+	if next := r.sendDue(t.Context()); !next.IsZero() {
+		t.Errorf("Run during the attempt: next %v", next)
+	}
+	close(release)
+	if st := wait(t, sent, "Send's answer"); st.Domains[0].State != StateSent {
+		t.Errorf("after the attempt: %+v", st.Domains[0])
+	}
+	r.sendDue(t.Context())
+	mu.Lock()
+	defer mu.Unlock()
+	if submits != 1 {
+		t.Errorf("%d reports submitted, want 1", submits)
+	}
+}

@@ -12,8 +12,10 @@ import (
 const (
 	// StateWaiting: not sent yet; Run sends it at the day's SendAt.
 	StateWaiting = "waiting"
+	// StateSending: an attempt is under way.
+	StateSending = "sending"
 	// StateRetrying: an attempt failed for some rua URI; the next one is
-	// at NextAttempt (or under way).
+	// at NextAttempt.
 	StateRetrying = "retrying"
 	// StateSent: every rua URI the relay can use took it.
 	StateSent = "sent"
@@ -96,7 +98,9 @@ func (r *Reporter) status(key, name string, dom *domainState) Status {
 		s.State = StateSent
 	case dom.Done:
 		s.State = StateNotSent
-	case dom.First.IsZero() && !r.sending[jobKey{key, name}]:
+	case r.sending[jobKey{key, name}]:
+		s.State = StateSending
+	case dom.First.IsZero():
 		s.State = StateWaiting
 	default:
 		s.State, s.NextAttempt = StateRetrying, dom.Next
