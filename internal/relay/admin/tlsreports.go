@@ -113,7 +113,7 @@ func writeTLSReportError(w http.ResponseWriter, err error) {
 	case errors.Is(err, tlsrpt.ErrNoSessions):
 		writeError(w, http.StatusNotFound, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		writeError(w, http.StatusGatewayTimeout, fmt.Errorf("the reports are still going out; see GET /v1/tls-reports: %w", err))
+		writeError(w, http.StatusGatewayTimeout, fmt.Errorf("time ran out before every report was tried (an attempt cut short is retried by the relay); see GET /v1/tls-reports, and send again: %w", err))
 	default:
 		writeError(w, http.StatusInternalServerError, err)
 	}
