@@ -95,14 +95,31 @@ func (s *Source) Table() *routing.Table { return s.table.Load() }
 
 // Run checks the files every Interval and reloads when they changed, until
 // ctx ends. A reload that fails keeps the table in force.
+//
+// A change is loaded once the files have stayed the same for one whole
+// Interval: a file being written in place (truncated, then written, as a
+// shell redirection or a copy does) reads empty or half written for a
+// moment, and an empty file is a valid, empty set of manifests that would
+// drop every domain from the table until the next check.
 func (s *Source) Run(ctx context.Context) error {
 	t := time.NewTicker(s.opts.Interval)
 	defer t.Stop()
+	var seen string // the fingerprint of the last check
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			fp, err := fingerprint(s.paths)
+			if err != nil {
+				s.opts.Logger.Error("Manifests not reloaded; the table in force stays", "error", err)
+				continue
+			}
+			settled := fp == seen
+			seen = fp
+			if !settled {
+				continue
+			}
 			if _, err := s.Reload(); err != nil {
 				s.opts.Logger.Error("Manifests not reloaded; the table in force stays", "error", err)
 			}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/postgate/postgate/internal/routing"
@@ -106,6 +107,49 @@ func TestReloadOnChange(t *testing.T) {
 	if src.Table() != good {
 		t.Error("a broken manifest replaced the table")
 	}
+}
+
+// A file written in place is loaded once it has stayed the same for a
+// whole interval: the moment it reads empty (a valid, empty manifest set)
+// never becomes the table.
+func TestReloadWaitsForTheFilesToSettle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		file := filepath.Join(dir, "relay.yaml")
+		if err := os.WriteFile(file, []byte(domainA), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		src, err := New([]string{dir}, Options{KeysDir: t.TempDir(), Interval: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go func() { _ = src.Run(ctx) }()
+		synctest.Wait()
+		// Truncated: empty for one check, then written.
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if src.Table().Domain("a.example.com") == nil {
+			t.Fatal("the empty file became the table")
+		}
+		if err := os.WriteFile(file, []byte(domainA+domainB), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the change is seen
+		synctest.Wait()
+		if src.Table().Domain("b.example.com") != nil {
+			t.Fatal("loaded before the files settled")
+		}
+		time.Sleep(time.Second) // and settled
+		synctest.Wait()
+		if src.Table().Domain("b.example.com") == nil || src.Table().Domain("a.example.com") == nil {
+			t.Fatal("the settled change was not loaded")
+		}
+	})
 }
 
 // writeAtomic replaces file with data in one rename.
