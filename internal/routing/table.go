@@ -232,13 +232,18 @@ func (d Denial) String() string {
 // TrustedNetwork admits only the SenderDomains of its own namespace.
 func (t *Table) MaySend(addr netip.Addr, identity, sender string) Denial {
 	d := t.Domain(domainOf(sender))
-	verdict := DenyUntrusted
 	if d == nil {
 		if t.Trusted(addr) {
 			return DenyUnknownDomain
 		}
 		return DenyUntrusted
 	}
+	return t.mayUse(addr, identity, d)
+}
+
+// mayUse is MaySend for a sender of the accepted SenderDomain d.
+func (t *Table) mayUse(addr netip.Addr, identity string, d *Domain) Denial {
+	verdict := DenyUntrusted
 	t.networks.visit(addr, func(n *Network) bool {
 		if n.Namespace != d.Namespace {
 			verdict = max(verdict, DenyDomainNotCovered)
@@ -252,6 +257,52 @@ func (t *Table) MaySend(addr netip.Addr, identity, sender string) Denial {
 		return false
 	})
 	return verdict
+}
+
+// Signs reports whether the domain declares DKIM signing: it has its key,
+// or its key is unavailable (SigningUnavailable).
+func (d *Domain) Signs() bool { return d.DKIM != nil || d.SigningUnavailable != "" }
+
+// SigningDomain returns the SenderDomain whose key signs a message that a
+// client at addr, authenticated as identity, sends from the envelope sender
+// with fromDomain the domain of its From field ("" when the From field names
+// no one domain): the From field's SenderDomain when it is another one and
+// may sign the message, else the sender's (nil when the sender's domain is
+// not in the table).
+//
+// DMARC (RFC 7489 section 3.1.1) passes on a DKIM signature whose d= is the
+// From field's domain (or, relaxed, shares its organizational domain); a
+// signature of the envelope sender's domain aligns only when the two
+// coincide. The From field's SenderDomain signs instead when all of these
+// hold, so that the choice is the table's, never a client's claim:
+//   - it is a SenderDomain of its own (an exact match: a subdomain of one is
+//     not a domain the client may send as, and keeps the sender's
+//     signature, which aligns in relaxed mode when the two share an
+//     organizational domain);
+//   - it is in the sender's namespace: a tenant's key signs only that
+//     tenant's mail, whatever else the client's networks admit;
+//   - the client may send as it, by the rules of MaySend;
+//   - it declares signing (Signs): whether its key is available right now
+//     does not decide, so a key outage gets the From domain's
+//     SigningUnavailable (a temporary refusal), never a signature that
+//     quietly stops aligning (docs/design.md contract 5);
+//   - the sender's mail goes to MX: mail that a RelayRoute carries (or holds)
+//     is the smart host's to sign, as a domain is either signed or relayed,
+//     never both.
+//
+// Only the signature follows the From field: the route, source address,
+// lifetime and notifications stay the envelope sender's (Lookup).
+func (t *Table) SigningDomain(addr netip.Addr, identity, sender, fromDomain string) *Domain {
+	dl := t.Lookup(sender)
+	d := dl.Domain
+	if d == nil || fromDomain == "" || dl.Route != nil || dl.Hold != nil {
+		return d
+	}
+	f := t.Domain(tableKey(fromDomain))
+	if f == nil || f == d || f.Namespace != d.Namespace || !f.Signs() || t.mayUse(addr, identity, f) != Allowed {
+		return d
+	}
+	return f
 }
 
 func (n *Network) hasIdentity(identity string) bool {
@@ -322,7 +373,13 @@ func domainOf(addr string) string {
 	if i < 0 {
 		return ""
 	}
-	d := strings.ToLower(addr[i+1:])
+	return tableKey(addr[i+1:])
+}
+
+// tableKey returns a domain name as the table keys it: lowercased, in
+// A-label form.
+func tableKey(d string) string {
+	d = strings.ToLower(d)
 	// SenderDomains are written in A-label form; the domain of an SMTPUTF8
 	// sender (RFC 6531) may come as U-labels, the same name (RFC 5890).
 	if strings.ContainsFunc(d, func(r rune) bool { return r >= utf8.RuneSelf }) {
