@@ -53,10 +53,8 @@ type header struct {
 	// 3.6.2), when it parses; else its value when printable ASCII.
 	from    string
 	hasFrom bool
-	// author is the mailbox of the From field when the header has exactly
-	// one From field holding exactly one mailbox that parses (RFC 5322
-	// section 3.6.2), "" otherwise.
-	author string
+	// author is what the From field says for signing (Author).
+	author Author
 }
 
 // parseHeader splits the header block into fields: a line that begins with
@@ -93,9 +91,9 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 		case strings.EqualFold(name, "From"):
 			if !h.hasFrom {
 				h.from = fromAddress(value)
-				h.author = singleMailbox(value)
+				h.author = authorOf(value)
 			} else {
-				h.author = "" // several From fields: nobody in particular
+				h.author = Author{} // several From fields: nobody in particular
 			}
 			h.hasFrom = true
 		}
@@ -135,14 +133,29 @@ func fromAddress(value string) string {
 	return printable(value)
 }
 
-// singleMailbox is the address of a From field's value that holds exactly
-// one mailbox, "" otherwise.
-func singleMailbox(value string) string {
+// authorOf reads a From field's value (RFC 5322 section 3.6.2: a
+// mailbox-list) for Author: its one mailbox, and the domain all of its
+// mailboxes share.
+func authorOf(value string) Author {
 	list, err := mail.ParseAddressList(strings.TrimSpace(value))
-	if err != nil || len(list) != 1 {
-		return ""
+	if err != nil || len(list) == 0 {
+		return Author{}
 	}
-	return printable(list[0].Address)
+	var a Author
+	if len(list) == 1 {
+		a.Mailbox = printable(list[0].Address)
+	}
+	for i, m := range list {
+		at := strings.LastIndexByte(m.Address, '@')
+		if at < 0 || (i > 0 && !strings.EqualFold(m.Address[at+1:], a.Domain)) {
+			a.Domain = ""
+			break
+		}
+		if i == 0 {
+			a.Domain = m.Address[at+1:]
+		}
+	}
+	return a
 }
 
 func printable(s string) string {

@@ -2,8 +2,10 @@
 // the relay's Received field (RFC 5321 section 4.4), adds Message-ID and
 // Date when the client gave none (RFC 5322 section 3.6, RFC 6409 section
 // 8.2 and 8.3: the relay is the submission agent of trusted clients), and
-// DKIM-signs at accept time when the sender's domain has a key (docs/design.md
-// contract 5), so the queued message carries its signature.
+// DKIM-signs at accept time (docs/design.md contract 5), so the queued
+// message carries its signature: with the key of the domain the caller
+// names, or chooses once the From field is read (Params.Signing: the
+// sender's SenderDomain, or the From field's for DMARC alignment).
 //
 // The client's bytes are never changed, only prepended to, but for one
 // field meant for the relay alone: X-Postgate-Tag (TagField), which labels
@@ -112,13 +114,13 @@ type Params struct {
 	// DKIM is the sender domain's key in the current routing table; nil
 	// when the domain does not sign.
 	DKIM *routing.DKIM
-	// Author, when set, decides who a message from the null sender is
-	// from, once the header is read: it is called with the address of the
-	// From field when there is exactly one From field holding exactly one
-	// mailbox ("" otherwise), and returns the domain that signs and its
-	// key (SenderDomain and DKIM; a nil key leaves the message unsigned),
-	// or an error, which Prepare returns as it is.
-	Author func(from string) (domain string, key *routing.DKIM, err error)
+	// Signing, when set, decides who signs the message once its header is
+	// read (who it is from, for the null sender; which domain aligns for
+	// DMARC, for any sender): it is called with what the From field says,
+	// and returns the domain that signs and its key, which replace
+	// SenderDomain and DKIM (a nil key leaves the message unsigned), or an
+	// error, which Prepare returns as it is.
+	Signing func(Author) (domain string, key *routing.DKIM, err error)
 	// StageDir holds the temporary file of a signed message larger than
 	// MaxMemory: the spool's staging directory (not the queue's directory
 	// itself). The file is unlinked as soon as it is created, so a crash
@@ -129,6 +131,21 @@ type Params struct {
 	MaxMemory int64
 }
 
+// Author is what the client's From field says of who wrote the message
+// (RFC 5322 section 3.6.2), for deciding who signs it.
+type Author struct {
+	// Mailbox is the address of the From field when the header has
+	// exactly one From field holding exactly one mailbox that parses,
+	// "" otherwise.
+	Mailbox string
+	// Domain is the domain of every mailbox of the header's one From
+	// field, as written; "" when it has none or several From fields, a
+	// mailbox that does not parse, or mailboxes of different domains (a
+	// DMARC verifier checks each of them, RFC 7489 section 6.6.1, and one
+	// signature aligns with one domain only).
+	Domain string
+}
+
 // Prepared is the message as it goes into the queue: the prepended fields,
 // then the client's bytes. Read it to the end, then Close it.
 type Prepared struct {
@@ -136,6 +153,8 @@ type Prepared struct {
 	stage *stage
 	// Signed reports whether a DKIM-Signature was prepended.
 	Signed bool
+	// SignedBy is the signature's domain (d=), "" when unsigned.
+	SignedBy string
 	// MessageID is the Message-ID field's value: the one added, or the
 	// client's when it is printable ASCII ("" otherwise), for logs.
 	MessageID string
@@ -192,8 +211,8 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.Author != nil {
-		if p.SenderDomain, p.DKIM, err = p.Author(h.author); err != nil {
+	if p.Signing != nil {
+		if p.SenderDomain, p.DKIM, err = p.Signing(h.author); err != nil {
 			return nil, err
 		}
 		if err := p.check(); err != nil {
@@ -237,7 +256,7 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	}
 	prefix := signer.Signature() + received + added.String()
 	out.r = io.MultiReader(strings.NewReader(prefix), bytes.NewReader(hdr), body)
-	out.stage, out.Signed, out.Prepended = st, true, len(prefix)
+	out.stage, out.Signed, out.SignedBy, out.Prepended = st, true, key.Domain, len(prefix)
 	return out, nil
 }
 

@@ -213,11 +213,34 @@ func (s *session) denied(d routing.Denial, what string) error {
 	return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied: " + what + d.String()}
 }
 
-// signing is the domain and key that sign a message from sender; a nil key
-// when its domain does not sign. A signing domain whose key is unavailable
-// is an unsignedError: its mail is never accepted unsigned.
-func (s *session) signing(sender string) (string, *routing.DKIM, error) {
-	d := s.table().Lookup(sender).Domain
+// signing decides, once the header is read, which domain signs the
+// message and with which key (nil: unsigned). A message from the null
+// sender (an auto-reply, RFC 3834, or an application's bounce) may go only
+// when its single From address is one the client may send as, exactly as
+// a MAIL FROM would be (554 5.7.1 otherwise); delivery then takes that
+// domain's route and source address. Any other message is signed by its
+// From field's domain when that aligns it for DMARC and the table allows
+// it (routing.Table.SigningDomain), else by the sender's. A signing domain
+// whose key is unavailable is an unsignedError: its mail is never accepted
+// unsigned.
+func (s *session) signing(a message.Author) (string, *routing.DKIM, error) {
+	t := s.table()
+	if t == nil {
+		return "", nil, errNotReady
+	}
+	sender := s.from
+	if sender == "" {
+		if a.Mailbox == "" {
+			s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", "", "reason", "no single From address")
+			return "", nil, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+				Message: "Relay access denied: a message from the null sender needs exactly one From field with exactly one address"}
+		}
+		if err := s.denied(t.MaySend(s.client.Addr(), s.identity, a.Mailbox), "From field: "); err != nil {
+			return "", nil, err
+		}
+		sender = a.Mailbox
+	}
+	d := t.SigningDomain(s.client.Addr(), s.identity, sender, a.Domain)
 	switch {
 	case d != nil && d.SigningUnavailable != "":
 		return "", nil, &unsignedError{reason: d.SigningUnavailable}
@@ -225,27 +248,6 @@ func (s *session) signing(sender string) (string, *routing.DKIM, error) {
 		return d.Name, d.DKIM, nil
 	}
 	return "", nil, nil
-}
-
-// author decides, once the header is read, whether a message from the
-// null sender (an auto-reply, RFC 3834, or an application's bounce) may
-// go: its single From address must be one the client may send as, exactly
-// as a MAIL FROM would be (554 5.7.1 otherwise). Its domain signs it, and
-// delivery takes that domain's route and source address.
-func (s *session) author(from string) (string, *routing.DKIM, error) {
-	if from == "" {
-		s.s.cfg.Logger.Info("Relay access denied", "client", s.client, "identity", s.identity, "from", "", "reason", "no single From address")
-		return "", nil, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "Relay access denied: a message from the null sender needs exactly one From field with exactly one address"}
-	}
-	t := s.table()
-	if t == nil {
-		return "", nil, errNotReady
-	}
-	if err := s.denied(t.MaySend(s.client.Addr(), s.identity, from), "From field: "); err != nil {
-		return "", nil, err
-	}
-	return s.signing(from)
 }
 
 func (s *session) Data(r io.Reader) (err error) {
@@ -270,12 +272,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	params := message.Params{
 		Hostname: s.s.cfg.Hostname, Helo: env.Helo, Client: env.Client, TLS: env.TLS, Identity: env.Identity,
 		Recipients: env.To, Now: s.s.cfg.Now(), StageDir: s.s.cfg.StageDir,
-	}
-	var prepared *message.Prepared
-	if s.from == "" {
-		params.Author = s.author
-	} else {
-		params.SenderDomain, params.DKIM, err = s.signing(s.from)
+		Signing: s.signing,
 	}
 	// A DATA body is read by protoConn, a buffer at a time; go-smtp's own
 	// reader (r) goes byte by byte, and reads BDAT messages' chunks.
@@ -283,17 +280,18 @@ func (s *session) Data(r io.Reader) (err error) {
 		r = body
 	}
 	in := message.NewChecker(&rawFaults{r: r, pc: s.pc}, s.s.cfg.MaxLineLength)
-	if err == nil {
-		prepared, err = message.Prepare(ctx, in, params)
-	} else if _, cerr := io.Copy(io.Discard, in); cerr != nil {
+	prepared, err := message.Prepare(ctx, in, params)
+	var unsigned *unsignedError
+	if errors.As(err, &unsigned) {
 		// A signing domain without its key: the message is read to its
 		// end and refused for now, never queued unsigned; a broken stream
 		// is answered as such.
-		err = cerr
+		if _, cerr := io.Copy(io.Discard, in); cerr != nil {
+			err = cerr
+		}
 	}
 	var id string
 	body := &countingReader{}
-	var unsigned *unsignedError
 	if err == nil {
 		env.MessageID, env.HeaderFrom, env.Tag = prepared.MessageID, prepared.HeaderFrom, prepared.Tag
 		body.r = prepared
@@ -305,7 +303,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	switch {
 	case err == nil:
 		s.s.cfg.Metrics.messageAccepted(body.n)
-		s.s.cfg.Logger.Info("Queued", "id", id, "client", s.client, "from", s.from, "recipients", len(s.to))
+		s.s.cfg.Logger.Info("Queued", "id", id, "client", s.client, "from", s.from, "recipients", len(s.to), "dkim", prepared.SignedBy)
 		// go-smtp answers a nil error with a bare "OK: queued"; the queue
 		// id in the reply is what lets a sender trace a message.
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
