@@ -150,11 +150,7 @@ func SubmitMail(addr, client, from, to, subject string) (string, error) {
 // or python3-dkim is missing (`make deps` installs it).
 func VerifyDKIMWithPython(tb testing.TB, msg []byte, name, txt string) {
 	tb.Helper()
-	file := filepath.Join(tb.TempDir(), "msg.eml")
-	if err := os.WriteFile(file, msg, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	script := `import sys, dkim
+	const script = `import sys, dkim
 name, txt = sys.argv[2].encode(), sys.argv[3].encode()
 def dnsfunc(q, timeout=5):
     return txt if q == name else None
@@ -162,8 +158,52 @@ ok = dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dnsfunc)
 print('verified' if ok else 'FAILED')
 sys.exit(0 if ok else 1)
 `
-	out, err := exec.Command("/usr/bin/python3", "-c", script, file, name, txt).CombinedOutput() //nolint:gosec // a fixed script; the arguments are data
-	if err != nil || !strings.Contains(string(out), "verified") {
-		tb.Errorf("python3-dkim does not verify the signature: %v\n%s\nmessage:\n%s", err, out, msg)
+	runPythonDKIM(tb, msg, script, name, txt)
+}
+
+// VerifyDKIMWithPythonDNS checks the first (topmost) DKIM-Signature of msg
+// with python3-dkim, as VerifyDKIMWithPython does, but looks the key up in
+// DNS: the TXT record at <s=>._domainkey.<d=> that the DNS server at
+// dnsAddr (a DNSServer's Addr) serves, queried with dnspython (a
+// dependency of Debian's python3-dkim). It returns the signature's d=
+// domain; it fails the test when the signature does not verify.
+func VerifyDKIMWithPythonDNS(tb testing.TB, msg []byte, dnsAddr string) string {
+	tb.Helper()
+	host, port, err := net.SplitHostPort(dnsAddr)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	const script = `import sys, dkim, dns.resolver
+r = dns.resolver.Resolver(configure=False)
+r.nameservers, r.port = [sys.argv[2]], int(sys.argv[3])
+def dnsfunc(q, timeout=5):
+    try:
+        answer = r.resolve(q.decode(), 'TXT', lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    return b''.join(answer[0].strings)
+d = dkim.DKIM(open(sys.argv[1], 'rb').read())
+ok = d.verify(dnsfunc=dnsfunc)
+print('verified d=%s' % d.domain.decode() if ok else 'FAILED')
+sys.exit(0 if ok else 1)
+`
+	out := runPythonDKIM(tb, msg, script, host, port)
+	_, domain, _ := strings.Cut(out, "verified d=")
+	return strings.TrimSpace(domain)
+}
+
+// runPythonDKIM runs a python3-dkim script on msg (its file is the first
+// argument, args follow) and returns its output, failing the test unless
+// it exits with 0 and prints "verified".
+func runPythonDKIM(tb testing.TB, msg []byte, script string, args ...string) string {
+	tb.Helper()
+	file := filepath.Join(tb.TempDir(), "msg.eml")
+	if err := os.WriteFile(file, msg, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	out, err := exec.Command("/usr/bin/python3", append([]string{"-c", script, file}, args...)...).CombinedOutput() //nolint:gosec // a fixed script; the arguments are data
+	if err != nil || !strings.Contains(string(out), "verified") {
+		tb.Errorf("python3-dkim (Debian's python3-dkim under /usr/bin/python3; make deps installs it) does not verify the signature: %v\n%s\nmessage:\n%s", err, out, msg)
+	}
+	return string(out)
 }
