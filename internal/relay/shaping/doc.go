@@ -46,7 +46,7 @@
 //     replicas does not multiply what a site receives (the fleet's total
 //     stays within the limit while the limit is at least the replica
 //     count).
-//   - Observe(site, reply) recognises a throttle reply and suspends the
+//   - Observe(site, reply) recognizes a throttle reply and suspends the
 //     site: initial, doubled for each suspension that begins within
 //     resetAfter of the last one's end, up to max, and initial again after
 //     resetAfter of quiet. Replies that arrive while suspended (the other

@@ -406,7 +406,7 @@ type SiteStats struct {
 	Refused map[Reason]uint64
 	// DeferredWithoutAttempt counts what NoteDeferred was told.
 	DeferredWithoutAttempt uint64
-	// ThrottleReplies counts replies Observe recognised; Suspensions the
+	// ThrottleReplies counts replies Observe recognized; Suspensions the
 	// suspensions they began.
 	ThrottleReplies uint64
 	Suspensions     uint64

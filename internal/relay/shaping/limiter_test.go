@@ -289,7 +289,7 @@ func TestBackoffGrowsAndResets(t *testing.T) {
 		// nothing.
 		clock.Advance(time.Minute)
 		if !l.Observe(otherSite, throttle) {
-			t.Fatal("a throttle while suspended not recognised")
+			t.Fatal("a throttle while suspended not recognized")
 		}
 		if u, _ := l.Suspended(otherSite.Name); !u.Equal(until) {
 			t.Fatalf("a throttle while suspended moved the end from %v to %v", until, u)

@@ -80,7 +80,7 @@ type Match struct {
 	MXHostSuffixes []string `json:"mxHostSuffixes,omitempty"`
 }
 
-// ReplyPattern recognises a throttle reply. Every field given must match;
+// ReplyPattern recognizes a throttle reply. Every field given must match;
 // at least one must be given.
 type ReplyPattern struct {
 	// Code is the SMTP reply code, such as 421; 0 matches any.
