@@ -1,39 +1,15 @@
 package shaping
 
 import (
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/postgate/postgate/internal/testenv"
 )
 
-// fakeClock is a clock the test moves.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.After(c.t) {
-		c.t = t
-	}
+// newFakeClock returns a clock that moves only when the test moves it.
+func newFakeClock() *testenv.Clock {
+	return testenv.NewClock(time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC))
 }
 
 func mustParse(t *testing.T, y string) *Policy {

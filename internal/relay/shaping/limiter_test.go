@@ -95,7 +95,7 @@ default:
 	// Five minutes in steps of 100 ms, and on until the workers have had
 	// some grants, however loaded the machine.
 	for i := 0; ; i++ {
-		clock.Advance(100 * time.Millisecond)
+		clock.Add(100 * time.Millisecond)
 		runtime.Gosched()
 		mu.Lock()
 		n := len(times)
@@ -145,7 +145,7 @@ default:
 	if !d.OK {
 		t.Fatalf("second connection after 30s: %+v", d)
 	}
-	clock.Advance(time.Hour)
+	clock.Add(time.Hour)
 	_, d = l.AcquireConn(otherSite)
 	if d.OK || d.Reason != ReasonConnections || !d.Until.IsZero() || !strings.Contains(d.Detail, "2 connections open") {
 		t.Fatalf("third connection: %+v, want Connections", d)
@@ -208,7 +208,7 @@ default:
 	// 20 per hour is a burst of 2 and a token every ceil(1h/19): the
 	// third message a minute later finds the hourly bucket empty, and it
 	// decides: the token the first message took comes back at t0+interval.
-	clock.Advance(time.Minute)
+	clock.Add(time.Minute)
 	d = c.AcquireMessage()
 	interval := (time.Hour + 18) / 19
 	if want := t0.Add(interval); d.OK || d.Reason != ReasonMessageRate || !strings.Contains(d.Detail, "20 messages per hour") || !d.Until.Equal(want) {
@@ -287,7 +287,7 @@ func TestBackoffGrowsAndResets(t *testing.T) {
 		until, _ := l.Suspended(otherSite.Name)
 		// Throttles while suspended (other connections' replies) change
 		// nothing.
-		clock.Advance(time.Minute)
+		clock.Add(time.Minute)
 		if !l.Observe(otherSite, throttle) {
 			t.Fatal("a throttle while suspended not recognized")
 		}
@@ -296,7 +296,7 @@ func TestBackoffGrowsAndResets(t *testing.T) {
 		}
 		clock.Set(until.Add(59 * time.Minute)) // within resetAfter
 	}
-	clock.Advance(time.Minute) // an hour after the end: quiet
+	clock.Add(time.Minute) // an hour after the end: quiet
 	if got := suspend(); got != 5*time.Minute {
 		t.Fatalf("after an hour's quiet: %v, want 5m again", got)
 	}
@@ -426,13 +426,13 @@ func TestPrune(t *testing.T) {
 	c.AcquireMessage()
 	c2, _ := l.AcquireConn(otherSite)
 	l.Observe(yahooSite, Reply{421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred"})
-	clock.Advance(2 * time.Minute)
+	clock.Add(2 * time.Minute)
 	if n := l.Prune(time.Minute); n != 0 {
 		t.Fatalf("pruned %d sites in use or suspended", n)
 	}
 	c.Release()
 	c2.Release()
-	clock.Advance(2 * time.Minute)
+	clock.Add(2 * time.Minute)
 	if n := l.Prune(time.Minute); n != 2 {
 		t.Fatalf("pruned %d, want the 2 idle sites", n)
 	}
