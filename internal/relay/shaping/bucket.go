@@ -48,7 +48,8 @@ func (b *bucket) configure(n int) {
 
 // setLimit changes the limit, keeping the tokens the bucket holds (but no
 // more than the new burst), so that a policy change or a new replica count
-// applies at once without granting a fresh burst.
+// applies at once without granting a fresh burst. A limit where there was
+// none starts empty, for the same reason.
 func (b *bucket) setLimit(n int, now time.Time) {
 	if max(n, 0) == b.limit {
 		return

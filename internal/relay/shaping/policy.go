@@ -30,6 +30,10 @@ const (
 // rule in Sites that matches it, else Default; a field a site rule leaves
 // out is the Default's. The file format is YAML or JSON with exactly these
 // field names (see Parse); DefaultPolicyYAML is the policy that ships.
+//
+// A Policy the Limiter uses comes from Parse (which validates it and
+// compiles its patterns) and is not changed afterwards: SetPolicy takes a
+// new one.
 type Policy struct {
 	// Default applies to every site no rule matches, and fills in what a
 	// rule leaves out. It must set maxConnections and suspension.
@@ -426,7 +430,9 @@ func (p *ReplyPattern) matches(r Reply) bool {
 	if p.EnhancedCode != "" && p.EnhancedCode != r.Enhanced {
 		return false
 	}
-	if p.re != nil && !p.re.MatchString(r.Text) {
+	if p.Text != "" && (p.re == nil || !p.re.MatchString(r.Text)) {
+		// p.re is nil in a pattern that did not come from Parse: it
+		// matches nothing rather than everything.
 		return false
 	}
 	return true
@@ -536,6 +542,9 @@ func (p *Policy) LimitsFor(site Site) (Limits, string) {
 }
 
 func (m *Match) matches(site Site) bool {
+	if m == nil {
+		return false
+	}
 	for _, s := range m.Sites {
 		if s == site.Name {
 			return true

@@ -86,6 +86,19 @@ func TestDefaultPolicyThrottleReplies(t *testing.T) {
 	}
 }
 
+// A pattern built in Go, not by Parse, has no compiled text: it matches
+// nothing rather than every reply.
+func TestUncompiledPatternMatchesNothing(t *testing.T) {
+	p := ReplyPattern{Text: "rate"}
+	if p.matches(Reply{421, "4.7.0", "anything"}) || p.matches(Reply{421, "", "rate"}) {
+		t.Fatal("an uncompiled pattern matched")
+	}
+	var m *Match
+	if m.matches(googleSite) {
+		t.Fatal("a nil match matched")
+	}
+}
+
 const minimal = `
 default:
   maxConnections: 3
