@@ -228,7 +228,7 @@ func (l *Limiter) AcquireConn(site Site) (*Conn, Decision) {
 		return nil, d
 	}
 	if st.open >= st.limits.MaxConnections {
-		return nil, st.refuse(ReasonConnections, time.Time{}, "%d connections open, the limit (rule %s, %d replicas)", st.open, st.rule.name, l.replicas)
+		return nil, st.refuse(ReasonConnections, time.Time{}, "%d connections open, the limit on this replica (rule %s, %d live replicas)", st.open, st.rule.name, l.replicas)
 	}
 	if ok, at := st.newConns.ready(now); !ok {
 		return nil, st.refuse(ReasonConnectionRate, at, "%d new connections per minute reached (rule %s)", st.limits.MaxNewConnectionsPerMinute, st.rule.name)

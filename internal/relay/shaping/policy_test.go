@@ -1,6 +1,7 @@
 package shaping
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -311,4 +312,29 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A parsed policy written as JSON (as the operator would publish it) parses
+// back to the same policy.
+func TestPolicyJSONRoundTrip(t *testing.T) {
+	p := DefaultPolicy()
+	j, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := Parse(j)
+	if err != nil {
+		t.Fatalf("Parse of its own JSON: %v\n%s", err, j)
+	}
+	again, _ := json.Marshal(q)
+	if string(again) != string(j) {
+		t.Fatalf("round trip changed the policy:\n%s\n%s", j, again)
+	}
+	for _, s := range []Site{googleSite, yahooSite, otherSite} {
+		a, ra := p.LimitsFor(s)
+		b, rb := q.LimitsFor(s)
+		if a != b || ra != rb {
+			t.Errorf("%s: %s %+v, after the round trip %s %+v", s.Name, ra, a, rb, b)
+		}
+	}
 }
