@@ -314,8 +314,12 @@ func (l *Limiter) Released(site string) <-chan struct{} {
 // ended, up to its max. Throttle replies that arrive while the site is
 // suspended (other connections' answers to the same event) neither extend
 // nor deepen it. A reply that is not a throttle reply changes nothing: a
-// 4xx keeps its per-message retry.
+// 4xx keeps its per-message retry. A success (2xx, 3xx) never is one, and
+// costs nothing to observe.
 func (l *Limiter) Observe(site Site, r Reply) bool {
+	if r.Code != 0 && r.Code < 400 {
+		return false
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()

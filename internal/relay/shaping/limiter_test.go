@@ -315,6 +315,7 @@ func TestNonThrottleReplyDoesNotSuspend(t *testing.T) {
 		{451, "4.7.1", "Greylisted, try again in 5 minutes"},
 		{452, "4.2.2", "The email account that you tried to reach is over quota."},
 		{421, "4.3.0", "Temporary System Problem. Try again later."},
+		{250, "2.0.0", "OK, but you are being rate limited"},
 	} {
 		if l.Observe(googleSite, r) {
 			t.Errorf("%v taken for a throttle", r)
