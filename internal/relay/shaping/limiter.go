@@ -156,7 +156,11 @@ func (l *Limiter) applyLimits(st *siteState, now time.Time) {
 	st.wake()
 }
 
-// state returns the state of site, made on first use. l.mu is held.
+// state returns the state of site, made on first use. l.mu is held. The
+// site's rule is chosen with the hosts it is first seen with (and again
+// with them at SetPolicy): two MX sets with one name differ only where a
+// rule matches a host suffix that one has and the other lacks, and one
+// site must have one set of limits.
 func (l *Limiter) state(site Site, now time.Time) *siteState {
 	st, ok := l.sites[site.Name]
 	if !ok {
