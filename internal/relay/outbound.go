@@ -54,8 +54,21 @@ func (o *OutboundTLS) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TLSRPTFrom, "tls-rpt-from", "", "TLS reports: sender address of reports by mail (mailto: rua), in a signing SenderDomain, as RFC 8460 section 5.3 wants them DKIM-signed; empty: reports go to https: rua only")
 }
 
+// outboundEnv is what the wiring takes from the rest of the relay's
+// configuration.
+type outboundEnv struct {
+	SpoolDir, Hostname, StageDir string
+	WebhookAllow                 []netip.Prefix
+	Resolver                     *delivery.Resolver
+	Queue                        *queue.Queue
+	Tables                       smtpd.TableSource
+	Logger                       *slog.Logger
+	Registerer                   prometheus.Registerer
+}
+
 // outbound is the wiring of OutboundTLS for one run.
 type outbound struct {
+	dane     bool
 	roots    *x509.CertPool
 	sts      *mtasts.Cache
 	reporter *tlsrpt.Reporter
@@ -65,9 +78,10 @@ type outbound struct {
 
 // newOutbound builds the MTA-STS cache and the TLS reporter as cfg says,
 // under the spool, through the relay's resolver.
-func newOutbound(cfg Config, resolver *delivery.Resolver, q *queue.Queue, tables smtpd.TableSource, stageDir string, logger *slog.Logger, reg prometheus.Registerer) (*outbound, error) {
-	o := cfg.Outbound
+func newOutbound(o OutboundTLS, env outboundEnv) (*outbound, error) {
+	resolver, logger, reg := env.Resolver, env.Logger, env.Registerer
 	out := &outbound{
+		dane: o.DANE,
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postgate_relay_tls_sessions_total",
 			Help: "TLS sessions of MX delivery by the recipient domain's policy type (tlsa, sts, no-policy-found) and result (success or the RFC 8460 result type).",
@@ -99,7 +113,7 @@ func newOutbound(cfg Config, resolver *delivery.Resolver, q *queue.Queue, tables
 	if o.MTASTS {
 		c, err := mtasts.New(mtasts.Options{
 			LookupTXT: resolver.LookupTXT, LookupHost: resolver.LookupHost,
-			Port: o.MTASTSPort, RootCAs: out.roots, Dir: filepath.Join(cfg.SpoolDir, "mta-sts"), Logger: logger,
+			Port: o.MTASTSPort, RootCAs: out.roots, Dir: filepath.Join(env.SpoolDir, "mta-sts"), Logger: logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("MTA-STS: %w", err)
@@ -108,16 +122,16 @@ func newOutbound(cfg Config, resolver *delivery.Resolver, q *queue.Queue, tables
 	}
 	if o.TLSRPT {
 		opts := tlsrpt.Options{
-			Dir: filepath.Join(cfg.SpoolDir, "tlsrpt"), OrganizationName: cmp.Or(o.TLSRPTOrg, cfg.Hostname),
-			ContactInfo: o.TLSRPTContact, Submitter: cmp.Or(o.TLSRPTSubmitter, cfg.Hostname), From: o.TLSRPTFrom,
+			Dir: filepath.Join(env.SpoolDir, "tlsrpt"), OrganizationName: cmp.Or(o.TLSRPTOrg, env.Hostname),
+			ContactInfo: o.TLSRPTContact, Submitter: cmp.Or(o.TLSRPTSubmitter, env.Hostname), From: o.TLSRPTFrom,
 			LookupTXT: resolver.LookupTXT, LookupHost: resolver.LookupHost, RootCAs: out.roots,
-			AllowAddr: allowReceiver(cfg.WebhookAllow), Logger: logger,
+			AllowAddr: allowReceiver(env.WebhookAllow), Logger: logger,
 		}
 		if opts.ContactInfo == "" && opts.From == "" {
 			opts.ContactInfo = "postmaster@" + opts.Submitter
 		}
 		if o.TLSRPTFrom != "" {
-			opts.Submit = (&ReportSubmitter{Queue: q, Tables: tables, Hostname: cfg.Hostname, StageDir: stageDir}).Submit
+			opts.Submit = (&ReportSubmitter{Queue: env.Queue, Tables: env.Tables, Hostname: env.Hostname, StageDir: env.StageDir}).Submit
 		}
 		r, err := tlsrpt.Open(opts)
 		if err != nil {
@@ -162,8 +176,8 @@ func notPublic(a netip.Addr) bool {
 }
 
 // deliveryOptions sets delivery's outbound TLS options.
-func (o *outbound) deliveryOptions(cfg Config, opts *delivery.Options) {
-	opts.DisableDANE = !cfg.Outbound.DANE
+func (o *outbound) deliveryOptions(opts *delivery.Options) {
+	opts.DisableDANE = !o.dane
 	opts.RootCAs = o.roots
 	if o.sts != nil {
 		opts.STS = stsCounter{o}

@@ -334,7 +334,10 @@ func (r *Relay) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--dns-server: %w", err)
 	}
-	tlsPolicies, err := newOutbound(cfg, resolver, q, tables, stageDir, logger, reg)
+	tlsPolicies, err := newOutbound(cfg.Outbound, outboundEnv{
+		SpoolDir: cfg.SpoolDir, Hostname: cfg.Hostname, StageDir: stageDir, WebhookAllow: cfg.WebhookAllow,
+		Resolver: resolver, Queue: q, Tables: tables, Logger: logger, Registerer: reg,
+	})
 	if err != nil {
 		return err
 	}
@@ -353,7 +356,7 @@ func (r *Relay) run(ctx context.Context) error {
 		Hostname: cfg.Hostname, Logger: logger, Resolver: resolver, MXPort: cfg.MXPort,
 		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
 	}
-	tlsPolicies.deliveryOptions(cfg, &deliveryOpts)
+	tlsPolicies.deliveryOptions(&deliveryOpts)
 	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {
 		return err
