@@ -156,8 +156,10 @@ const (
 	// ReasonSourceIPUnavailable: the dedicated source address cannot be
 	// bound on the relay's host.
 	ReasonSourceIPUnavailable Reason = "SourceIPUnavailable"
-	// ReasonTLSRequiredButUnavailable: the TLS policy requires TLS and the
-	// next hop does not offer it, or its certificate does not verify.
+	// ReasonTLSRequiredButUnavailable: the TLS policy (the domain's own, or
+	// the recipient domain's DANE or enforced MTA-STS policy) requires TLS
+	// and the next hop does not offer it, or its certificate does not
+	// verify.
 	ReasonTLSRequiredButUnavailable Reason = "TLSRequiredButUnavailable"
 )
 

@@ -30,6 +30,11 @@ func TestDeliveryDegraded(t *testing.T) {
 	tlsFailed := func(a *v1alpha1.DeliveryAttempt) {
 		a.TLS = &v1alpha1.TransportEncryption{Requested: v1alpha1.TLSPolicyRequired}
 	}
+	policyFailed := func(policy string) func(*v1alpha1.DeliveryAttempt) {
+		return func(a *v1alpha1.DeliveryAttempt) {
+			a.TLS = &v1alpha1.TransportEncryption{Requested: v1alpha1.TLSPolicyOpportunistic, Policy: policy, PolicyResult: "validation-failure"}
+		}
+	}
 	enhanced := func(code string) func(*v1alpha1.DeliveryAttempt) {
 		return func(a *v1alpha1.DeliveryAttempt) { a.EnhancedCode = code }
 	}
@@ -50,6 +55,8 @@ func TestDeliveryDegraded(t *testing.T) {
 		{"recipient domain accepts no mail (null MX)", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("5.1.10"))}, v1alpha1.ReasonBounces},
 		{"4xx reply with a permanent enhanced code", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 451, enhanced("5.7.1"))}, v1alpha1.ReasonTemporaryFailures},
 		{"TLS required, not established", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, tlsFailed)}, v1alpha1.ReasonTLSRequiredButUnavailable},
+		{"DANE refused the certificate", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.7.5"), policyFailed("dane"))}, v1alpha1.ReasonTLSRequiredButUnavailable},
+		{"MTA-STS enforce refused the certificate", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.7.5"), policyFailed("mta-sts"))}, v1alpha1.ReasonTLSRequiredButUnavailable},
 		{"source IP not on the host", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, noBind)}, v1alpha1.ReasonSourceIPUnavailable},
 		{"success after the failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(time.Second, 250), LastFailed: attempt(0, 451)}, ""},
 		{"failure older than the window", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(-16*time.Minute, 451)}, ""},
