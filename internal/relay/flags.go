@@ -48,7 +48,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	c.Outbound.bindFlags(fs)
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&c.PodName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
-	fs.StringVar(&c.webhookAllowFlag, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")
+	fs.StringVar(&c.webhookAllowFlag, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks, MTA-STS policy fetches and TLS report POSTs may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")
 	// Drain and hand-off (internal/relay/lifecycle).
 	fs.StringVar(&c.StatefulSet, "statefulset-name", "", "cluster mode: the relay's StatefulSet; on SIGTERM a replica whose ordinal is at or past its spec.replicas hands its queue to the other replicas (without it every SIGTERM is a restart that keeps the queue)")
 	fs.StringVar(&c.HandoffAddr, "handoff-bind-address", "", "cluster mode: address of the authenticated endpoint where peers hand over queued mail (off when empty)")

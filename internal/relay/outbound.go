@@ -113,7 +113,8 @@ func newOutbound(o OutboundTLS, env outboundEnv) (*outbound, error) {
 	if o.MTASTS {
 		c, err := mtasts.New(mtasts.Options{
 			LookupTXT: resolver.LookupTXT, LookupHost: resolver.LookupHost,
-			Port: o.MTASTSPort, RootCAs: out.roots, Dir: filepath.Join(env.SpoolDir, "mta-sts"), Logger: logger,
+			Port: o.MTASTSPort, RootCAs: out.roots, AllowAddr: allowReceiver(env.WebhookAllow),
+			Dir: filepath.Join(env.SpoolDir, "mta-sts"), Logger: logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("MTA-STS: %w", err)

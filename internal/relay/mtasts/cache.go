@@ -62,6 +62,12 @@ type Options struct {
 	// RootCAs verify the policy host's certificate. Default (nil): the
 	// system roots.
 	RootCAs *x509.CertPool
+	// AllowAddr decides which addresses of mta-sts.<domain> a fetch may
+	// connect to; nil allows every address. The relay allows public
+	// unicast addresses and the networks of --webhook-allow-cidrs: the
+	// policy host's address comes from a stranger's DNS, and a fetch must
+	// not reach the relay's own network (SSRF).
+	AllowAddr func(netip.Addr) bool
 	// Dir is where policies persist, one file per domain; "" keeps them in
 	// memory only.
 	Dir string

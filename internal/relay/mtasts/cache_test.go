@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -161,6 +162,16 @@ func TestRedirectRefused(t *testing.T) {
 	c := e.cache(func(o *Options) { o.Dir = "" })
 	wantErr(t, c.Lookup(t.Context(), "example.test"), ResultFetchError, "redirects are not followed")
 	e.wantRequests("elsewhere.test", 0)
+}
+
+// A policy host whose address is not allowed (loopback here, as an
+// internal address would be) is never connected to.
+func TestFetchRefusesAddressesNotAllowed(t *testing.T) {
+	e := newEnv(t, "example.test")
+	e.publish("example.test", "id1", enforcePolicy)
+	c := e.cache(func(o *Options) { o.Dir = ""; o.AllowAddr = func(a netip.Addr) bool { return !a.IsLoopback() } })
+	wantErr(t, c.Lookup(t.Context(), "example.test"), ResultFetchError, "may not reach")
+	e.wantRequests("example.test", 0)
 }
 
 func TestCertificateRefused(t *testing.T) {

@@ -38,6 +38,10 @@ func newClient(opts Options) *http.Client {
 			}
 			var errs []error
 			for _, a := range addrs {
+				if opts.AllowAddr != nil && !opts.AllowAddr(a.Unmap()) {
+					errs = append(errs, fmt.Errorf("%s is at %s, an address policy fetches may not reach (not public; --webhook-allow-cidrs opens internal networks)", host, a.Unmap()))
+					continue
+				}
 				conn, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a.Unmap(), uint16(opts.Port)).String()) //nolint:gosec // Port is checked to be 0..65535 by New
 				if err == nil {
 					return conn, nil
