@@ -25,7 +25,7 @@ func (s QueueSpool) Enqueue(ctx context.Context, env *smtpd.Envelope, body io.Re
 		From: env.From, Size: o.Size, Body: string(o.Body), SMTPUTF8: o.UTF8, RequireTLS: o.RequireTLS,
 		Ret: string(o.Return), EnvID: o.EnvelopeID,
 		ClientAddr: env.Client.String(), HELO: env.Helo, Auth: env.Identity,
-		MessageID: env.MessageID, HeaderFrom: env.HeaderFrom, Tag: env.Tag,
+		MessageID: env.MessageID, HeaderFrom: env.HeaderFrom, Tag: env.Tag, TLSOptional: env.TLSOptional,
 	}
 	for i, addr := range env.To {
 		r := queue.Rcpt{Addr: addr}

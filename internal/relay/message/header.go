@@ -55,6 +55,8 @@ type header struct {
 	hasFrom bool
 	// author is what the From field says for signing (Author).
 	author Author
+	// tlsRequiredNo: a "TLS-Required: No" field (RFC 8689 section 5).
+	tlsRequiredNo bool
 }
 
 // parseHeader splits the header block into fields: a line that begins with
@@ -88,6 +90,10 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 				h.messageID = printable(strings.TrimSpace(value))
 			}
 			h.hasMessageID = true
+		case strings.EqualFold(name, "TLS-Required"):
+			// The one value RFC 8689 section 5 defines; anything else is
+			// not a request to relax.
+			h.tlsRequiredNo = strings.EqualFold(strings.TrimSpace(value), "No")
 		case strings.EqualFold(name, "From"):
 			if !h.hasFrom {
 				h.from = fromAddress(value)

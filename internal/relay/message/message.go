@@ -161,6 +161,11 @@ type Prepared struct {
 	// HeaderFrom is the address in the client's From field (RFC 5322
 	// section 3.6.2), "" when there is none or it is not printable ASCII.
 	HeaderFrom string
+	// TLSOptional: the message carries "TLS-Required: No" (RFC 8689
+	// section 5): its author asks that the recipient domains' TLS
+	// policies (DANE, MTA-STS) not stop its delivery
+	// (queue.Envelope.TLSOptional).
+	TLSOptional bool
 	// Tag is the value of the client's TagField, which is not in the
 	// prepared message; "" when it had none.
 	Tag string
@@ -221,7 +226,7 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	}
 
 	var added bytes.Buffer
-	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from, Tag: tag}
+	out := &Prepared{MessageID: h.messageID, HeaderFrom: h.from, Tag: tag, TLSOptional: h.tlsRequiredNo}
 	if !h.hasMessageID {
 		out.MessageID = rfc5322.NewMessageID(p.Hostname)
 		fmt.Fprintf(&added, "Message-ID: %s\r\n", out.MessageID)

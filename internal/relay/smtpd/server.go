@@ -68,6 +68,9 @@ type Envelope struct {
 	// or the one added) and From address, set once the header is read,
 	// for delivery notifications; "" when unknown.
 	MessageID, HeaderFrom string
+	// TLSOptional: the message says "TLS-Required: No" (RFC 8689 section
+	// 5) and MAIL FROM had no REQUIRETLS, which wins over it (section 4.2).
+	TLSOptional bool
 	// Tag is the message's X-Postgate-Tag (removed from the message), for
 	// delivery notifications; "" when none.
 	Tag string

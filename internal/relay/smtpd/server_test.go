@@ -564,3 +564,22 @@ func TestSigningKeyUnavailable(t *testing.T) {
 		t.Fatalf("queued %d messages, want one signed", len(q))
 	}
 }
+
+// TestTLSRequiredNo: a message saying "TLS-Required: No" (RFC 8689
+// section 5) is queued with its envelope marked, so that delivery lets
+// the recipients' DANE and MTA-STS policies pass; others are not.
+func TestTLSRequiredNo(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	for _, body := range []string{"TLS-Required: No\r\nSubject: a\r\n\r\nx\r\n", "Subject: b\r\n\r\nx\r\n"} {
+		c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
+		c.expect("RCPT TO:<bob@dest.test>\r\n", 250, "")
+		c.expect("DATA\r\n", 354, "")
+		c.expect(body+".\r\n", 250, "")
+	}
+	msgs := spool.all()
+	if len(msgs) != 2 || !msgs[0].env.TLSOptional || msgs[1].env.TLSOptional {
+		t.Fatalf("queued: %+v", msgs)
+	}
+}

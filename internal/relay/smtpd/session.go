@@ -294,6 +294,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	body := &countingReader{}
 	if err == nil {
 		env.MessageID, env.HeaderFrom, env.Tag = prepared.MessageID, prepared.HeaderFrom, prepared.Tag
+		env.TLSOptional = prepared.TLSOptional && !env.MailOptions.RequireTLS
 		body.r = prepared
 		id, err = s.s.cfg.Spool.Enqueue(ctx, env, body)
 		_ = prepared.Close()
