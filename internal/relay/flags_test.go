@@ -120,3 +120,36 @@ func TestInFlowDelayFlag(t *testing.T) {
 		}
 	}
 }
+
+// The outbound TLS flags are judged before the relay starts: a mistake is
+// a usage error naming the flag.
+func TestOutboundTLSFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string // "" for no error
+	}{
+		{nil, ""},
+		{[]string{"--dns-server", "127.0.0.1:5353", "--dns-dnssec"}, ""},
+		{[]string{"--dns-server", "192.0.2.1:53", "--dns-dnssec"}, "--dns-dnssec"},
+		{[]string{"--dns-server", "192.0.2.1:53"}, ""},
+		{[]string{"--mta-sts-port", "0"}, "--mta-sts-port"},
+		{[]string{"--mta-sts=false", "--mta-sts-port", "0"}, ""},
+		{[]string{"--tls-rpt-submitter", "a!b"}, "--tls-rpt-submitter"},
+		{[]string{"--tls-rpt-from", "nobody"}, "--tls-rpt-from"},
+		{[]string{"--tls-rpt-from", "tlsrpt@example.com"}, ""},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		cfg.BindFlags(fs)
+		if err := fs.Parse(append([]string{"--manifests", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.Check()
+		switch {
+		case tc.flag == "" && err != nil:
+			t.Errorf("relay %q: %v", tc.args, err)
+		case tc.flag != "" && (err == nil || !strings.Contains(err.Error(), tc.flag)):
+			t.Errorf("relay %q: Check: %v, want an error naming %s", tc.args, err, tc.flag)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -52,6 +53,23 @@ func (o *OutboundTLS) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TLSRPTContact, "tls-rpt-contact", "", "TLS reports: contact-info, an address or URI (default: --tls-rpt-from, else postmaster@ the submitter)")
 	fs.StringVar(&o.TLSRPTSubmitter, "tls-rpt-submitter", "", "TLS reports: the submitting domain in the report's name and headers (default: --hostname)")
 	fs.StringVar(&o.TLSRPTFrom, "tls-rpt-from", "", "TLS reports: sender address of reports by mail (mailto: rua), in a signing SenderDomain, as RFC 8460 section 5.3 wants them DKIM-signed; empty: reports go to https: rua only")
+}
+
+// check judges the outbound TLS flags before anything starts, so a
+// mistake is a usage error (exit 2) naming the flag. dnsServer is
+// --dns-server.
+func (o *OutboundTLS) check(dnsServer string) error {
+	switch {
+	case o.MTASTS && (o.MTASTSPort < 1 || o.MTASTSPort > 65535):
+		return fmt.Errorf("--mta-sts-port %d: give a TCP port, 1 to 65535", o.MTASTSPort)
+	case o.DNSSEC && dnsServer != "" && !isLoopback(dnsServer):
+		return fmt.Errorf("--dns-dnssec: the AD bit is trusted only from a validating resolver on loopback, and --dns-server %s is not one (run a validating resolver such as unbound beside the relay)", dnsServer)
+	case strings.ContainsAny(o.TLSRPTSubmitter, "!@ \t\r\n<>"):
+		return fmt.Errorf("--tls-rpt-submitter %q: give a domain name (RFC 8460 section 5.3)", o.TLSRPTSubmitter)
+	case o.TLSRPTFrom != "" && !strings.Contains(o.TLSRPTFrom, "@"):
+		return fmt.Errorf("--tls-rpt-from %q: give an address, such as tlsrpt-noreply@example.com, in a signing SenderDomain", o.TLSRPTFrom)
+	}
+	return nil
 }
 
 // outboundEnv is what the wiring takes from the rest of the relay's

@@ -179,7 +179,7 @@ func (c *Config) Check() error {
 	case c.AdminAddr != "" && !c.AdminAllowNonLoopback && !isLoopback(c.AdminAddr):
 		return fmt.Errorf("--admin-bind-address %q is not a loopback address: the admin API can delete mail and has no authentication; use a port-forward, or --admin-allow-non-loopback", c.AdminAddr)
 	}
-	return nil
+	return c.Outbound.check(c.DNSServer)
 }
 
 // New checks cfg and returns a relay that Run starts.
