@@ -130,6 +130,21 @@
 // removed; should the removal not survive a crash, Open sees a journal with
 // nothing pending and removes the file again.
 //
+// A deferral without attempt (Result.NoAttempt; version note: added after
+// format version 2, which it leaves as it is) is written as any other
+// state change: a journal record, in a segment or a message file, with
+// the recipient's whole status: state pending, attempts and last attempt
+// as they were, next attempt at the time asked for (within the lifetime),
+// the reply that explains the wait. Replay, compaction snapshots, Export
+// and Import carry it as they carry every status; a relay of the previous
+// version reads it as such. No field was added on purpose: readers
+// decode journal records with unknown fields refused, and a refused
+// record ends replay (of a message file's journal there, of a segment
+// there, its later messages included), so a relay of the previous version
+// would lose what follows a record with a new field. A change that cannot
+// be said with the existing fields needs a new format version, which
+// older relays set aside (".corrupt") rather than misread.
+//
 // A file is self-contained: ID, arrival, envelope, body and history.
 // Export writes one (journal reduced to a snapshot), from a segment as
 // well, and Import on another relay queues it with its ID and history,
@@ -143,5 +158,8 @@
 // Lease.Message and Lease.Body, and reports per-recipient Results with
 // Lease.Update, giving the lifetime that the current routing table sets
 // for the message (docs/design.md contract 5). The queue applies the retry
-// schedule (Retry) within that lifetime, counted from the arrival time.
+// schedule (Retry) within that lifetime, counted from the arrival time,
+// unless a result names its own time (Result.NotBefore); a deferral that
+// is not the message's doing (Result.NoAttempt: a suspended destination)
+// does not count as an attempt.
 package queue

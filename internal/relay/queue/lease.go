@@ -43,8 +43,23 @@ type Result struct {
 	// lifetime is over) or Expired (give up now).
 	State State
 	// Reply is the reply that decided it. Text is cut to 512 bytes and
-	// made printable; a malformed code is dropped.
+	// made printable; a malformed code is dropped. It is stored as the
+	// recipient's last reply, the reason `postgate queue show` gives.
 	Reply Reply
+	// NotBefore, for a Pending result, is when the recipient is due again,
+	// in place of the retry schedule's next time (a receiver's or the
+	// relay's own word on when to come back). It is raised to now and cut
+	// to the end of the lifetime, like every deferral. Zero: the schedule.
+	NotBefore time.Time
+	// NoAttempt, for a Pending result with NotBefore, defers the recipient
+	// without counting an attempt against it: Attempts and LastAttempt stay
+	// as they were, so the retry schedule resumes where it was, and the
+	// reply is recorded. It is for deferrals that are not the message's
+	// doing and made no connection for it, such as a destination site
+	// suspended by traffic shaping (docs/design.md, "Traffic shaping").
+	// The lifetime still runs: at or past its end the recipient is
+	// Expired, as after a counted attempt.
+	NoAttempt bool
 }
 
 // Lease takes message id for delivery. It fails with ErrNotFound, ErrBusy
@@ -111,7 +126,9 @@ func (l *Lease) Body(ctx context.Context) (io.ReadCloser, error) {
 // pending the message is removed from the queue: bounces (DSNs) must be
 // enqueued before the Update that makes the message final, so a crash in
 // between repeats a bounce rather than loses it. Update may be called more
-// than once per lease (once per destination, say).
+// than once per lease (once per destination, say). Results of any kind mix
+// in one Update, deferrals without attempt (Result.NoAttempt) included:
+// one journal record, one fsync.
 func (l *Lease) Update(ctx context.Context, a Attempt) (Message, error) {
 	if err := ctx.Err(); err != nil {
 		return Message{}, err
@@ -157,8 +174,8 @@ func (q *Queue) attemptRecord(m *Message, a Attempt, now time.Time) (*record, er
 			return nil, fmt.Errorf("two results for recipient %d: %w", r.Recipient, ErrInvalid)
 		}
 		seen[r.Recipient] = true
-		if r.State > Expired {
-			return nil, fmt.Errorf("result state %d: %w", r.State, ErrInvalid)
+		if err := r.validate(); err != nil {
+			return nil, err
 		}
 		s := m.Recipients[r.Recipient]
 		if s.State.Final() {
@@ -166,7 +183,7 @@ func (q *Queue) attemptRecord(m *Message, a Attempt, now time.Time) (*record, er
 		}
 		s.Reply = sanitizeReply(r.Reply)
 		s.NextAttempt = time.Time{}
-		if r.State != Expired {
+		if r.State != Expired && !r.NoAttempt {
 			s.LastAttempt = now
 			s.Attempts = min(s.Attempts+1, maxAttempts)
 		}
@@ -176,10 +193,17 @@ func (q *Queue) attemptRecord(m *Message, a Attempt, now time.Time) (*record, er
 		case !now.Before(deadline):
 			s.State = Expired
 		default:
-			s.NextAttempt = now.Add(q.opts.Retry.Delay(s.Attempts, q.jitter()))
-			if s.NextAttempt.After(deadline) {
-				s.NextAttempt = deadline
+			next := r.NotBefore.UTC() // as stored: no monotonic reading, the queue's zone
+			if next.IsZero() {
+				next = now.Add(q.opts.Retry.Delay(s.Attempts, q.jitter()))
 			}
+			switch {
+			case next.Before(now):
+				next = now
+			case next.After(deadline):
+				next = deadline
+			}
+			s.NextAttempt = next
 		}
 		rec.Rcpts = append(rec.Rcpts, rcptStatus{Index: r.Recipient, RecipientStatus: s})
 	}
@@ -187,6 +211,22 @@ func (q *Queue) attemptRecord(m *Message, a Attempt, now time.Time) (*record, er
 		return nil, nil
 	}
 	return rec, nil
+}
+
+// validate checks a result's fields against each other; the recipient's
+// index is checked against the message.
+func (r *Result) validate() error {
+	switch {
+	case r.State > Expired:
+		return fmt.Errorf("result state %d: %w", r.State, ErrInvalid)
+	case r.State != Pending && (r.NoAttempt || !r.NotBefore.IsZero()):
+		return fmt.Errorf("recipient %d: NotBefore and NoAttempt apply to a pending result, not %s: %w", r.Recipient, r.State, ErrInvalid)
+	case r.NoAttempt && r.NotBefore.IsZero():
+		// Without a time, a deferral that counts nothing would come due
+		// at once, again and again.
+		return fmt.Errorf("recipient %d: a deferral without attempt needs NotBefore: %w", r.Recipient, ErrInvalid)
+	}
+	return nil
 }
 
 // Close gives the message back: it is due again per its recipients'

@@ -215,10 +215,13 @@ func TestUpdateRejectsBadResults(t *testing.T) {
 	l := mustLease(t, q, id)
 	defer l.Close()
 	for name, res := range map[string][]queue.Result{
-		"index out of range": {{Recipient: 2, State: queue.Delivered}},
-		"negative index":     {{Recipient: -1, State: queue.Delivered}},
-		"twice":              {{Recipient: 0, State: queue.Delivered}, {Recipient: 0, State: queue.Failed}},
-		"bad state":          {{Recipient: 0, State: queue.State(9)}},
+		"index out of range":    {{Recipient: 2, State: queue.Delivered}},
+		"negative index":        {{Recipient: -1, State: queue.Delivered}},
+		"twice":                 {{Recipient: 0, State: queue.Delivered}, {Recipient: 0, State: queue.Failed}},
+		"bad state":             {{Recipient: 0, State: queue.State(9)}},
+		"no attempt, no time":   {{Recipient: 0, State: queue.Pending, NoAttempt: true}},
+		"no attempt, delivered": {{Recipient: 0, State: queue.Delivered, NoAttempt: true, NotBefore: t0.Add(time.Hour)}},
+		"not before, failed":    {{Recipient: 0, State: queue.Failed, NotBefore: t0.Add(time.Hour)}},
 	} {
 		if _, err := l.Update(ctx, queue.Attempt{Results: res}); !errors.Is(err, queue.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)

@@ -183,7 +183,9 @@ func nextRecord(b []byte, m *Message) int {
 }
 
 // decodeRecord decodes a journal record's JSON for a message of n
-// recipients and checks it.
+// recipients and checks it. Unknown fields are refused, and replay stops
+// at a refused record: new state goes into the existing fields or a new
+// format version (doc.go, the note on deferrals without attempt).
 func decodeRecord(js []byte, n int) (*record, error) {
 	var r record
 	dec := json.NewDecoder(bytes.NewReader(js))
