@@ -147,15 +147,17 @@ func crashEachOp(t *testing.T, st storage, tear bool, size int) {
 // recovery is the one before the Update or the one it returned, and the
 // latter whenever it returned, except that an Update that only marks
 // recipients delivered may be rolled back in a segment: they are
-// delivered again, never lost.
+// delivered again, never lost. The Update crashed defers, delivers, or
+// defers without attempt (a suspended site), which is as durable as a
+// deferral.
 func TestCrashDuringUpdate(t *testing.T) {
 	for _, st := range storages {
-		for _, delivered := range []bool{false, true} {
-			if delivered && st.name == "file" {
+		for _, kind := range []string{"deferred", "delivered", "noattempt"} {
+			if kind == "delivered" && st.name == "file" {
 				continue
 			}
 			for _, tear := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%s/delivered=%v/tear=%v", st.name, delivered, tear), func(t *testing.T) { crashUpdate(t, st, delivered, tear) })
+				t.Run(fmt.Sprintf("%s/%s/tear=%v", st.name, kind, tear), func(t *testing.T) { crashUpdate(t, st, kind, tear) })
 			}
 		}
 	}
@@ -164,22 +166,26 @@ func TestCrashDuringUpdate(t *testing.T) {
 // k0 is the Update crashUpdate crashes in a segment: the fourth.
 const k0 = 3
 
-func crashUpdate(t *testing.T, st storage, delivered, tear bool) {
+// crashUpdate crashes an Update of the given kind: "deferred",
+// "delivered" (in a segment only) or "noattempt".
+func crashUpdate(t *testing.T, st storage, kind string, tear bool) {
 	ctx := context.Background()
 	options := st.options
-	attempt := func(i int) queue.Attempt {
-		state := queue.Pending
-		if delivered && i == k0 {
-			state = queue.Delivered
+	delivered := kind == "delivered"
+	// attempt is the i-th Update: deferrals, and the one crashed of the
+	// kind tested.
+	attempt := func(i int, crashed bool) queue.Attempt {
+		res := queue.Result{Recipient: i % 2, State: queue.Pending, Reply: queue.Reply{Code: 451, Text: fmt.Sprint("attempt ", i)}}
+		switch {
+		case crashed && delivered:
+			res.State = queue.Delivered
+		case crashed && kind == "noattempt":
+			res.NoAttempt, res.NotBefore = true, t0.Add(10*time.Hour)
 		}
-		return queue.Attempt{Results: []queue.Result{
-			{Recipient: i % 2, State: state, Reply: queue.Reply{Code: 451, Text: fmt.Sprint("attempt ", i)}},
-		}}
+		return queue.Attempt{Results: []queue.Result{res}}
 	}
-	// setup queues a message and updates it k times; update calls
-	// update (whose Update the crash tests), or reports whether it
-	// compacted.
-	var k int
+	// setup queues a message and updates it the given number of times
+	// (deferrals).
 	setup := func(updates int) (*queuetest.FS, *queue.Queue, *testenv.Clock, queue.ID, queue.Message) {
 		fsys := queuetest.New()
 		clock := newClock()
@@ -191,15 +197,11 @@ func crashUpdate(t *testing.T, st storage, delivered, tear bool) {
 		for i := range updates {
 			clock.Add(time.Minute)
 			l := mustLease(t, q, id)
-			syncs := fsys.Stats().DirSyncs
 			var err error
-			if m, err = l.Update(ctx, attempt(i)); err != nil {
+			if m, err = l.Update(ctx, attempt(i, false)); err != nil {
 				t.Fatal(err)
 			}
 			l.Close()
-			if k == 0 && fsys.Stats().DirSyncs > syncs {
-				k = i // the first update that compacts
-			}
 		}
 		if tear {
 			fsys.TearWrites(rand.New(rand.NewPCG(7, 8)))
@@ -207,27 +209,35 @@ func crashUpdate(t *testing.T, st storage, delivered, tear bool) {
 		clock.Add(time.Minute)
 		return fsys, q, clock, id, m
 	}
-	if st.name == "file" {
-		// Find the first update that compacts, and the state it leads to.
-		setup(20)
-		if k == 0 {
+	// k is the Update crashed: in a file, the first one of the kind that
+	// compacts.
+	k := k0
+	var after queue.Message
+	for k = range 20 {
+		if st.name != "file" {
+			k = k0
+		}
+		fsys, q, _, id, _ := setup(k)
+		l := mustLease(t, q, id)
+		syncs := fsys.Stats().DirSyncs
+		var err error
+		if after, err = l.Update(ctx, attempt(k, true)); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		if st.name != "file" || fsys.Stats().DirSyncs > syncs {
+			break
+		}
+		if k == 19 {
 			t.Fatal("no update compacted: the test misses the rewrite")
 		}
-	} else {
-		k = k0
-	}
-	_, q, _, id, _ := setup(k)
-	l := mustLease(t, q, id)
-	after, err := l.Update(ctx, attempt(k))
-	if err != nil {
-		t.Fatal(err)
 	}
 
 	for n := 1; ; n++ {
 		fsys, q, clock, id, before := setup(k)
 		l := mustLease(t, q, id)
 		fsys.CrashAt(n)
-		_, err := l.Update(ctx, attempt(k))
+		_, err := l.Update(ctx, attempt(k, true))
 		crashed := fsys.Crashed()
 		if !crashed {
 			fsys.Crash()

@@ -410,7 +410,8 @@ func runWorkload(t *testing.T, n int, tear bool) bool {
 		w.floor = []int{0, 0}
 		w.extra = make([][]queue.RecipientStatus, 2)
 	}
-	update := func(i int, states ...queue.State) {
+	// run reports a's results for the recipients still pending.
+	run := func(i int, all queue.Attempt) {
 		w := model[i]
 		if !w.acked || w.deleted {
 			return
@@ -426,8 +427,8 @@ func runWorkload(t *testing.T, n int, tear bool) bool {
 		defer l.Close()
 		before := l.Message()
 		var a queue.Attempt
-		for r, res := range attempt(states...).Results {
-			if before.Recipients[r].State == queue.Pending {
+		for _, res := range all.Results {
+			if before.Recipients[res.Recipient].State == queue.Pending {
 				a.Results = append(a.Results, res)
 			}
 		}
@@ -452,6 +453,17 @@ func runWorkload(t *testing.T, n int, tear bool) bool {
 				w.floor[r] = len(w.hist[r]) - 1
 			}
 		}
+	}
+	update := func(i int, states ...queue.State) { run(i, attempt(states...)) }
+	// postpone defers every recipient without attempt, as for a
+	// suspended site: as durable as a deferral.
+	postpone := func(i int) {
+		var a queue.Attempt
+		for r := range env.To {
+			a.Results = append(a.Results, queue.Result{Recipient: r, State: queue.Pending, Reply: temp451,
+				NotBefore: clock.Now().Add(time.Hour), NoAttempt: true})
+		}
+		run(i, a)
 	}
 	hold := func(i int, held bool) {
 		w := model[i]
@@ -493,6 +505,7 @@ func runWorkload(t *testing.T, n int, tear bool) bool {
 		func() { del(3) },
 		func() { enq(4) }, func() { enq(5) }, func() { enq(6) },
 		func() { update(4, queue.Delivered, queue.Pending) },
+		func() { postpone(4) },
 		func() { update(5, queue.Delivered, queue.Delivered) },
 		func() { update(6, queue.Failed, queue.Delivered) },
 		func() { enq(7) }, func() { enq(8) }, func() { enq(9) },
@@ -505,6 +518,7 @@ func runWorkload(t *testing.T, n int, tear bool) bool {
 		func() { enq(10) }, func() { enq(11) },
 		func() { update(9, queue.Delivered, queue.Delivered) },
 		func() { update(10, queue.Pending, queue.Pending) },
+		func() { postpone(10) },
 		func() { enq(12) }, func() { enq(13) },
 		func() { update(11, queue.Delivered, queue.Delivered) },
 		func() { update(12, queue.Delivered, queue.Delivered) },
