@@ -46,6 +46,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DNSServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&c.MXPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
 	c.Outbound.bindFlags(fs)
+	fs.BoolVar(&c.Shaping, "shaping", false, "delivery, experimental: traffic shaping per site with the shipped default policy (internal/relay/shaping); policy publication comes later")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&c.PodName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
 	fs.StringVar(&c.webhookAllowFlag, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks, MTA-STS policy fetches and TLS report POSTs may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")

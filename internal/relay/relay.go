@@ -42,6 +42,7 @@ import (
 	"github.com/postgate/postgate/internal/relay/notify"
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/relay/report"
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/relay/smtpd"
 	"github.com/postgate/postgate/internal/relay/standalone"
 	"github.com/postgate/postgate/internal/routing"
@@ -110,6 +111,9 @@ type Config struct {
 	// --tls-rpt*): the recipient domains' TLS policies for MX delivery and
 	// TLS reporting.
 	Outbound OutboundTLS
+	// Shaping (--shaping, experimental) shapes MX delivery per site with
+	// the shipped default policy (docs/design.md, "Traffic shaping").
+	Shaping bool
 
 	// ShutdownGrace (--shutdown-grace) is how long sessions and delivery
 	// attempts may take to finish at shutdown.
@@ -357,6 +361,12 @@ func (r *Relay) run(ctx context.Context) error {
 		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
 	}
 	tlsPolicies.deliveryOptions(&deliveryOpts)
+	if cfg.Shaping {
+		// Experimental: the shipped policy, one replica's limits; the
+		// operator's publication and Scale by live replicas come later.
+		deliveryOpts.Shaping = shaping.NewLimiter(shaping.DefaultPolicy(), delivery.SystemClock{})
+		logger.Info("Traffic shaping on (experimental): the shipped default policy, limits per replica")
+	}
 	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
 // Options configure a Worker. The zero value of each field takes the
@@ -73,6 +75,10 @@ type Options struct {
 	// TLSReports counts TLS sessions of MX delivery for TLS-RPT (RFC
 	// 8460); nil: none are counted.
 	TLSReports TLSReporter
+	// Shaping limits connections and messages per site of MX delivery and
+	// suspends a site on its throttle replies (docs/design.md, "Traffic
+	// shaping"); nil: no shaping. Experimental: the relay's --shaping.
+	Shaping *shaping.Limiter
 	// Timeouts bound each step of a session.
 	Timeouts Timeouts
 	// Rand orders MX hosts of equal preference. Default: seeded randomly.

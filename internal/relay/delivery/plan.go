@@ -11,6 +11,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
 )
 
@@ -44,6 +45,9 @@ type destination struct {
 	// tlsOptional: the message says "TLS-Required: No" (RFC 8689): no
 	// recipient TLS policy applies to it (queue.Envelope.TLSOptional).
 	tlsOptional bool
+	// site is the recipient domain's traffic shaping site, set after the
+	// MX lookup when shaping is on; nil otherwise.
+	site *shaping.Site
 }
 
 // plan splits the due recipients of msg into destinations, as the current

@@ -62,7 +62,7 @@ func (p *pool) setList(key connKey, list []*pooled) {
 
 // put keeps a session that is healthy for IdleTimeout, or ends it.
 func (p *pool) put(s *session) {
-	if s.broken || p.idle <= 0 || p.clock.Now().Sub(s.opened) >= maxSessionAge {
+	if s.broken || s.retire || p.idle <= 0 || p.clock.Now().Sub(s.opened) >= maxSessionAge {
 		p.end(s)
 		return
 	}

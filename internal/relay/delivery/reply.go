@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -42,6 +43,10 @@ const (
 	// CauseHeld: the sender's RelayRoute cannot take effect, so the
 	// message is held; no host was tried, none failed.
 	CauseHeld Cause = "Held"
+	// CauseThrottled: traffic shaping deferred the recipients without an
+	// attempt: their site is suspended after a throttle reply, or a limit
+	// of the site (connections, rates) is reached.
+	CauseThrottled Cause = "Throttled"
 )
 
 // failure is why recipients were not delivered: the reply the queue keeps,
@@ -53,6 +58,9 @@ type failure struct {
 	// plainRetry: a STARTTLS handshake failed; policy Opportunistic may
 	// try once more without TLS.
 	plainRetry bool
+	// until, when set, defers the recipients without counting an attempt
+	// until then (traffic shaping: the site's, not the message's).
+	until time.Time
 }
 
 // localFailure is a failure with no reply from the network (a refused

@@ -4,12 +4,15 @@ import (
 	"context"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
 // outcome is what one attempt to one destination found, per recipient (at
@@ -25,6 +28,9 @@ type outcome struct {
 	decisive queue.Reply
 	cause    Cause
 	failed   bool
+	// until, when set, defers the pending recipients without counting an
+	// attempt until then (traffic shaping).
+	until time.Time
 }
 
 func newOutcome(d *destination) *outcome {
@@ -44,6 +50,9 @@ func (o *outcome) fail(i int, f *failure) {
 	o.reply[i] = f.reply
 	if !o.failed {
 		o.failed, o.decisive, o.cause = true, f.reply, f.cause
+	}
+	if !f.until.IsZero() {
+		o.until = f.until
 	}
 }
 
@@ -104,6 +113,12 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 			o.failAll(f)
 			return o
 		}
+		if w.shapeSite(d, hosts); d.site != nil {
+			if f := w.suspendedFailure(d); f != nil {
+				o.failAll(f)
+				return o
+			}
+		}
 		dp = w.lookupDomainPolicies(ctx, d, mxSecure)
 	}
 	var (
@@ -143,7 +158,9 @@ hosts:
 				return o
 			}
 			last = f
-			if f.cause == CauseSourceIP {
+			if f.cause == CauseSourceIP || !f.until.IsZero() {
+				// The source IP, or the site's shaping, rules out
+				// every address alike.
 				break hosts
 			}
 		}
@@ -184,6 +201,13 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 	for {
 		reused := s != nil
 		if s == nil {
+			var shape *shaping.Conn
+			if d.site != nil {
+				var dec shaping.Decision
+				if shape, dec = w.opts.Shaping.AcquireConn(*d.site); !dec.OK {
+					return w.refusalFailure(d, dec)
+				}
+			}
 			var f *failure
 			s, f = w.connect(ctx, d, p, host, addr, false)
 			if f != nil && f.plainRetry && p.plainAllowed() && d.policy == v1alpha1.TLSPolicyOpportunistic && d.mode == v1alpha1.TLSModeSTARTTLS {
@@ -200,7 +224,28 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 				if s != nil {
 					o.connected(host, s)
 				}
+				if shape != nil {
+					// connect closed what it opened.
+					shape.Release()
+					if until := w.observe(d, []queue.Reply{f.reply}); !until.IsZero() {
+						f = f.withUntil(until)
+					}
+				}
 				return f
+			}
+			s.shape = shape
+		}
+		if s.shape != nil {
+			if dec := s.shape.AcquireMessage(); !dec.OK {
+				if dec.Reason == shaping.ReasonConnectionFull || dec.Reason == shaping.ReasonReleased {
+					// This session carried its share: close it, and
+					// the transaction goes on a new one.
+					w.pool.end(s)
+					s = nil
+					continue
+				}
+				w.pool.put(s)
+				return w.refusalFailure(d, dec)
 			}
 		}
 		o.connected(host, s)
@@ -219,6 +264,23 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 		}
 		if ctx.Err() != nil {
 			s.broken = true
+		}
+		if s.shape != nil {
+			replies := t.reply
+			if f != nil {
+				replies = append(slices.Clip(replies), f.reply)
+			}
+			if until := w.observe(d, replies); !until.IsZero() {
+				// The site throttles: this session carries no more, and
+				// what it deferred waits for the suspension's end.
+				s.retire = true
+				t.throttled(until)
+				if f != nil {
+					f = f.withUntil(until)
+				}
+			} else if s.shape.Full() {
+				s.retire = true
+			}
 		}
 		w.pool.put(s)
 		if f != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
@@ -60,6 +61,12 @@ type session struct {
 	// failed TLS negotiation (RFC 8460 section 4.3), both for reporting.
 	checkErr  error
 	rptResult string
+	// shape is the session's admission to its traffic shaping site,
+	// released when the session closes; nil without shaping.
+	shape *shaping.Conn
+	// retire: close the session after its transaction instead of pooling
+	// it (its site throttled, or it carried its share of messages).
+	retire bool
 }
 
 // close ends the session, with QUIT when it is healthy.
@@ -70,6 +77,11 @@ func (s *session) close(quit bool) {
 		}
 	}
 	_ = s.raw.Close()
+	if s.shape != nil {
+		// After the close: the receiver never sees more connections
+		// than the site's limit.
+		s.shape.Release()
+	}
 }
 
 // watch closes the connection if ctx ends before stop is called, so that an

@@ -308,6 +308,7 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 			bounce = append(bounce, idx)
 		}
 	}
+	w.shapedResults(d, o, results)
 	if len(results) == 0 {
 		w.logger.Info("Delivery attempt aborted, not recorded", "id", string(msg.ID), "destination", d.name())
 		return

@@ -290,6 +290,17 @@ func (c *Conn) Release() {
 	c.st.wake()
 }
 
+// Full reports whether the connection carried MaxMessagesPerConnection
+// messages, so that delivery closes it after its transaction rather than
+// keeping it idle for a message AcquireMessage would refuse.
+func (c *Conn) Full() bool {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := c.st.limits.MaxMessagesPerConnection
+	return m > 0 && c.messages >= m
+}
+
 // Site returns the name of the connection's site.
 func (c *Conn) Site() string { return c.st.site.Name }
 
