@@ -1,0 +1,189 @@
+package delivery
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/shaping"
+	"github.com/postgate/postgate/internal/testenv"
+)
+
+// testShapingPolicy: at most 2 connections to a site, 4.7.28 a throttle
+// reply that suspends the site for 10 minutes.
+const testShapingPolicy = `
+default:
+  maxConnections: 2
+  maxMessagesPerConnection: 100
+  maxNewConnectionsPerMinute: 0
+  maxMessagesPerMinute: 0
+  maxMessagesPerHour: 0
+  throttleReplies:
+    - enhancedCode: 4.7.28
+  suspension:
+    initial: 10m
+    max: 1h
+    resetAfter: 1h
+`
+
+// shapedEnv is an env whose MX delivery is shaped by testShapingPolicy,
+// with one MX sink for rcpt.test (site "rcpt.test").
+func shapedEnv(t *testing.T, opts testenv.SMTPSinkOptions) (*env, *testenv.SMTPSink, *shaping.Limiter) {
+	t.Helper()
+	e := newEnv(t)
+	sink := e.mxSink("127.0.0.3", opts)
+	e.dnsAdd("rcpt.test. MX 10 mx1.rcpt.test.", "mx1.rcpt.test. A 127.0.0.3")
+	p, err := shaping.Parse([]byte(testShapingPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := shaping.NewLimiter(p, e.clock)
+	e.opts.Shaping = lim
+	return e, sink, lim
+}
+
+// deferredWithoutAttempt reports whether the message's only recipient
+// waits with a reply and no attempt counted.
+func (e *env) deferredWithoutAttempt(id queue.ID, text string) bool {
+	m, ok := e.message(id)
+	if !ok {
+		e.t.Fatalf("message %s left the queue", id)
+	}
+	r := m.Recipients[0]
+	if r.State != queue.Pending || r.Reply == (queue.Reply{}) {
+		return false
+	}
+	if r.Attempts != 0 || !r.LastAttempt.IsZero() {
+		e.t.Fatalf("message %s: %d attempts (last %s) after a deferral by shaping, want none: %+v", id, r.Attempts, r.LastAttempt, r)
+	}
+	if !strings.Contains(r.Reply.Text, text) {
+		e.t.Fatalf("message %s: reply %+v, want one saying %q", id, r.Reply, text)
+	}
+	return true
+}
+
+// drain waits until the messages have left the queue, moving the clock to
+// the next due time whenever delivery has nothing to do before it (the
+// site's connection limit defers the messages it refuses).
+func (e *env) drain(ids []queue.ID) {
+	e.t.Helper()
+	for _, id := range ids {
+		e.waitFor("message "+string(id)+" delivered", func() bool {
+			if _, ok := e.message(id); !ok {
+				return true
+			}
+			if next, ok := e.q.NextDue(); ok && next.After(e.clock.Now()) {
+				e.clock.Advance(next.Sub(e.clock.Now()))
+			}
+			return false
+		})
+	}
+}
+
+// A throttle reply suspends the site: the throttled message and those
+// queued after it wait for the suspension's end without a connection and
+// without an attempt counted; then delivery resumes.
+func TestShapingSuspendsOnThrottleAndResumes(t *testing.T) {
+	e, sink, lim := shapedEnv(t, testenv.SMTPSinkOptions{})
+	e.start()
+	for range 3 {
+		e.waitGone(e.enqueue("app@sender.test", "user@rcpt.test"))
+	}
+
+	// The receiver throttles after 3 messages.
+	sink.SetFault(testenv.StageMail, testenv.Fault{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "Our system has detected an unusual rate of unsolicited mail"})
+	throttled := e.enqueue("app@sender.test", "user@rcpt.test")
+	e.waitFor("the throttled message to be deferred", func() bool { return e.deferredWithoutAttempt(throttled, "unusual rate") })
+	until, reason := lim.Suspended("rcpt.test")
+	if want := e.clock.Now().Add(10 * time.Minute); !until.Equal(want) || !strings.Contains(reason, "4.7.28") {
+		t.Fatalf("site suspended until %s (%q), want %s for the 4.7.28 reply", until, reason, want)
+	}
+	if a := e.attempt(4); a.Cause != CauseThrottled {
+		t.Errorf("throttled attempt's cause %q, want %q", a.Cause, CauseThrottled)
+	}
+
+	e.waitFor("the throttled session to close", func() bool { return sink.Stats().Closed == sink.Stats().Connections })
+	conns := sink.Stats().Connections
+	var later []queue.ID
+	for range 5 {
+		later = append(later, e.enqueue("app@sender.test", "user@rcpt.test"))
+	}
+	want := fmt.Sprintf("site rcpt.test suspended until %s", until.UTC().Format(time.RFC3339))
+	for _, id := range later {
+		e.waitFor("a message for the suspended site to be deferred", func() bool { return e.deferredWithoutAttempt(id, want) })
+		m, _ := e.message(id)
+		if r := m.Recipients[0].Reply; r.Code != 451 || r.Enhanced != "4.7.0" {
+			t.Errorf("reply %+v, want 451 4.7.0", r)
+		}
+		if next := m.Recipients[0].NextAttempt; !next.Equal(until) {
+			t.Errorf("due at %s, want the suspension's end %s", next, until)
+		}
+	}
+	if got := sink.Stats().Connections; got != conns {
+		t.Fatalf("%d connections to a suspended site, want none", got-conns)
+	}
+	var st shaping.SiteStats
+	for _, s := range lim.Stats() {
+		if s.Site == "rcpt.test" {
+			st = s
+		}
+	}
+	if st.DeferredWithoutAttempt < 6 || st.Suspensions != 1 {
+		t.Errorf("site stats %+v: want 6 deferrals without attempt and 1 suspension", st)
+	}
+
+	// The suspension ends: everything goes, on new connections.
+	sink.ClearFaults()
+	e.clock.Advance(until.Sub(e.clock.Now()))
+	e.drain(append(later, throttled))
+	if got := len(sink.Messages()); got != 9 {
+		t.Fatalf("sink has %d messages, want 9", got)
+	}
+}
+
+// The site's maxConnections is never exceeded at the receiver, however
+// many messages are due at once; refused ones wait without an attempt.
+func TestShapingBoundsConnections(t *testing.T) {
+	// A slow DATA reply keeps sessions busy, so attempts overlap.
+	e, sink, _ := shapedEnv(t, testenv.SMTPSinkOptions{})
+	sink.SetFault(testenv.StageData, testenv.Fault{Delay: 20 * time.Millisecond})
+	e.opts.IdleTimeout = -1 // no pooling: every message opens a connection
+	e.start()
+	var ids []queue.ID
+	for range 20 {
+		ids = append(ids, e.enqueue("app@sender.test", "user@rcpt.test"))
+	}
+	e.drain(ids)
+	if got := len(sink.Messages()); got != 20 {
+		t.Fatalf("sink has %d messages, want 20", got)
+	}
+	if got := e.wire.MaxOpen(); got > 2 || got < 1 {
+		t.Fatalf("%d connections open at once, want at most the site's 2", got)
+	}
+	for _, a := range e.observer.Attempts() {
+		if a.Cause != CauseNone && a.Cause != CauseThrottled {
+			t.Errorf("attempt %+v: want delivered or deferred by shaping", a)
+		}
+	}
+}
+
+// Without shaping a throttle reply is an ordinary 4xx: the attempt counts.
+func TestNoShapingThrottleCounts(t *testing.T) {
+	e := newEnv(t)
+	sink := e.mxSink("127.0.0.3", testenv.SMTPSinkOptions{})
+	e.dnsAdd("rcpt.test. MX 10 mx1.rcpt.test.", "mx1.rcpt.test. A 127.0.0.3")
+	sink.SetFault(testenv.StageMail, testenv.Fault{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "unusual rate"})
+	e.start()
+	id := e.enqueue("app@sender.test", "user@rcpt.test")
+	if a := e.attempt(1); a.Cause == CauseThrottled {
+		t.Fatalf("cause %q without shaping", a.Cause)
+	}
+	m, _ := e.message(id)
+	if r := m.Recipients[0]; r.Attempts != 1 || r.State != queue.Pending {
+		t.Fatalf("recipient %+v: want pending after 1 attempt", r)
+	}
+}
