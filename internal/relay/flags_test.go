@@ -153,3 +153,28 @@ func TestOutboundTLSFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestShapingFlag: --shaping is experimental and off unless given.
+func TestShapingFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--shaping"}, true},
+		{[]string{"--shaping=false"}, false},
+	} {
+		var cfg relay.Config
+		fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+		cfg.BindFlags(fs)
+		if err := fs.Parse(append([]string{"--manifests", "x"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Check(); err != nil {
+			t.Fatalf("relay %q: %v", tc.args, err)
+		}
+		if cfg.Shaping != tc.want {
+			t.Errorf("relay %q: Shaping %t, want %t", tc.args, cfg.Shaping, tc.want)
+		}
+	}
+}

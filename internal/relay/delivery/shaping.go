@@ -75,7 +75,9 @@ func throttleFailure(until time.Time, format string, args ...any) *failure {
 func (w *Worker) observe(d *destination, replies []queue.Reply) time.Time {
 	throttled := false
 	for _, r := range replies {
-		if r.Code < 400 && r.Code != 0 || r == (queue.Reply{}) {
+		if r.Code < 400 {
+			// A success, or a reply of our own (code 0: a refused
+			// connection, a local check): not the site's word.
 			continue
 		}
 		if w.opts.Shaping.Observe(*d.site, shaping.Reply(r)) {

@@ -34,10 +34,15 @@ default:
 // with one MX sink for rcpt.test (site "rcpt.test").
 func shapedEnv(t *testing.T, opts testenv.SMTPSinkOptions) (*env, *testenv.SMTPSink, *shaping.Limiter) {
 	t.Helper()
+	return shapedEnvPolicy(t, opts, testShapingPolicy)
+}
+
+func shapedEnvPolicy(t *testing.T, opts testenv.SMTPSinkOptions, policy string) (*env, *testenv.SMTPSink, *shaping.Limiter) {
+	t.Helper()
 	e := newEnv(t)
 	sink := e.mxSink("127.0.0.3", opts)
 	e.dnsAdd("rcpt.test. MX 10 mx1.rcpt.test.", "mx1.rcpt.test. A 127.0.0.3")
-	p, err := shaping.Parse([]byte(testShapingPolicy))
+	p, err := shaping.Parse([]byte(policy))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +190,19 @@ func TestNoShapingThrottleCounts(t *testing.T) {
 	m, _ := e.message(id)
 	if r := m.Recipients[0]; r.Attempts != 1 || r.State != queue.Pending {
 		t.Fatalf("recipient %+v: want pending after 1 attempt", r)
+	}
+}
+
+// A session that carried maxMessagesPerConnection messages is closed after
+// its transaction instead of being kept for the next message.
+func TestShapingMessagesPerConnection(t *testing.T) {
+	e, sink, _ := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, strings.Replace(testShapingPolicy, "maxMessagesPerConnection: 100", "maxMessagesPerConnection: 2", 1))
+	e.start()
+	for range 6 {
+		e.waitGone(e.enqueue("app@sender.test", "user@rcpt.test"))
+	}
+	e.waitFor("the full sessions to close", func() bool { return sink.Stats().Closed >= 3 })
+	if st := sink.Stats(); st.Connections != 3 || st.Messages != 6 {
+		t.Fatalf("6 messages, 2 per connection: %d connections, %d messages", st.Connections, st.Messages)
 	}
 }
