@@ -446,3 +446,32 @@ func TestPrune(t *testing.T) {
 		<-c // closed: nothing to wait for
 	}
 }
+
+// Full says a connection carried its MaxMessagesPerConnection, before the
+// next AcquireMessage would refuse it.
+func TestConnFull(t *testing.T) {
+	l := NewLimiter(mustParse(t, `
+default:
+  maxConnections: 1
+  maxMessagesPerConnection: 2
+  suspension: {initial: 5m, max: 1h, resetAfter: 1h}
+`), newFakeClock())
+	c, d := l.AcquireConn(googleSite)
+	if !d.OK {
+		t.Fatal(d)
+	}
+	for i := range 2 {
+		if c.Full() {
+			t.Fatalf("full after %d messages of 2", i)
+		}
+		if d := c.AcquireMessage(); !d.OK {
+			t.Fatal(d)
+		}
+	}
+	if !c.Full() {
+		t.Fatal("not full after 2 messages of 2")
+	}
+	if d := c.AcquireMessage(); d.Reason != ReasonConnectionFull {
+		t.Fatalf("third message: %+v, want ConnectionFull", d)
+	}
+}
