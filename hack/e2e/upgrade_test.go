@@ -123,7 +123,7 @@ func TestChartTakesOverUpgradesAndKeepsTheCRDs(t *testing.T) {
 	// The team's objects go first: the API server's CRD finalizer deletes
 	// a CRD's remaining objects itself, but retries on a rate-limited
 	// queue, so on a loaded machine a CRD with objects has taken more than
-	// 180 s to go (Kubernetes' behaviour, not the chart's, which is what
+	// 180 s to go (Kubernetes' doing, not the chart's, which is what
 	// this test checks: that uninstall deletes the CRDs at all).
 	run(nil, "kubectl", "delete", "--all", "--all-namespaces", "--wait=true", "--timeout=120s", "trustednetworks.postgate.io,senderdomains.postgate.io,relayroutes.postgate.io")
 	run(nil, "helm", "uninstall", "postgate", "--namespace", namespace)
