@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/postgate/postgate/internal/relay/atomicfile"
 	"github.com/postgate/postgate/internal/routing"
 )
 
@@ -33,31 +34,7 @@ func saveSpool(dir string, s *spooled) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, spoolFile+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // a no-op once renamed
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, spoolFile)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir) //nolint:gosec // the spool directory is the relay's own configuration
-	if err != nil {
-		return err
-	}
-	defer func() { _ = d.Close() }()
-	return d.Sync()
+	return atomicfile.WriteFile(dir, spoolFile, data)
 }
 
 // loadSpool reads the last good table; it returns nil, nil when there is none.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/atomicfile"
 )
 
 // dayState is one UTC day's counts and the sending state of its reports;
@@ -234,7 +236,7 @@ func (r *Reporter) saveChanged() error {
 	}
 	r.mu.Unlock()
 	for _, f := range files {
-		if err := writeFile(r.opts.Dir, f.day+fileSuffix, f.data); err != nil {
+		if err := atomicfile.WriteFile(r.opts.Dir, f.day+fileSuffix, f.data); err != nil {
 			errs = append(errs, err)
 			r.markDirty(f.day) // try again next time
 		}
@@ -275,36 +277,4 @@ func (r *Reporter) dropOld() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// writeFile replaces dir/name atomically: a temporary file, fsync, rename,
-// directory fsync, so a crash leaves the old content or the new.
-func writeFile(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // a no-op once renamed
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
-	}
-	if err != nil {
-		return err
-	}
-	d, err := os.Open(dir) //nolint:gosec // the reporter's own directory
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
