@@ -183,15 +183,8 @@ func allowReceiver(allow []netip.Prefix) func(netip.Addr) bool {
 				return true
 			}
 		}
-		return a.IsGlobalUnicast() && !a.IsPrivate() && !notPublic(a)
+		return tlsrpt.PublicUnicast(a)
 	}
-}
-
-// notPublic are global unicast ranges that reach no receiver on the
-// internet: 0.0.0.0/8 (this host, RFC 1122 section 3.2.1.3) and
-// 100.64.0.0/10 (carrier-grade NAT, RFC 6598, home of a metadata endpoint).
-func notPublic(a netip.Addr) bool {
-	return netip.MustParsePrefix("0.0.0.0/8").Contains(a) || netip.MustParsePrefix("100.64.0.0/10").Contains(a)
 }
 
 // deliveryOptions sets delivery's outbound TLS options.

@@ -219,7 +219,7 @@ func (o *Options) defaults() error {
 		}
 	}
 	if o.AllowAddr == nil {
-		o.AllowAddr = publicUnicast
+		o.AllowAddr = PublicUnicast
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -255,10 +255,12 @@ var notPublic = [...]netip.Prefix{
 	netip.MustParsePrefix("100.64.0.0/10"),
 }
 
-// publicUnicast is the default AllowAddr: not loopback, private (RFC 1918,
-// RFC 4193), link-local (the metadata endpoints at 169.254.169.254),
-// unspecified, multicast or one of notPublic.
-func publicUnicast(a netip.Addr) bool {
+// PublicUnicast is the default AllowAddr, and the relay's rule for every
+// address a stranger's DNS gives it (MTA-STS policy hosts too): not
+// loopback, private (RFC 1918, RFC 4193), link-local (the metadata
+// endpoints at 169.254.169.254), unspecified, multicast or one of
+// notPublic.
+func PublicUnicast(a netip.Addr) bool {
 	a = a.Unmap()
 	if !a.IsGlobalUnicast() || a.IsPrivate() {
 		return false

@@ -303,8 +303,8 @@ func TestPublicUnicast(t *testing.T) {
 		"fd00:ec2::254": false, "169.254.169.254": false, "fe80::1": false, "0.0.0.0": false, "0.1.2.3": false,
 		"100.100.100.200": false, "224.0.0.1": false, "255.255.255.255": false, "::": false,
 	} {
-		if got := publicUnicast(netip.MustParseAddr(addr)); got != want {
-			t.Errorf("publicUnicast(%s) = %v, want %v", addr, got, want)
+		if got := PublicUnicast(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("PublicUnicast(%s) = %v, want %v", addr, got, want)
 		}
 	}
 }
