@@ -72,8 +72,13 @@ default:
 
 	// Time moving while they race: the total stays within the bucket's
 	// bound (no window of a minute over 100).
+	// A grant's time is read while the clock cannot move (ticking holds
+	// the write lock, a grant and its record the read lock): reading it
+	// after the grant without that would record a later time than the one
+	// the limiter decided at, and fail on a loaded machine.
 	var stop atomic.Bool
 	var mu sync.Mutex
+	var ticking sync.RWMutex
 	var times []time.Time
 	for range 8 {
 		wg.Go(func() {
@@ -83,10 +88,18 @@ default:
 					runtime.Gosched()
 					continue
 				}
-				for c.AcquireMessage().OK {
-					mu.Lock()
-					times = append(times, clock.Now())
-					mu.Unlock()
+				for {
+					ticking.RLock()
+					ok := c.AcquireMessage().OK
+					if ok {
+						mu.Lock()
+						times = append(times, clock.Now())
+						mu.Unlock()
+					}
+					ticking.RUnlock()
+					if !ok {
+						break
+					}
 				}
 				c.Release()
 			}
@@ -95,7 +108,9 @@ default:
 	// Five minutes in steps of 100 ms, and on until the workers have had
 	// some grants, however loaded the machine.
 	for i := 0; ; i++ {
+		ticking.Lock()
 		clock.Add(100 * time.Millisecond)
+		ticking.Unlock()
 		runtime.Gosched()
 		mu.Lock()
 		n := len(times)
