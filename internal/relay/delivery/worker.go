@@ -222,7 +222,7 @@ func (w *Worker) deliver(ctx context.Context, lease *queue.Lease) {
 	if len(due) == 0 || table == nil {
 		return
 	}
-	dl := table.Lookup(author(&msg.Envelope))
+	dl := table.Lookup(msg.Envelope.Author())
 	body := func(ctx context.Context) (io.ReadCloser, error) { return lease.Body(ctx) }
 	var wg sync.WaitGroup
 	for _, d := range w.plan(&msg, due, dl) {
@@ -388,18 +388,6 @@ func (w *Worker) bounce(ctx context.Context, msg queue.Message, rcpts []int, o *
 		w.logger.Error("Cannot send DSN: recipients deferred, asked again at the next attempt", "id", string(msg.ID), "error", err)
 	}
 	return err
-}
-
-// author is the address whose SenderDomain a message is delivered as (its
-// route, source address, lifetime): the envelope sender, or for the null
-// sender the From field's address, which the SMTP server accepted only as
-// one the client may send as. A DSN the relay made itself has no From
-// address in its envelope: it goes to MX with the defaults.
-func author(env *queue.Envelope) string {
-	if env.From == "" {
-		return env.HeaderFrom
-	}
-	return env.From
 }
 
 // wantsDSN reports whether a failure of recipient i is reported to the

@@ -77,3 +77,61 @@ func BenchmarkDue(b *testing.B) {
 		})
 	}
 }
+
+// TestDueTakesTurnsBetweenTenants: a sender with a backlog and a sender
+// whose mail came after it share each batch, one message each in turn,
+// each sender's earliest first; the null sender's DSNs count under their
+// From field's domain, case aside; after a restart the same (the tenant
+// is read back from the spool).
+func TestDueTakesTurnsBetweenTenants(t *testing.T) {
+	clock := newClock()
+	dir := t.TempDir()
+	q := openQueue(t, openDir(t, dir), options(clock))
+	from := func(addr string) queue.Envelope {
+		env := envelope()
+		env.From = addr
+		return env
+	}
+	var bulk, reset []queue.ID
+	for i := range 30 {
+		bulk = append(bulk, enqueue(t, q, from("news@Bulk.example"), body(i, 10)))
+		clock.Add(time.Second)
+	}
+	for i := range 3 {
+		reset = append(reset, enqueue(t, q, from("noreply@app.example"), body(i, 10)))
+		clock.Add(time.Second)
+	}
+	dsn := envelope()
+	dsn.From, dsn.HeaderFrom = "", "postmaster@BULK.example"
+	last := enqueue(t, q, dsn, body(99, 10))
+	want := []queue.ID{bulk[0], reset[0], bulk[1], reset[1], bulk[2], reset[2], bulk[3], bulk[4]}
+	check := func(q *queue.Queue, when string) {
+		t.Helper()
+		if got := q.Due(clock.Now(), len(want)); !slices.Equal(got, want) {
+			t.Errorf("%s: Due = %v\nwant %v", when, got, want)
+		}
+		got := q.Due(clock.Now(), 1000)
+		if len(got) != 34 || got[len(got)-1] != last {
+			t.Errorf("%s: all due: %d, last %v, want 34 ending with the DSN %v", when, len(got), got[len(got)-1], last)
+		}
+	}
+	check(q, "before restart")
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check(openQueue(t, openDir(t, dir), options(clock)), "after restart")
+}
+
+func TestEnvelopeTenant(t *testing.T) {
+	for _, c := range []struct{ from, headerFrom, want string }{
+		{"a@Example.ORG", "b@other.example", "example.org"},
+		{"", "Postmaster@Example.net", "example.net"},
+		{"", "", ""},
+		{"user@sub.example.com", "", "sub.example.com"},
+	} {
+		env := queue.Envelope{From: c.from, HeaderFrom: c.headerFrom}
+		if got := env.Tenant(); got != c.want {
+			t.Errorf("Tenant(from %q, header from %q) = %q, want %q", c.from, c.headerFrom, got, c.want)
+		}
+	}
+}

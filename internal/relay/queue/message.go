@@ -55,6 +55,31 @@ type Envelope struct {
 	Tag string `json:"tag,omitempty"`
 }
 
+// Author is the address whose SenderDomain a message is delivered as (its
+// route, source address, lifetime): the envelope sender, or for the null
+// sender the From field's address, which the SMTP server accepted only as
+// one the client may send as. A DSN the relay made itself has neither:
+// "".
+func (e *Envelope) Author() string {
+	if e.From == "" {
+		return e.HeaderFrom
+	}
+	return e.From
+}
+
+// Tenant is the lower-cased domain of the Author, "" when there is none:
+// the key by which Due shares delivery between senders (docs/design.md,
+// "Traffic shaping", fairness). A domain, not the SenderDomain object:
+// the queue knows no routing table, and a SenderDomain is a domain.
+func (e *Envelope) Tenant() string {
+	a := e.Author()
+	at := strings.LastIndexByte(a, '@')
+	if at < 0 {
+		return ""
+	}
+	return strings.ToLower(a[at+1:])
+}
+
 // Rcpt is one RCPT TO.
 type Rcpt struct {
 	// Addr is the forward-path as the client gave it, without the angle

@@ -187,6 +187,8 @@ type entry struct {
 	id      ID
 	size    int64
 	arrival time.Time // Message.Arrival, for the oldest message's age
+	// tenant is the Envelope's Tenant, by which Due takes turns.
+	tenant string
 	// inSeg: the message is in a segment, not in a file of its own.
 	inSeg bool
 	// loc is where a segment message's record is. Under Queue.mu;
@@ -310,6 +312,11 @@ func (q *Queue) recover(ctx context.Context) error {
 	return nil
 }
 
+// newEntry returns the index entry of m, before its summary is set.
+func newEntry(m *Message) *entry {
+	return &entry{id: m.ID, size: m.Size, arrival: m.Arrival, tenant: m.Envelope.Tenant()}
+}
+
 // load indexes the committed message id, or removes it when no recipient
 // is pending (a completion interrupted by a crash).
 func (q *Queue) load(id ID) error {
@@ -320,7 +327,7 @@ func (q *Queue) load(id ID) error {
 	if m.ID != id {
 		return fmt.Errorf("file holds message %s: %w", m.ID, ErrCorrupt)
 	}
-	e := &entry{id: id, size: m.Size, arrival: m.Arrival}
+	e := newEntry(&m)
 	if !q.setSummary(e, &m) {
 		return q.fs.Remove(msgName(id))
 	}
@@ -613,7 +620,7 @@ func (q *Queue) commit(w *spoolFile, m *Message, fresh bool) error {
 	if err := q.group.wait(); err != nil {
 		return storageErr("sync queue directory", err)
 	}
-	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival}
+	e := newEntry(m)
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.entries[m.ID] = e
@@ -725,46 +732,85 @@ func (q *Queue) Stats() Stats {
 func (q *Queue) Changed() <-chan struct{} { return q.changed }
 
 // Due returns up to limit messages that are due at now (a pending
-// recipient's next attempt has come), neither held nor leased, earliest
-// first.
+// recipient's next attempt has come), neither held nor leased, taking
+// turns between tenants (Envelope.Tenant): the tenants in the order of
+// their earliest due message, one message of each per round, each
+// tenant's earliest first. A sender with a backlog of thousands therefore
+// takes half of each batch while one other sender has mail due, not all
+// of it: the first of the two layers of fairness (docs/design.md,
+// "Traffic shaping"); with one tenant it is earliest first.
 //
 // Under a backlog most of the queue is due and the delivery loop asks for
-// a batch at a time: the limit earliest are kept in a bounded heap, so a
-// call costs O(n log limit) rather than a sort of every due message.
+// a batch at a time: the limit earliest of each tenant are kept in a
+// bounded heap, so a call costs O(n log limit) rather than a sort of every
+// due message.
 func (q *Queue) Due(now time.Time, limit int) []ID {
 	if limit <= 0 {
 		return []ID{}
 	}
-	// The candidates are sized by what is queued, not by limit alone: the
-	// delivery loop calls Due after every few deliveries with a limit of
-	// its free slots, and a buffer of 256 was a tenth of the relay's
-	// allocations under load. Appended, and made a heap only once full,
+	// Candidates are appended, and a tenant's made a heap only once full,
 	// so that no candidate is boxed by heap.Push.
+	var (
+		tenants []dueTenant
+		index   = map[string]int{}
+		last    = -1
+	)
 	q.mu.Lock()
-	h := make(dueHeap, 0, min(limit, len(q.entries)))
 	for _, e := range q.entries {
 		if e.held || e.leased || e.pending == 0 || e.nextDue.After(now) {
 			continue
 		}
+		// Most of a backlog is one tenant's: ask the map only when the
+		// tenant changes.
+		if last < 0 || tenants[last].name != e.tenant {
+			k, ok := index[e.tenant]
+			if !ok {
+				k = len(tenants)
+				index[e.tenant] = k
+				tenants = append(tenants, dueTenant{name: e.tenant})
+			}
+			last = k
+		}
+		h := &tenants[last].heap
 		c := dueCandidate{e.id, e.nextDue}
 		switch {
-		case len(h) < limit:
-			h = append(h, c)
-			if len(h) == limit {
-				heap.Init(&h)
+		case len(*h) < limit:
+			*h = append(*h, c)
+			if len(*h) == limit {
+				heap.Init(h)
 			}
-		case c.compare(h[0]) < 0:
-			h[0] = c
-			heap.Fix(&h, 0)
+		case c.compare((*h)[0]) < 0:
+			(*h)[0] = c
+			heap.Fix(h, 0)
 		}
 	}
 	q.mu.Unlock()
-	slices.SortFunc(h, dueCandidate.compare)
-	ids := make([]ID, len(h))
-	for i, c := range h {
-		ids[i] = c.id
+	for k := range tenants {
+		slices.SortFunc(tenants[k].heap, dueCandidate.compare)
+	}
+	slices.SortFunc(tenants, func(a, b dueTenant) int {
+		return cmp.Or(a.heap[0].compare(b.heap[0]), strings.Compare(a.name, b.name))
+	})
+	ids := make([]ID, 0, limit)
+	for round := 0; len(ids) < limit; round++ {
+		took := false
+		for _, t := range tenants {
+			if round < len(t.heap) && len(ids) < limit {
+				ids = append(ids, t.heap[round].id)
+				took = true
+			}
+		}
+		if !took {
+			break
+		}
 	}
 	return ids
+}
+
+// dueTenant is one tenant's due candidates.
+type dueTenant struct {
+	name string
+	heap dueHeap
 }
 
 // dueCandidate is a message Due may return.

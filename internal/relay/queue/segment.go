@@ -330,7 +330,8 @@ func (q *Queue) commitSegment(recs []byte, loc segLoc, m *Message, fresh bool) e
 		return err
 	}
 	loc.seg, loc.off = s, off
-	e := &entry{id: m.ID, size: m.Size, arrival: m.Arrival, inSeg: true, loc: &loc, state: m.Recipients}
+	e := newEntry(m)
+	e.inSeg, e.loc, e.state = true, &loc, m.Recipients
 	q.mu.Lock()
 	q.setSummary(e, m)
 	q.index(e)
@@ -701,7 +702,8 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 			return nil
 		}
 		m := newMessage(h, int64(len(body)))
-		e := &entry{id: h.ID, size: m.Size, arrival: m.Arrival, inSeg: true, loc: &loc, state: m.Recipients}
+		e := newEntry(&m)
+		e.inSeg, e.loc, e.state = true, &loc, m.Recipients
 		q.setSummary(e, &m)
 		q.index(e)
 	case kindState, kindDelete:
