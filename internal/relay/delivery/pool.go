@@ -103,6 +103,32 @@ func (p *pool) endLocked(s *session) {
 	p.quits.Go(func() { s.close(true) })
 }
 
+// endSite ends the idle sessions to the traffic shaping site: the
+// receiver counts them as open connections, so they are closed when the
+// site throttles, or when a transaction needs the connection they hold.
+// It returns how many it ended.
+func (p *pool) endSite(site string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for key, list := range p.conns {
+		kept := list[:0]
+		for _, e := range list {
+			if e.s.shape == nil || e.s.shape.Site() != site || !e.stop() {
+				// Not the site's, or its idle timer fired and its expire
+				// is waiting for the lock: that one ends it.
+				kept = append(kept, e)
+				continue
+			}
+			p.endLocked(e.s)
+			n++
+		}
+		clear(list[len(kept):])
+		p.setList(key, kept)
+	}
+	return n
+}
+
 // closeAll ends every idle session and waits until all sessions ended.
 func (p *pool) closeAll() {
 	p.mu.Lock()
@@ -134,6 +160,17 @@ type slots struct {
 
 func newLimiter(total, per int) *limiter {
 	return &limiter{total: make(chan struct{}, total), per: per, dests: make(map[string]*slots)}
+}
+
+// acquireTotal waits for a slot of the total alone: shaped MX delivery
+// takes its place per site in the site's gate instead of per destination.
+func (l *limiter) acquireTotal(ctx context.Context) (release func(), err error) {
+	select {
+	case l.total <- struct{}{}:
+		return func() { <-l.total }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // acquire waits for a slot of destination key and one of the total, in

@@ -73,6 +73,12 @@ func localFailure(perm bool, cause Cause, enhanced string, format string, args .
 	}
 }
 
+// abortedFailure is the failure of an attempt whose context ended while
+// it waited for a slot: nothing was sent (record leaves it unrecorded).
+func abortedFailure(err error) *failure {
+	return localFailure(false, CauseConnect, "4.3.2", "attempt aborted: %v", err)
+}
+
 // remoteFailure is a failure that an SMTP reply decided: final when the
 // reply is 5xx (RFC 5321 section 4.2.1: the first digit decides, whatever
 // the enhanced code says). context, when not empty, prefixes the text.

@@ -90,12 +90,16 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 		o.failAll(d.fail)
 		return o
 	}
-	release, err := w.limits.acquire(ctx, d.limitKey())
-	if err != nil {
-		o.failAll(localFailure(false, CauseConnect, "4.3.2", "attempt aborted: %v", err))
-		return o
+	if d.route != nil || w.opts.Shaping == nil {
+		// A shaped MX destination takes its place in its site's gate
+		// instead, once the MX lookup has named the site.
+		release, err := w.limits.acquire(ctx, d.limitKey())
+		if err != nil {
+			o.failAll(abortedFailure(err))
+			return o
+		}
+		defer release()
 	}
-	defer release()
 
 	var (
 		hosts []mxHost
@@ -114,7 +118,14 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 			return o
 		}
 		if w.shapeSite(d, hosts); d.site != nil {
-			if f := w.suspendedFailure(d); f != nil {
+			f := w.suspendedFailure(d)
+			if f == nil {
+				var release func()
+				if release, f = w.enterSite(ctx, d, msg.Envelope.Tenant()); f == nil {
+					defer release()
+				}
+			}
+			if f != nil {
 				o.failAll(f)
 				return o
 			}
@@ -197,7 +208,9 @@ func (w *Worker) shuffle(hosts []mxHost) {
 // address worth trying.
 func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p *connPolicy, host string, addr netip.Addr, body bodyFunc, o *outcome) *failure {
 	remote := netip.AddrPortFrom(addr, uint16(d.port)) //nolint:gosec // ports are checked to be 1 to 65535
-	s := w.pool.get(d.connKey(host, remote, p))
+	key := d.connKey(host, remote, p)
+	s := w.pool.get(key)
+	waits := 0
 	for {
 		reused := s != nil
 		if s == nil {
@@ -205,6 +218,13 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 			if d.site != nil {
 				var dec shaping.Decision
 				if shape, dec = w.opts.Shaping.AcquireConn(*d.site); !dec.OK {
+					if waits < maxShapeWaits && w.waitShaping(ctx, d, dec) {
+						// Waited for a token or a release: an idle
+						// session may have come back meanwhile.
+						waits++
+						s = w.pool.get(key)
+						continue
+					}
 					return w.refusalFailure(d, dec)
 				}
 			}
@@ -236,7 +256,11 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 			s.shape = shape
 		}
 		if s.shape != nil {
-			if dec := s.shape.AcquireMessage(); !dec.OK {
+			dec := s.shape.AcquireMessage()
+			for ; !dec.OK && dec.Reason == shaping.ReasonMessageRate && waits < maxShapeWaits && w.waitShaping(ctx, d, dec); waits++ {
+				dec = s.shape.AcquireMessage()
+			}
+			if !dec.OK {
 				if dec.Reason == shaping.ReasonConnectionFull || dec.Reason == shaping.ReasonReleased {
 					// This session carried its share: close it, and
 					// the transaction goes on a new one.
@@ -271,9 +295,11 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 				replies = append(slices.Clip(replies), f.reply)
 			}
 			if until := w.observe(d, replies); !until.IsZero() {
-				// The site throttles: this session carries no more, and
-				// what it deferred waits for the suspension's end.
+				// The site throttles: this session carries no more, nor
+				// do the site's idle ones, and what it deferred waits for
+				// the suspension's end.
 				s.retire = true
+				w.pool.endSite(d.site.Name)
 				t.throttled(until)
 				if f != nil {
 					f = f.withUntil(until)

@@ -8,17 +8,84 @@ package delivery
 // the site.
 
 import (
+	"cmp"
+	"context"
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
-// shapingRetry is when recipients refused for a limit that ends with an
-// event rather than at a time (Connections: a release) are due again. The
-// design's next step waits for the release in the site's FairQueue
-// instead; until then a short deferral without attempt costs nothing.
-const shapingRetry = 30 * time.Second
+const (
+	// shapingRetry is when recipients refused for a limit that ends with
+	// an event rather than at a time (Connections: a release) are due
+	// again, once waiting for it did not help.
+	shapingRetry = 30 * time.Second
+	// shapeWait is the longest one wait for a site's limit, holding the
+	// site's turn: for a token due that soon, or for a connection to be
+	// released. A limit that frees later defers without attempt instead,
+	// which gives the worker's lease to other mail.
+	shapeWait = 10 * time.Second
+	// maxShapeWaits bounds the waits of one transaction.
+	maxShapeWaits = 3
+)
+
+// enterSite waits for the site's turn of sender's mail (siteGates) and a
+// slot of the worker's total. A sender with its share of the site's
+// waiters already is deferred without attempt to its expected turn.
+func (w *Worker) enterSite(ctx context.Context, d *destination, sender string) (release func(), f *failure) {
+	limit := w.opts.Shaping.Limits(*d.site).MaxConnections
+	leave, overflow, err := w.gates.enter(ctx, d.site.Name, sender, limit)
+	switch {
+	case err != nil:
+		return nil, abortedFailure(err)
+	case leave == nil:
+		return nil, throttleFailure(overflow, "site %s: mail of %s waits for the site's limits (%d connections on this replica) with its share of the turns; deferred until %s",
+			d.site.Name, cmp.Or(sender, "the null sender"), limit, overflow.UTC().Format(time.RFC3339))
+	}
+	total, err := w.limits.acquireTotal(ctx)
+	if err != nil {
+		leave()
+		return nil, abortedFailure(err)
+	}
+	return func() { total(); leave() }, nil
+}
+
+// waitShaping waits for what a refusal names, holding the site's turn: a
+// token due within shapeWait, or a connection released (after ending the
+// site's idle sessions, which hold connections the receiver counts). It
+// reports whether to ask again; false turns the refusal into a deferral.
+func (w *Worker) waitShaping(ctx context.Context, d *destination, dec shaping.Decision) bool {
+	now := w.clock.Now()
+	deadline := now.Add(shapeWait)
+	var released <-chan struct{}
+	switch dec.Reason {
+	case shaping.ReasonConnectionRate, shaping.ReasonMessageRate:
+		if dec.Until.IsZero() || dec.Until.After(deadline) {
+			return false
+		}
+		deadline = dec.Until
+	case shaping.ReasonConnections:
+		released = w.opts.Shaping.Released(d.site.Name)
+		w.pool.endSite(d.site.Name)
+	default:
+		return false
+	}
+	timer := make(chan struct{})
+	stop := w.clock.At(deadline, func() { close(timer) })
+	defer stop()
+	select {
+	case <-released:
+		return true
+	case <-timer:
+		// A token is due, or no release came in time: asking again
+		// tells which (a release just before Released was asked is
+		// not missed).
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // shapeSite sets d's site from its MX host names (the implicit MX being
 // the domain itself) when shaping is on; RelayRoute targets are not shaped

@@ -206,3 +206,118 @@ func TestShapingMessagesPerConnection(t *testing.T) {
 		t.Fatalf("6 messages, 2 per connection: %d connections, %d messages", st.Connections, st.Messages)
 	}
 }
+
+// The fairness test: sender A has 10,000 messages queued for a
+// site that takes two connections at a time, and its delivery is under
+// way; sender B sends 10 after. B's 10 reach the receiver while most of
+// A's backlog still waits, not after it: the queue leases in turns
+// between senders, and the site's gate gives its slots in turns.
+func TestShapingSharesASiteBetweenSenders(t *testing.T) {
+	e, sink, lim := shapedEnv(t, testenv.SMTPSinkOptions{})
+	// Each message takes the receiver a moment: the site, not the relay,
+	// is the bottleneck, as a throttled provider is.
+	sink.SetFault(testenv.StageData, testenv.Fault{Delay: 2 * time.Millisecond})
+	const backlog = 10000
+	for range backlog {
+		e.enqueue("bulk@a.test", "user@rcpt.test")
+	}
+	e.start()
+	e.waitFor("sender A's delivery to be under way", func() bool { return len(sink.Messages()) >= 20 })
+	var ids []queue.ID
+	for range 10 {
+		ids = append(ids, e.enqueue("reset@b.test", "user@rcpt.test"))
+	}
+	for _, id := range ids {
+		e.waitFor("sender B's message "+string(id)+" delivered", func() bool {
+			if _, ok := e.message(id); !ok {
+				return true
+			}
+			// Time passes: messages deferred beyond their sender's share
+			// of the waiters come back at their turn.
+			e.clock.Advance(time.Second)
+			return false
+		})
+	}
+	msgs := sink.Messages()
+	lastB, before := -1, 0
+	for i, m := range msgs {
+		if m.From == "reset@b.test" {
+			lastB = i
+		}
+	}
+	for _, m := range msgs[:lastB] {
+		if m.From == "bulk@a.test" {
+			before++
+		}
+	}
+	t.Logf("sender B's 10 delivered after %d of sender A's %d (the receiver had %d when B sent)", before, backlog, 20)
+	if before > backlog/4 {
+		t.Fatalf("sender B's last message reached the receiver after %d of sender A's %d: not ahead of the backlog", before, backlog)
+	}
+	if got := e.wire.MaxOpen(); got > 2 {
+		t.Fatalf("%d connections open at once, want at most the site's 2", got)
+	}
+	for _, a := range e.observer.Attempts() {
+		if a.Cause != CauseNone && a.Cause != CauseThrottled {
+			t.Fatalf("attempt %+v: want delivered or deferred by shaping", a)
+		}
+	}
+	_ = lim
+}
+
+// A message the site's rate refuses for a moment (a token due within
+// shapeWait) waits for it, holding its turn, instead of being deferred:
+// one attempt, delivered, no deferral recorded.
+func TestShapingWaitsForANearToken(t *testing.T) {
+	// 60 a minute: a burst of 6, then a token every second or so.
+	e, sink, _ := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, strings.Replace(testShapingPolicy, "maxMessagesPerMinute: 0", "maxMessagesPerMinute: 60", 1))
+	e.start()
+	var ids []queue.ID
+	for range 7 {
+		ids = append(ids, e.enqueue("app@sender.test", "user@rcpt.test"))
+	}
+	e.waitFor("the burst of 6 delivered", func() bool { return len(sink.Messages()) >= 6 })
+	for _, id := range ids {
+		e.waitFor("message "+string(id)+" delivered", func() bool {
+			if _, ok := e.message(id); !ok {
+				return true
+			}
+			e.clock.Advance(100 * time.Millisecond)
+			return false
+		})
+	}
+	for _, a := range e.observer.Attempts() {
+		if a.Cause != CauseNone {
+			t.Errorf("attempt %s: cause %q (%s), want every message delivered at its first attempt", a.QueueID, a.Cause, a.Reply)
+		}
+	}
+	if got := len(e.observer.Attempts()); got != 7 {
+		t.Errorf("%d attempts for 7 messages", got)
+	}
+}
+
+// A site's only connection, held by an idle session to one of its hosts,
+// is given up for a transaction to another of its hosts: the idle one is
+// closed, the new one opened, and nothing deferred.
+func TestShapingClosesIdleSessionForWaitingTransaction(t *testing.T) {
+	e, sink1, _ := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, strings.Replace(testShapingPolicy, "maxConnections: 2", "maxConnections: 1", 1))
+	sink2 := e.mxSink("127.0.0.4", testenv.SMTPSinkOptions{})
+	e.dnsAdd("two.test. MX 10 mx2.rcpt.test.", "mx2.rcpt.test. A 127.0.0.4")
+	e.start()
+	e.waitGone(e.enqueue("app@sender.test", "user@rcpt.test"))
+	if st := sink1.Stats(); st.Connections != 1 || st.Closed != 0 {
+		t.Fatalf("first host: %+v, want its session kept idle", st)
+	}
+	e.waitGone(e.enqueue("app@sender.test", "user@two.test"))
+	if st := sink1.Stats(); st.Closed != 1 {
+		t.Fatalf("first host: %+v, want its idle session closed for the second", st)
+	}
+	if got := len(sink2.Messages()); got != 1 {
+		t.Fatalf("second host has %d messages, want 1", got)
+	}
+	for _, a := range e.observer.Attempts() {
+		if a.Cause != CauseNone {
+			t.Errorf("attempt to %s: cause %q (%s), want delivered", a.Destination, a.Cause, a.Reply)
+		}
+	}
+}

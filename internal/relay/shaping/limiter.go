@@ -209,6 +209,15 @@ func (st *siteState) messageReady(now time.Time) (Decision, bool) {
 	return st.refuse(ReasonMessageRate, atM, "%d messages per minute reached (rule %s)", st.limits.MaxMessagesPerMinute, st.rule.name), false
 }
 
+// Limits returns the limits in force for site on this replica (the
+// rule's, divided by Scale): delivery lets at most MaxConnections
+// transactions of the site run at once and queues the rest fairly.
+func (l *Limiter) Limits(site Site) Limits {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state(site, l.clock.Now()).limits
+}
+
 // Conn is one admitted connection to a site. Delivery asks AcquireMessage
 // before each transaction on it and calls Release when it closes it.
 type Conn struct {

@@ -1,0 +1,216 @@
+package delivery
+
+// The site gate: the second layer of fairness (docs/design.md, "Traffic
+// shaping", "Fairness"). The queue's Due takes turns between senders for
+// the worker's leases; the gate takes turns between them for a shaped
+// site's capacity, so that a bulk sender's thousand messages to one
+// provider wait behind, not in front of, another sender's password reset
+// to the same provider.
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/postgate/postgate/internal/relay/shaping"
+)
+
+const (
+	// overflowMin and overflowMax bound how far ahead a sender's message
+	// beyond its share of a site's waiters is deferred: at least a
+	// quarter of a second (no spinning through the journal), at most a
+	// quarter of an hour (a wrong estimate costs at most that).
+	overflowMin = 250 * time.Millisecond
+	overflowMax = 15 * time.Minute
+	// defaultTurn is the time between two transactions of a site assumed
+	// before one has been measured.
+	defaultTurn = time.Second
+)
+
+// siteGates holds one gate per shaped site with transactions under way or
+// waiting. A gate lets at most the site's MaxConnections transactions run
+// at once (one connection carries one at a time, so more could only wait
+// inside the shaping limiter, in no order); the others wait their turn
+// round-robin by sender (shaping.FairQueue), each sender with at most
+// perSender waiting and the site with at most maxWaiting, so that one
+// site's backlog cannot hold every lease of the worker. A message beyond
+// that is deferred without attempt to the time its sender's turn is
+// expected (overflow), which spreads a backlog over the time the site
+// needs to take it instead of leasing it again and again.
+type siteGates struct {
+	clock Clock
+	// maxWaiting bounds the waiters of one site, all senders together.
+	maxWaiting int
+
+	mu    sync.Mutex
+	gates map[string]*siteGate
+}
+
+type siteGate struct {
+	limit   int // the site's MaxConnections, as last asked
+	active  int // transactions admitted and not yet released
+	waiting *shaping.FairQueue[*gateWaiter]
+	// waiters counts the waiters of each sender that are still waiting.
+	waiters map[string]int
+	total   int
+	// turn is the measured time between two releases while transactions
+	// waited (an exponentially weighted mean), lastRelease the last one.
+	turn        time.Duration
+	lastRelease time.Time
+	// next is, per sender, the last turn given to an overflow message.
+	next map[string]time.Time
+}
+
+type gateWaiter struct {
+	sender  string
+	ready   chan struct{}
+	granted bool // a slot was handed over (under siteGates.mu)
+	gone    bool // stopped waiting (under siteGates.mu)
+}
+
+// perSender is how many transactions of one sender wait for a site whose
+// limit is limit: enough for a burst of a few messages to wait its turns
+// rather than be deferred, too few for a backlog to crowd the site.
+func perSender(limit int) int { return max(2*limit, 8) }
+
+func newSiteGates(clock Clock, maxWaiting int) *siteGates {
+	return &siteGates{clock: clock, maxWaiting: max(1, maxWaiting), gates: map[string]*siteGate{}}
+}
+
+// enter waits for a turn of sender at site, whose limit is the site's
+// MaxConnections now. It returns the release of the slot, or, when the
+// sender already has its share waiting, the time until which the message
+// is to be deferred without attempt (release nil). It returns ctx's error
+// when the attempt ends first.
+func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (release func(), overflow time.Time, err error) {
+	limit = max(1, limit)
+	g.mu.Lock()
+	gate := g.gates[site]
+	if gate == nil {
+		gate = &siteGate{waiting: shaping.NewFairQueue[*gateWaiter](), waiters: map[string]int{}, next: map[string]time.Time{}}
+		g.gates[site] = gate
+	}
+	gate.limit = limit
+	gate.admit()
+	if gate.active < limit && gate.total == 0 {
+		gate.active++
+		g.mu.Unlock()
+		return g.releaser(site, gate), time.Time{}, nil
+	}
+	if gate.waiters[sender] >= perSender(limit) || gate.total >= g.maxWaiting {
+		until := gate.overflow(sender, g.clock.Now())
+		g.mu.Unlock()
+		return nil, until, nil
+	}
+	w := &gateWaiter{sender: sender, ready: make(chan struct{})}
+	gate.waiting.Push(sender, w)
+	gate.waiters[sender]++
+	gate.total++
+	g.mu.Unlock()
+
+	select {
+	case <-w.ready:
+		return g.releaser(site, gate), time.Time{}, nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	if w.granted {
+		// The slot came as the attempt ended: pass it on.
+		g.mu.Unlock()
+		g.releaser(site, gate)()
+		return nil, time.Time{}, ctx.Err()
+	}
+	w.gone = true
+	gate.leave(sender)
+	g.forget(site, gate, g.clock.Now())
+	g.mu.Unlock()
+	return nil, time.Time{}, ctx.Err()
+}
+
+// releaser returns the release of one slot of gate, harmless to call twice.
+func (g *siteGates) releaser(site string, gate *siteGate) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			now := g.clock.Now()
+			if gate.total > 0 && !gate.lastRelease.IsZero() {
+				// The site is the bottleneck: measure its pace.
+				d := now.Sub(gate.lastRelease)
+				if gate.turn == 0 {
+					gate.turn = d
+				} else {
+					gate.turn += (d - gate.turn) / 8
+				}
+			}
+			gate.lastRelease = now
+			gate.active--
+			gate.admit()
+			g.forget(site, gate, now)
+		})
+	}
+}
+
+// admit hands free slots to waiters in turn. g.mu is held.
+func (gate *siteGate) admit() {
+	for gate.active < gate.limit {
+		_, w, ok := gate.waiting.Next()
+		if !ok {
+			return
+		}
+		if w.gone {
+			continue
+		}
+		w.granted = true
+		gate.leave(w.sender)
+		gate.active++
+		close(w.ready)
+	}
+}
+
+// leave counts a waiter of sender out. g.mu is held.
+func (gate *siteGate) leave(sender string) {
+	gate.total--
+	if gate.waiters[sender]--; gate.waiters[sender] <= 0 {
+		delete(gate.waiters, sender)
+	}
+}
+
+// overflow returns when an overflow message of sender is expected to have
+// its turn: after the sender's waiters and its earlier overflow messages,
+// each a round of every sender waiting away. g.mu is held.
+func (gate *siteGate) overflow(sender string, now time.Time) time.Time {
+	turn := gate.turn
+	if turn <= 0 {
+		turn = defaultTurn
+	}
+	round := turn * time.Duration(max(1, gate.waiting.Tenants()))
+	t := now.Add(round * time.Duration(gate.waiters[sender]))
+	if prev := gate.next[sender]; prev.After(t) {
+		t = prev
+	}
+	t = t.Add(round)
+	if lo := now.Add(overflowMin); t.Before(lo) {
+		t = lo
+	}
+	if hi := now.Add(overflowMax); t.After(hi) {
+		t = hi
+	}
+	gate.next[sender] = t
+	return t
+}
+
+// forget drops the overflow turns that have passed (they say nothing any
+// more), and the gate when nothing is under way, waiting or expected.
+// g.mu is held.
+func (g *siteGates) forget(site string, gate *siteGate, now time.Time) {
+	for s, n := range gate.next {
+		if n.Before(now) {
+			delete(gate.next, s)
+		}
+	}
+	if gate.active == 0 && gate.total == 0 && len(gate.next) == 0 && g.gates[site] == gate {
+		delete(g.gates, site)
+	}
+}

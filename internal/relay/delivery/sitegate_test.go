@@ -1,0 +1,176 @@
+package delivery
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// gateTest runs enter calls in goroutines of a synctest bubble and
+// records the order in which they get a slot.
+type gateTest struct {
+	t        *testing.T
+	g        *siteGates
+	clock    *fakeClock
+	mu       sync.Mutex
+	granted  []string
+	releases map[string]func()
+}
+
+func newGateTest(t *testing.T, maxWaiting int) *gateTest {
+	c := newFakeClock()
+	return &gateTest{t: t, g: newSiteGates(c, maxWaiting), clock: c, releases: map[string]func(){}}
+}
+
+// enter starts name's enter of site as sender and returns once it has a
+// slot or waits for one (synctest.Wait: every goroutine blocked).
+func (gt *gateTest) enter(ctx context.Context, sender, name string, limit int) {
+	go func() {
+		release, overflow, err := gt.g.enter(ctx, "site.test", sender, limit)
+		gt.mu.Lock()
+		defer gt.mu.Unlock()
+		switch {
+		case err != nil:
+			gt.granted = append(gt.granted, name+": "+err.Error())
+		case release == nil:
+			gt.granted = append(gt.granted, name+": overflow "+overflow.Sub(gt.clock.Now()).String())
+		default:
+			gt.granted = append(gt.granted, name)
+			gt.releases[name] = release
+		}
+	}()
+	synctest.Wait()
+}
+
+// release ends name's slot and lets the next waiter take it.
+func (gt *gateTest) release(name string) {
+	gt.t.Helper()
+	gt.mu.Lock()
+	r := gt.releases[name]
+	if r == nil {
+		gt.t.Fatalf("%s holds no slot (granted so far: %v)", name, gt.granted)
+	}
+	delete(gt.releases, name)
+	gt.mu.Unlock()
+	r()
+	synctest.Wait()
+}
+
+func (gt *gateTest) want(want ...string) {
+	gt.t.Helper()
+	gt.mu.Lock()
+	defer gt.mu.Unlock()
+	if !slices.Equal(gt.granted, want) {
+		gt.t.Fatalf("granted %q, want %q", gt.granted, want)
+	}
+}
+
+// A site's slots go round-robin between senders: a sender who comes after
+// another's queue of waiters is served second, not last.
+func TestSiteGateTakesTurns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gt := newGateTest(t, 50)
+		ctx := t.Context()
+		gt.enter(ctx, "a.test", "a0", 1) // the one slot
+		for _, n := range []string{"a1", "a2", "a3"} {
+			gt.enter(ctx, "a.test", n, 1)
+		}
+		gt.enter(ctx, "b.test", "b1", 1)
+		gt.enter(ctx, "b.test", "b2", 1)
+		gt.want("a0")
+		gt.release("a0")
+		gt.release("a1")
+		gt.release("b1")
+		gt.release("a2")
+		gt.release("b2")
+		gt.release("a3")
+		gt.want("a0", "a1", "b1", "a2", "b2", "a3")
+		if n := len(gt.g.gates); n != 0 {
+			t.Errorf("%d gates left with nothing under way", n)
+		}
+	})
+}
+
+// A sender with its share of waiters (perSender) gets a deferral, at
+// least overflowMin ahead and each later than the last, spreading the
+// backlog; another sender still queues; the site's bound on waiters holds
+// for everyone.
+func TestSiteGateOverflow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gt := newGateTest(t, 10)
+		ctx := t.Context()
+		gt.enter(ctx, "a.test", "held", 1)
+		for i := range perSender(1) {
+			gt.enter(ctx, "a.test", "a"+string(rune('0'+i)), 1)
+		}
+		var prev time.Time
+		for range 3 {
+			release, until, err := gt.g.enter(ctx, "site.test", "a.test", 1)
+			if release != nil || err != nil {
+				t.Fatalf("sender A beyond its share: release %v, err %v; want a deferral", release != nil, err)
+			}
+			if min := gt.clock.Now().Add(overflowMin); until.Before(min) || !until.After(prev) {
+				t.Fatalf("deferred until %s: want after %s and after the previous %s", until, min, prev)
+			}
+			prev = until
+		}
+		gt.enter(ctx, "b.test", "b1", 1)
+		gt.enter(ctx, "b.test", "b2", 1)
+		if got := countWaiting(gt.g); got != 10 {
+			t.Fatalf("%d waiting, want 8 of A and 2 of B", got)
+		}
+		if release, _, _ := gt.g.enter(ctx, "site.test", "c.test", 1); release != nil {
+			t.Fatal("a third sender entered a site at its bound of waiters")
+		}
+		gt.release("held")
+		gt.want("held", "a0")
+		gt.release("a0")
+		gt.want("held", "a0", "b1")
+	})
+}
+
+// A waiter whose attempt ends leaves the queue; a slot never gets lost,
+// and a raised limit admits waiters at once.
+func TestSiteGateCancelAndLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gt := newGateTest(t, 50)
+		ctx := t.Context()
+		gt.enter(ctx, "a.test", "a0", 1)
+		cctx, cancel := context.WithCancel(ctx)
+		gt.enter(cctx, "a.test", "gone", 1)
+		gt.enter(ctx, "b.test", "b1", 1)
+		gt.enter(ctx, "b.test", "b2", 1)
+		cancel()
+		synctest.Wait()
+		gt.want("a0", "gone: context canceled")
+		gt.release("a0")
+		gt.want("a0", "gone: context canceled", "b1")
+		// The limit goes up to 3: the next enter admits the waiter, then
+		// itself (the two goroutines may record it in either order).
+		gt.enter(ctx, "c.test", "c1", 3)
+		gt.mu.Lock()
+		last := slices.Sorted(slices.Values(gt.granted[3:]))
+		gt.mu.Unlock()
+		if !slices.Equal(last, []string{"b2", "c1"}) {
+			t.Fatalf("after the limit went up, granted %q, want b2 and c1", last)
+		}
+		gt.release("b1")
+		gt.release("b2")
+		gt.release("c1")
+		if n := len(gt.g.gates); n != 0 {
+			t.Errorf("%d gates left with nothing under way", n)
+		}
+	})
+}
+
+func countWaiting(g *siteGates) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if gate := g.gates["site.test"]; gate != nil {
+		return gate.total
+	}
+	return 0
+}
