@@ -247,7 +247,7 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 				if shape != nil {
 					// connect closed what it opened.
 					shape.Release()
-					if until := w.observe(d, []queue.Reply{f.reply}); !until.IsZero() {
+					if until, _ := w.observe(d, []queue.Reply{f.reply}); !until.IsZero() {
 						f = f.withUntil(until)
 					}
 				}
@@ -294,15 +294,18 @@ func (w *Worker) try(ctx context.Context, msg *queue.Message, d *destination, p 
 			if f != nil {
 				replies = append(slices.Clip(replies), f.reply)
 			}
-			if until := w.observe(d, replies); !until.IsZero() {
+			if until, matched := w.observe(d, replies); !until.IsZero() {
 				// The site throttles: this session carries no more, nor
 				// do the site's idle ones, and what it deferred waits for
 				// the suspension's end.
 				s.retire = true
 				w.pool.endSite(d.site.Name)
-				t.throttled(until)
+				t.throttled(until, matched)
 				if f != nil {
 					f = f.withUntil(until)
+					if matched[len(matched)-1] {
+						f.perm = false
+					}
 				}
 			} else if s.shape.Full() {
 				s.retire = true

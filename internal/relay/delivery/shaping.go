@@ -138,35 +138,45 @@ func throttleFailure(until time.Time, format string, args ...any) *failure {
 }
 
 // observe shows the site the replies of its host; on a throttle reply it
-// returns the end of the suspension it began (or that was under way).
-func (w *Worker) observe(d *destination, replies []queue.Reply) time.Time {
-	throttled := false
-	for _, r := range replies {
+// returns the end of the suspension it began (or that was under way), and
+// which of the replies were throttle replies.
+func (w *Worker) observe(d *destination, replies []queue.Reply) (until time.Time, matched []bool) {
+	for i, r := range replies {
 		if r.Code < 400 {
 			// A success, or a reply of our own (code 0: a refused
 			// connection, a local check): not the site's word.
 			continue
 		}
 		if w.opts.Shaping.Observe(*d.site, shaping.Reply(r)) {
-			throttled = true
+			if matched == nil {
+				matched = make([]bool, len(replies))
+			}
+			matched[i] = true
 		}
 	}
-	if !throttled {
-		return time.Time{}
+	if matched == nil {
+		return time.Time{}, nil
 	}
-	until, _ := w.opts.Shaping.Suspended(d.site.Name)
+	until, _ = w.opts.Shaping.Suspended(d.site.Name)
 	if until.IsZero() {
 		// A suspension of zero length: due at once, still not an attempt.
 		until = w.clock.Now()
 	}
-	return until
+	return until, matched
 }
 
 // throttled marks the pending recipients of o to be deferred without
 // attempt until the suspension's end: the throttle is the site's, not the
-// message's.
-func (o *outcome) throttled(until time.Time) {
+// message's. A recipient refused for good by a reply the policy names a
+// throttle reply (a provider that says "slow down" with a 5xx) is pending
+// again, not bounced: the policy says what the reply means.
+func (o *outcome) throttled(until time.Time, matched []bool) {
 	o.until = until
+	for i, m := range matched[:min(len(matched), len(o.state))] {
+		if m && o.state[i] == queue.Failed {
+			o.state[i] = queue.Pending
+		}
+	}
 	if o.failed {
 		o.cause = CauseThrottled
 	}

@@ -321,3 +321,33 @@ func TestShapingClosesIdleSessionForWaitingTransaction(t *testing.T) {
 		}
 	}
 }
+
+// A 5xx that the policy names a throttle reply suspends the site and
+// defers the recipient without attempt: no bounce, no DSN. A 5xx it does
+// not name still bounces.
+func TestShapingPermanentThrottleReplyDefers(t *testing.T) {
+	policy := strings.Replace(testShapingPolicy, "    - enhancedCode: 4.7.28\n", "    - enhancedCode: 4.7.28\n    - code: 550\n      text: slow down\n", 1)
+	e, sink, lim := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, policy)
+	e.start()
+	sink.SetFault(testenv.StageRcpt, testenv.Fault{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 1}, Text: "Too many messages from your IP, slow down"})
+	id := e.enqueue("app@sender.test", "user@rcpt.test")
+	e.waitFor("the recipient to be deferred without attempt", func() bool { return e.deferredWithoutAttempt(id, "slow down") })
+	if until, _ := lim.Suspended("rcpt.test"); until.IsZero() {
+		t.Fatal("site not suspended by the 550 the policy names")
+	}
+	if a := e.attempt(1); a.Cause != CauseThrottled || a.Status != StatusDeferred {
+		t.Fatalf("attempt: cause %q, status %q; want Throttled, deferred", a.Cause, a.Status)
+	}
+	if n := len(e.bouncer.Calls()); n != 0 {
+		t.Fatalf("%d DSNs for a throttled recipient", n)
+	}
+
+	// Another 5xx, at another site, is a bounce as before.
+	other := e.mxSink("127.0.0.5", testenv.SMTPSinkOptions{})
+	e.dnsAdd("other.test. MX 10 mx.other.test.", "mx.other.test. A 127.0.0.5")
+	other.SetFault(testenv.StageRcpt, testenv.Fault{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1}, Text: "no such user"})
+	e.waitGone(e.enqueue("app@sender.test", "nobody@other.test"))
+	if a := e.attempt(2); a.Status != StatusBounced {
+		t.Fatalf("attempt to other.test: status %q, want bounced", a.Status)
+	}
+}
