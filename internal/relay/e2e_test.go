@@ -202,7 +202,7 @@ func standaloneConfig(t *testing.T, dir, dnsAddr string, mxPort int) relay.Confi
 	return relay.Config{
 		SMTPAddr: "127.0.0.1:0", SpoolDir: t.TempDir(), Hostname: "relay.test", Manifests: []string{dir},
 		MaxMessageBytes: 25 << 20, MaxRecipients: 100, MaxConnections: 100, MaxConnectionsPerClient: 10,
-		DNSServer: dnsAddr, MXPort: mxPort, ShutdownGrace: 5 * time.Second,
+		DNSServer: dnsAddr, MXPort: mxPort, ShutdownGrace: 5 * time.Second, Shaping: true,
 	}
 }
 
