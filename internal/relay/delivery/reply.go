@@ -61,6 +61,10 @@ type failure struct {
 	// until, when set, defers the recipients without counting an attempt
 	// until then (traffic shaping: the site's, not the message's).
 	until time.Time
+	// snooze: nothing was tried and nothing is recorded; the message is
+	// not due before until (queue.Lease.Snooze): a sender's turn at a
+	// shaped site.
+	snooze bool
 }
 
 // localFailure is a failure with no reply from the network (a refused

@@ -31,6 +31,9 @@ type outcome struct {
 	// until, when set, defers the pending recipients without counting an
 	// attempt until then (traffic shaping).
 	until time.Time
+	// snooze: the attempt waits for until without a record
+	// (failure.snooze).
+	snooze bool
 }
 
 func newOutcome(d *destination) *outcome {
@@ -54,6 +57,7 @@ func (o *outcome) fail(i int, f *failure) {
 	if !f.until.IsZero() {
 		o.until = f.until
 	}
+	o.snooze = o.snooze || f.snooze
 }
 
 func (o *outcome) failAll(f *failure) {

@@ -40,8 +40,10 @@ func (w *Worker) enterSite(ctx context.Context, d *destination, sender string) (
 	case err != nil:
 		return nil, abortedFailure(err)
 	case leave == nil:
-		return nil, throttleFailure(overflow, "site %s: mail of %s waits for the site's limits (%d connections on this replica) with its share of the turns; deferred until %s",
+		f := throttleFailure(overflow, "site %s: mail of %s waits for its turn at the site's limits (%d connections on this replica) until %s",
 			d.site.Name, cmp.Or(sender, "the null sender"), limit, overflow.UTC().Format(time.RFC3339))
+		f.snooze = true
+		return nil, f
 	}
 	total, err := w.limits.acquireTotal(ctx)
 	if err != nil {
@@ -66,7 +68,7 @@ func (w *Worker) waitShaping(ctx context.Context, d *destination, dec shaping.De
 		}
 		deadline = dec.Until
 	case shaping.ReasonConnections:
-		released = w.opts.Shaping.Released(d.site.Name)
+		released = dec.Released
 		w.pool.endSite(d.site.Name)
 	default:
 		return false
@@ -79,8 +81,7 @@ func (w *Worker) waitShaping(ctx context.Context, d *destination, dec shaping.De
 		return true
 	case <-timer:
 		// A token is due, or no release came in time: asking again
-		// tells which (a release just before Released was asked is
-		// not missed).
+		// tells which.
 		return true
 	case <-ctx.Done():
 		return false

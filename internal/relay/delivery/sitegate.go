@@ -23,8 +23,12 @@ const (
 	overflowMin = 250 * time.Millisecond
 	overflowMax = 15 * time.Minute
 	// defaultTurn is the time between two transactions of a site assumed
-	// before one has been measured.
-	defaultTurn = time.Second
+	// before one has been measured. Short on purpose: a backlog leased
+	// before the first transaction ends is spread with it, and too short
+	// a turn costs a message one more deferral, too long a turn leaves
+	// the site idle while its mail waits (1 s spread 100 messages over
+	// 100 s at a site taking one every 2 ms).
+	defaultTurn = 10 * time.Millisecond
 )
 
 // siteGates holds one gate per shaped site with transactions under way or
@@ -71,7 +75,20 @@ type gateWaiter struct {
 // perSender is how many transactions of one sender wait for a site whose
 // limit is limit: enough for a burst of a few messages to wait its turns
 // rather than be deferred, too few for a backlog to crowd the site.
-func perSender(limit int) int { return max(2*limit, 8) }
+func perSender(limit int) int { return max(4*limit, 16) }
+
+// share is how many of sender's transactions may wait at gate: an equal
+// share of the site's waiting places between the senders waiting (sender
+// counted), at least perSender. A sender with none waiting always gets
+// one place, beyond the bound if need be, so a newcomer is never turned
+// away by a backlog.
+func (g *siteGates) share(gate *siteGate, sender string, limit int) int {
+	senders := len(gate.waiters)
+	if gate.waiters[sender] == 0 {
+		senders++
+	}
+	return max(perSender(limit), g.maxWaiting/senders)
+}
 
 func newSiteGates(clock Clock, maxWaiting int) *siteGates {
 	return &siteGates{clock: clock, maxWaiting: max(1, maxWaiting), gates: map[string]*siteGate{}}
@@ -97,7 +114,7 @@ func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (
 		g.mu.Unlock()
 		return g.releaser(site, gate), time.Time{}, nil
 	}
-	if gate.waiters[sender] >= perSender(limit) || gate.total >= g.maxWaiting {
+	if n := gate.waiters[sender]; n >= g.share(gate, sender, limit) || (n > 0 && gate.total >= g.maxWaiting) {
 		until := gate.overflow(sender, g.clock.Now())
 		g.mu.Unlock()
 		return nil, until, nil
@@ -185,7 +202,7 @@ func (gate *siteGate) overflow(sender string, now time.Time) time.Time {
 	if turn <= 0 {
 		turn = defaultTurn
 	}
-	round := turn * time.Duration(max(1, gate.waiting.Tenants()))
+	round := turn * time.Duration(max(1, gate.waiting.Tenants())) / 2
 	t := now.Add(round * time.Duration(gate.waiters[sender]))
 	if prev := gate.next[sender]; prev.After(t) {
 		t = prev

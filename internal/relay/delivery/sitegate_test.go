@@ -94,16 +94,17 @@ func TestSiteGateTakesTurns(t *testing.T) {
 	})
 }
 
-// A sender with its share of waiters (perSender) gets a deferral, at
-// least overflowMin ahead and each later than the last, spreading the
-// backlog; another sender still queues; the site's bound on waiters holds
-// for everyone.
+// A sender with its share of the site's waiting places gets a deferral,
+// at least overflowMin ahead and each later than the last, spreading the
+// backlog; a sender with none waiting always gets a place, beyond the
+// site's bound if need be, but no second one there; slots then go in
+// turns.
 func TestSiteGateOverflow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		gt := newGateTest(t, 10)
 		ctx := t.Context()
 		gt.enter(ctx, "a.test", "held", 1)
-		for i := range perSender(1) {
+		for i := range 10 {
 			gt.enter(ctx, "a.test", "a"+string(rune('0'+i)), 1)
 		}
 		var prev time.Time
@@ -118,17 +119,17 @@ func TestSiteGateOverflow(t *testing.T) {
 			prev = until
 		}
 		gt.enter(ctx, "b.test", "b1", 1)
-		gt.enter(ctx, "b.test", "b2", 1)
-		if got := countWaiting(gt.g); got != 10 {
-			t.Fatalf("%d waiting, want 8 of A and 2 of B", got)
+		if release, _, _ := gt.g.enter(ctx, "site.test", "b.test", 1); release != nil {
+			t.Fatal("sender B entered a second waiter beyond the site's bound")
 		}
-		if release, _, _ := gt.g.enter(ctx, "site.test", "c.test", 1); release != nil {
-			t.Fatal("a third sender entered a site at its bound of waiters")
+		gt.enter(ctx, "c.test", "c1", 1)
+		if got := countWaiting(gt.g); got != 12 {
+			t.Fatalf("%d waiting, want 10 of A and one each of B and C", got)
 		}
 		gt.release("held")
-		gt.want("held", "a0")
 		gt.release("a0")
-		gt.want("held", "a0", "b1")
+		gt.release("b1")
+		gt.want("held", "a0", "b1", "c1")
 	})
 }
 

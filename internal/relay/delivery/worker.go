@@ -291,6 +291,15 @@ func (w *Worker) releaseHeld(ctx context.Context, table *routing.Table) bool {
 // the observer. An attempt aborted by shutdown records only what was
 // delivered.
 func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Message, table *routing.Table, dl routing.Delivery, d *destination, o *outcome, start time.Time) {
+	if o.snooze {
+		// Nothing was tried: the message waits for its sender's turn at
+		// the site, and its history stays as it was.
+		lease.Snooze(o.until)
+		if w.opts.Shaping != nil && d.site != nil {
+			w.opts.Shaping.NoteDeferred(*d.site, 1)
+		}
+		return
+	}
 	end := w.clock.Now()
 	aborted := ctx.Err() != nil
 	lifetime := dl.MaxQueueLifetime()

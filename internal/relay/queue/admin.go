@@ -111,7 +111,8 @@ func (q *Queue) setHeld(ctx context.Context, id ID, held bool) error {
 }
 
 // Flush makes the pending recipients of the named messages (of every
-// message when none is named) due now, durably; held messages stay held.
+// message when none is named) due now, durably, and forgets a snooze;
+// held messages stay held.
 // It returns how many messages it changed; named messages that are not
 // queued are reported in the error.
 func (q *Queue) Flush(ctx context.Context, ids ...ID) (int, error) {
@@ -141,7 +142,7 @@ func (q *Queue) Flush(ctx context.Context, ids ...ID) (int, error) {
 			return flushed, err
 		}
 		changed := false
-		_, err := q.mutate(e, func(m *Message, now time.Time) (*record, error) {
+		m, err := q.mutate(e, func(m *Message, now time.Time) (*record, error) {
 			if m.Held {
 				return nil, nil
 			}
@@ -158,6 +159,16 @@ func (q *Queue) Flush(ctx context.Context, ids ...ID) (int, error) {
 			changed = true
 			return rec, nil
 		})
+		if err == nil && !m.Held {
+			// A snooze (Lease.Snooze) lives in memory only: forget it.
+			due, _ := m.nextDue()
+			q.mu.Lock()
+			if e.nextDue.After(due) && !e.leased {
+				e.nextDue = due
+				changed = true
+			}
+			q.mu.Unlock()
+		}
 		switch {
 		case errors.Is(err, ErrNotFound) && len(ids) == 0:
 		case err != nil:

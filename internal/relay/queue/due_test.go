@@ -135,3 +135,55 @@ func TestEnvelopeTenant(t *testing.T) {
 		}
 	}
 }
+
+// Snooze keeps a message from being due until its time, in memory only:
+// nothing is recorded, a Flush makes it due at once, and a restart forgets
+// the snooze.
+func TestLeaseSnooze(t *testing.T) {
+	clock := newClock()
+	dir := t.TempDir()
+	q := openQueue(t, openDir(t, dir), options(clock))
+	id := enqueue(t, q, envelope(), body(1, 10))
+	until := clock.Now().Add(time.Minute)
+	l := mustLease(t, q, id)
+	l.Snooze(until.Add(-time.Second))
+	l.Snooze(until) // the later wins
+	l.Close()
+	if got := q.Due(clock.Now(), 10); len(got) != 0 {
+		t.Fatalf("Due = %v while snoozed", got)
+	}
+	if next, ok := q.NextDue(); !ok || !next.Equal(until) {
+		t.Fatalf("NextDue = %s %v, want %s", next, ok, until)
+	}
+	m, err := q.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Recipients[0]; r.Attempts != 0 || r.Reply != (queue.Reply{}) {
+		t.Fatalf("recipient %+v: a snooze recorded something", r)
+	}
+	clock.Add(time.Minute)
+	if got := q.Due(clock.Now(), 10); !slices.Equal(got, []queue.ID{id}) {
+		t.Fatalf("Due at the snooze's end = %v", got)
+	}
+
+	l = mustLease(t, q, id)
+	l.Snooze(clock.Now().Add(time.Hour))
+	l.Close()
+	if _, err := q.Flush(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+	if got := q.Due(clock.Now(), 10); !slices.Equal(got, []queue.ID{id}) {
+		t.Fatalf("Due after a flush = %v", got)
+	}
+	l = mustLease(t, q, id)
+	l.Snooze(clock.Now().Add(time.Hour))
+	l.Close()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = openQueue(t, openDir(t, dir), options(clock))
+	if got := q.Due(clock.Now(), 10); !slices.Equal(got, []queue.ID{id}) {
+		t.Fatalf("Due after a restart = %v, want the snooze forgotten", got)
+	}
+}

@@ -21,6 +21,8 @@ type Lease struct {
 	mu     sync.Mutex
 	msg    Message
 	closed bool
+	// snooze is the latest time given to Snooze.
+	snooze time.Time
 }
 
 // Attempt is what one delivery attempt found, for Lease.Update.
@@ -229,6 +231,22 @@ func (r *Result) validate() error {
 	return nil
 }
 
+// Snooze keeps the message from being Due before until once the lease is
+// closed, in memory only: nothing is written, no attempt is counted, no
+// reply recorded, and a restart (or a Flush, or an Update by a later
+// lease) forgets it. It is for delivery's own scheduling, which is not
+// the message's history: a sender's next turn at a shaped site
+// (docs/design.md, "Traffic shaping"). A journal record per turn would
+// cost a write and a log line for every message of a backlog each time
+// it waited. Recipients of the message due earlier wait for until too.
+func (l *Lease) Snooze(until time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if until.After(l.snooze) {
+		l.snooze = until
+	}
+}
+
 // Close gives the message back: it is due again per its recipients'
 // schedule. Close after the message was completed or deleted does nothing.
 func (l *Lease) Close() {
@@ -242,6 +260,9 @@ func (l *Lease) Close() {
 	q.mu.Lock()
 	e := l.e
 	e.leased = false
+	if l.snooze.After(e.nextDue) {
+		e.nextDue = l.snooze
+	}
 	due := !e.gone && !e.held && e.pending > 0 && !e.nextDue.After(q.now())
 	q.mu.Unlock()
 	if due {

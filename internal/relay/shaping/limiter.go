@@ -53,6 +53,11 @@ type Decision struct {
 	Until time.Time
 	// Detail says it for people: the site, the limit and its value.
 	Detail string
+	// Released, on a Connections refusal, is closed at the next event
+	// after which asking again may succeed (as Limiter.Released), taken
+	// with the refusal: a release between the refusal and a later call of
+	// Released would otherwise be missed.
+	Released <-chan struct{}
 }
 
 // Limiter holds the shaping state of every site a relay delivers to: open
@@ -241,7 +246,9 @@ func (l *Limiter) AcquireConn(site Site) (*Conn, Decision) {
 		return nil, d
 	}
 	if st.open >= st.limits.MaxConnections {
-		return nil, st.refuse(ReasonConnections, time.Time{}, "%d connections open, the limit on this replica (rule %s, %d live replicas)", st.open, st.rule.name, l.replicas)
+		d := st.refuse(ReasonConnections, time.Time{}, "%d connections open, the limit on this replica (rule %s, %d live replicas)", st.open, st.rule.name, l.replicas)
+		d.Released = st.released
+		return nil, d
 	}
 	if ok, at := st.newConns.ready(now); !ok {
 		return nil, st.refuse(ReasonConnectionRate, at, "%d new connections per minute reached (rule %s)", st.limits.MaxNewConnectionsPerMinute, st.rule.name)
