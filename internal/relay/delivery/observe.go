@@ -129,6 +129,17 @@ type Attempt struct {
 	Status Status
 	// Recipients are the recipients attempted, with their results.
 	Recipients []RecipientResult
+	// Site is the traffic shaping site of an MX destination
+	// (shaping.SiteOf), "" when shaping is off or the mail took a
+	// RelayRoute.
+	Site string
+	// ThrottledUntil, when not zero, is when the deferred recipients are
+	// due again: traffic shaping deferred them without counting an attempt
+	// (docs/design.md, "Traffic shaping"), because the site is suspended
+	// after a throttle reply (SiteSuspended) or one of its limits was
+	// reached.
+	ThrottledUntil time.Time
+	SiteSuspended  bool
 	// Start and End bound the attempt.
 	Start, End time.Time
 	// Delay is from the message's arrival to End.
@@ -165,6 +176,21 @@ type TLSInfo struct {
 
 func tlsInfoOf(st tls.ConnectionState) (protocol, suite string) {
 	return strings.Replace(tls.VersionName(st.Version), "TLS ", "TLSv", 1), tls.CipherSuiteName(st.CipherSuite)
+}
+
+// noteShaping sets a's traffic shaping fields from the destination and
+// the outcome; a.Status is set.
+func (w *Worker) noteShaping(a *Attempt, d *destination, o *outcome) {
+	if d.site == nil || w.opts.Shaping == nil {
+		return
+	}
+	a.Site = d.site.Name
+	if o.until.IsZero() || a.Status != StatusDeferred {
+		return
+	}
+	a.ThrottledUntil = o.until
+	until, _ := w.opts.Shaping.Suspended(d.site.Name)
+	a.SiteSuspended = !until.IsZero()
 }
 
 // summarize sets a.Status from the recipients' results.

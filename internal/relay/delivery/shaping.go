@@ -101,6 +101,7 @@ func (w *Worker) shapeSite(d *destination, hosts []mxHost) {
 	}
 	site := shaping.SiteOf(names)
 	d.site = &site
+	w.sites.note(d.domain, site.Name)
 }
 
 // suspendedFailure returns the deferral of d's recipients while its site

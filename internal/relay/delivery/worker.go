@@ -27,6 +27,7 @@ type Worker struct {
 	limits   *limiter
 	gates    *siteGates
 	randMu   sync.Mutex
+	sites    siteMap // recipient domain -> shaping site (sitemap.go)
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed by Shutdown
@@ -381,6 +382,7 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 		})
 	}
 	a.summarize()
+	w.noteShaping(&a, d, o)
 	w.log(&a)
 	if w.opts.Observer != nil {
 		w.opts.Observer.Observe(a)
