@@ -76,7 +76,8 @@ const (
 	// status.delivery.replicas).
 	//
 	// True: ReasonTargetUnreachable, ReasonTemporaryFailures, ReasonBounces,
-	// ReasonSourceIPUnavailable, ReasonTLSRequiredButUnavailable.
+	// ReasonSourceIPUnavailable, ReasonTLSRequiredButUnavailable,
+	// ReasonThrottled.
 	ConditionDeliveryDegraded ConditionType = "DeliveryDegraded"
 )
 
@@ -161,6 +162,12 @@ const (
 	// and the next hop does not offer it, or its certificate does not
 	// verify.
 	ReasonTLSRequiredButUnavailable Reason = "TLSRequiredButUnavailable"
+	// ReasonThrottled: the mail waits on its recipients' traffic shaping
+	// site (the relay's own limits toward a receiving operator): the site
+	// is suspended after a throttle reply, or one of its limits
+	// (connections, rates) is reached. The relays defer the mail without
+	// counting an attempt; the message names the site and until when.
+	ReasonThrottled Reason = "Throttled"
 )
 
 // Event reasons that are not condition reasons. Events (events.k8s.io) are

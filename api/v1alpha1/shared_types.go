@@ -194,6 +194,20 @@ type DeliveryAttempt struct {
 	// tls describes the transport encryption of the attempt.
 	// +optional
 	TLS *TransportEncryption `json:"tls,omitempty"`
+
+	// site is the traffic shaping site of the recipient domain's MX hosts
+	// (their registrable domains, such as google.com or
+	// example.net+example.org), when the relay shapes MX delivery.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Site string `json:"site,omitempty"`
+
+	// throttledUntil is set when traffic shaping deferred the mail without
+	// counting an attempt, because the site is suspended after a throttle
+	// reply or one of its limits is reached: when it is due again. The
+	// reply says which.
+	// +optional
+	ThrottledUntil *metav1.Time `json:"throttledUntil,omitempty"`
 }
 
 // TransportEncryption describes the TLS of one connection.

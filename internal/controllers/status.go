@@ -196,8 +196,16 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 	}
 	f := worst.LastFailed
 	msg := fmt.Sprintf("Relay %s: the last delivery attempt to %s failed", worst.Name, f.RelayHost)
+	with := " with "
+	if f.ThrottledUntil != nil {
+		// Where the mail waits and until when, then the reply: the
+		// relay's own, or the site's host asking to slow down.
+		msg = fmt.Sprintf("Relay %s: mail to site %s is throttled until %s, deferred without counting an attempt",
+			worst.Name, f.Site, f.ThrottledUntil.UTC().Format(time.RFC3339))
+		with = ": "
+	}
 	if f.ResponseCode != 0 {
-		msg += fmt.Sprintf(" with %d", f.ResponseCode)
+		msg += fmt.Sprintf("%s%d", with, f.ResponseCode)
 		if f.EnhancedCode != "" {
 			msg += " " + f.EnhancedCode
 		}
@@ -220,6 +228,10 @@ func deliveryDegraded(d *v1alpha1.DeliveryStatus, rs relays, gen int64, now time
 // TargetUnreachable.
 func failureReason(f *v1alpha1.DeliveryAttempt) v1alpha1.Reason {
 	switch {
+	case f.ThrottledUntil != nil:
+		// Traffic shaping: the mail waits on its site, the relay's own
+		// limits toward the receiver, not on a failure of the mail.
+		return v1alpha1.ReasonThrottled
 	case f.TLS != nil && !f.TLS.Established &&
 		(f.TLS.Requested == v1alpha1.TLSPolicyRequired || f.TLS.Requested == v1alpha1.TLSPolicyVerify ||
 			f.TLS.Policy == "dane" || f.TLS.Policy == "mta-sts"):

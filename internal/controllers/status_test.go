@@ -3,6 +3,7 @@ package controllers
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,11 @@ func TestDeliveryDegraded(t *testing.T) {
 	noBind := func(a *v1alpha1.DeliveryAttempt) {
 		a.Reply = "dial tcp 192.0.2.7:0->203.0.113.5:25: bind: cannot assign requested address"
 	}
+	until := metav1.NewTime(t0.Add(5 * time.Minute))
+	throttled := func(a *v1alpha1.DeliveryAttempt) {
+		a.RelayHost, a.Site, a.ThrottledUntil = "", "google.com", &until
+		a.Reply = "site google.com suspended until 2026-01-01T12:05:00Z: throttled"
+	}
 	tests := []struct {
 		desc       string
 		replica    v1alpha1.ReplicaDeliveryStatus
@@ -58,6 +64,9 @@ func TestDeliveryDegraded(t *testing.T) {
 		{"DANE refused the certificate", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.7.5"), policyFailed("dane"))}, v1alpha1.ReasonTLSRequiredButUnavailable},
 		{"MTA-STS enforce refused the certificate", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, enhanced("4.7.5"), policyFailed("mta-sts"))}, v1alpha1.ReasonTLSRequiredButUnavailable},
 		{"source IP not on the host", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 0, noBind)}, v1alpha1.ReasonSourceIPUnavailable},
+		{"site suspended, no host tried", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 451, enhanced("4.7.0"), throttled)}, v1alpha1.ReasonThrottled},
+		{"the site's throttle reply itself", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 421, enhanced("4.7.28"), throttled)}, v1alpha1.ReasonThrottled},
+		{"a site, not throttled", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(0, 451, func(a *v1alpha1.DeliveryAttempt) { a.Site = "google.com" })}, v1alpha1.ReasonTemporaryFailures},
 		{"success after the failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastDelivered: attempt(time.Second, 250), LastFailed: attempt(0, 451)}, ""},
 		{"failure older than the window", v1alpha1.ReplicaDeliveryStatus{Name: "relay-a", LastFailed: attempt(-16*time.Minute, 451)}, ""},
 		{"a dead relay's failure", v1alpha1.ReplicaDeliveryStatus{Name: "relay-gone", LastFailed: attempt(0, 451)}, ""},
@@ -75,6 +84,10 @@ func TestDeliveryDegraded(t *testing.T) {
 				t.Errorf("condition %+v, want reason %s at generation 3", c, tt.wantReason)
 			case c != nil && !clears.Equal(tt.replica.LastFailed.Time.Add(15*time.Minute)):
 				t.Errorf("clears at %s, want 15 minutes after the failure", clears)
+			case c != nil && c.Reason == string(v1alpha1.ReasonThrottled):
+				if want := "Relay relay-a: mail to site google.com is throttled until 2026-01-01T12:05:00Z, deferred without counting an attempt: "; !strings.HasPrefix(c.Message, want) {
+					t.Errorf("message %q, want it to begin %q", c.Message, want)
+				}
 			}
 		})
 	}

@@ -242,6 +242,11 @@ func attemptOf(a delivery.Attempt, end time.Time) *v1alpha1.DeliveryAttempt {
 	if a.SourceAddr.IsValid() {
 		at.SourceAddress = a.SourceAddr.String()
 	}
+	at.Site = truncate(a.Site, maxHost)
+	if !a.ThrottledUntil.IsZero() {
+		t := metav1.NewTime(a.ThrottledUntil)
+		at.ThrottledUntil = &t
+	}
 	if a.TLS != (delivery.TLSInfo{}) {
 		at.TLS = &v1alpha1.TransportEncryption{
 			Requested:    a.TLS.Requested,
@@ -518,6 +523,10 @@ func attemptApply(a *v1alpha1.DeliveryAttempt) *acv1alpha1.DeliveryAttemptApplyC
 		setIf(t.Policy, at.WithPolicy)
 		setIf(t.PolicyResult, at.WithPolicyResult)
 		out.WithTLS(at)
+	}
+	setIf(a.Site, out.WithSite)
+	if a.ThrottledUntil != nil {
+		out.WithThrottledUntil(*a.ThrottledUntil)
 	}
 	return out
 }

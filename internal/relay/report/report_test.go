@@ -604,3 +604,36 @@ func TestHeldIsNoFailure(t *testing.T) {
 		t.Errorf("a held attempt is the route's lastFailed: %+v", e.LastFailed)
 	}
 }
+
+// TestThrottledAttempt: an MX attempt that traffic shaping deferred
+// without an attempt reaches the SenderDomain's entry with its site and
+// until when, which the operator's DeliveryDegraded=Throttled reads.
+func TestThrottledAttempt(t *testing.T) {
+	live := newClient(t, apiServer.Config)
+	_, domain, _ := fixture(t, live)
+	c := newCounting(t, func() client.WithWatch { return live })
+	r, err := New(c, Options{Replica: "relay-a", Interval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	until := t0.Add(5 * time.Minute)
+	a := sent(domain, nil, t0)
+	a.RelayHost, a.RelayAddr, a.SourceAddr, a.TLS = "", netip.AddrPort{}, netip.AddrPort{}, delivery.TLSInfo{}
+	a.Reply = queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "site google.com suspended until " + until.UTC().Format(time.RFC3339) + ": throttled"}
+	a.Cause, a.Status = delivery.CauseThrottled, delivery.StatusDeferred
+	a.Site, a.ThrottledUntil, a.SiteSuspended = "google.com", until, true
+	a.Recipients = []delivery.RecipientResult{{Addr: "user@example.net", Status: delivery.StatusDeferred, Reply: a.Reply}}
+	r.Observe(a)
+	sd := &v1alpha1.SenderDomain{ObjectMeta: metav1.ObjectMeta{Namespace: domain.Namespace, Name: domain.Name}}
+	c.wait(t, "the entry is not written", func(c *counting) bool { return c.writes > 0 })
+	e := entryOf(t, live, sd, "relay-a")
+	if e == nil || e.LastFailed == nil {
+		t.Fatalf("entry %+v, want the throttled attempt as lastFailed", e)
+	}
+	f := e.LastFailed
+	if f.Site != "google.com" || f.ThrottledUntil == nil || !f.ThrottledUntil.Time.Equal(until) || f.ResponseCode != 451 {
+		t.Errorf("lastFailed %+v (throttledUntil %v), want site google.com throttled until %s", f, f.ThrottledUntil, until)
+	}
+}

@@ -96,9 +96,15 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: responseCode
       type:
         scalar: numeric
+    - name: site
+      type:
+        scalar: string
     - name: sourceAddress
       type:
         scalar: string
+    - name: throttledUntil
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
     - name: time
       type:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime

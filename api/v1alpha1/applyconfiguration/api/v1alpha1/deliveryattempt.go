@@ -44,6 +44,15 @@ type DeliveryAttemptApplyConfiguration struct {
 	Reply *string `json:"reply,omitempty"`
 	// tls describes the transport encryption of the attempt.
 	TLS *TransportEncryptionApplyConfiguration `json:"tls,omitempty"`
+	// site is the traffic shaping site of the recipient domain's MX hosts
+	// (their registrable domains, such as google.com or
+	// example.net+example.org), when the relay shapes MX delivery.
+	Site *string `json:"site,omitempty"`
+	// throttledUntil is set when traffic shaping deferred the mail without
+	// counting an attempt, because the site is suspended after a throttle
+	// reply or one of its limits is reached: when it is due again. The
+	// reply says which.
+	ThrottledUntil *v1.Time `json:"throttledUntil,omitempty"`
 }
 
 // DeliveryAttemptApplyConfiguration constructs a declarative configuration of the DeliveryAttempt type for use with
@@ -113,5 +122,21 @@ func (b *DeliveryAttemptApplyConfiguration) WithReply(value string) *DeliveryAtt
 // If called multiple times, the TLS field is set to the value of the last call.
 func (b *DeliveryAttemptApplyConfiguration) WithTLS(value *TransportEncryptionApplyConfiguration) *DeliveryAttemptApplyConfiguration {
 	b.TLS = value
+	return b
+}
+
+// WithSite sets the Site field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Site field is set to the value of the last call.
+func (b *DeliveryAttemptApplyConfiguration) WithSite(value string) *DeliveryAttemptApplyConfiguration {
+	b.Site = &value
+	return b
+}
+
+// WithThrottledUntil sets the ThrottledUntil field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ThrottledUntil field is set to the value of the last call.
+func (b *DeliveryAttemptApplyConfiguration) WithThrottledUntil(value v1.Time) *DeliveryAttemptApplyConfiguration {
+	b.ThrottledUntil = &value
 	return b
 }
