@@ -53,7 +53,7 @@ func notificationOf(a *delivery.Attempt, r *delivery.RecipientResult) (n Notific
 	case delivery.StatusSent:
 		e = Event{Type: TypeDelivered, State: StateFinished, SubType: SubTypeOK, Description: "mail delivered"}
 	case delivery.StatusDeferred:
-		e = Event{Type: TypeDeferred, State: StateRetrying, SubType: SubTypeSoftBounce, Description: "delivery deferred, will retry"}
+		e = Event{Type: TypeDeferred, State: StateRetrying, SubType: SubTypeSoftBounce, Description: deferredDescription(a)}
 	case delivery.StatusBounced:
 		e = Event{Type: TypeBounced, State: StateFinished, SubType: SubTypeHardBounce, Description: "mail bounced"}
 	case delivery.StatusExpired:
@@ -102,6 +102,21 @@ func notificationOf(a *delivery.Attempt, r *delivery.RecipientResult) (n Notific
 		},
 		Content: &Content{Mime: mime, SMTP: smtp},
 	}, true
+}
+
+// deferredDescription says why a recipient waits: traffic shaping (its
+// site suspended after the receiver's throttle reply, or a limit of the
+// site reached: docs/design.md, "Traffic shaping") or an ordinary
+// temporary failure.
+func deferredDescription(a *delivery.Attempt) string {
+	if a.ThrottledUntil.IsZero() {
+		return "delivery deferred, will retry"
+	}
+	until := a.ThrottledUntil.UTC().Format(time.RFC3339)
+	if a.SiteSuspended {
+		return "delivery deferred: site " + a.Site + " suspended until " + until + " (throttled by the receiver), will retry"
+	}
+	return "delivery deferred: site " + a.Site + " limit reached, until " + until + ", will retry"
 }
 
 // dsnOf is the enhanced status code, or the one the reply code (or, with

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/relay/queue"
@@ -175,5 +176,39 @@ func TestHeldIsDeferred(t *testing.T) {
 	if ev, smtp := n.Meta.Event, n.Content.SMTP; ev.Type != TypeDeferred || smtp.DSN != "4.4.4" || smtp.Relay != "" ||
 		!strings.Contains(smtp.Reason, "held: RelayRoute team/route cannot take effect") {
 		t.Errorf("event %+v, smtp %+v: want DEFERRED 4.4.4 naming the route, no relay", ev, smtp)
+	}
+}
+
+// TestThrottledDescription: a recipient that traffic shaping deferred is
+// notified as DEFERRED with a description that names its site and until
+// when, and says whether the receiver throttled or a limit was reached.
+func TestThrottledDescription(t *testing.T) {
+	rcv := newReceiver(t)
+	var src tables
+	src.set(t, hook{"example.test", rcv.url(), key1})
+	e := start(t, fastOptions(t.TempDir(), &src))
+
+	until := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	suspended := attempt("Q1", "example.test", delivery.StatusDeferred)
+	reply := queue.Reply{Code: 451, Enhanced: "4.7.0", Text: "site google.com suspended until 2026-12-06T12:00:00Z: throttled"}
+	suspended.Cause, suspended.Reply, suspended.Recipients[0].Reply = delivery.CauseThrottled, reply, reply
+	suspended.RelayHost, suspended.RelayAddr, suspended.TLS = "", netip.AddrPort{}, delivery.TLSInfo{}
+	suspended.Site, suspended.ThrottledUntil, suspended.SiteSuspended = "google.com", until, true
+	limited := suspended
+	limited.QueueID, limited.SiteSuspended = "Q2", false
+	plain := attempt("Q3", "example.test", delivery.StatusDeferred)
+	for _, a := range []delivery.Attempt{suspended, limited, plain} {
+		e.n.Observe(a)
+	}
+	testenv.EventuallyTrue(t, "no notifications", func() bool { return len(rcv.notifications(key1)) == 3 })
+	want := []string{
+		"delivery deferred: site google.com suspended until 2026-12-06T12:00:00Z (throttled by the receiver), will retry",
+		"delivery deferred: site google.com limit reached, until 2026-12-06T12:00:00Z, will retry",
+		"delivery deferred, will retry",
+	}
+	for i, n := range rcv.notifications(key1) {
+		if ev := n.Meta.Event; ev.Type != TypeDeferred || ev.Description != want[i] {
+			t.Errorf("notification %d: %s %q, want DEFERRED %q", i, ev.Type, ev.Description, want[i])
+		}
 	}
 }
