@@ -10,14 +10,16 @@ import (
 	"github.com/postgate/postgate/internal/relay/admin"
 )
 
-const queueUsage = `Usage: postgate queue <list|show|flush|hold|release|delete|tls-reports> [flags] [ID...]
+const queueUsage = `Usage: postgate queue <list|show|flush|hold|release|delete|tls-reports|sites> [flags] [ID...]
 
 Inspects and acts on the queue of a running relay through its admin API
 (postgate relay --admin-bind-address, loopback by default: run it on the
 relay's host, or through kubectl port-forward).
 
-  list [--sender S] [--domain D] [--older DUR] [--limit N] [--after ID]
-                   messages in arrival order, as a table
+  list [--sender S] [--domain D] [--site X] [--older DUR] [--limit N] [--after ID]
+                   messages in arrival order, as a table; --site: those with a
+                   pending recipient whose domain resolved to traffic shaping
+                   site X (as sites names it)
   show ID          one message: envelope, each recipient's state, attempts, last reply
   flush [ID...]    retry now the named messages, every message when none is named
   hold ID...       keep messages from delivery until released
@@ -36,6 +38,11 @@ relay's host, or through kubectl port-forward).
                    plus a random delay of up to 4 h; never twice; a failure is
                    retried by the relay; today's report is partial (it covers
                    the day until now, later sessions of the day go unreported)
+  sites            traffic shaping (postgate relay --shaping) per site: rule,
+                   limits in force on this relay, open connections, counts of
+                   connections, messages, refusals and deferrals without
+                   attempt, the queued messages/recipients that wait for it,
+                   and the suspension under way
 
 Flags:
 `

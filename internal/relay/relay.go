@@ -371,6 +371,10 @@ func (r *Relay) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sites, err := watchSites(ctx, reg, deliveryOpts.Shaping, worker) // metrics, pruning, the admin API's view
+	if err != nil {
+		return err
+	}
 	// In-flow backpressure (docs/design.md): while more accepted messages
 	// wait for delivery than it works on at once, a new transaction waits
 	// at MAIL FROM for delivery to take one, at most --in-flow-delay.
@@ -459,7 +463,7 @@ func (r *Relay) run(ctx context.Context) error {
 			logger.Error("Delivery stopped", "error", err)
 		}
 	}()
-	stopHTTP, err := r.serveHTTP(q, tables, reg, lc, tlsPolicies.adminReports())
+	stopHTTP, err := r.serveHTTP(q, tables, reg, lc, tlsPolicies.adminReports(), sites)
 	if err != nil {
 		return err
 	}
@@ -516,7 +520,7 @@ func (r *Relay) shutdown(lc *lifecycle.Lifecycle, srv *smtpd.Server, worker *del
 
 // serveHTTP serves /metrics, the probes and the admin API on their own
 // listeners.
-func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, lc *lifecycle.Lifecycle, reports admin.TLSReports) (stop func(), err error) {
+func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometheus.Registry, lc *lifecycle.Lifecycle, reports admin.TLSReports, sites admin.Sites) (stop func(), err error) {
 	cfg, logger := r.cfg, r.log
 	var servers []*http.Server
 	var adminHandler http.Handler
@@ -579,7 +583,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 		bo := &Bouncer{Queue: q, Hostname: cfg.Hostname}
 		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
-		}, TLSReports: reports})
+		}, TLSReports: reports, Sites: sites})
 		adminHandler = lc.AdminHandler(adminHandler) // POST /v1/drain
 		if err := start(cfg.AdminAddr, adminHandler); err != nil {
 			stop()

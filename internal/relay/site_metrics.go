@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postgate/postgate/internal/relay/admin"
+	"github.com/postgate/postgate/internal/relay/delivery"
 	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
@@ -261,4 +263,28 @@ func (c *SiteCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	c.mu.Unlock()
+}
+
+// shapingSites is the admin API's view of traffic shaping: the limiter's
+// sites, and the site each recipient domain resolved to in delivery.
+type shapingSites struct {
+	*shaping.Limiter
+	w *delivery.Worker
+}
+
+func (s shapingSites) SiteOf(domain string) string { return s.w.SiteOf(domain) }
+
+// watchSites registers the metrics of l's sites with reg and prunes its
+// idle sites until ctx ends, and returns the admin API's view of them; nil
+// and nothing done when l is nil (shaping off).
+func watchSites(ctx context.Context, reg prometheus.Registerer, l *shaping.Limiter, w *delivery.Worker) (admin.Sites, error) {
+	if l == nil {
+		return nil, nil
+	}
+	c := NewSiteCollector(l)
+	if err := reg.Register(c); err != nil {
+		return nil, err
+	}
+	go c.Run(ctx, SitePruneInterval, SiteIdle)
+	return shapingSites{Limiter: l, w: w}, nil
 }

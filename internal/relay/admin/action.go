@@ -13,7 +13,7 @@ import (
 // Action is one action of `postgate queue`: its verb, the message IDs it
 // names, and its flags.
 type Action struct {
-	Verb   string // list, show, flush, hold, release, delete or tls-reports
+	Verb   string // list, show, flush, hold, release, delete, tls-reports or sites
 	IDs    []string
 	List   ListQuery // list's selection; its Domain is tls-reports' too
 	Bounce bool      // delete: tell the sender
@@ -37,7 +37,7 @@ func (a *Action) BindFlags(fs *flag.FlagSet) {
 // Check reports whether the verb is an action and the IDs fit it.
 func (a *Action) Check() error {
 	switch a.Verb {
-	case "list":
+	case "list", "sites":
 		if len(a.IDs) > 0 {
 			return fmt.Errorf("unexpected arguments %q", a.IDs)
 		}
@@ -84,6 +84,12 @@ func (a *Action) Run(ctx context.Context, c *Client, w io.Writer) error {
 		fmt.Fprintf(w, "%d messages flushed\n", n)
 	case "tls-reports":
 		return a.tlsReports(ctx, c, w)
+	case "sites":
+		resp, err := c.Sites(ctx)
+		if err != nil {
+			return err
+		}
+		WriteSites(w, resp)
 	default:
 		act, done := c.Hold, "held"
 		switch a.Verb {

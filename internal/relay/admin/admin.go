@@ -8,10 +8,11 @@
 //
 // The API (every answer is JSON; errors are {"error": "..."}):
 //
-//	GET    /v1/messages?sender=S&domain=D&older=DUR&after=ID&limit=N
+//	GET    /v1/messages?sender=S&domain=D&site=X&older=DUR&after=ID&limit=N
 //	       messages in arrival order whose sender contains S, with a recipient
-//	       in domain D, that arrived more than DUR ago; "next" is the cursor
-//	       for the following page ("" at the end)
+//	       in domain D, with a pending recipient whose domain resolved to the
+//	       traffic shaping site X, that arrived more than DUR ago; "next" is
+//	       the cursor for the following page ("" at the end)
 //	GET    /v1/messages/{id}             one message: envelope, recipients' state
 //	POST   /v1/messages/{id}/hold        keep it from delivery until released
 //	POST   /v1/messages/{id}/release     end a hold
@@ -26,10 +27,13 @@
 //	POST   /v1/tls-reports/send?day=DAY[&domain=D]
 //	                                     send that day's reports (or D's) now, without
 //	                                     the random delay; a day not over yet is partial
+//	GET    /v1/sites                     traffic shaping per site: rule, limits, counters,
+//	                                     suspension, and the queued mail that waits for it
 //
 // DAY is YYYY-MM-DD, today or yesterday (UTC), today when omitted from a
 // GET; a send needs it. The TLS report endpoints answer 404 (GET) and 409
-// (POST) when TLS reporting is off.
+// (POST) when TLS reporting is off; /v1/sites and site= answer 404 and 400
+// when traffic shaping is off.
 package admin
 
 import (
@@ -80,6 +84,8 @@ type Options struct {
 	// TLSReports is the relay's TLS reporter; nil when TLS reporting is
 	// off.
 	TLSReports TLSReports
+	// Sites is the relay's traffic shaping; nil when shaping is off.
+	Sites Sites
 }
 
 // TLSReports is what the endpoint needs of the relay's TLS reporter
@@ -99,12 +105,13 @@ type Handler struct {
 	now    func() time.Time
 	bounce func(ctx context.Context, m queue.Message, rcpts []int) error
 	tlsrpt TLSReports
+	sites  Sites
 	mux    *http.ServeMux
 }
 
 // New returns the handler of the admin API over q.
 func New(q Queue, opts Options) *Handler {
-	h := &Handler{q: q, now: opts.Now, bounce: opts.Bounce, tlsrpt: opts.TLSReports, mux: http.NewServeMux()}
+	h := &Handler{q: q, now: opts.Now, bounce: opts.Bounce, tlsrpt: opts.TLSReports, sites: opts.Sites, mux: http.NewServeMux()}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -116,6 +123,7 @@ func New(q Queue, opts Options) *Handler {
 	h.mux.HandleFunc("POST /v1/flush", h.flush)
 	h.mux.HandleFunc("GET /v1/tls-reports", h.tlsReports)
 	h.mux.HandleFunc("POST /v1/tls-reports/send", h.sendTLSReports)
+	h.mux.HandleFunc("GET /v1/sites", h.listSites)
 	return h
 }
 
@@ -187,6 +195,9 @@ type filter struct {
 	domain string        // a recipient's domain is it, case-insensitively
 	older  time.Duration // arrived more than this long ago
 	now    time.Time
+	// site: a pending recipient's domain resolved to it (siteOf).
+	site   string
+	siteOf func(domain string) string
 }
 
 func (f *filter) match(m *queue.Message) bool {
@@ -194,6 +205,9 @@ func (f *filter) match(m *queue.Message) bool {
 		return false
 	}
 	if f.older > 0 && f.now.Sub(m.Arrival) <= f.older {
+		return false
+	}
+	if f.site != "" && pendingSites(m, f.siteOf)[f.site] == 0 {
 		return false
 	}
 	if f.domain == "" {
@@ -218,6 +232,13 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		f.older = d
+	}
+	if f.site = strings.ToLower(qv.Get("site")); f.site != "" {
+		if h.sites == nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("site=%q: %w", f.site, errShapingOff))
+			return
+		}
+		f.siteOf = h.sites.SiteOf
 	}
 	limit := DefaultLimit
 	if s := qv.Get("limit"); s != "" {

@@ -31,7 +31,11 @@ func newFixture(t *testing.T) *fixture { return newFixtureBounce(t, false) }
 
 // newFixtureBounce makes a fixture whose handler bounces deleted mail with
 // the relay's Bouncer into the same queue, as the relay does, when bounces is set.
-func newFixtureBounce(t *testing.T, bounces bool) *fixture {
+func newFixtureBounce(t *testing.T, bounces bool) *fixture { return newFixtureWith(t, bounces, nil) }
+
+// newFixtureWith is newFixtureBounce with traffic shaping's sites (nil:
+// shaping off).
+func newFixtureWith(t *testing.T, bounces bool, sites admin.Sites) *fixture {
 	t.Helper()
 	dir, err := queue.OpenDir(t.TempDir())
 	if err != nil {
@@ -43,7 +47,7 @@ func newFixtureBounce(t *testing.T, bounces bool) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	opts := admin.Options{Now: clk.Now}
+	opts := admin.Options{Now: clk.Now, Sites: sites}
 	if bounces {
 		bo := &relay.Bouncer{Queue: q, Hostname: "relay.test", Now: clk.Now}
 		opts.Bounce = func(ctx context.Context, m queue.Message, rcpts []int) error {

@@ -79,6 +79,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 type ListQuery struct {
 	Sender string // the sender contains this
 	Domain string // a recipient is in this domain
+	Site   string // a pending recipient's domain resolved to this traffic shaping site
 	Older  time.Duration
 	Limit  int
 	After  string // the ID after which the page starts
@@ -87,7 +88,7 @@ type ListQuery struct {
 // List returns one page of queued messages in arrival order.
 func (c *Client) List(ctx context.Context, q ListQuery) (*ListResponse, error) {
 	v := url.Values{}
-	for k, s := range map[string]string{"sender": q.Sender, "domain": q.Domain, "after": q.After} {
+	for k, s := range map[string]string{"sender": q.Sender, "domain": q.Domain, "site": q.Site, "after": q.After} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -200,10 +201,21 @@ func (c *Client) SendTLSReports(ctx context.Context, day, domain string) (*tlsrp
 	return &st, nil
 }
 
+// Sites returns the traffic shaping state per site and the queued mail
+// that waits for each.
+func (c *Client) Sites(ctx context.Context) (*SitesResponse, error) {
+	var resp SitesResponse
+	if err := c.Do(ctx, http.MethodGet, "/v1/sites", nil, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
 // BindFlags binds q to fs under the list flags of `postgate queue`.
 func (q *ListQuery) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&q.Sender, "sender", "", "list: messages whose sender contains this")
 	fs.StringVar(&q.Domain, "domain", "", "list: messages with a recipient in this domain; tls-reports: that policy domain's report")
+	fs.StringVar(&q.Site, "site", "", "list: messages with a pending recipient whose domain resolved to this traffic shaping site (see sites)")
 	fs.DurationVar(&q.Older, "older", 0, "list: messages that arrived longer ago than this")
 	fs.IntVar(&q.Limit, "limit", DefaultLimit, "list: at most this many messages")
 	fs.StringVar(&q.After, "after", "", "list: messages after this ID (the next page)")

@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"cmp"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -112,4 +114,66 @@ func WriteTLSReports(w io.Writer, st *tlsrpt.DayStatus) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", d.Domain, d.Successful, d.Failed, d.State, d.Attempts, detail)
 	}
 	_ = tw.Flush()
+}
+
+// WriteSites writes what `postgate queue sites` prints: one line per
+// traffic shaping site with its rule, the limits in force on this relay,
+// open connections, the counters since the relay started (or last forgot
+// the idle site), the queued messages and recipients that wait for it,
+// and its suspension; then the queued mail whose site is not known yet.
+func WriteSites(w io.Writer, resp *SitesResponse) {
+	if len(resp.Sites) == 0 {
+		fmt.Fprintln(w, "no sites: nothing delivered by MX since the relay started")
+	} else {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SITE\tRULE\tLIMITS\tOPEN\tOPENED\tMESSAGES\tREFUSED\tDEFERRED\tQUEUED MSG/RCPT\tSUSPENDED")
+		for _, s := range resp.Sites {
+			suspended := "-"
+			if !s.SuspendedUntil.IsZero() {
+				suspended = "until " + s.SuspendedUntil.UTC().Format(time.RFC3339) + ": " + s.SuspendedReason
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%d/%d\t%s\n", s.Name, cmp.Or(s.Rule, "-"), limitsText(s.Limits),
+				s.OpenConnections, s.ConnectionsOpened, s.MessagesGranted, refusedText(s.Refused), s.DeferredWithoutAttempt,
+				s.QueuedMessages, s.QueuedRecipients, suspended)
+		}
+		_ = tw.Flush()
+	}
+	if resp.UnknownMessages > 0 {
+		fmt.Fprintf(w, "site not known yet (domain not resolved since the relay started): %d messages, %d recipients\n",
+			resp.UnknownMessages, resp.UnknownRecipients)
+	}
+}
+
+// limitsText is a site's limits for people; a limit of 0 (none) is left
+// out.
+func limitsText(l *SiteLimits) string {
+	if l == nil {
+		return "-"
+	}
+	var parts []string
+	for _, p := range []struct {
+		n    int
+		unit string
+	}{
+		{l.MaxConnections, " conns"}, {l.MaxMessagesPerConnection, " msgs/conn"}, {l.MaxMessagesPerMinute, "/min"},
+		{l.MaxMessagesPerHour, "/h"}, {l.MaxNewConnectionsPerMinute, " new conns/min"},
+	} {
+		if p.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d%s", p.n, p.unit))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// refusedText is the refusals by reason, "-" when none.
+func refusedText(r map[string]uint64) string {
+	if len(r) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(r))
+	for reason, n := range r {
+		parts = append(parts, fmt.Sprintf("%s %d", reason, n))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
 }
