@@ -96,6 +96,9 @@ func TestShapingVisible(t *testing.T) {
 	if err != nil || len(page.Messages) != 2 || page.Messages[0].ID != ids[0] || page.Messages[1].ID != ids[1] {
 		t.Errorf("list --site dest.test: %+v %v, want %v", page, err, ids)
 	}
+	out.Reset()
+	admin.WriteList(&out, page)
+	t.Logf("postgate queue list --site dest.test:\n%s", out.String())
 	if page, err := a.List(ctx, admin.ListQuery{Site: "google.com", Limit: 10}); err != nil || len(page.Messages) != 0 {
 		t.Errorf("list --site google.com: %+v %v, want nothing", page, err)
 	}
