@@ -14,7 +14,7 @@ import (
 )
 
 // Traffic shaping metric names (docs/design.md, "Traffic shaping", step 7
-// of "Using it in delivery"), labelled by site and rule.
+// of "Using it in delivery"), with the labels site and rule.
 const (
 	// MetricSiteConnections is the site's open connections.
 	MetricSiteConnections = "postgate_relay_site_connections"

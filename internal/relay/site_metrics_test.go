@@ -53,18 +53,18 @@ func TestSiteCollector(t *testing.T) {
 	gl := `{rule="google",site="google.com"}`
 	other := `{rule="default",site="other"}`
 	want := map[string]float64{
-		MetricSiteConnectionsOpened + gl:    1,
-		MetricSiteMessages + gl:             2,
-		MetricSiteThrottleReplies + gl:      1,
-		MetricSiteSuspensions + gl:          1,
-		MetricSiteSuspended + gl:            1,
-		MetricSiteDeferred + gl:             1,
-		MetricSiteConnections + gl:          0,
+		MetricSiteConnectionsOpened + gl: 1,
+		MetricSiteMessages + gl:          2,
+		MetricSiteThrottleReplies + gl:   1,
+		MetricSiteSuspensions + gl:       1,
+		MetricSiteSuspended + gl:         1,
+		MetricSiteDeferred + gl:          1,
+		MetricSiteConnections + gl:       0,
 		MetricSiteRefused + `{reason="suspended",rule="google",site="google.com"}`: 1,
-		MetricSiteConnectionsOpened + other: 3,
-		MetricSiteMessages + other:          4,
-		MetricSiteConnections + other:       1,
-		MetricSiteSuspended + other:         0,
+		MetricSiteConnectionsOpened + other:                                        3,
+		MetricSiteMessages + other:                                                 4,
+		MetricSiteConnections + other:                                              1,
+		MetricSiteSuspended + other:                                                0,
 	}
 	check := func(when string) map[string]float64 {
 		t.Helper()

@@ -1,8 +1,8 @@
 package admin_test
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"net/http"
 	"strings"
 	"testing"
