@@ -560,3 +560,14 @@ func (m *Match) matches(site Site) bool {
 	}
 	return false
 }
+
+// Canonical returns the policy as canonical JSON: every field under its
+// own name, the default rule named "default", durations as Go writes them
+// ("5m0s"), no comments, the same bytes for the same policy. It is what
+// the operator publishes with the routing table (index Secret key
+// shaping.json, docs/design.md "How the policy reaches relays"), so that
+// only a change of meaning, not of comments or layout, makes a new table
+// version; Parse reads it back to an equal Policy.
+func (p *Policy) Canonical() ([]byte, error) {
+	return json.Marshal(p)
+}
