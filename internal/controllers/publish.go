@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
 )
 
@@ -42,6 +43,9 @@ type publisher struct {
 
 	// index is the last published index; nil before the first.
 	index *routing.Index
+	// shaping is the shaping policy published with index (canonical
+	// JSON), nil for none.
+	shaping []byte
 	// shards holds the shard names of the current version and of versions
 	// live relays report.
 	shards map[int64][]string
@@ -86,6 +90,7 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 	}
 	p.shards[idx.Version] = shardNames(idx)
 	p.index = idx
+	p.shaping = publishedShaping(idx, sec.Data[routing.ShapingDataKey])
 	data := make(map[string][]byte, len(idx.Shards))
 	for _, ref := range idx.Shards {
 		s := &corev1.Secret{}
@@ -113,6 +118,28 @@ func (p *publisher) start(ctx context.Context, cache *routing.Cache) (*routing.T
 	return t, nil
 }
 
+// publishedShaping returns the shaping policy an earlier operator published
+// with idx, when it is intact and valid: the last good policy, kept should
+// the ConfigMap's now not parse. Otherwise nil: the next publication
+// replaces it (its hash differs from whatever is published then).
+func publishedShaping(idx *routing.Index, data []byte) []byte {
+	if len(data) == 0 || idx.VerifyShaping(data) != nil {
+		return nil
+	}
+	if _, err := shaping.Parse(data); err != nil {
+		return nil
+	}
+	return data
+}
+
+// shapingHash is the hash of the published shaping policy, "" for none.
+func (p *publisher) shapingHash() string {
+	if p.index == nil {
+		return ""
+	}
+	return p.index.Shaping
+}
+
 // version is the version of the index in force, 0 before the first.
 func (p *publisher) version() int64 {
 	if p.index == nil {
@@ -129,11 +156,13 @@ func shardNames(idx *routing.Index) []string {
 	return names
 }
 
-// publish writes t as a new version unless the published table has the same
-// hash. minVersion is the lowest version it may take: above every version a
+// publish writes t with the shaping policy shapingJSON (canonical JSON, nil
+// for none) as a new version unless the published table and policy have the
+// same hashes: a changed policy alone is a new version, which every relay
+// acknowledges on its Lease once it applies it. minVersion is the lowest version it may take: above every version a
 // live relay reports, so that versions keep growing even if the index was
 // lost. It returns the index now published and whether it is new.
-func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion int64) (*routing.Index, bool, error) {
+func (p *publisher) publish(ctx context.Context, t *routing.Table, shapingJSON []byte, minVersion int64) (*routing.Index, bool, error) {
 	version, prev := int64(1), 0
 	if p.index != nil {
 		version, prev = p.index.Version+1, len(p.index.Shards)
@@ -142,7 +171,8 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 	if err != nil {
 		return nil, false, fmt.Errorf("encoding the table: %w", err)
 	}
-	if p.index != nil && idx.Hash == p.index.Hash {
+	idx.SetShaping(shapingJSON)
+	if idx.SameContent(p.index) {
 		return p.index, false, nil
 	}
 	// A shard of a kept version is there: this publisher deletes no such
@@ -169,11 +199,11 @@ func (p *publisher) publish(ctx context.Context, t *routing.Table, minVersion in
 		}
 	}
 	p.shards[idx.Version] = shardNames(idx)
-	if err := p.writeIndex(ctx, idx); err != nil {
+	if err := p.writeIndex(ctx, idx, shapingJSON); err != nil {
 		delete(p.shards, idx.Version)
 		return nil, false, err
 	}
-	p.index = idx
+	p.index, p.shaping = idx, shapingJSON
 	p.bytes = 0
 	for _, s := range shards {
 		p.bytes += int64(len(s.Data))
@@ -199,7 +229,7 @@ func (p *publisher) writeShard(ctx context.Context, s routing.Shard) error {
 	return nil
 }
 
-func (p *publisher) writeIndex(ctx context.Context, idx *routing.Index) error {
+func (p *publisher) writeIndex(ctx context.Context, idx *routing.Index, shapingJSON []byte) error {
 	indexJSON, err := json.Marshal(idx)
 	if err != nil {
 		return err
@@ -213,6 +243,9 @@ func (p *publisher) writeIndex(ctx context.Context, idx *routing.Index) error {
 		return err
 	}
 	data := map[string][]byte{routing.IndexDataKey: indexJSON, historyDataKey: historyJSON}
+	if len(shapingJSON) > 0 {
+		data[routing.ShapingDataKey] = shapingJSON
+	}
 	sec := &corev1.Secret{}
 	err = p.direct.Get(ctx, p.indexKey(), sec)
 	switch {

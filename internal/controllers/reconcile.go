@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -48,6 +49,13 @@ type Reconciler struct {
 
 	policy   routing.Policy
 	policyRV string // the ConfigMap's resourceVersion that policy came from; "" for the default
+	// shaping is the canonical JSON of the traffic shaping policy to
+	// publish, nil for none (the relays' default); shapingRV the
+	// ConfigMap's resourceVersion it was last read from, and shapingFrom
+	// the ConfigMap, for Events.
+	shaping     []byte
+	shapingRV   string
+	shapingFrom *corev1.ConfigMap
 
 	// inputs counts events that can change the compiled table; a
 	// reconcile with no new such event reuses the last result.
@@ -176,6 +184,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ reco
 		if err != nil {
 			return reconcile.Result{}, err
 		}
+		r.shaping = r.pub.shaping // the last good policy, until the ConfigMap is read
 		if v := r.pub.version(); v > 0 {
 			r.published.add(1, v)
 		}
@@ -207,7 +216,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ reco
 		if err != nil {
 			return reconcile.Result{}, err
 		}
-		idx, fresh, err := r.pub.publish(ctx, res.Table, rs.maxVersion()+1)
+		prevShaping := r.pub.shapingHash()
+		idx, fresh, err := r.pub.publish(ctx, res.Table, r.shaping, rs.maxVersion()+1)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
@@ -222,6 +232,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ reco
 			r.stats.TableObjects.Store(int64(len(res.Table.Objects())))
 			r.stats.PublishedAt.Store(time.Now().UnixNano())
 			log.Info("Published a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(res.Table.Objects()), "took", time.Since(began))
+			if idx.Shaping != prevShaping {
+				r.shapingPublished(idx)
+			}
 		}
 		r.result, r.compiledAt = res, inputs
 		if fresh && len(rs.live) > 0 && r.opts.AckWait > 0 {

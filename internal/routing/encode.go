@@ -291,6 +291,46 @@ type Index struct {
 	// content hash.
 	Hash   string     `json:"hash"`
 	Shards []ShardRef `json:"shards"`
+	// Shaping is the SHA-256 of the traffic shaping policy published
+	// beside the index (ShapingDataKey), empty when there is none. It is a
+	// field of its own rather than a part of Hash: a relay built before it
+	// verifies Hash against the shards alone, and must keep accepting
+	// tables during a rollout (it does not shape, so it has nothing to
+	// apply).
+	Shaping string `json:"shaping,omitempty"`
+}
+
+// SetShaping records policy, the canonical JSON of the shaping policy
+// published with idx (nil for none), in idx.
+func (idx *Index) SetShaping(policy []byte) {
+	idx.Shaping = ""
+	if len(policy) > 0 {
+		sum := sha256.Sum256(policy)
+		idx.Shaping = hex.EncodeToString(sum[:])
+	}
+}
+
+// VerifyShaping checks that policy is the shaping policy idx names: both
+// absent, or its hash the one idx records.
+func (idx *Index) VerifyShaping(policy []byte) error {
+	var want Index
+	want.SetShaping(policy)
+	switch {
+	case want.Shaping == idx.Shaping:
+		return nil
+	case idx.Shaping == "":
+		return fmt.Errorf("%s is there but the index names no shaping policy", ShapingDataKey)
+	case len(policy) == 0:
+		return fmt.Errorf("%s is missing: the index names a shaping policy", ShapingDataKey)
+	default:
+		return fmt.Errorf("%s: content hash %s does not match the index (%s)", ShapingDataKey, want.Shaping, idx.Shaping)
+	}
+}
+
+// SameContent reports whether idx and o publish the same content: the same
+// table and the same shaping policy, whatever their versions.
+func (idx *Index) SameContent(o *Index) bool {
+	return o != nil && idx.Hash == o.Hash && idx.Shaping == o.Shaping
 }
 
 // ShardRef names one shard and its content hash.

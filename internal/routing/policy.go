@@ -15,6 +15,12 @@ import (
 // policy as YAML (docs/design.md contract 7).
 const PolicyConfigMapKey = "policy.yaml"
 
+// ShapingConfigMapKey is the key of the guardrail ConfigMap that holds the
+// traffic shaping policy as YAML (internal/relay/shaping; docs/design.md "How
+// the policy reaches relays"). The operator publishes it with the table
+// (ShapingDataKey); absent, relays use the shipped default policy.
+const ShapingConfigMapKey = "shaping.yaml"
+
 // Policy is the operator-level guardrail policy (docs/design.md contract 7): which
 // namespaces may claim which domains, and how broad a TrustedNetwork may be
 // without SMTP AUTH. The zero value is the default: single-tenant and

@@ -19,6 +19,11 @@ const (
 	// ShardDataKey holds a shard's gzipped JSON in a shard Secret, which is
 	// immutable and named by its content hash (Shard.Name).
 	ShardDataKey = "shard.json.gz"
+	// ShapingDataKey holds, in the index Secret beside the index, the
+	// traffic shaping policy as canonical JSON (shaping.Policy.Canonical),
+	// when the platform team set one; Index.Shaping is its hash. Absent:
+	// relays use the shipped default policy.
+	ShapingDataKey = "shaping.json"
 
 	// RelayLeasePrefix starts the name of each relay replica's Lease:
 	// postgate-relay-<pod name>.
