@@ -4,6 +4,12 @@
 // table in the spool directory for starts without an API server, and keeps
 // the replica's Lease with the loaded version (contract 2).
 //
+// With the table comes the traffic shaping policy the operator publishes
+// beside the index (routing.ShapingDataKey): a table whose policy does not
+// parse is refused whole, like one with an invalid shard; each swap applies
+// the policy (or the shipped default) to the Shaper, and each Lease renewal
+// gives it the number of live relay replicas.
+//
 // It reads the index Secret through an informer restricted to that one name,
 // and the shards it names by direct reads: it needs get on Secrets and
 // list/watch of the index in its namespace, and its Lease, nothing else.
@@ -26,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	toolscache "k8s.io/client-go/tools/cache"
 
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
 )
 
@@ -50,6 +57,18 @@ type Options struct {
 	Logger *slog.Logger
 	// Cache keeps parsed keys across loads; default a new one.
 	Cache *routing.Cache
+	// Shaper, when set, takes the shaping policy of each table swapped in
+	// (the shipped default when the table has none), before the Lease
+	// reports its version, and the number of live relay replicas at each
+	// Lease renewal. *shaping.Limiter is one.
+	Shaper Shaper
+}
+
+// Shaper is what applies the published shaping policy and divides its
+// limits between the live replicas (*shaping.Limiter).
+type Shaper interface {
+	SetPolicy(p *shaping.Policy)
+	Scale(replicas int)
 }
 
 // Follower follows the published table. Create it with New and start it
@@ -60,6 +79,9 @@ type Follower struct {
 	lease  *leaseKeeper
 
 	table atomic.Pointer[routing.Table]
+	// policy is the shaping policy of the table in force, nil when it has
+	// none (the shipped default applies).
+	policy atomic.Pointer[shaping.Policy]
 
 	// current is the loaded index with its shard data, touched only by the
 	// loading goroutine (and New).
@@ -100,12 +122,16 @@ func New(client kubernetes.Interface, o Options) (*Follower, error) {
 		duration: o.LeaseDuration, renew: o.RenewInterval, now: o.Now, log: o.Logger,
 		kick: make(chan struct{}, 1),
 	}
+	if o.Shaper != nil {
+		f.lease.replicas = o.Shaper.Scale
+	}
 	if o.SpoolDir != "" {
 		s, err := loadSpool(o.SpoolDir)
 		if err == nil && s != nil {
 			var t *routing.Table
-			if t, err = routing.Decode(s.Index, s.Shards, o.Cache); err == nil {
-				f.swap(s, t)
+			var p *shaping.Policy
+			if t, p, err = decode(s, o.Cache); err == nil {
+				f.swap(s, t, p)
 				o.Logger.Info("Loaded the last good routing table from the spool", "version", t.Version)
 			}
 		}
@@ -116,6 +142,31 @@ func New(client kubernetes.Interface, o Options) (*Follower, error) {
 	}
 	return f, nil
 }
+
+// decode verifies and decodes a table and its shaping policy (nil when it
+// has none): both valid, or an error.
+func decode(s *spooled, cache *routing.Cache) (*routing.Table, *shaping.Policy, error) {
+	if err := s.Index.VerifyShaping(s.Shaping); err != nil {
+		return nil, nil, err
+	}
+	var p *shaping.Policy
+	if len(s.Shaping) > 0 {
+		var err error
+		if p, err = shaping.Parse(s.Shaping); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", routing.ShapingDataKey, err)
+		}
+	}
+	t, err := routing.Decode(s.Index, s.Shards, cache)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, p, nil
+}
+
+// ShapingPolicy returns the shaping policy published with the current
+// table, or nil when it has none (or before the first table): then the
+// shipped default applies.
+func (f *Follower) ShapingPolicy() *shaping.Policy { return f.policy.Load() }
 
 // Table returns the current table, or nil before the first one is loaded.
 // The table is immutable; a later load swaps in a new one.
@@ -139,8 +190,19 @@ func (f *Follower) Subscribe() (tables <-chan *routing.Table, cancel func()) {
 	}
 }
 
-func (f *Follower) swap(s *spooled, t *routing.Table) {
+func (f *Follower) swap(s *spooled, t *routing.Table, p *shaping.Policy) {
+	prev := f.current
 	f.current = s
+	f.policy.Store(p)
+	// The policy applies before the Lease says the version is loaded: an
+	// acknowledged version is one whose policy is in force.
+	if f.opts.Shaper != nil && (prev == nil || prev.Index.Shaping != s.Index.Shaping) {
+		if p == nil {
+			p = shaping.DefaultPolicy()
+		}
+		f.opts.Shaper.SetPolicy(p)
+		f.opts.Logger.Info("Applied the shaping policy", "version", t.Version, "published", s.Index.Shaping != "", "sha256", s.Index.Shaping)
+	}
 	f.table.Store(t)
 	f.lease.setVersion(t.Version)
 	f.mu.Lock()
@@ -215,7 +277,7 @@ func (f *Follower) load(ctx context.Context, secret *corev1.Secret) error {
 	if err := json.Unmarshal(secret.Data[routing.IndexDataKey], &idx); err != nil {
 		return fmt.Errorf("index Secret %s: %w", routing.IndexSecretName, err)
 	}
-	if cur := f.current; cur != nil && cur.Index.Version == idx.Version && cur.Index.Hash == idx.Hash {
+	if cur := f.current; cur != nil && cur.Index.Version == idx.Version && cur.Index.SameContent(&idx) {
 		return nil
 	}
 	shards := make(map[string][]byte, len(idx.Shards))
@@ -235,12 +297,12 @@ func (f *Follower) load(ctx context.Context, secret *corev1.Secret) error {
 		}
 		shards[ref.Name] = s.Data[routing.ShardDataKey]
 	}
-	t, err := routing.Decode(&idx, shards, f.opts.Cache)
+	s := &spooled{Index: &idx, Shards: shards, Shaping: secret.Data[routing.ShapingDataKey]}
+	t, p, err := decode(s, f.opts.Cache)
 	if err != nil {
 		return fmt.Errorf("version %d: %w", idx.Version, err)
 	}
-	s := &spooled{Index: &idx, Shards: shards}
-	f.swap(s, t)
+	f.swap(s, t, p)
 	f.opts.Logger.Info("Loaded a routing table", "version", idx.Version, "shards", len(idx.Shards), "objects", len(t.Objects()))
 	if f.opts.SpoolDir != "" {
 		if err := saveSpool(f.opts.SpoolDir, s); err != nil {

@@ -32,6 +32,9 @@ type leaseKeeper struct {
 	// announces none (a draining replica takes no hand-offs).
 	handoff atomic.Pointer[string]
 	kick    chan struct{}
+	// replicas, when set, is told after each renewal how many relay
+	// replicas are live, this one included (countLive).
+	replicas func(n int)
 }
 
 // setHandoff records the hand-off address and asks for a renewal now.
@@ -72,6 +75,8 @@ func (k *leaseKeeper) run(ctx context.Context) {
 	for {
 		if err := k.renewOnce(ctx); err != nil && ctx.Err() == nil {
 			k.log.Error("Renewing the relay Lease failed", "lease", k.name, "error", err)
+		} else if err == nil && k.replicas != nil {
+			k.countReplicas(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -116,6 +121,20 @@ func (k *leaseKeeper) renewOnce(ctx context.Context) error {
 	l.Spec.RenewTime = &now
 	_, err = k.leases.Update(ctx, l, metav1.UpdateOptions{})
 	return err
+}
+
+// countReplicas tells replicas how many relay Leases are live, this one
+// included (just renewed). A failed list keeps the last count: limits stay
+// as they were rather than jump to one replica's share.
+func (k *leaseKeeper) countReplicas(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, k.renew)
+	defer cancel()
+	list, err := k.leases.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		k.log.Error("Counting the live relay replicas failed; the shaping limits stay divided as they were", "error", err)
+		return
+	}
+	k.replicas(max(1, countLive(list.Items, k.now())))
 }
 
 // release lets the Lease expire now, on a clean shutdown, so that the

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -32,17 +33,41 @@ func Peers(ctx context.Context, client kubernetes.Interface, namespace, self str
 		return nil, err
 	}
 	var peers []handoff.Peer
-	for _, l := range list.Items {
-		name, ok := strings.CutPrefix(l.Name, routing.RelayLeasePrefix)
+	for i := range list.Items {
+		l := &list.Items[i]
+		name, ok := liveRelay(l, now)
 		addr := l.Annotations[HandoffAddressAnnotation]
-		if !ok || name == self || addr == "" || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
-			continue
-		}
-		expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
-		if !now.Before(expires) {
+		if !ok || name == self || addr == "" {
 			continue
 		}
 		peers = append(peers, handoff.Peer{Name: name, Addr: addr})
 	}
 	return peers, nil
+}
+
+// countLive counts the live relay replicas among leases. Traffic shaping
+// divides its limits by it (docs/design.md "How the policy reaches
+// relays"): a draining replica still counts, since it may still deliver
+// until its Lease is released; a replica that stopped cleanly does not
+// (its released Lease has expired).
+func countLive(leases []coordinationv1.Lease, now time.Time) int {
+	n := 0
+	for i := range leases {
+		if _, ok := liveRelay(&leases[i], now); ok {
+			n++
+		}
+	}
+	return n
+}
+
+// liveRelay returns the pod name of a relay Lease that is unexpired at now
+// (docs/design.md contract 2: a relay is live while its Lease is); ok is
+// false for an expired Lease or one that is not a relay's.
+func liveRelay(l *coordinationv1.Lease, now time.Time) (name string, ok bool) {
+	name, ok = strings.CutPrefix(l.Name, routing.RelayLeasePrefix)
+	if !ok || name == "" || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return "", false
+	}
+	expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
+	return name, now.Before(expires)
 }

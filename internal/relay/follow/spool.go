@@ -21,6 +21,9 @@ const spoolFile = "routing-table.json"
 type spooled struct {
 	Index  *routing.Index    `json:"index"`
 	Shards map[string][]byte `json:"shards"`
+	// Shaping is the shaping policy published with the table
+	// (routing.ShapingDataKey), nil when none.
+	Shaping []byte `json:"shaping,omitempty"`
 }
 
 // saveSpool writes the table atomically: a temporary file in the same
