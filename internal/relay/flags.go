@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/postgate/postgate/internal/relay/inflow"
 	"github.com/postgate/postgate/internal/relay/queue"
+	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
 // BindFlags binds c to fs under the flags of `postgate relay`, with their
@@ -46,7 +48,8 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DNSServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&c.MXPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
 	c.Outbound.bindFlags(fs)
-	fs.BoolVar(&c.Shaping, "shaping", false, "delivery, experimental: traffic shaping per site with the shipped default policy (internal/relay/shaping); policy publication comes later")
+	fs.BoolVar(&c.Shaping, "shaping", false, "delivery, experimental: traffic shaping per site (internal/relay/shaping), with the policy the operator publishes (cluster), --shaping-policy (standalone) or the shipped default")
+	fs.StringVar(&c.ShapingPolicy, "shaping-policy", "", "standalone mode, with --shaping: the traffic shaping policy file (YAML or JSON, as the operator's shaping.yaml), watched and reloaded live; default: the shipped policy")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&c.PodName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")
 	fs.StringVar(&c.webhookAllowFlag, "webhook-allow-cidrs", "", "comma-separated networks that delivery-notification webhooks, MTA-STS policy fetches and TLS report POSTs may reach although they are loopback, link-local, cloud metadata or otherwise internal (refused by default: SSRF guard)")
@@ -56,6 +59,25 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HandoffAdvertise, "handoff-advertise-address", "", "host:port peers use to reach --handoff-bind-address (default: $POD_IP with its port, else the bound address)")
 	fs.DurationVar(&c.HandoffTimeout, "handoff-timeout", time.Minute, "how long a leaving replica may take to hand its queue over, after --shutdown-grace")
 	fs.BoolVar(&c.SpoolEphemeral, "spool-ephemeral", false, "cluster mode: the spool does not outlive the pod (an emptyDir), so every SIGTERM hands the queue over, restarts included")
+}
+
+// checkShapingPolicy: --shaping-policy is the standalone relay's (in a
+// cluster the operator publishes the policy), needs --shaping, and must be
+// readable and valid at start (later changes that are not keep the last
+// good policy).
+func (c *Config) checkShapingPolicy() error {
+	switch {
+	case c.ShapingPolicy == "":
+		return nil
+	case c.Namespace != "":
+		return errors.New("--shaping-policy is for a standalone relay (--manifests): with --relay-namespace the operator publishes the policy, from the shaping.yaml key of its guardrail ConfigMap")
+	case !c.Shaping:
+		return errors.New("--shaping-policy needs --shaping: without it delivery is not shaped")
+	}
+	if _, err := shaping.ParseFile(c.ShapingPolicy); err != nil {
+		return fmt.Errorf("--shaping-policy: %w", err)
+	}
+	return nil
 }
 
 // stringList is a repeatable flag.

@@ -111,9 +111,12 @@ type Config struct {
 	// --tls-rpt*): the recipient domains' TLS policies for MX delivery and
 	// TLS reporting.
 	Outbound OutboundTLS
-	// Shaping (--shaping, experimental) shapes MX delivery per site with
-	// the shipped default policy (docs/design.md, "Traffic shaping").
-	Shaping bool
+	// Shaping (--shaping, experimental) shapes MX delivery per site
+	// (docs/design.md, "Traffic shaping") with the policy the operator
+	// publishes, or ShapingPolicy (--shaping-policy, standalone only), or
+	// the shipped default.
+	Shaping       bool
+	ShapingPolicy string
 
 	// ShutdownGrace (--shutdown-grace) is how long sessions and delivery
 	// attempts may take to finish at shutdown.
@@ -182,6 +185,9 @@ func (c *Config) Check() error {
 		return fmt.Errorf("--spool-segment-max-body %d: give at most %d (16 MiB), or a negative value for a file per message", c.SpoolSegmentMaxBody, queue.MaxSegmentBodyBytes)
 	case c.AdminAddr != "" && !c.AdminAllowNonLoopback && !isLoopback(c.AdminAddr):
 		return fmt.Errorf("--admin-bind-address %q is not a loopback address: the admin API can delete mail and has no authentication; use a port-forward, or --admin-allow-non-loopback", c.AdminAddr)
+	}
+	if err := c.checkShapingPolicy(); err != nil {
+		return err
 	}
 	return c.Outbound.check(c.DNSServer)
 }
@@ -259,8 +265,17 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	observers := report.Observers{deliveryMetrics}
 	runReport := func(context.Context) error { return nil } // standalone: nothing is written to any API
+	// Traffic shaping: the table source applies the policy and, in a
+	// cluster, divides it by the live replicas.
+	var limiter *shaping.Limiter
+	var shaper follow.Shaper // nil unless shaping is on
+	if cfg.Shaping {
+		limiter = shaping.NewLimiter(shaping.DefaultPolicy(), delivery.SystemClock{})
+		shaper = limiter
+	}
 	if len(cfg.Manifests) > 0 {
-		src, err := standalone.New(cfg.Manifests, standalone.Options{KeysDir: filepath.Join(cfg.SpoolDir, "keys"), Logger: logger})
+		src, err := standalone.New(cfg.Manifests, standalone.Options{KeysDir: filepath.Join(cfg.SpoolDir, "keys"), Logger: logger,
+			ShapingPolicy: cfg.ShapingPolicy, Shaper: shaper})
 		if err != nil {
 			return err
 		}
@@ -272,7 +287,7 @@ func (r *Relay) run(ctx context.Context) error {
 		}
 		fl, err := follow.New(client, follow.Options{
 			Namespace: cfg.Namespace, PodName: cfg.PodName,
-			SpoolDir: filepath.Join(cfg.SpoolDir, "table"), Logger: logger,
+			SpoolDir: filepath.Join(cfg.SpoolDir, "table"), Logger: logger, Shaper: shaper,
 		})
 		if err != nil {
 			return err
@@ -361,11 +376,9 @@ func (r *Relay) run(ctx context.Context) error {
 		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
 	}
 	tlsPolicies.deliveryOptions(&deliveryOpts)
-	if cfg.Shaping {
-		// Experimental: the shipped policy, one replica's limits; the
-		// operator's publication and Scale by live replicas come later.
-		deliveryOpts.Shaping = shaping.NewLimiter(shaping.DefaultPolicy(), delivery.SystemClock{})
-		logger.Info("Traffic shaping on (experimental): the shipped default policy, limits per replica")
+	if limiter != nil {
+		deliveryOpts.Shaping = limiter
+		logger.Info("Traffic shaping on (experimental)")
 	}
 	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {

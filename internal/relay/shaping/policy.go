@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -570,4 +571,19 @@ func (m *Match) matches(site Site) bool {
 // version; Parse reads it back to an equal Policy.
 func (p *Policy) Canonical() ([]byte, error) {
 	return json.Marshal(p)
+}
+
+// ParseFile reads and parses the policy file at path (a standalone relay's
+// --shaping-policy, `postgate check --shaping-policy`); an error names the
+// file.
+func ParseFile(path string) (*Policy, error) {
+	data, err := os.ReadFile(path) //nolint:gosec // the file the user names
+	if err != nil {
+		return nil, err
+	}
+	p, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
 }

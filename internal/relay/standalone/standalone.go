@@ -3,7 +3,9 @@
 // TrustedNetwork manifests and their Secrets from files, compiles them with
 // the same compiler the operator uses, generates the DKIM keys that
 // SenderDomains ask for once under the spool directory, and recompiles when
-// the files change. Nothing is written to any API.
+// the files change. Nothing is written to any API. It also reads the traffic
+// shaping policy from its own file, when given, watched and reloaded the
+// same way.
 package standalone
 
 import (
@@ -27,6 +29,7 @@ import (
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/manifest"
 	"github.com/postgate/postgate/internal/relay/dkim"
+	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
 )
 
@@ -41,9 +44,22 @@ type Options struct {
 	Namespace string
 	// Policy is the guardrail policy (default: the zero Policy).
 	Policy routing.Policy
+	// ShapingPolicy is the traffic shaping policy file (--shaping-policy);
+	// empty: the shipped default. It must parse at start; later, a change
+	// that does not parse is logged and the last good policy stays.
+	ShapingPolicy string
+	// Shaper, when set, takes the policy at start and each good change
+	// (*shaping.Limiter). A standalone relay is one replica: its limits are
+	// not divided.
+	Shaper Shaper
 	// Interval is how often the files are checked for changes (default 2s).
 	Interval time.Duration
 	Logger   *slog.Logger
+}
+
+// Shaper is what applies the shaping policy (*shaping.Limiter).
+type Shaper interface {
+	SetPolicy(p *shaping.Policy)
 }
 
 // Source holds the table compiled from manifest files. It implements the
@@ -58,6 +74,12 @@ type Source struct {
 	// mu serializes reloads (the compile cache is not for concurrent use).
 	mu          sync.Mutex
 	fingerprint string
+
+	// policy is the shaping policy in force, nil without a policy file;
+	// policyPrint the fingerprint of the file it was read from, or of the
+	// last content that did not parse (logged once).
+	policy      atomic.Pointer[shaping.Policy]
+	policyPrint string
 }
 
 // New reads and compiles the manifests in paths. It fails when they cannot
@@ -87,7 +109,44 @@ func New(paths []string, opts Options) (*Source, error) {
 	if _, err := s.Reload(); err != nil {
 		return nil, err
 	}
+	if _, err := s.ReloadShaping(); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// ShapingPolicy returns the shaping policy in force, nil without a policy
+// file (the shipped default applies).
+func (s *Source) ShapingPolicy() *shaping.Policy { return s.policy.Load() }
+
+// ReloadShaping reads the shaping policy file again if its content changed,
+// and applies it. It reports whether it applied a policy; an error leaves
+// the policy in force.
+func (s *Source) ReloadShaping() (bool, error) {
+	if s.opts.ShapingPolicy == "" {
+		return false, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fp, err := fingerprint([]string{s.opts.ShapingPolicy})
+	if err != nil {
+		return false, err
+	}
+	if fp == s.policyPrint {
+		return false, nil
+	}
+	p, err := shaping.ParseFile(s.opts.ShapingPolicy)
+	if err != nil {
+		s.policyPrint = fp // logged once per content, not at every check
+		return false, err
+	}
+	s.policy.Store(p)
+	s.policyPrint = fp
+	if s.opts.Shaper != nil {
+		s.opts.Shaper.SetPolicy(p)
+	}
+	s.opts.Logger.Info("Shaping policy applied", "file", s.opts.ShapingPolicy, "siteRules", len(p.Sites))
+	return true, nil
 }
 
 // Table returns the table in force.
@@ -104,12 +163,13 @@ func (s *Source) Table() *routing.Table { return s.table.Load() }
 func (s *Source) Run(ctx context.Context) error {
 	t := time.NewTicker(s.opts.Interval)
 	defer t.Stop()
-	var seen string // the fingerprint of the last check
+	var seen, seenPolicy string // the fingerprints of the last check
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			s.checkShaping(&seenPolicy)
 			fp, err := fingerprint(s.paths)
 			if err != nil {
 				s.opts.Logger.Error("Manifests not reloaded; the table in force stays", "error", err)
@@ -124,6 +184,27 @@ func (s *Source) Run(ctx context.Context) error {
 				s.opts.Logger.Error("Manifests not reloaded; the table in force stays", "error", err)
 			}
 		}
+	}
+}
+
+// checkShaping reloads the shaping policy file once it has stayed the same
+// for one whole Interval, as Run does the manifests (a file written in
+// place reads empty or half written for a moment).
+func (s *Source) checkShaping(seen *string) {
+	if s.opts.ShapingPolicy == "" {
+		return
+	}
+	fp, err := fingerprint([]string{s.opts.ShapingPolicy})
+	if err == nil {
+		settled := fp == *seen
+		*seen = fp
+		if !settled {
+			return
+		}
+		_, err = s.ReloadShaping()
+	}
+	if err != nil {
+		s.opts.Logger.Error("Shaping policy not reloaded; the policy in force stays", "file", s.opts.ShapingPolicy, "error", err)
 	}
 }
 
