@@ -10,6 +10,7 @@ import (
 )
 
 const checkUsage = `Usage: postgate check [flags] PATH...
+       postgate check --shaping-policy FILE [flags] [PATH...]
 
 Validates manifests offline, as the operator would judge them: reads the
 files and directories given (multi-document YAML; file order stands in for
@@ -26,6 +27,12 @@ With -o json, stdout is one JSON array with one verdict per object (kind,
 namespace, name, file, line, verdict, condition, status, reason, message,
 and the field errors of an object the API server would refuse), for CI
 annotations; the exit status is the same.
+
+With --shaping-policy FILE, the traffic shaping policy in FILE is validated
+as the operator validates the shaping.yaml of its policy ConfigMap: a summary
+when it is valid, otherwise every error (each naming the rule and the field),
+on stdout (on stderr with -o json); exit status 1 when it is invalid, 2 when
+it cannot be read. Manifests are then optional.
 
 Flags:
 `
@@ -44,11 +51,25 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return checkUnreadable
 	}
-	if fs.NArg() == 0 {
+	if fs.NArg() == 0 && o.ShapingPolicyFile == "" {
 		fs.Usage()
 		return checkUnreadable
 	}
 	err := o.Check()
+	code := checkOK
+	if err == nil && o.ShapingPolicyFile != "" {
+		out := stdout
+		if o.Output == "json" {
+			out = stderr // stdout is one JSON array
+		}
+		var valid bool
+		if valid, err = check.JudgeShaping(out, o.ShapingPolicyFile); err == nil && !valid {
+			code = checkRefused
+		}
+	}
+	if err == nil && fs.NArg() == 0 {
+		return code
+	}
 	var policy routing.Policy
 	if err == nil {
 		policy, err = o.Policy()
@@ -74,5 +95,5 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	if report.Failed(o.Strict) {
 		return checkRefused
 	}
-	return checkOK
+	return code
 }

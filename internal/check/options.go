@@ -19,6 +19,9 @@ type Options struct {
 	Namespace  string // --namespace: of objects whose manifest sets none
 	Recursive  bool   // --recursive: read subdirectories
 	PolicyFile string // --policy: a guardrail policy file; empty: the default policy
+	// ShapingPolicyFile (--shaping-policy) is a traffic shaping policy to
+	// validate (JudgeShaping); empty: none.
+	ShapingPolicyFile string
 	Output     string // -o, --output: text or json
 }
 
@@ -29,6 +32,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Namespace, "namespace", metav1.NamespaceDefault, "namespace of objects whose manifest sets none")
 	fs.BoolVar(&o.Recursive, "recursive", false, "read the subdirectories of directories too")
 	fs.StringVar(&o.PolicyFile, "policy", "", "guardrail policy file (the policy.yaml of the operator's policy ConfigMap)")
+	fs.StringVar(&o.ShapingPolicyFile, "shaping-policy", "", "traffic shaping policy file to validate (the shaping.yaml of the operator's policy ConfigMap, or a standalone relay's --shaping-policy); manifests are then optional")
 	o.Output = "text"
 	fs.StringVar(&o.Output, "o", o.Output, "output format: text or json")
 	fs.StringVar(&o.Output, "output", o.Output, "output format: text or json (same as -o)")
