@@ -22,7 +22,7 @@ type Options struct {
 	// ShapingPolicyFile (--shaping-policy) is a traffic shaping policy to
 	// validate (JudgeShaping); empty: none.
 	ShapingPolicyFile string
-	Output     string // -o, --output: text or json
+	Output            string // -o, --output: text or json
 }
 
 // BindFlags binds o to fs under the flags of `postgate check`, with their
