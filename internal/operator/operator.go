@@ -41,7 +41,8 @@ type Options struct {
 	// and the relays keep their Leases.
 	RelayNamespace string
 	// PolicyConfigMap (--policy-configmap) names the guardrail policy
-	// ConfigMap in Namespace; empty: the default policy.
+	// ConfigMap in Namespace (keys policy.yaml and shaping.yaml); empty:
+	// the default policies.
 	PolicyConfigMap string
 
 	// Logger receives the manager's log.
@@ -60,7 +61,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", `address of /healthz and /readyz; "0" disables them`)
 	fs.StringVar(&o.Namespace, "operator-namespace", podNamespace, "namespace of the operator: the policy ConfigMap and the leader-election Lease (default $POD_NAMESPACE)")
 	fs.StringVar(&o.RelayNamespace, "relay-namespace", podNamespace, "namespace where the routing table is published and relays keep their Leases (default $POD_NAMESPACE)")
-	fs.StringVar(&o.PolicyConfigMap, "policy-configmap", "", "name of the guardrail policy ConfigMap in the operator namespace (key "+"policy.yaml); empty: the default policy")
+	fs.StringVar(&o.PolicyConfigMap, "policy-configmap", "", "name of the guardrail policy ConfigMap in the operator namespace (key policy.yaml: the guardrail policy; key shaping.yaml: the traffic shaping policy published to the relays); empty: the default policies")
 }
 
 // Check reports what the flags leave out, naming them.

@@ -42,16 +42,20 @@ func operatorCluster(t *testing.T) (*testenv.APIServer, client.Client) {
 
 // startOperator runs the operator in this process, as `postgate operator
 // --leader-elect` with postgate-system as both namespaces and no metrics
-// or probe listeners, until the test ends.
-func startOperator(t *testing.T, api *testenv.APIServer) {
+// or probe listeners, until the test ends; opts change the options.
+func startOperator(t *testing.T, api *testenv.APIServer, opts ...func(*operator.Options)) {
 	t.Helper()
 	logs := &testenv.LogBuffer{}
-	op, err := operator.New(api.Config, operator.Options{
+	o := operator.Options{
 		LeaderElect: true, MetricsAddr: "0", ProbeAddr: "0",
 		Namespace: "postgate-system", RelayNamespace: "postgate-system",
 		Logger:             logr.FromSlogHandler(slog.NewJSONHandler(logs, nil)),
 		SkipNameValidation: true,
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	op, err := operator.New(api.Config, o)
 	if err != nil {
 		t.Fatal(err)
 	}

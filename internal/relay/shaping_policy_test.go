@@ -1,14 +1,24 @@
 package relay_test
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/postgate/postgate/internal/operator"
 	"github.com/postgate/postgate/internal/relay"
+	"github.com/postgate/postgate/internal/relay/shaping"
+	"github.com/postgate/postgate/internal/routing"
 )
 
 // TestShapingPolicyFlag: --shaping-policy is the standalone relay's, needs
@@ -53,4 +63,42 @@ func TestShapingPolicyFlag(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestShapingPolicyReachesRelays: the operator publishes the guardrail
+// ConfigMap's shaping.yaml with the table, and a running relay applies it,
+// and each change of it, without a restart (docs/design.md "How the policy
+// reaches relays").
+func TestShapingPolicyReachesRelays(t *testing.T) {
+	api, c := operatorCluster(t)
+	policy := func(maxConnections int) string {
+		return fmt.Sprintf("default: {maxConnections: %d, suspension: {initial: 1m, max: 1h, resetAfter: 1h}}\n", maxConnections)
+	}
+	hash := func(y string) string {
+		p, err := shaping.Parse([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		return hex.EncodeToString(sum[:])
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "postgate-system", Name: "postgate-policy"},
+		Data: map[string]string{routing.ShapingConfigMapKey: policy(3)}}
+	if err := c.Create(context.Background(), cm); err != nil {
+		t.Fatal(err)
+	}
+	startOperator(t, api, func(o *operator.Options) { o.PolicyConfigMap = "postgate-policy" })
+	r := startRelayInProcess(t, api.Config, "--relay-namespace", "postgate-system", "--pod-name", "relay-0",
+		"--spool-dir", t.TempDir(), "--shaping")
+	r.log.WaitFor(t, `msg="Applied the shaping policy" version=1 published=true sha256=`+hash(policy(3)), 1)
+
+	cm.Data[routing.ShapingConfigMapKey] = policy(5)
+	if err := c.Update(context.Background(), cm); err != nil {
+		t.Fatal(err)
+	}
+	r.log.WaitFor(t, `msg="Applied the shaping policy" version=2 published=true sha256=`+hash(policy(5)), 1)
 }
