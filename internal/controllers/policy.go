@@ -51,6 +51,12 @@ func (r *Reconciler) readPolicy(ctx context.Context) error {
 	return nil
 }
 
+// maxShapingBytes bounds the published shaping policy: it shares the index
+// Secret (1 MiB at most) with the index and the shard history, and a policy
+// that could not be written would hold every table back. The shipped
+// policy is 2 KiB as JSON.
+const maxShapingBytes = 256 << 10
+
 // readShaping reads the shaping policy of the ConfigMap once per version of
 // it. A policy that does not parse is a Warning Event on the ConfigMap and
 // leaves the last good one published (the one read before, or the one a
@@ -72,6 +78,9 @@ func (r *Reconciler) readShaping(ctx context.Context, cm *corev1.ConfigMap) {
 	var canonical []byte
 	if err == nil {
 		canonical, err = p.Canonical()
+	}
+	if err == nil && len(canonical) > maxShapingBytes {
+		err = fmt.Errorf("the policy is %d bytes as JSON, at most %d: it is published in the index Secret beside the index", len(canonical), maxShapingBytes)
 	}
 	if err != nil {
 		r.events.Eventf(cm, nil, corev1.EventTypeWarning, "InvalidShapingPolicy", "ParseShapingPolicy",

@@ -8,8 +8,10 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
@@ -139,6 +141,31 @@ func TestShapingPolicyPublished(t *testing.T) {
 		t.Errorf("an invalid policy replaced version %d by %d", second.Version, idx.Version)
 	}
 
+	// Valid but too large for the index Secret: refused the same way.
+	var large strings.Builder
+	large.WriteString(fmt.Sprintf(shapingYAML, 7))
+	for i := range 120 {
+		fmt.Fprintf(&large, "  - name: r%d\n    match:\n      mxHostSuffixes:\n", i)
+		for j := range 100 {
+			fmt.Fprintf(&large, "        - .mx%03d.some-long-provider-name-%03d.example\n", j, i)
+		}
+	}
+	change(func(d map[string]string) { d[routing.ShapingConfigMapKey] = large.String() })
+	testenv.Eventually(t, func() string {
+		for _, e := range eventsOf(t, c, opNS, "policy", "InvalidShapingPolicy") {
+			if strings.Contains(e, "bytes as JSON, at most") {
+				return ""
+			}
+		}
+		return "no Event for the policy too large"
+	})
+	if idx, _ := publishedShapingOf(t, relayNS); idx.Version != second.Version || idx.Shaping != second.Shaping {
+		t.Errorf("a policy too large replaced version %d by %d", second.Version, idx.Version)
+	}
+	change(func(d map[string]string) {
+		d[routing.ShapingConfigMapKey] = strings.Replace(fmt.Sprintf(shapingYAML, 7), "maxMessagesPerMinute", "maxMessagesPerMinut", 1)
+	})
+
 	// A restarted operator, the ConfigMap still invalid, keeps publishing
 	// the last good policy it finds published.
 	op.stop()
@@ -162,4 +189,21 @@ func TestShapingPolicyPublished(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// eventsOf returns the notes of the Events with reason about the object
+// ns/name.
+func eventsOf(t *testing.T, c client.Client, ns, name, reason string) []string {
+	t.Helper()
+	var list eventsv1.EventList
+	if err := c.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name && e.Reason == reason {
+			notes = append(notes, e.Note)
+		}
+	}
+	return notes
 }
