@@ -143,7 +143,7 @@ func TestShapingPolicyPublished(t *testing.T) {
 
 	// Valid but too large for the index Secret: refused the same way.
 	var large strings.Builder
-	large.WriteString(fmt.Sprintf(shapingYAML, 7))
+	fmt.Fprintf(&large, shapingYAML, 7)
 	for i := range 120 {
 		fmt.Fprintf(&large, "  - name: r%d\n    match:\n      mxHostSuffixes:\n", i)
 		for j := range 100 {
