@@ -554,6 +554,17 @@ type process struct {
 	pprofAddr string
 }
 
+// benchShapingPolicy shapes the bench's MX delivery (docs/design.md,
+// "Traffic shaping").
+const benchShapingPolicy = `default:
+  maxConnections: 20
+  maxMessagesPerConnection: 0
+  maxNewConnectionsPerMinute: 0
+  maxMessagesPerMinute: 0
+  maxMessagesPerHour: 0
+  suspension: {initial: 5m, max: 2h, resetAfter: 1h}
+`
+
 // startPostgate starts a standalone relay that delivers to the sink by a
 // RelayRoute, or with deliveryMX by the MX of the recipients' domain on
 // the loopback DNS server (the sink's port as the MX port).
@@ -569,6 +580,13 @@ func (b *bench) startPostgate(dir string, sinkPort int, d delivery, pprof bool) 
 	if err := os.WriteFile(filepath.Join(manifests, "bench.yaml"), []byte(m), 0o600); err != nil {
 		return nil, err
 	}
+	// Traffic shaping is on, as by default; the sink is the platform's own
+	// MX, as a platform team would describe it: no rate limits, and the
+	// 20 connections delivery used per destination before shaping.
+	policy := filepath.Join(dir, "shaping.yaml")
+	if err := os.WriteFile(policy, []byte(benchShapingPolicy), 0o600); err != nil {
+		return nil, err
+	}
 	port, err := freePort("127.0.0.1")
 	if err != nil {
 		return nil, err
@@ -577,7 +595,8 @@ func (b *bench) startPostgate(dir string, sinkPort int, d delivery, pprof bool) 
 	p.cmd = exec.Command(b.cfg.postgate, "relay", "--manifests", manifests, //nolint:gosec // the harness's own arguments
 		"--spool-dir", filepath.Join(dir, "spool"), "--smtp-bind-address", p.addr,
 		"--dns-server", b.dns.Addr(), "--mx-port", strconv.Itoa(sinkPort), "--admin-bind-address", "", "--hostname", "postgate.bench.test",
-		"--max-connections", "5000", "--max-connections-per-client", "5000")
+		"--max-connections", "5000", "--max-connections-per-client", "5000",
+		"--shaping", "--shaping-policy", policy)
 	if pprof {
 		port, err := freePort("127.0.0.1")
 		if err != nil {

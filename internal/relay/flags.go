@@ -48,7 +48,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DNSServer, "dns-server", "", "delivery: DNS server host:port for MX lookups (default: the system resolver)")
 	fs.IntVar(&c.MXPort, "mx-port", 25, "delivery: port of the recipients' MX hosts")
 	c.Outbound.bindFlags(fs)
-	fs.BoolVar(&c.Shaping, "shaping", false, "delivery, experimental: traffic shaping per site (internal/relay/shaping), with the policy the operator publishes (cluster), --shaping-policy (standalone) or the shipped default")
+	fs.BoolVar(&c.Shaping, "shaping", true, "delivery: traffic shaping per site of MX delivery (connection and rate limits, suspension on throttle replies, fair turns between senders), with the policy the operator publishes (cluster), --shaping-policy (standalone) or the shipped default; --shaping=false turns it off")
 	fs.StringVar(&c.ShapingPolicy, "shaping-policy", "", "standalone mode, with --shaping: the traffic shaping policy file (YAML or JSON, as the operator's shaping.yaml), watched and reloaded live; default: the shipped policy")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 25*time.Second, "how long in-flight SMTP sessions may take to finish on SIGTERM")
 	fs.StringVar(&c.PodName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), host), "cluster mode: this replica's name, for its Lease postgate-relay-<pod name> (default $POD_NAME)")

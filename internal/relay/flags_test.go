@@ -154,13 +154,13 @@ func TestOutboundTLSFlags(t *testing.T) {
 	}
 }
 
-// TestShapingFlag: --shaping is experimental and off unless given.
+// TestShapingFlag: traffic shaping is on unless --shaping=false.
 func TestShapingFlag(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want bool
 	}{
-		{nil, false},
+		{nil, true},
 		{[]string{"--shaping"}, true},
 		{[]string{"--shaping=false"}, false},
 	} {

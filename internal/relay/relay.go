@@ -111,7 +111,7 @@ type Config struct {
 	// --tls-rpt*): the recipient domains' TLS policies for MX delivery and
 	// TLS reporting.
 	Outbound OutboundTLS
-	// Shaping (--shaping, experimental) shapes MX delivery per site
+	// Shaping (--shaping, on by default) shapes MX delivery per site
 	// (docs/design.md, "Traffic shaping") with the policy the operator
 	// publishes, or ShapingPolicy (--shaping-policy, standalone only), or
 	// the shipped default.
@@ -378,7 +378,7 @@ func (r *Relay) run(ctx context.Context) error {
 	tlsPolicies.deliveryOptions(&deliveryOpts)
 	if limiter != nil {
 		deliveryOpts.Shaping = limiter
-		logger.Info("Traffic shaping on (experimental)")
+		logger.Info("Traffic shaping on")
 	}
 	worker, err := delivery.New(q, tables, deliveryOpts)
 	if err != nil {

@@ -40,7 +40,8 @@ func TestShapingPolicyFlag(t *testing.T) {
 		{[]string{"--manifests", "x", "--shaping", "--shaping-policy", good}, nil},
 		{[]string{"--manifests", "x", "--shaping", "--shaping-policy", bad}, []string{"--shaping-policy", bad, `sites[0] ("x")`, `unknown field "maxConections"`}},
 		{[]string{"--manifests", "x", "--shaping", "--shaping-policy", filepath.Join(dir, "missing.yaml")}, []string{"--shaping-policy", "no such file"}},
-		{[]string{"--manifests", "x", "--shaping-policy", good}, []string{"--shaping-policy needs --shaping"}},
+		{[]string{"--manifests", "x", "--shaping-policy", good}, nil}, // shaping is on by default
+		{[]string{"--manifests", "x", "--shaping=false", "--shaping-policy", good}, []string{"--shaping-policy needs --shaping"}},
 		{[]string{"--relay-namespace", "postgate-system", "--shaping", "--shaping-policy", good}, []string{"--shaping-policy is for a standalone relay", "shaping.yaml"}},
 	} {
 		var cfg relay.Config
