@@ -35,16 +35,17 @@ const (
 // waiting. A gate lets at most the site's MaxConnections transactions run
 // at once (one connection carries one at a time, so more could only wait
 // inside the shaping limiter, in no order); the others wait their turn
-// round-robin by sender (shaping.FairQueue), each sender with at most
-// perSender waiting and the site with at most maxWaiting, so that one
-// site's backlog cannot hold every lease of the worker. A message beyond
-// that is deferred without attempt to the time its sender's turn is
-// expected (overflow), which spreads a backlog over the time the site
-// needs to take it instead of leasing it again and again.
+// round-robin by sender (shaping.FairQueue), each sender with at most an
+// equal share of the site's waiting places (share) and the site with at
+// most bound of them, so that one site's backlog cannot hold every lease
+// of the worker. A message beyond that is snoozed (queue.Lease.Snooze) to
+// the time its sender's turn is expected (overflow), which spreads a
+// backlog over the time the site needs to take it.
 type siteGates struct {
 	clock Clock
-	// maxWaiting bounds the waiters of one site, all senders together.
-	maxWaiting int
+	// capacity is how many messages the worker delivers at once
+	// (Options.MaxMessages): the leases the sites' waiters share.
+	capacity int
 
 	mu    sync.Mutex
 	gates map[string]*siteGate
@@ -72,26 +73,37 @@ type gateWaiter struct {
 	gone    bool // stopped waiting (under siteGates.mu)
 }
 
-// perSender is how many transactions of one sender wait for a site whose
-// limit is limit: enough for a burst of a few messages to wait its turns
-// rather than be deferred, too few for a backlog to crowd the site.
-func perSender(limit int) int { return max(4*limit, 16) }
-
 // share is how many of sender's transactions may wait at gate: an equal
-// share of the site's waiting places between the senders waiting (sender
-// counted), at least perSender. A sender with none waiting always gets
-// one place, beyond the bound if need be, so a newcomer is never turned
-// away by a backlog.
-func (g *siteGates) share(gate *siteGate, sender string, limit int) int {
+// share of the site's waiting places (bound) between the senders waiting,
+// sender counted, and at least one, so a newcomer is never turned away by
+// another sender's backlog. A sender over its share (it had the places to
+// itself before another came) keeps what waits; its next messages are
+// snoozed until the others' places are taken in turn.
+func (g *siteGates) share(gate *siteGate, sender string) int {
 	senders := len(gate.waiters)
 	if gate.waiters[sender] == 0 {
 		senders++
 	}
-	return max(perSender(limit), g.maxWaiting/senders)
+	return max(1, g.bound(gate)/senders)
 }
 
-func newSiteGates(clock Clock, maxWaiting int) *siteGates {
-	return &siteGates{clock: clock, maxWaiting: max(1, maxWaiting), gates: map[string]*siteGate{}}
+// bound is how many transactions may wait at gate: about a second of the
+// site's work, as measured (a fast site keeps its waiters and spares the
+// worker leasing and snoozing them again: at 100 KB x 50 sessions to one
+// site, a fixed half of the leases cost a tenth of the rate), between a
+// quarter of the worker's capacity (a slow site keeps most leases free for
+// the others) and all of it but the site's own slots; half of it before
+// the site's pace is known. Senders coming to a site at its bound still
+// get their share, up to all the leases but the site's slots.
+func (g *siteGates) bound(gate *siteGate) int {
+	if gate.turn <= 0 {
+		return max(1, g.capacity/2)
+	}
+	return max(1, g.capacity/4, min(g.capacity-gate.limit, int(time.Second/gate.turn)))
+}
+
+func newSiteGates(clock Clock, capacity int) *siteGates {
+	return &siteGates{clock: clock, capacity: max(1, capacity), gates: map[string]*siteGate{}}
 }
 
 // enter waits for a turn of sender at site, whose limit is the site's
@@ -114,7 +126,7 @@ func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (
 		g.mu.Unlock()
 		return g.releaser(site, gate), time.Time{}, nil
 	}
-	if n := gate.waiters[sender]; n >= g.share(gate, sender, limit) || (n > 0 && gate.total >= g.maxWaiting) {
+	if gate.waiters[sender] >= g.share(gate, sender) || gate.total >= max(1, g.capacity-limit) {
 		until := gate.overflow(sender, g.clock.Now())
 		g.mu.Unlock()
 		return nil, until, nil

@@ -20,9 +20,11 @@ type gateTest struct {
 	releases map[string]func()
 }
 
-func newGateTest(t *testing.T, maxWaiting int) *gateTest {
+// newGateTest returns gates for a worker of the given capacity: until a
+// site's pace is measured, half of it may wait at one site.
+func newGateTest(t *testing.T, capacity int) *gateTest {
 	c := newFakeClock()
-	return &gateTest{t: t, g: newSiteGates(c, maxWaiting), clock: c, releases: map[string]func(){}}
+	return &gateTest{t: t, g: newSiteGates(c, capacity), clock: c, releases: map[string]func(){}}
 }
 
 // enter starts name's enter of site as sender and returns once it has a
@@ -72,7 +74,7 @@ func (gt *gateTest) want(want ...string) {
 // another's queue of waiters is served second, not last.
 func TestSiteGateTakesTurns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gt := newGateTest(t, 50)
+		gt := newGateTest(t, 100)
 		ctx := t.Context()
 		gt.enter(ctx, "a.test", "a0", 1) // the one slot
 		for _, n := range []string{"a1", "a2", "a3"} {
@@ -96,12 +98,11 @@ func TestSiteGateTakesTurns(t *testing.T) {
 
 // A sender with its share of the site's waiting places gets a deferral,
 // at least overflowMin ahead and each later than the last, spreading the
-// backlog; a sender with none waiting always gets a place, beyond the
-// site's bound if need be, but no second one there; slots then go in
-// turns.
+// backlog; a sender that comes later gets an equal share, even past the
+// site's bound, and slots then go in turns.
 func TestSiteGateOverflow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gt := newGateTest(t, 10)
+		gt := newGateTest(t, 20) // 10 places before the site's pace is known
 		ctx := t.Context()
 		gt.enter(ctx, "a.test", "held", 1)
 		for i := range 10 {
@@ -118,18 +119,21 @@ func TestSiteGateOverflow(t *testing.T) {
 			}
 			prev = until
 		}
-		gt.enter(ctx, "b.test", "b1", 1)
-		if release, _, _ := gt.g.enter(ctx, "site.test", "b.test", 1); release != nil {
-			t.Fatal("sender B entered a second waiter beyond the site's bound")
+		for i := range 5 { // half of the 10 places
+			gt.enter(ctx, "b.test", "b"+string(rune('0'+i)), 1)
 		}
-		gt.enter(ctx, "c.test", "c1", 1)
-		if got := countWaiting(gt.g); got != 12 {
-			t.Fatalf("%d waiting, want 10 of A and one each of B and C", got)
+		if release, _, _ := gt.g.enter(ctx, "site.test", "b.test", 1); release != nil {
+			t.Fatal("sender B waits beyond its share")
+		}
+		gt.enter(ctx, "c.test", "c0", 1)
+		if got := countWaiting(gt.g); got != 16 {
+			t.Fatalf("%d waiting, want 10 of A, 5 of B and 1 of C", got)
 		}
 		gt.release("held")
 		gt.release("a0")
-		gt.release("b1")
-		gt.want("held", "a0", "b1", "c1")
+		gt.release("b0")
+		gt.release("c0")
+		gt.want("held", "a0", "b0", "c0", "a1")
 	})
 }
 
@@ -137,7 +141,7 @@ func TestSiteGateOverflow(t *testing.T) {
 // and a raised limit admits waiters at once.
 func TestSiteGateCancelAndLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		gt := newGateTest(t, 50)
+		gt := newGateTest(t, 100)
 		ctx := t.Context()
 		gt.enter(ctx, "a.test", "a0", 1)
 		cctx, cancel := context.WithCancel(ctx)
@@ -174,4 +178,24 @@ func countWaiting(g *siteGates) int {
 		return gate.total
 	}
 	return 0
+}
+
+// A site's waiting places follow its pace: about a second of its work,
+// at least a quarter of the worker's capacity, at most all of it but the
+// site's own slots; half before the pace is known.
+func TestSiteGateBound(t *testing.T) {
+	g := newSiteGates(newFakeClock(), 100)
+	for _, c := range []struct {
+		turn time.Duration
+		want int
+	}{
+		{0, 50},
+		{time.Millisecond, 80},
+		{20 * time.Millisecond, 50},
+		{time.Second, 25},
+	} {
+		if got := g.bound(&siteGate{limit: 20, turn: c.turn}); got != c.want {
+			t.Errorf("turn %s: bound %d, want %d", c.turn, got, c.want)
+		}
+	}
 }

@@ -67,9 +67,7 @@ func New(q *queue.Queue, tables TableSource, opts Options) (*Worker, error) {
 		resolver: opts.Resolver,
 		pool:     newPool(opts.Clock, opts.IdleTimeout, opts.MaxPerDestination),
 		limits:   newLimiter(opts.MaxConnections, opts.MaxPerDestination),
-		// Half the leases at most wait for one site: the rest of the
-		// mail keeps moving while a provider is slow.
-		gates:    newSiteGates(opts.Clock, opts.MaxMessages/2),
+		gates:    newSiteGates(opts.Clock, opts.MaxMessages),
 		stopping: make(chan struct{}),
 		finished: make(chan struct{}),
 		held:     map[queue.ID]heldMessage{},
