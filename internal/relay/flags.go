@@ -2,7 +2,6 @@ package relay
 
 import (
 	"cmp"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/postgate/postgate/internal/relay/inflow"
 	"github.com/postgate/postgate/internal/relay/queue"
-	"github.com/postgate/postgate/internal/relay/shaping"
 )
 
 // BindFlags binds c to fs under the flags of `postgate relay`, with their
@@ -59,25 +57,6 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HandoffAdvertise, "handoff-advertise-address", "", "host:port peers use to reach --handoff-bind-address (default: $POD_IP with its port, else the bound address)")
 	fs.DurationVar(&c.HandoffTimeout, "handoff-timeout", time.Minute, "how long a leaving replica may take to hand its queue over, after --shutdown-grace")
 	fs.BoolVar(&c.SpoolEphemeral, "spool-ephemeral", false, "cluster mode: the spool does not outlive the pod (an emptyDir), so every SIGTERM hands the queue over, restarts included")
-}
-
-// checkShapingPolicy: --shaping-policy is the standalone relay's (in a
-// cluster the operator publishes the policy), needs --shaping, and must be
-// readable and valid at start (later changes that are not keep the last
-// good policy).
-func (c *Config) checkShapingPolicy() error {
-	switch {
-	case c.ShapingPolicy == "":
-		return nil
-	case c.Namespace != "":
-		return errors.New("--shaping-policy is for a standalone relay (--manifests): with --relay-namespace the operator publishes the policy, from the shaping.yaml key of its guardrail ConfigMap")
-	case !c.Shaping:
-		return errors.New("--shaping-policy needs --shaping: without it delivery is not shaped")
-	}
-	if _, err := shaping.ParseFile(c.ShapingPolicy); err != nil {
-		return fmt.Errorf("--shaping-policy: %w", err)
-	}
-	return nil
 }
 
 // stringList is a repeatable flag.

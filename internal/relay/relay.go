@@ -192,6 +192,25 @@ func (c *Config) Check() error {
 	return c.Outbound.check(c.DNSServer)
 }
 
+// checkShapingPolicy: --shaping-policy is the standalone relay's (in a
+// cluster the operator publishes the policy), needs --shaping, and must be
+// readable and valid at start (later changes that are not keep the last
+// good policy).
+func (c *Config) checkShapingPolicy() error {
+	switch {
+	case c.ShapingPolicy == "":
+		return nil
+	case c.Namespace != "":
+		return errors.New("--shaping-policy is for a standalone relay (--manifests): with --relay-namespace the operator publishes the policy, from the shaping.yaml key of its guardrail ConfigMap")
+	case !c.Shaping:
+		return errors.New("--shaping-policy needs --shaping: without it delivery is not shaped")
+	}
+	if _, err := shaping.ParseFile(c.ShapingPolicy); err != nil {
+		return fmt.Errorf("--shaping-policy: %w", err)
+	}
+	return nil
+}
+
 // New checks cfg and returns a relay that Run starts.
 func New(cfg Config) (*Relay, error) {
 	if err := cfg.Check(); err != nil {
