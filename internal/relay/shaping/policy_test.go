@@ -18,20 +18,20 @@ func TestDefaultPolicy(t *testing.T) {
 		rule  string
 		want  Limits
 	}{
-		{[]string{"aspmx.l.google.com"}, "google", Limits{5, 50, 600, 0, 100}},
-		{[]string{"gmail-smtp-in.l.google.com"}, "google", Limits{5, 50, 600, 0, 100}},
-		{[]string{"contoso-com.mail.protection.outlook.com"}, "microsoft", Limits{5, 50, 600, 0, 100}},
-		{[]string{"hotmail-com.olc.protection.outlook.com"}, "microsoft", Limits{5, 50, 600, 0, 100}},
-		{[]string{"contoso-com.r-v1.mx.microsoft"}, "microsoft", Limits{5, 50, 600, 0, 100}},
-		{[]string{"mta5.am0.yahoodns.net"}, "yahoo", Limits{5, 20, 600, 0, 100}},
-		{[]string{"mx-aol.mail.gm0.yahoodns.net"}, "yahoo", Limits{5, 20, 600, 0, 100}},
-		{[]string{"mx01.mail.icloud.com", "mx02.mail.icloud.com"}, "apple", Limits{10, 5, 600, 0, 100}},
+		{[]string{"aspmx.l.google.com"}, "google", Limits{5, 50, 6000, 0, 100}},
+		{[]string{"gmail-smtp-in.l.google.com"}, "google", Limits{5, 50, 6000, 0, 100}},
+		{[]string{"contoso-com.mail.protection.outlook.com"}, "microsoft", Limits{5, 50, 6000, 0, 100}},
+		{[]string{"hotmail-com.olc.protection.outlook.com"}, "microsoft", Limits{5, 50, 6000, 0, 100}},
+		{[]string{"contoso-com.r-v1.mx.microsoft"}, "microsoft", Limits{5, 50, 6000, 0, 100}},
+		{[]string{"mta5.am0.yahoodns.net"}, "yahoo", Limits{5, 20, 6000, 0, 100}},
+		{[]string{"mx-aol.mail.gm0.yahoodns.net"}, "yahoo", Limits{5, 20, 6000, 0, 100}},
+		{[]string{"mx01.mail.icloud.com", "mx02.mail.icloud.com"}, "apple", Limits{10, 5, 6000, 0, 100}},
 		{[]string{"mx00.gmx.net"}, "gmx-webde", Limits{4, 20, 60, 0, 100}},
 		{[]string{"mx-ha03.web.de"}, "gmx-webde", Limits{4, 20, 60, 0, 100}},
 		{[]string{"mx00.ionos.de"}, "gmx-webde", Limits{4, 20, 60, 0, 100}},
-		{[]string{"mx.example.org"}, "default", Limits{10, 100, 600, 0, 100}},
+		{[]string{"mx.example.org"}, "default", Limits{10, 100, 6000, 0, 100}},
 		// Only the host's own suffix counts: not a look-alike.
-		{[]string{"mx.notgoogle.com"}, "default", Limits{10, 100, 600, 0, 100}},
+		{[]string{"mx.notgoogle.com"}, "default", Limits{10, 100, 6000, 0, 100}},
 	} {
 		got, rule := p.LimitsFor(SiteOf(tc.hosts))
 		if rule != tc.rule || got != tc.want {
