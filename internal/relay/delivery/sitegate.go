@@ -8,6 +8,7 @@ package delivery
 // to the same provider.
 
 import (
+	"container/heap"
 	"context"
 	"sync"
 	"time"
@@ -62,8 +63,9 @@ type siteGate struct {
 	// waited (an exponentially weighted mean), lastRelease the last one.
 	turn        time.Duration
 	lastRelease time.Time
-	// next is, per sender, the last turn given to an overflow message.
-	next map[string]time.Time
+	// snoozed holds, per sender, the turns given to its overflow
+	// messages that have not come yet (a min-heap of times).
+	snoozed map[string]*timeHeap
 }
 
 type gateWaiter struct {
@@ -116,7 +118,7 @@ func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (
 	g.mu.Lock()
 	gate := g.gates[site]
 	if gate == nil {
-		gate = &siteGate{waiting: shaping.NewFairQueue[*gateWaiter](), waiters: map[string]int{}, next: map[string]time.Time{}}
+		gate = &siteGate{waiting: shaping.NewFairQueue[*gateWaiter](), waiters: map[string]int{}, snoozed: map[string]*timeHeap{}}
 		g.gates[site] = gate
 	}
 	gate.limit = limit
@@ -207,26 +209,31 @@ func (gate *siteGate) leave(sender string) {
 }
 
 // overflow returns when an overflow message of sender is expected to have
-// its turn: after the sender's waiters and its earlier overflow messages,
-// each a round of every sender waiting away. g.mu is held.
+// its turn: after the sender's waiters and its overflow messages whose
+// turn has not come yet, each a round of every sender waiting away. The
+// position, not the last turn given, decides: a message back too early
+// (the pace was misjudged) is placed behind what is really ahead of it,
+// not behind every turn given so far. g.mu is held.
 func (gate *siteGate) overflow(sender string, now time.Time) time.Time {
 	turn := gate.turn
 	if turn <= 0 {
 		turn = defaultTurn
 	}
-	round := turn * time.Duration(max(1, gate.waiting.Tenants())) / 2
-	t := now.Add(round * time.Duration(gate.waiters[sender]))
-	if prev := gate.next[sender]; prev.After(t) {
-		t = prev
+	round := turn * time.Duration(max(1, gate.waiting.Tenants()))
+	h := gate.snoozed[sender]
+	if h == nil {
+		h = &timeHeap{}
+		gate.snoozed[sender] = h
 	}
-	t = t.Add(round)
+	h.pruneTo(now)
+	t := now.Add(round * time.Duration(gate.waiters[sender]+h.Len()+1))
 	if lo := now.Add(overflowMin); t.Before(lo) {
 		t = lo
 	}
 	if hi := now.Add(overflowMax); t.After(hi) {
 		t = hi
 	}
-	gate.next[sender] = t
+	heap.Push(h, t)
 	return t
 }
 
@@ -234,12 +241,33 @@ func (gate *siteGate) overflow(sender string, now time.Time) time.Time {
 // more), and the gate when nothing is under way, waiting or expected.
 // g.mu is held.
 func (g *siteGates) forget(site string, gate *siteGate, now time.Time) {
-	for s, n := range gate.next {
-		if n.Before(now) {
-			delete(gate.next, s)
+	for s, h := range gate.snoozed {
+		if h.pruneTo(now); h.Len() == 0 {
+			delete(gate.snoozed, s)
 		}
 	}
-	if gate.active == 0 && gate.total == 0 && len(gate.next) == 0 && g.gates[site] == gate {
+	if gate.active == 0 && gate.total == 0 && len(gate.snoozed) == 0 && g.gates[site] == gate {
 		delete(g.gates, site)
+	}
+}
+
+// timeHeap is a min-heap of times (container/heap).
+type timeHeap []time.Time
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) } //nolint:forcetypeassert // only times are pushed
+func (h *timeHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}
+
+// pruneTo drops the times at or before now: those turns have come.
+func (h *timeHeap) pruneTo(now time.Time) {
+	for h.Len() > 0 && !(*h)[0].After(now) {
+		heap.Pop(h)
 	}
 }

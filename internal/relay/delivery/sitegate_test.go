@@ -108,16 +108,31 @@ func TestSiteGateOverflow(t *testing.T) {
 		for i := range 10 {
 			gt.enter(ctx, "a.test", "a"+string(rune('0'+i)), 1)
 		}
-		var prev time.Time
-		for range 3 {
+		// The site takes one transaction every 100 ms: A's next message
+		// comes after its 10 waiters, then each after the one before.
+		gt.g.mu.Lock()
+		gt.g.gates["site.test"].turn = 100 * time.Millisecond
+		gt.g.mu.Unlock()
+		snooze := func() time.Duration {
+			t.Helper()
 			release, until, err := gt.g.enter(ctx, "site.test", "a.test", 1)
 			if release != nil || err != nil {
 				t.Fatalf("sender A beyond its share: release %v, err %v; want a deferral", release != nil, err)
 			}
-			if min := gt.clock.Now().Add(overflowMin); until.Before(min) || !until.After(prev) {
-				t.Fatalf("deferred until %s: want after %s and after the previous %s", until, min, prev)
+			return until.Sub(gt.clock.Now())
+		}
+		for i := range 3 {
+			if got, want := snooze(), time.Duration(11+i)*100*time.Millisecond; got != want {
+				t.Fatalf("overflow message %d of A snoozed for %s, want %s", i, got, want)
 			}
-			prev = until
+		}
+		// Once the first turn has come, a message takes its place behind
+		// what is still ahead (the 10 waiters, the 2 turns to come), counted
+		// from now: not after the last turn given, which a misjudged pace
+		// would push ever further.
+		gt.clock.Advance(1150 * time.Millisecond)
+		if got, want := snooze(), 13*100*time.Millisecond; got != want {
+			t.Fatalf("after the first turns came, snoozed for %s, want %s", got, want)
 		}
 		for i := range 5 { // half of the 10 places
 			gt.enter(ctx, "b.test", "b"+string(rune('0'+i)), 1)
