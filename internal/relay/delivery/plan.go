@@ -48,6 +48,10 @@ type destination struct {
 	// site is the recipient domain's traffic shaping site, set after the
 	// MX lookup when shaping is on; nil otherwise.
 	site *shaping.Site
+	// team is the namespace of the sender's SenderDomain, "" when the
+	// sender has none: a site's turns go round-robin by team, then by
+	// sender domain (siteGates).
+	team string
 }
 
 // plan splits the due recipients of msg into destinations, as the current
@@ -56,11 +60,15 @@ type destination struct {
 // domain. The envelope is never rewritten: each recipient goes out as the
 // client gave it.
 func (w *Worker) plan(msg *queue.Message, due []int, dl routing.Delivery) []*destination {
-	var source netip.Addr
+	var (
+		source netip.Addr
+		team   string
+	)
 	policy := v1alpha1.TLSPolicyOpportunistic
 	if dl.Domain != nil {
 		source = dl.Domain.SourceIP
 		policy = cmp.Or(dl.Domain.MXTLSPolicy, policy)
+		team = dl.Domain.Object.Namespace
 	}
 	if h := dl.Hold; h != nil {
 		// The route cannot take effect: defer every recipient without a
@@ -94,7 +102,7 @@ func (w *Worker) plan(msg *queue.Message, due []int, dl routing.Delivery) []*des
 			d = &destination{
 				domain: domain, port: w.opts.MXPort, policy: policy,
 				mode: v1alpha1.TLSModeSTARTTLS, source: source, fail: f,
-				tlsOptional: msg.Envelope.TLSOptional,
+				tlsOptional: msg.Envelope.TLSOptional, team: team,
 			}
 			byDomain[key] = d
 			out = append(out, d)

@@ -125,7 +125,7 @@ func (w *Worker) send(ctx context.Context, msg *queue.Message, d *destination, b
 			f := w.suspendedFailure(d)
 			if f == nil {
 				var release func()
-				if release, f = w.enterSite(ctx, d, msg.Envelope.Tenant()); f == nil {
+				if release, f = w.enterSite(ctx, d, d.team, msg.Envelope.Tenant()); f == nil {
 					defer release()
 				}
 			}

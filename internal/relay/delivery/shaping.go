@@ -30,12 +30,13 @@ const (
 	maxShapeWaits = 3
 )
 
-// enterSite waits for the site's turn of sender's mail (siteGates) and a
-// slot of the worker's total. A sender with its share of the site's
-// waiters already is deferred without attempt to its expected turn.
-func (w *Worker) enterSite(ctx context.Context, d *destination, sender string) (release func(), f *failure) {
+// enterSite waits for the site's turn of sender's mail (siteGates), sender
+// being of team (the SenderDomain's namespace; "" for mail of no
+// SenderDomain), and a slot of the worker's total. A sender with its share
+// of the site's waiters already is snoozed to its expected turn.
+func (w *Worker) enterSite(ctx context.Context, d *destination, team, sender string) (release func(), f *failure) {
 	limit := w.opts.Shaping.Limits(*d.site).MaxConnections
-	leave, overflow, err := w.gates.enter(ctx, d.site.Name, sender, limit)
+	leave, overflow, err := w.gates.enter(ctx, d.site.Name, team, sender, limit)
 	switch {
 	case err != nil:
 		return nil, abortedFailure(err)

@@ -36,7 +36,8 @@ const (
 // waiting. A gate lets at most the site's MaxConnections transactions run
 // at once (one connection carries one at a time, so more could only wait
 // inside the shaping limiter, in no order); the others wait their turn
-// round-robin by sender (shaping.FairQueue), each sender with at most an
+// round-robin by team (the SenderDomain's namespace), and within a team by
+// sender (teamQueue), each sender with at most an
 // equal share of the site's waiting places (share) and the site with at
 // most bound of them, so that one site's backlog cannot hold every lease
 // of the worker. A message beyond that is snoozed (queue.Lease.Snooze) to
@@ -55,7 +56,7 @@ type siteGates struct {
 type siteGate struct {
 	limit   int // the site's MaxConnections, as last asked
 	active  int // transactions admitted and not yet released
-	waiting *shaping.FairQueue[*gateWaiter]
+	waiting *teamQueue
 	// waiters counts the waiters of each sender that are still waiting.
 	waiters map[string]int
 	total   int
@@ -108,17 +109,17 @@ func newSiteGates(clock Clock, capacity int) *siteGates {
 	return &siteGates{clock: clock, capacity: max(1, capacity), gates: map[string]*siteGate{}}
 }
 
-// enter waits for a turn of sender at site, whose limit is the site's
-// MaxConnections now. It returns the release of the slot, or, when the
+// enter waits for a turn of sender (of team) at site, whose limit is the
+// site's MaxConnections now. It returns the release of the slot, or, when the
 // sender already has its share waiting, the time until which the message
 // is to be deferred without attempt (release nil). It returns ctx's error
 // when the attempt ends first.
-func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (release func(), overflow time.Time, err error) {
+func (g *siteGates) enter(ctx context.Context, site, team, sender string, limit int) (release func(), overflow time.Time, err error) {
 	limit = max(1, limit)
 	g.mu.Lock()
 	gate := g.gates[site]
 	if gate == nil {
-		gate = &siteGate{waiting: shaping.NewFairQueue[*gateWaiter](), waiters: map[string]int{}, snoozed: map[string]*timeHeap{}}
+		gate = &siteGate{waiting: newTeamQueue(), waiters: map[string]int{}, snoozed: map[string]*timeHeap{}}
 		g.gates[site] = gate
 	}
 	gate.limit = limit
@@ -134,7 +135,7 @@ func (g *siteGates) enter(ctx context.Context, site, sender string, limit int) (
 		return nil, until, nil
 	}
 	w := &gateWaiter{sender: sender, ready: make(chan struct{})}
-	gate.waiting.Push(sender, w)
+	gate.waiting.push(team, sender, w)
 	gate.waiters[sender]++
 	gate.total++
 	g.mu.Unlock()
@@ -186,7 +187,7 @@ func (g *siteGates) releaser(site string, gate *siteGate) func() {
 // admit hands free slots to waiters in turn. g.mu is held.
 func (gate *siteGate) admit() {
 	for gate.active < gate.limit {
-		_, w, ok := gate.waiting.Next()
+		w, ok := gate.waiting.next()
 		if !ok {
 			return
 		}
@@ -219,7 +220,7 @@ func (gate *siteGate) overflow(sender string, now time.Time) time.Time {
 	if turn <= 0 {
 		turn = defaultTurn
 	}
-	round := turn * time.Duration(max(1, gate.waiting.Tenants()))
+	round := turn * time.Duration(max(1, len(gate.waiters)))
 	h := gate.snoozed[sender]
 	if h == nil {
 		h = &timeHeap{}
@@ -270,4 +271,43 @@ func (h *timeHeap) pruneTo(now time.Time) {
 	for h.Len() > 0 && !(*h)[0].After(now) {
 		heap.Pop(h)
 	}
+}
+
+// teamQueue takes waiters round-robin by team, and within a team
+// round-robin by sender (two shaping.FairQueues): a team's turn goes to
+// its senders in turn, so a team with ten sender domains gets one share of
+// the site, not ten, and its own bulk domain cannot hold back its other
+// domains' mail either. The outer queue holds one token per waiter, so the
+// two always agree on how many wait.
+type teamQueue struct {
+	teams   *shaping.FairQueue[struct{}]
+	senders map[string]*shaping.FairQueue[*gateWaiter]
+}
+
+func newTeamQueue() *teamQueue {
+	return &teamQueue{teams: shaping.NewFairQueue[struct{}](), senders: map[string]*shaping.FairQueue[*gateWaiter]{}}
+}
+
+func (q *teamQueue) push(team, sender string, w *gateWaiter) {
+	in := q.senders[team]
+	if in == nil {
+		in = shaping.NewFairQueue[*gateWaiter]()
+		q.senders[team] = in
+	}
+	in.Push(sender, w)
+	q.teams.Push(team, struct{}{})
+}
+
+// next takes the next waiter in turn; ok is false when none waits.
+func (q *teamQueue) next() (w *gateWaiter, ok bool) {
+	team, _, ok := q.teams.Next()
+	if !ok {
+		return nil, false
+	}
+	in := q.senders[team]
+	_, w, _ = in.Next()
+	if in.Len() == 0 {
+		delete(q.senders, team)
+	}
+	return w, true
 }

@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -31,7 +32,7 @@ func newGateTest(t *testing.T, capacity int) *gateTest {
 // slot or waits for one (synctest.Wait: every goroutine blocked).
 func (gt *gateTest) enter(ctx context.Context, sender, name string, limit int) {
 	go func() {
-		release, overflow, err := gt.g.enter(ctx, "site.test", sender, limit)
+		release, overflow, err := gt.g.enter(ctx, "site.test", teamOf(sender), sender, limit)
 		gt.mu.Lock()
 		defer gt.mu.Unlock()
 		switch {
@@ -115,7 +116,7 @@ func TestSiteGateOverflow(t *testing.T) {
 		gt.g.mu.Unlock()
 		snooze := func() time.Duration {
 			t.Helper()
-			release, until, err := gt.g.enter(ctx, "site.test", "a.test", 1)
+			release, until, err := gt.g.enter(ctx, "site.test", "", "a.test", 1)
 			if release != nil || err != nil {
 				t.Fatalf("sender A beyond its share: release %v, err %v; want a deferral", release != nil, err)
 			}
@@ -137,7 +138,7 @@ func TestSiteGateOverflow(t *testing.T) {
 		for i := range 5 { // half of the 10 places
 			gt.enter(ctx, "b.test", "b"+string(rune('0'+i)), 1)
 		}
-		if release, _, _ := gt.g.enter(ctx, "site.test", "b.test", 1); release != nil {
+		if release, _, _ := gt.g.enter(ctx, "site.test", "", "b.test", 1); release != nil {
 			t.Fatal("sender B waits beyond its share")
 		}
 		gt.enter(ctx, "c.test", "c0", 1)
@@ -213,4 +214,36 @@ func TestSiteGateBound(t *testing.T) {
 			t.Errorf("turn %s: bound %d, want %d", c.turn, got, c.want)
 		}
 	}
+}
+
+// teamOf is the test's team of a sender: the part before the first dot
+// after "team-" ("team-x.a.test" is of team x); senders without one have
+// none (each sender domain its own share, as without SenderDomains).
+func teamOf(sender string) string {
+	if rest, ok := strings.CutPrefix(sender, "team-"); ok {
+		team, _, _ := strings.Cut(rest, ".")
+		return team
+	}
+	return ""
+}
+
+// Turns go round-robin between teams, then between a team's senders: team
+// x with two sender domains gets one share, not two, and its two domains
+// take turns within it.
+func TestSiteGateTeams(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gt := newGateTest(t, 100)
+		ctx := t.Context()
+		gt.enter(ctx, "team-x.bulk.test", "held", 1)
+		for _, n := range []string{"xb1", "xb2", "xb3"} {
+			gt.enter(ctx, "team-x.bulk.test", n, 1)
+		}
+		gt.enter(ctx, "team-x.reset.test", "xr1", 1)
+		gt.enter(ctx, "team-y.app.test", "y1", 1)
+		gt.enter(ctx, "team-y.app.test", "y2", 1)
+		for _, n := range []string{"held", "xb1", "y1", "xr1", "y2", "xb2"} {
+			gt.release(n)
+		}
+		gt.want("held", "xb1", "y1", "xr1", "y2", "xb2", "xb3")
+	})
 }
