@@ -259,27 +259,40 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 		after = id
 	}
 	resp := ListResponse{Messages: []Message{}}
+	err := h.walk(r.Context(), after, func(m *queue.Message) bool {
+		if !f.match(m) {
+			return true
+		}
+		resp.Messages = append(resp.Messages, fromQueue(m))
+		if len(resp.Messages) == limit {
+			resp.Next = m.ID.String()
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		writeQueueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// walk calls fn with each queued message after the given ID, in ID order,
+// a page of the queue at a time, until fn returns false or the queue ends.
+func (h *Handler) walk(ctx context.Context, after queue.ID, fn func(m *queue.Message) bool) error {
 	for {
-		page, err := h.q.List(r.Context(), after, queue.MaxList)
+		page, err := h.q.List(ctx, after, queue.MaxList)
 		if err != nil {
-			writeQueueError(w, err)
-			return
+			return err
 		}
 		for i := range page {
 			after = page[i].ID
-			if !f.match(&page[i]) {
-				continue
-			}
-			resp.Messages = append(resp.Messages, fromQueue(&page[i]))
-			if len(resp.Messages) == limit {
-				resp.Next = after.String()
-				writeJSON(w, http.StatusOK, resp)
-				return
+			if !fn(&page[i]) {
+				return nil
 			}
 		}
 		if len(page) < queue.MaxList {
-			writeJSON(w, http.StatusOK, resp)
-			return
+			return nil
 		}
 	}
 }

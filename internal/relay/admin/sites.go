@@ -97,32 +97,24 @@ func (h *Handler) listSites(w http.ResponseWriter, r *http.Request) {
 	}
 	type queued struct{ messages, recipients int }
 	waiting := map[string]*queued{}
-	var after queue.ID
-	for {
-		page, err := h.q.List(r.Context(), after, queue.MaxList)
-		if err != nil {
-			writeQueueError(w, err)
-			return
+	err := h.walk(r.Context(), "", func(m *queue.Message) bool {
+		if m.Held {
+			return true
 		}
-		for i := range page {
-			m := &page[i]
-			after = m.ID
-			if m.Held {
-				continue
+		for name, n := range pendingSites(m, h.sites.SiteOf) {
+			q := waiting[name]
+			if q == nil {
+				q = &queued{}
+				waiting[name] = q
 			}
-			for name, n := range pendingSites(m, h.sites.SiteOf) {
-				q := waiting[name]
-				if q == nil {
-					q = &queued{}
-					waiting[name] = q
-				}
-				q.messages++
-				q.recipients += n
-			}
+			q.messages++
+			q.recipients += n
 		}
-		if len(page) < queue.MaxList {
-			break
-		}
+		return true
+	})
+	if err != nil {
+		writeQueueError(w, err)
+		return
 	}
 	var resp SitesResponse
 	if q := waiting[""]; q != nil {

@@ -112,7 +112,7 @@ func newSiteGates(clock Clock, capacity int) *siteGates {
 // enter waits for a turn of sender (of team) at site, whose limit is the
 // site's MaxConnections now. It returns the release of the slot, or, when the
 // sender already has its share waiting, the time until which the message
-// is to be deferred without attempt (release nil). It returns ctx's error
+// is to be snoozed (release nil). It returns ctx's error
 // when the attempt ends first.
 func (g *siteGates) enter(ctx context.Context, site, team, sender string, limit int) (release func(), overflow time.Time, err error) {
 	limit = max(1, limit)

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/postgate/postgate/internal/relay/atomicfile"
 )
 
 // store keeps one file per domain in a directory, so that a restart does
@@ -145,26 +147,7 @@ func (s *store) write(p *Policy) error {
 	}
 	var suffix [8]byte
 	_, _ = rand.Read(suffix[:])
-	tmp := tmpPrefix + p.Domain + "-" + hex.EncodeToString(suffix[:])
-	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.root.Rename(tmp, p.Domain+fileSuffix)
-	}
-	if err != nil {
-		_ = s.root.Remove(tmp)
-		return err
-	}
-	return s.syncDir()
+	return atomicfile.WriteIn(s.root, tmpPrefix+p.Domain+"-"+hex.EncodeToString(suffix[:]), p.Domain+fileSuffix, data)
 }
 
 // remove deletes the file of domain, if any, durably.
@@ -176,18 +159,5 @@ func (s *store) remove(domain string) error {
 	if err != nil {
 		return err
 	}
-	return s.syncDir()
-}
-
-// syncDir makes a rename or removal durable.
-func (s *store) syncDir() error {
-	d, err := s.root.Open(".")
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return atomicfile.SyncDir(s.root)
 }
