@@ -459,10 +459,18 @@ func (r *Relay) run(ctx context.Context) error {
 	if err := lc.Start(ctx); err != nil {
 		return err
 	}
+	// The table source and the reporter end with runCtx, and run waits for
+	// them (deferred, so after delivery has stopped): the table source
+	// writes its last good table under the spool, and nothing of the relay
+	// may still write there once Run has returned.
 	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { errs <- runTables(runCtx) }()
-	go func() { _ = runReport(runCtx) }() // returns when runCtx ends; its writes are retried, never fatal
+	var background sync.WaitGroup
+	defer func() {
+		cancel()
+		background.Wait()
+	}()
+	background.Go(func() { errs <- runTables(runCtx) })
+	background.Go(func() { _ = runReport(runCtx) }) // its writes are retried, never fatal
 	// The notifier stops after delivery (deferred first, so run last): the
 	// outcomes of the last attempts reach its journal.
 	notifyCtx, stopNotify := context.WithCancel(context.Background())
