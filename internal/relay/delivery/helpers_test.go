@@ -97,6 +97,20 @@ func (c *fakeClock) At(at time.Time, f func()) func() bool {
 	}
 }
 
+// nextTimer returns the earliest time a timer not yet fired is set for.
+func (c *fakeClock) nextTimer() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var next time.Time
+	found := false
+	for _, t := range c.timers {
+		if !t.ended && (!found || t.at.Before(next)) {
+			next, found = t.at, true
+		}
+	}
+	return next, found
+}
+
 // Advance moves the clock and fires the timers that are due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()

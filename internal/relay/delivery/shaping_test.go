@@ -357,3 +357,134 @@ func TestShapingPermanentThrottleReplyDefers(t *testing.T) {
 		t.Fatalf("attempt to other.test: status %q, want bounced", a.Status)
 	}
 }
+
+// receiverArrivals delivers n messages from one sender to the site under
+// the fake clock and returns the fake time at which each reached the
+// receiver, as the receiver would count them. The clock moves only when no
+// more can arrive at the time it reads: everything granted has arrived,
+// and either the rate has no token left at that time or nothing is leased
+// and nothing due. So every arrival is stamped with the time it was granted
+// at, and nothing the relay does in real time (dialing, the receiver's
+// replies) lets the clock run ahead of it. granted and arrived count what
+// the limiter admitted and what the receiver saw; next is when the
+// limiter next admits one, zero when it does now.
+func receiverArrivals(e *env, lim *shaping.Limiter, n int, granted, arrived func() int, next func(shaping.SiteStats) time.Time) []time.Time {
+	e.t.Helper()
+	for range n {
+		e.enqueue("app@sender.test", "user@rcpt.test")
+	}
+	var stamps []time.Time
+	steps := 0
+	for len(stamps) < n {
+		// A wait of its own for each step: polling starts quick again.
+		e.waitFor(fmt.Sprintf("the relay to settle at %s with %d of %d messages at the receiver", e.clock.Now().Sub(epoch), len(stamps), n), func() bool {
+			st := siteStats(lim, "rcpt.test")
+			now := e.clock.Now()
+			g, exhausted := 0, false
+			if st.Site != "" {
+				g, exhausted = granted(), next(st).After(now)
+			}
+			qs := e.q.Stats()
+			due, anyDue := e.q.NextDue()
+			idle := qs.Leased == 0 && (!anyDue || due.After(now))
+			a := arrived()
+			if a != g || (!exhausted && !idle) {
+				return false // in flight, or a grant may still come at now
+			}
+			for len(stamps) < a {
+				stamps = append(stamps, now)
+			}
+			return true
+		})
+		if len(stamps) >= n {
+			break
+		}
+		now := e.clock.Now()
+		to, ok := e.clock.nextTimer()
+		if due, anyDue := e.q.NextDue(); anyDue && due.After(now) && (!ok || due.Before(to)) {
+			to, ok = due, true
+		}
+		if !ok {
+			e.t.Fatalf("settled at %s with %d of %d messages at the receiver, and nothing to wait for", now.Sub(epoch), len(stamps), n)
+		}
+		if steps++; steps > 50*n {
+			e.t.Fatalf("%d steps of the clock and %d of %d messages at the receiver", steps, len(stamps), n)
+		}
+		e.clock.Advance(to.Sub(now))
+	}
+	e.t.Logf("%d steps of the clock, to %s", steps, e.clock.Now().Sub(epoch))
+	return stamps
+}
+
+// maxInWindow returns the most stamps (sorted) in any half-open window of
+// length period.
+func maxInWindow(stamps []time.Time, period time.Duration) int {
+	most := 0
+	for i := range stamps {
+		j := i
+		for j < len(stamps) && stamps[j].Sub(stamps[i]) < period {
+			j++
+		}
+		most = max(most, j-i)
+	}
+	return most
+}
+
+// The measure at the receiver: however much is queued, the site
+// never receives more than its maxMessagesPerMinute in any minute, and the
+// relay does use the rate (a minute holds the limit, not a trickle).
+func TestShapingMessageRateAtTheReceiver(t *testing.T) {
+	const limit, n = 20, 45
+	e, sink, lim := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, strings.Replace(testShapingPolicy, "maxMessagesPerMinute: 0", fmt.Sprintf("maxMessagesPerMinute: %d", limit), 1))
+	e.start()
+	stamps := receiverArrivals(e, lim, n,
+		func() int { return int(siteStats(lim, "rcpt.test").MessagesGranted) },
+		func() int { return sink.Stats().Messages },
+		func(s shaping.SiteStats) time.Time { return s.NextMessage })
+	if most := maxInWindow(stamps, time.Minute); most > limit || most < limit-1 {
+		t.Fatalf("the receiver saw %d messages in one minute, want at most %d (and the rate used: at least %d); arrivals at %v", most, limit, limit-1, offsets(stamps))
+	}
+	if got := len(sink.Messages()); got != n {
+		t.Fatalf("the receiver has %d messages, want %d", got, n)
+	}
+	t.Logf("arrivals at %v", offsets(stamps))
+}
+
+// The same for the rate of new connections: every message on a new
+// connection (no pooling), at most maxNewConnectionsPerMinute accepted by
+// the receiver in any minute.
+func TestShapingConnectionRateAtTheReceiver(t *testing.T) {
+	const limit, n = 10, 25
+	e, sink, lim := shapedEnvPolicy(t, testenv.SMTPSinkOptions{}, strings.Replace(testShapingPolicy, "maxNewConnectionsPerMinute: 0", fmt.Sprintf("maxNewConnectionsPerMinute: %d", limit), 1))
+	e.opts.IdleTimeout = -1 // no pooling: every message opens a connection
+	e.start()
+	stamps := receiverArrivals(e, lim, n,
+		func() int { return int(siteStats(lim, "rcpt.test").ConnectionsOpened) },
+		func() int { return sink.Stats().Connections },
+		func(s shaping.SiteStats) time.Time { return s.NextConnection })
+	if most := maxInWindow(stamps, time.Minute); most > limit || most < limit-1 {
+		t.Fatalf("the receiver accepted %d connections in one minute, want at most %d (and the rate used: at least %d); at %v", most, limit, limit-1, offsets(stamps))
+	}
+	if got := len(sink.Messages()); got != n {
+		t.Fatalf("the receiver has %d messages, want %d", got, n)
+	}
+}
+
+// siteStats returns the limiter's statistics of one site.
+func siteStats(lim *shaping.Limiter, site string) shaping.SiteStats {
+	for _, s := range lim.Stats() {
+		if s.Site == site {
+			return s
+		}
+	}
+	return shaping.SiteStats{}
+}
+
+// offsets renders stamps as offsets from the fake clock's epoch.
+func offsets(stamps []time.Time) []time.Duration {
+	out := make([]time.Duration, len(stamps))
+	for i, s := range stamps {
+		out[i] = s.Sub(epoch).Round(time.Millisecond)
+	}
+	return out
+}

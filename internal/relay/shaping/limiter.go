@@ -449,6 +449,10 @@ type SiteStats struct {
 	// SuspendedReason says what began it.
 	SuspendedUntil  time.Time
 	SuspendedReason string
+	// NextMessage is when the site's message rates (per minute and per
+	// hour) next allow a message, zero when they do now; NextConnection
+	// the same for its rate of new connections.
+	NextMessage, NextConnection time.Time
 }
 
 // Stats returns a snapshot of every site, sorted by name.
@@ -476,10 +480,24 @@ func (l *Limiter) Stats() []SiteStats {
 		if now.Before(st.until) {
 			s.SuspendedUntil, s.SuspendedReason = st.until, st.reason
 		}
+		s.NextMessage = nextGrant(now, st.perMin, st.perHr)
+		s.NextConnection = nextGrant(now, st.newConns)
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b SiteStats) int { return strings.Compare(a.Site, b.Site) })
 	return out
+}
+
+// nextGrant is the latest time at which one of the buckets is next ready,
+// zero when all of them are now.
+func nextGrant(now time.Time, buckets ...*bucket) time.Time {
+	var next time.Time
+	for _, b := range buckets {
+		if ok, at := b.ready(now); !ok && at.After(next) {
+			next = at
+		}
+	}
+	return next
 }
 
 // Prune forgets the sites unused for idle or longer that hold nothing: no
