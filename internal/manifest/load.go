@@ -98,6 +98,19 @@ func (l *Loader) Load(paths ...string) (*Set, error) {
 	return b.set, errors.Join(b.errs...)
 }
 
+// Files returns the files Load reads for paths, in the order it reads
+// them: a watcher that hashes these sees every change Load would, and
+// nothing it would not (an editor's hidden temporary file, a README).
+func (l *Loader) Files(paths ...string) ([]string, error) {
+	var all []string
+	var errs []error
+	for _, path := range paths {
+		files, e := listFiles(path, l.recursive)
+		all, errs = append(all, files...), append(errs, e...)
+	}
+	return all, errors.Join(errs...)
+}
+
 // Parse reads one file's content, named name in positions, as Load reads a
 // file: for standard input, or manifests that do not come from files.
 func (l *Loader) Parse(name string, data []byte) (*Set, error) {

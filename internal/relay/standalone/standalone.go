@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,7 +127,7 @@ func (s *Source) ReloadShaping() (bool, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fp, err := fingerprint([]string{s.opts.ShapingPolicy})
+	fp, err := fingerprint(s.loader, []string{s.opts.ShapingPolicy})
 	if err != nil {
 		return false, err
 	}
@@ -170,7 +169,7 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			s.checkShaping(&seenPolicy)
-			fp, err := fingerprint(s.paths)
+			fp, err := fingerprint(s.loader, s.paths)
 			if err != nil {
 				s.opts.Logger.Error("Manifests not reloaded; the table in force stays", "error", err)
 				continue
@@ -194,7 +193,7 @@ func (s *Source) checkShaping(seen *string) {
 	if s.opts.ShapingPolicy == "" {
 		return
 	}
-	fp, err := fingerprint([]string{s.opts.ShapingPolicy})
+	fp, err := fingerprint(s.loader, []string{s.opts.ShapingPolicy})
 	if err == nil {
 		settled := fp == *seen
 		*seen = fp
@@ -213,7 +212,7 @@ func (s *Source) checkShaping(seen *string) {
 func (s *Source) Reload() (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fp, err := fingerprint(s.paths)
+	fp, err := fingerprint(s.loader, s.paths)
 	if err != nil {
 		return false, err
 	}
@@ -343,39 +342,24 @@ func (s *Source) keyFile(namespace, name string, alg v1alpha1.DKIMAlgorithm) ([]
 	return pemBytes, nil
 }
 
-// fingerprint hashes the names and contents of the manifest files under
-// paths, so that any change, including a ConfigMap volume's symlink swap,
-// triggers a reload.
-func fingerprint(paths []string) (string, error) {
+// fingerprint hashes the names and contents of the files the loader reads
+// for paths, so that any change, including a ConfigMap volume's symlink
+// swap, triggers a reload, and nothing the loader leaves out does (an
+// editor's or a test's hidden temporary file beside the manifests, which
+// would otherwise reload the same table twice).
+func fingerprint(l *manifest.Loader, paths []string) (string, error) {
+	files, err := l.Files(paths...)
+	if err != nil {
+		return "", err
+	}
 	h := sha256.New()
-	for _, p := range paths {
-		info, err := os.Stat(p)
+	for _, f := range files {
+		b, err := os.ReadFile(f) // #nosec G304 -- the manifests the user names
 		if err != nil {
 			return "", err
 		}
-		files := []string{p}
-		if info.IsDir() {
-			entries, err := os.ReadDir(p)
-			if err != nil {
-				return "", err
-			}
-			files = files[:0]
-			for _, e := range entries {
-				files = append(files, filepath.Join(p, e.Name()))
-			}
-			slices.Sort(files)
-		}
-		for _, f := range files {
-			if fi, err := os.Stat(f); err != nil || fi.IsDir() {
-				continue
-			}
-			b, err := os.ReadFile(f) // #nosec G304 -- the manifests the user names
-			if err != nil {
-				return "", err
-			}
-			fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
-			h.Write(b)
-		}
+		fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
+		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

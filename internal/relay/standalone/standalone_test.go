@@ -109,6 +109,30 @@ func TestReloadOnChange(t *testing.T) {
 	}
 }
 
+// Files the loader leaves out (an editor's hidden temporary file, a
+// README) are not a change: the table in force stays, not reloaded.
+func TestReloadIgnoresFilesNotRead(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "relay.yaml"), []byte(domainA), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New([]string{dir}, Options{KeysDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{".relay.yaml.swp", ".tmp-relay.yaml", "README.md", "kustomization.yaml"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(domainA+domainB), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if swapped, err := src.Reload(); swapped || err != nil {
+			t.Errorf("after writing %s: swapped %v, err %v; want the table kept", name, swapped, err)
+		}
+	}
+	if src.Table().Domain("b.example.com") != nil {
+		t.Error("a file the loader does not read reached the table")
+	}
+}
+
 // A file written in place is loaded once it has stayed the same for a
 // whole interval: the moment it reads empty (a valid, empty manifest set)
 // never becomes the table.
