@@ -58,6 +58,23 @@ var (
 	ErrTooLarge = errors.New("record too large")
 )
 
+// DamagedError is the ErrCorrupt of a record whose length was in bounds
+// and whose bytes were all there, but whose CRC does not match: the framing
+// holds, and the next record begins Size bytes after this one's start. Read
+// has consumed the record, so a reader that can tell damage from a torn
+// write (a journal known to have been written whole) may skip it and go on;
+// the next record's own checks say whether the framing really held.
+type DamagedError struct {
+	Size int // the whole record, length and CRC included
+}
+
+func (e DamagedError) Error() string {
+	return fmt.Sprintf("%s: checksum mismatch in a record of %d bytes", ErrCorrupt, e.Size)
+}
+
+// Unwrap makes a DamagedError an ErrCorrupt.
+func (e DamagedError) Unwrap() error { return ErrCorrupt }
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Append appends payload, framed, to dst. An empty payload or one longer
@@ -131,7 +148,7 @@ func (f Format) verify(rec []byte, n int) ([]byte, error) {
 		panic(fmt.Sprintf("frame: unknown layout %d", f.Layout))
 	}
 	if sum != want {
-		return nil, ErrCorrupt
+		return nil, DamagedError{Size: n + Overhead}
 	}
 	return payload, nil
 }
@@ -163,8 +180,9 @@ func (f Format) Next(b []byte) (payload []byte, size int, err error) {
 
 // Read reads one record from r and returns its payload (a new slice). It
 // returns io.EOF at a clean end, ErrTruncated when r ends inside a record,
-// ErrCorrupt when its length or CRC is wrong, and r's other errors as they
-// are. It reads nothing past the record, and never more than MaxPayload.
+// ErrCorrupt when its length or CRC is wrong (a DamagedError for the CRC,
+// the record consumed), and r's other errors as they are. It reads nothing
+// past the record, and never more than MaxPayload.
 func (f Format) Read(r io.Reader) ([]byte, error) {
 	head := f.head()
 	var h [Overhead]byte

@@ -235,3 +235,32 @@ func TestSeal(t *testing.T) {
 		t.Errorf("empty payload sealed: %v", err)
 	}
 }
+
+// TestDamagedRecordSkippable: a record whose CRC fails but whose length
+// holds is a DamagedError of its size, an ErrCorrupt, and Read has
+// consumed it: the next Read returns the record after it.
+func TestDamagedRecordSkippable(t *testing.T) {
+	for name, f := range formats {
+		t.Run(name, func(t *testing.T) {
+			first, _ := f.Append(nil, []byte(`{"first":true}`))
+			b, _ := f.Append(bytes.Clone(first), []byte(`{"second":true}`))
+			b[len(first)-5] ^= 0x10 // in the first record's payload or CRC
+			r := bytes.NewReader(b)
+			_, err := f.Read(r)
+			var damaged DamagedError
+			if !errors.As(err, &damaged) || !errors.Is(err, ErrCorrupt) || damaged.Size != len(first) {
+				t.Fatalf("Read of a damaged record: %v (%+v), want a DamagedError of %d bytes", err, damaged, len(first))
+			}
+			if p, err := f.Read(r); err != nil || string(p) != `{"second":true}` {
+				t.Fatalf("the record after the damaged one: %q, %v", p, err)
+			}
+			// A length out of bounds is no DamagedError: nothing can
+			// be skipped.
+			bad := bytes.Clone(first)
+			bad[0] = 0xff
+			if _, err := f.Read(bytes.NewReader(bad)); errors.As(err, &damaged) || !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Read of a record with a bad length: %v", err)
+			}
+		})
+	}
+}

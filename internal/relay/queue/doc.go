@@ -60,6 +60,13 @@
 //	              ({"id", "arrival", "envelope"}, as in a message file), the body
 //	'S' journal:  kind, the 26-byte ID, a journal record's JSON (as in a message file)
 //	'D' deleted:  kind, the 26-byte ID
+//	'W' whole:    kind, the 8-byte offset of this record's frame
+//
+// The whole mark is a segment's last record, written (by the background
+// flush, or at Close) once nothing appends to the segment any more, after
+// an fsync of everything before it; it counts only at the very end of the
+// file, pointing at itself. Relays before it read it as a bad record at
+// the segment's end.
 //
 // Records are only appended, and only to the active segment, which is
 // always a new one after Open (so nothing is ever written over a torn
@@ -73,7 +80,10 @@
 // would pass Options.SegmentBytes.
 //
 // Open replays the segments in sequence order, each up to its first
-// record that is cut short or fails its CRC: a message record indexes its
+// record that is cut short or fails its CRC, except that in a segment that
+// ends with its whole mark a record whose length holds but whose CRC or
+// payload is bad is skipped, logged as damage, and the replay goes on
+// (nothing in such a segment can be a torn write): a message record indexes its
 // message, every recipient pending and due at arrival (or, when the ID is
 // indexed from a segment already, moves it there and keeps its state: a
 // copy made by compaction, whose snapshot follows); a journal record

@@ -36,7 +36,18 @@ const (
 	kindMessage = 'M' // a message: header JSON and body
 	kindState   = 'S' // a journal record of one message
 	kindDelete  = 'D' // a message deleted by an operator or handed off
+	// kindWhole marks a segment written whole: the last record of a
+	// segment that takes no more appends, written after an fsync of
+	// everything before it. Its payload is the kind and the record's own
+	// offset (8 bytes), so that only a mark at the very end of the file
+	// counts. Relays before it read it as the end of the segment.
+	kindWhole = 'W'
+	// wholeLen is the framed size of the mark.
+	wholeLen = 4 + 1 + 8 + 4
 )
+
+// errWholeMark ends the replay of a segment at its mark.
+var errWholeMark = errors.New("segment mark")
 
 // segmentFormat frames segment records like the journal of a message file
 // ([length][payload][CRC of both]), with room for the largest message.
@@ -64,6 +75,10 @@ type segment struct {
 	readers   int   // body and header reads under way
 	inflight  int   // appends whose callers have not indexed them yet
 	removed   bool  // the file is removed: close it when readers is 0
+	// marked: the segment ends with its kindWhole mark, or never will
+	// (a segment replayed at Open, whose tail may be torn, or one whose
+	// mark could not be written). Only flush and Close write marks.
+	marked bool
 }
 
 func (q *Queue) newSegment(seq uint64, f File, size int64) *segment {
@@ -623,13 +638,31 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 		return nil
 	}
 	s := q.newSegment(seq, f, 0)
-	s.sealed = true
+	s.sealed, s.marked = true, true
 	q.segs = append(q.segs, s)
+	// A segment that ends with its mark was written whole and fsynced
+	// before the mark: a bad record in it is damage (a bit flipped on the
+	// disk), not a crash's torn write, so the records after it are read.
+	// In any other segment a bad record ends the replay: after a torn
+	// write nothing was acknowledged, and what follows may be stale bytes
+	// of an old file that only look like records.
+	whole := wholeMarked(f, size)
+	if whole {
+		r.Reset(io.NewSectionReader(f, int64(len(segMagic)), size-wholeLen-int64(len(segMagic))))
+	}
 	off := int64(len(segMagic))
+	skipped := 0
 	for {
 		payload, err := segmentFormat.Read(r)
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		var damaged frame.DamagedError
+		if whole && errors.As(err, &damaged) {
+			log.Error("Damaged queue record skipped; the segment is read on", "file", name, "offset", off, "bytes", damaged.Size, "error", err)
+			off += int64(damaged.Size)
+			skipped++
+			continue
 		}
 		if errors.Is(err, frame.ErrTruncated) || errors.Is(err, frame.ErrCorrupt) {
 			// A crash's torn tail, or damage: what follows cannot be
@@ -640,14 +673,92 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
 		}
-		if err := q.replayRecord(s, off, payload); err != nil {
+		if err := q.replayRecord(s, off, payload); errors.Is(err, errWholeMark) {
+			break
+		} else if err != nil && whole {
+			log.Error("Damaged queue record skipped; the segment is read on", "file", name, "offset", off, "bytes", len(payload)+frame.Overhead, "error", err)
+			skipped++
+		} else if err != nil {
 			log.Warn("Queue segment read up to a bad record", "file", name, "offset", off, "size", size, "error", err)
 			break
 		}
 		off += int64(len(payload)) + frame.Overhead
 	}
+	if whole {
+		off = size
+	}
+	if skipped > 0 {
+		log.Error("Queue segment had damaged records; the messages in them are lost", "file", name, "records", skipped)
+	}
 	s.size.Store(off)
 	return nil
+}
+
+// wholeMarked reports whether the segment file of size bytes ends with its
+// kindWhole mark.
+func wholeMarked(f File, size int64) bool {
+	if size < int64(len(segMagic))+wholeLen {
+		return false
+	}
+	b := make([]byte, wholeLen)
+	if _, err := f.ReadAt(b, size-wholeLen); err != nil {
+		return false
+	}
+	p, n, err := segmentFormat.Next(b)
+	return err == nil && n == wholeLen && p[0] == kindWhole &&
+		binary.BigEndian.Uint64(p[1:]) == uint64(size-wholeLen) //nolint:gosec // size >= wholeLen
+}
+
+// wholeRecord frames the mark of a segment whose mark goes at off.
+func wholeRecord(off int64) []byte {
+	p := binary.BigEndian.AppendUint64([]byte{0, 0, 0, 0, kindWhole}, uint64(off)) //nolint:gosec // a file offset
+	rec, _ := segmentFormat.Seal(p)                                                // a fixed, valid size
+	return rec
+}
+
+// markWhole ends a segment that takes no more appends with its kindWhole
+// mark: fsync (every record before the mark durable first, so that a mark
+// never survives a crash that tore a record before it), the mark, fsync.
+// A segment that failed is never marked. The caller has acquired s.
+func (q *Queue) markWhole(s *segment) {
+	q.mu.Lock()
+	marked := s.marked
+	s.marked = true
+	q.mu.Unlock()
+	if marked || s.failed() != nil {
+		return
+	}
+	if err := s.wait(); err != nil {
+		return // failed: never marked
+	}
+	off := s.size.Load()
+	if _, err := s.f.WriteAt(wholeRecord(off), off); err != nil {
+		s.fail(err)
+		q.opts.Logger.Warn("Cannot mark queue segment whole", "segment", segName(s.seq), "error", err)
+		return
+	}
+	s.size.Store(off + wholeLen)
+	s.dirty.Store(true)
+	if err := s.wait(); err != nil {
+		q.opts.Logger.Warn("Cannot sync queue segment", "segment", segName(s.seq), "error", err)
+	}
+}
+
+// markSealed marks the sealed segments that no append writes to any more.
+func (q *Queue) markSealed() {
+	q.mu.Lock()
+	var segs []*segment
+	for _, s := range q.segs {
+		if s.sealed && !s.marked && s.inflight == 0 && !s.removed {
+			s.acquire() // not closed under the writes
+			segs = append(segs, s)
+		}
+	}
+	q.mu.Unlock()
+	for _, s := range segs {
+		q.markWhole(s)
+		q.release(s)
+	}
 }
 
 // allZero reports whether r holds only zero bytes (a file extended and
@@ -731,6 +842,8 @@ func (q *Queue) replayRecord(s *segment, off int64, p []byte) error {
 		if !q.setSummary(e, &m) {
 			q.unindex(e)
 		}
+	case kindWhole:
+		return errWholeMark
 	default:
 		return fmt.Errorf("record kind %q: %w", p[0], ErrCorrupt)
 	}
@@ -919,6 +1032,7 @@ func (q *Queue) flush(stop <-chan struct{}) {
 			seen[s] = n
 			q.release(s)
 		}
+		q.markSealed()
 	}
 }
 
@@ -931,6 +1045,10 @@ func (q *Queue) closeSegments() {
 	segs := slices.Clone(q.segs)
 	q.mu.Unlock()
 	for _, s := range segs {
+		// Nothing appends any more: every segment, the active one
+		// too, is marked whole (fsynced first), as a restart starts a
+		// new one.
+		q.markWhole(s)
 		if s.dirty.Load() && s.failed() == nil {
 			if err := s.wait(); err != nil {
 				q.opts.Logger.Warn("Cannot sync queue segment at close", "segment", segName(s.seq), "error", err)

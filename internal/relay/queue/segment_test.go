@@ -16,6 +16,7 @@ import (
 
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/relay/queue/queuetest"
+	"github.com/postgate/postgate/internal/testenv"
 )
 
 // segOptions returns options with small segments, so that a few messages
@@ -335,6 +336,90 @@ func TestSegmentCorruptBody(t *testing.T) {
 	q = openQueue(t, fsys, options(clock))
 	if n := q.Stats().Messages; n != 0 {
 		t.Fatalf("corrupt record indexed: %d messages", n)
+	}
+}
+
+// flipByteOf flips one bit in the middle of b where it is stored in the
+// segment file name.
+func flipByteOf(t *testing.T, fsys *queuetest.FS, name string, b []byte) {
+	t.Helper()
+	data := mustRead(t, fsys, name)
+	i := bytes.Index(data, b)
+	if i < 0 {
+		t.Fatalf("body not found in %s", name)
+	}
+	data[i+len(b)/2] ^= 1
+	fsys.WriteFile(name, data)
+}
+
+// TestSegmentDamagedRecordSkipped: a segment that nothing appends to any
+// more is marked whole (fsynced, then marked: at Close, and by the flush
+// loop once it is sealed). A record damaged in such a segment (a bit
+// flipped on the disk) loses that message only: the messages after it in
+// the segment are read. In a segment without the mark, which a crash may
+// have torn, the replay still ends at the first bad record.
+func TestSegmentDamagedRecordSkipped(t *testing.T) {
+	for _, marked := range []bool{true, false} {
+		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
+			fsys := queuetest.New()
+			clock := newClock()
+			q := openQueue(t, fsys, options(clock))
+			env := envelope()
+			var ids []queue.ID
+			var bodies [][]byte
+			for i := range 3 {
+				b := body(i, 1000)
+				ids, bodies = append(ids, enqueue(t, q, env, b)), append(bodies, b)
+			}
+			closeQueue(t, q)
+			name := segments(fsys)[0]
+			data := mustRead(t, fsys, name)
+			if !marked {
+				// As a crash before the mark leaves it.
+				fsys.WriteFile(name, data[:len(data)-17])
+			}
+			flipByteOf(t, fsys, name, bodies[1])
+
+			q = openQueue(t, fsys, options(clock))
+			defer closeQueue(t, q)
+			checkMessage(t, q, ids[0], env, bodies[0])
+			if _, err := q.Get(context.Background(), ids[1]); err == nil {
+				t.Error("the damaged message was read back")
+			}
+			_, err := q.Get(context.Background(), ids[2])
+			switch {
+			case marked && err != nil:
+				t.Fatalf("the message after the damaged one in a segment marked whole: %v", err)
+			case marked:
+				checkMessage(t, q, ids[2], env, bodies[2])
+			case err == nil:
+				t.Fatal("a segment without the mark was read past a bad record")
+			}
+		})
+	}
+}
+
+// TestSegmentMarkedWhenSealed: the flush loop marks a segment once it is
+// sealed and nothing appends to it, without waiting for Close.
+func TestSegmentMarkedWhenSealed(t *testing.T) {
+	fsys := queuetest.New()
+	clock := newClock()
+	q := openQueue(t, fsys, segOptions(clock))
+	defer closeQueue(t, q)
+	env := envelope()
+	for i := range 6 {
+		enqueue(t, q, env, body(i, 1000))
+	}
+	segs := segments(fsys)
+	if len(segs) < 2 {
+		t.Fatalf("6 messages of 1 KB in segments of 4000 bytes: segments %q", segs)
+	}
+	testenv.EventuallyTrue(t, "the sealed segment "+segs[0]+" is not marked whole", func() bool {
+		d := mustRead(t, fsys, segs[0])
+		return len(d) > 17 && d[len(d)-17+4] == 'W'
+	})
+	if d := mustRead(t, fsys, segs[len(segs)-1]); d[len(d)-17+4] == 'W' {
+		t.Error("the active segment is marked whole while the queue is open")
 	}
 }
 

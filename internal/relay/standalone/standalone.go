@@ -27,6 +27,7 @@ import (
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
 	"github.com/postgate/postgate/internal/manifest"
+	"github.com/postgate/postgate/internal/relay/atomicfile"
 	"github.com/postgate/postgate/internal/relay/dkim"
 	"github.com/postgate/postgate/internal/relay/shaping"
 	"github.com/postgate/postgate/internal/routing"
@@ -297,9 +298,9 @@ func (s *Source) generatedKeys(set *manifest.Set) ([]corev1.Secret, error) {
 	return out, nil
 }
 
-// keyFile reads the generated key, or makes it: written to a temporary file,
-// fsynced and renamed, so a crash never leaves half a key that a restart
-// would then publish differently.
+// keyFile reads the generated key, or makes it: replaced atomically
+// (atomicfile), so a crash never leaves half a key that a restart would
+// then publish differently.
 func (s *Source) keyFile(namespace, name string, alg v1alpha1.DKIMAlgorithm) ([]byte, error) {
 	dir := filepath.Join(s.opts.KeysDir, namespace)
 	path := filepath.Join(dir, name+".pem")
@@ -315,28 +316,8 @@ func (s *Source) keyFile(namespace, name string, alg v1alpha1.DKIMAlgorithm) ([]
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, ".key-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(dir, name+".pem", pemBytes); err != nil {
 		return nil, err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if _, err := tmp.Write(pemBytes); err != nil {
-		_ = tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return nil, err
-	}
-	if d, err := os.Open(dir); err == nil { // #nosec G304 -- our keys directory
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	s.opts.Logger.Info("Generated a DKIM key", "namespace", namespace, "secret", name, "algorithm", string(alg), "file", path)
 	return pemBytes, nil
