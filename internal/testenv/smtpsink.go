@@ -95,6 +95,10 @@ type SMTPSinkOptions struct {
 	// an MX that offers only 8BITMIME and PIPELINING does; the sink still
 	// records whatever addresses it is sent.
 	NoSMTPUTF8 bool
+	// NoDSN leaves DSN (RFC 3461) out of the EHLO keywords, as a next hop
+	// that does not report delivery status does; it then refuses NOTIFY,
+	// ORCPT, RET and ENVID.
+	NoDSN bool
 	// IdleTimeout ends a connection whose client sends nothing for that
 	// long; each read restarts it, so a slow but steady message gets through.
 	// 30 seconds when zero.
@@ -510,7 +514,7 @@ func (s *SMTPSink) serve(tap *tapConn, rec *connRecord) {
 	srv.AllowInsecureAuth = s.opts.InsecureAuth
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
 	// A permissive sink: the relay's parameters are recorded, not refused.
-	srv.EnableSMTPUTF8, srv.EnableDSN, srv.EnableREQUIRETLS = !s.opts.NoSMTPUTF8, true, true
+	srv.EnableSMTPUTF8, srv.EnableDSN, srv.EnableREQUIRETLS = !s.opts.NoSMTPUTF8, !s.opts.NoDSN, true
 	srv.WriteTimeout = 10 * time.Second
 	srv.ErrorLog = s.errorLog
 	srv.Debug = rec.tr

@@ -23,21 +23,27 @@ type TableSource interface {
 }
 
 // Bouncer sends delivery status notifications (RFC 3464) for recipients
-// that failed for good. The worker never asks for one when the envelope
-// sender is null (a bounce is never bounced), nor for a recipient whose
-// NOTIFY (RFC 3461 section 4.1) leaves out FAILURE.
+// that failed for good, and for recipients relayed to a next hop without
+// DSN whose NOTIFY lists SUCCESS. The worker never asks for one when the
+// envelope sender is null (a bounce is never bounced), nor for a failed
+// recipient whose NOTIFY (RFC 3461 section 4.1) leaves out FAILURE.
 type Bouncer interface {
-	// Bounce enqueues one DSN to b.Message.Envelope.From. It is called
-	// before the queue records the failures, so that a crash repeats a
+	// Bounce enqueues one DSN to b.Message.Envelope.From. For failures it
+	// is called before the queue records them, so that a crash repeats a
 	// DSN rather than loses one; on error the failed recipients are
-	// deferred instead and a later attempt asks again.
+	// deferred instead and a later attempt asks again. For relayed
+	// recipients it is called after the record, once; an error is
+	// logged.
 	Bounce(ctx context.Context, b Bounce) error
 }
 
 // Bounce is what a DSN reports.
 type Bounce struct {
 	// Message is the message as this attempt leaves it: each recipient in
-	// Recipients has State Failed or Expired and the Reply that decided it.
+	// Recipients has State Failed or Expired and the Reply that decided it,
+	// or (a report asked for with NOTIFY=SUCCESS, RFC 3461 section 5.2.2)
+	// State Delivered to a next hop that does not offer DSN, with its
+	// acceptance.
 	// The body is still in the queue (queue.Queue.Body) while Bounce runs,
 	// except for a recipient the queue expired on its own a moment after
 	// the worker looked at the clock (then the message may be gone).

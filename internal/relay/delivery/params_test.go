@@ -43,6 +43,53 @@ func TestEnvelopeParametersPassedOn(t *testing.T) {
 	}
 }
 
+// NOTIFY=SUCCESS (RFC 3461): to a next hop that offers DSN the parameter
+// goes on and the next hop reports, so the relay asks for no DSN; to one
+// that does not, the parameters are left out and the relay asks for a
+// "relayed" DSN (section 5.2.2) for the recipients that wanted it, and for
+// no other. The null sender never gets one.
+func TestRelayedDSN(t *testing.T) {
+	for _, offers := range []bool{true, false} {
+		t.Run(map[bool]string{true: "next hop offers DSN", false: "next hop without DSN"}[offers], func(t *testing.T) {
+			e := newEnv(t)
+			sink := e.mxSink("127.0.0.3", testenv.SMTPSinkOptions{NoDSN: !offers})
+			e.dnsAdd("rcpt.test. MX 10 mx.rcpt.test.", "mx.rcpt.test. A 127.0.0.3")
+			e.start()
+			id := e.enqueueEnv(queue.Envelope{From: "app@sender.test", To: []queue.Rcpt{
+				{Addr: "a@rcpt.test", Notify: []string{"SUCCESS", "FAILURE"}},
+				{Addr: "b@rcpt.test"},
+				{Addr: "c@rcpt.test", Notify: []string{"FAILURE"}},
+				{Addr: "d@rcpt.test", Notify: []string{"SUCCESS"}},
+			}}, testBody)
+			e.waitGone(id)
+			bounce := e.enqueueEnv(queue.Envelope{From: "", To: []queue.Rcpt{{Addr: "e@rcpt.test", Notify: []string{"SUCCESS"}}}}, testBody)
+			e.waitGone(bounce)
+			m := sink.Messages()[0]
+			if got := strings.Contains(m.RawRcpts[0], "NOTIFY=SUCCESS,FAILURE"); got != offers {
+				t.Errorf("RCPT %q: NOTIFY passed on %v, want %v", m.RawRcpts[0], got, offers)
+			}
+			calls := e.bouncer.Calls()
+			if offers {
+				if len(calls) != 0 {
+					t.Fatalf("%d DSN requests; the next hop reports", len(calls))
+				}
+				return
+			}
+			if len(calls) != 1 || calls[0].Message.ID != id || !slices.Equal(calls[0].Recipients, []int{0, 3}) {
+				t.Fatalf("DSN requests %+v, want one for recipients 0 and 3 of %s", calls, id)
+			}
+			for _, i := range calls[0].Recipients {
+				if st := calls[0].Message.Recipients[i]; st.State != queue.Delivered || st.Reply.Code != 250 {
+					t.Errorf("recipient %d in the request: %+v, want delivered with the 250", i, st)
+				}
+			}
+			if calls[0].RemoteMTA != "mx.rcpt.test" {
+				t.Errorf("Remote-MTA %q", calls[0].RemoteMTA)
+			}
+		})
+	}
+}
+
 // A session the server closed while it was idle is noticed at RSET and
 // replaced: the message goes on a new connection, and nothing is deferred.
 func TestStaleIdleSessionReplaced(t *testing.T) {

@@ -34,13 +34,18 @@ type outcome struct {
 	// snooze: the attempt waits for until without a record
 	// (failure.snooze).
 	snooze bool
+	// passedOn marks the delivered recipients whose next hop offers DSN
+	// (RFC 3461): their NOTIFY went with them, and a success is the next
+	// hop's to report.
+	passedOn []bool
 }
 
 func newOutcome(d *destination) *outcome {
 	return &outcome{
-		state: make([]queue.State, len(d.rcpts)),
-		reply: make([]queue.Reply, len(d.rcpts)),
-		tls:   TLSInfo{Requested: d.policy, Mode: d.mode},
+		state:    make([]queue.State, len(d.rcpts)),
+		reply:    make([]queue.Reply, len(d.rcpts)),
+		passedOn: make([]bool, len(d.rcpts)),
+		tls:      TLSInfo{Requested: d.policy, Mode: d.mode},
 	}
 }
 
@@ -66,9 +71,10 @@ func (o *outcome) failAll(f *failure) {
 	}
 }
 
-// sent records the acceptance of the recipient at position i.
-func (o *outcome) sent(i int, r queue.Reply) {
-	o.state[i], o.reply[i] = queue.Delivered, r
+// sent records the acceptance of the recipient at position i by a next
+// hop that offers DSN (dsn) or not.
+func (o *outcome) sent(i int, r queue.Reply, dsn bool) {
+	o.state[i], o.reply[i], o.passedOn[i] = queue.Delivered, r, dsn
 	if !o.failed {
 		o.decisive = r
 	}

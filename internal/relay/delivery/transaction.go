@@ -177,8 +177,11 @@ func (w *Worker) transaction(ctx context.Context, s *session, msg *queue.Message
 	}
 	switch e := smtpError(err); {
 	case err == nil:
+		// RFC 3461 section 5.2.1: a next hop that offers DSN took the
+		// recipients' NOTIFY with them and reports in our stead.
+		dsn, _ := s.c.Extension("DSN")
 		for _, i := range accepted {
-			t.sent(i, successReply(text))
+			t.sent(i, successReply(text), dsn)
 		}
 	case e != nil && e.Code != 421:
 		failAccepted(remoteFailure(e, CauseReply, ""))

@@ -305,7 +305,7 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 	expired := msg.Expired(lifetime, end)
 	after := cloneMessage(msg)
 	var results []queue.Result
-	var bounce []int
+	var bounce, relayed []int
 	for i, idx := range d.rcpts {
 		st, reply := o.state[i], o.reply[i]
 		if aborted && st != queue.Delivered {
@@ -318,6 +318,9 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 		after.Recipients[idx].State, after.Recipients[idx].Reply = st, reply
 		if st.Final() && st != queue.Delivered && wantsDSN(msg, idx) {
 			bounce = append(bounce, idx)
+		}
+		if st == queue.Delivered && !o.passedOn[i] && wantsRelayedDSN(msg, idx) {
+			relayed = append(relayed, idx)
 		}
 	}
 	w.shapedResults(d, o, results)
@@ -352,6 +355,11 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 			}
 		}
 		_ = w.bounce(rctx, updated, late, o, end)
+		// After the record: a crash before it delivers again, and
+		// reports again, rather than reports a delivery never recorded.
+		// A report that cannot be queued is not retried (the recipient
+		// is delivered): it is logged.
+		_ = w.bounce(rctx, updated, relayed, o, end)
 	}
 	w.noteHeld(&updated, dl, table)
 	a := Attempt{
@@ -397,7 +405,11 @@ func (w *Worker) bounce(ctx context.Context, msg queue.Message, rcpts []int, o *
 		return nil
 	}
 	err := w.opts.Bouncer.Bounce(ctx, Bounce{Message: msg, Recipients: rcpts, RemoteMTA: o.host, Time: end})
-	if err != nil {
+	switch {
+	case err == nil:
+	case msg.Recipients[rcpts[0]].State == queue.Delivered:
+		w.logger.Error("Cannot send the relayed DSN asked for (NOTIFY=SUCCESS); the recipients are delivered", "id", string(msg.ID), "error", err)
+	default:
 		w.logger.Error("Cannot send DSN: recipients deferred, asked again at the next attempt", "id", string(msg.ID), "error", err)
 	}
 	return err
@@ -413,6 +425,14 @@ func wantsDSN(msg *queue.Message, i int) bool {
 	}
 	n := msg.Envelope.To[i].Notify
 	return len(n) == 0 || slices.Contains(n, "FAILURE")
+}
+
+// wantsRelayedDSN reports whether the delivery of recipient i to a next
+// hop that does not offer DSN is reported to the sender: when its NOTIFY
+// lists SUCCESS (RFC 3461 section 5.2.2, a "relayed" DSN), never for the
+// null sender.
+func wantsRelayedDSN(msg *queue.Message, i int) bool {
+	return msg.Envelope.From != "" && slices.Contains(msg.Envelope.To[i].Notify, "SUCCESS")
 }
 
 // cloneMessage returns a copy of m whose recipients can be changed.

@@ -1,6 +1,8 @@
 // Package dsn builds and parses delivery status notifications (RFC 3464):
 // the bounce a relay sends to a message's envelope sender when recipients
-// failed permanently or their time in the queue ran out.
+// failed permanently or their time in the queue ran out, and the report of
+// recipients relayed to a next hop without DSN that asked for one
+// (NOTIFY=SUCCESS, RFC 3461 section 5.2.2).
 //
 // A DSN is a multipart/report (RFC 6522) of three parts: a text for people,
 // the message/delivery-status with one block of fields per recipient, and
@@ -78,13 +80,17 @@ type Notification struct {
 	Data []byte
 }
 
-// Build makes the DSN for the recipients at the failed indexes of msg,
-// reading the original message from original (as queued). It returns nil
+// Build makes the DSN for the recipients at the given indexes of msg,
+// reading the original message from original (as queued). A Failed or
+// Expired recipient is reported as failed, unless its NOTIFY leaves out
+// FAILURE (NOTIFY=NEVER, or a list without FAILURE); a Delivered one as
+// relayed (Action: relayed, RFC 3461 section 5.2.2: the next hop took it
+// and will not report), only when its NOTIFY lists SUCCESS. It returns nil
 // and no error when no DSN is due: the original came from the null sender,
-// or no failed recipient asked for one (NOTIFY=NEVER, or a NOTIFY list
-// without FAILURE). Indexes of recipients that are not Failed or Expired
-// are ignored; an index out of range is an error.
-func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Notification, error) {
+// or no recipient asked for one. Indexes of recipients in other states are
+// ignored; an index out of range is an error. RET (section 4.3) applies
+// to failures: a report of relayed recipients only carries the header.
+func Build(p Params, msg queue.Message, rcpts []int, original io.Reader) (*Notification, error) {
 	if p.Hostname == "" || strings.ContainsAny(p.Hostname, " \t\r\n<>()") {
 		return nil, fmt.Errorf("dsn: hostname %q is not a host name", p.Hostname)
 	}
@@ -99,11 +105,18 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 		return nil, nil // never bounce a bounce
 	}
 	var report []int
-	for _, i := range failed {
+	failures := false
+	for _, i := range rcpts {
 		if i < 0 || i >= len(env.To) || i >= len(msg.Recipients) {
 			return nil, fmt.Errorf("dsn: recipient index %d out of range (%d recipients)", i, len(env.To))
 		}
-		if s := msg.Recipients[i].State; (s == queue.Failed || s == queue.Expired) && wantsFailure(env.To[i].Notify) && !slices.Contains(report, i) {
+		if slices.Contains(report, i) {
+			continue
+		}
+		switch s := msg.Recipients[i].State; {
+		case (s == queue.Failed || s == queue.Expired) && wantsFailure(env.To[i].Notify):
+			report, failures = append(report, i), true
+		case s == queue.Delivered && wants(env.To[i].Notify, "SUCCESS"):
 			report = append(report, i)
 		}
 	}
@@ -111,16 +124,20 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 		return nil, nil
 	}
 
-	orig, full, err := readOriginal(original, env.Ret == "FULL", p.MaxFull)
+	orig, full, err := readOriginal(original, failures && env.Ret == "FULL", p.MaxFull)
 	if err != nil {
 		return nil, err
+	}
+	subject := "Undelivered Mail Returned to Sender"
+	if !failures {
+		subject = "Successful Mail Delivery Report"
 	}
 
 	var b bytes.Buffer
 	mw := multipart.NewWriter(&b)
 	writeField(&b, "From", "Mail Delivery System <MAILER-DAEMON@"+p.Hostname+">")
 	writeField(&b, "To", "<"+env.From+">")
-	writeField(&b, "Subject", "Undelivered Mail Returned to Sender")
+	writeField(&b, "Subject", subject)
 	writeField(&b, "Date", p.Now.Format(rfc5322.DateLayout))
 	writeField(&b, "Message-ID", rfc5322.NewMessageID(p.Hostname))
 	writeField(&b, "Auto-Submitted", "auto-replied") // RFC 3834 section 5
@@ -130,7 +147,7 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 	b.WriteString("\r\nThis is a MIME-encapsulated message.\r\n")
 
 	// 1. For people.
-	if err := writePart(mw, "Notification", "text/plain", []byte(humanText(p, msg, report, full, env.Ret == "FULL"))); err != nil {
+	if err := writePart(mw, "Notification", "text/plain", []byte(humanText(p, msg, report, full, failures && env.Ret == "FULL"))); err != nil {
 		return nil, err
 	}
 	// 2. For programs (RFC 3464 section 2).
@@ -141,6 +158,9 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 	// message/rfc822; RFC 6533 section 6: the message/global types when the
 	// content is not 7bit).
 	desc, ctype := "Undelivered message headers", "text/rfc822-headers"
+	if !failures {
+		desc = "Message headers"
+	}
 	if full {
 		desc, ctype = "Undelivered message", "message/rfc822"
 	}
@@ -165,15 +185,12 @@ func Build(p Params, msg queue.Message, failed []int, original io.Reader) (*Noti
 // wantsFailure applies RFC 3461 section 4.1: without NOTIFY, a failure is
 // reported; NEVER reports nothing; otherwise only when FAILURE is listed.
 func wantsFailure(notify []string) bool {
-	if len(notify) == 0 {
-		return true
-	}
-	for _, n := range notify {
-		if strings.EqualFold(n, "FAILURE") {
-			return true
-		}
-	}
-	return false
+	return len(notify) == 0 || wants(notify, "FAILURE")
+}
+
+// wants reports whether the NOTIFY list names the condition.
+func wants(notify []string, condition string) bool {
+	return slices.ContainsFunc(notify, func(n string) bool { return strings.EqualFold(n, condition) })
 }
 
 // readOriginal returns what to attach: the whole message when RET=FULL and
@@ -223,7 +240,21 @@ func headerOf(msg []byte, truncated bool) []byte {
 func humanText(p Params, msg queue.Message, report []int, full, wantFull bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "This is the mail system at %s.\r\n\r\n", p.Hostname)
-	b.WriteString("Your message could not be delivered to one or more recipients.\r\n")
+	failures, relayed := false, false
+	for _, i := range report {
+		if msg.Recipients[i].State == queue.Delivered {
+			relayed = true
+		} else {
+			failures = true
+		}
+	}
+	if failures {
+		b.WriteString("Your message could not be delivered to one or more recipients.\r\n")
+	}
+	if relayed {
+		b.WriteString("Your message was relayed to one or more recipients' mail servers, as you asked to be told\r\n")
+		b.WriteString("(NOTIFY=SUCCESS). These servers do not report delivery status, so no further notice will come.\r\n")
+	}
 	if full {
 		b.WriteString("The details follow; the message is attached.\r\n")
 	} else {
@@ -236,7 +267,15 @@ func humanText(p Params, msg queue.Message, report []int, full, wantFull bool) s
 	for _, i := range report {
 		rs := msg.Recipients[i]
 		line := "<" + msg.Envelope.To[i].Addr + ">: "
-		if rs.State == queue.Expired {
+		if rs.State == queue.Delivered {
+			line += "relayed"
+			if remote := remoteMTA(p.RemoteMTA); remote != "" {
+				line += " to " + remote
+			}
+			if r := rs.Reply.String(); r != "" {
+				line += ", which said: " + r
+			}
+		} else if rs.State == queue.Expired {
 			line += "delivery time expired, the message stayed in the queue too long"
 			if r := rs.Reply.String(); r != "" {
 				if remote := remoteMTA(p.RemoteMTA); remote != "" && rs.Reply.Code != 0 {
@@ -278,7 +317,11 @@ func statusFields(p Params, msg queue.Message, report []int) []byte {
 			writeField(&b, "Original-Recipient", originalRecipient(rcpt.ORcpt))
 		}
 		writeField(&b, "Final-Recipient", typedAddress(rcpt.Addr))
-		writeField(&b, "Action", "failed")
+		if rs.State == queue.Delivered {
+			writeField(&b, "Action", "relayed")
+		} else {
+			writeField(&b, "Action", "failed")
+		}
 		writeField(&b, "Status", status(rs))
 		if remote := remoteMTA(p.RemoteMTA); remote != "" {
 			writeField(&b, "Remote-MTA", "dns; "+remote)
@@ -305,9 +348,16 @@ func remoteMTA(host string) string {
 	return host
 }
 
-// status is the RFC 3463 code of a failed recipient: the reply's own when
-// it is permanent, 4.4.7 (delivery time expired) for an expired one.
+// status is the RFC 3463 code of a reported recipient: for a failed one
+// the reply's own when it is permanent, 4.4.7 (delivery time expired) for
+// an expired one; for a relayed one the acceptance's own, or 2.0.0.
 func status(rs queue.RecipientStatus) string {
+	if rs.State == queue.Delivered {
+		if strings.HasPrefix(rs.Reply.Enhanced, "2.") {
+			return rs.Reply.Enhanced
+		}
+		return "2.0.0"
+	}
 	if rs.State == queue.Expired {
 		return "4.4.7"
 	}

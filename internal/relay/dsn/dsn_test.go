@@ -3,10 +3,12 @@ package dsn
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -274,6 +276,78 @@ func TestWhoIsReported(t *testing.T) {
 	}
 	if _, err := Build(Params{}, newMessage(), []int{0}, strings.NewReader(original)); err == nil {
 		t.Error("no hostname is no error")
+	}
+}
+
+// A recipient relayed to a next hop without DSN is reported when its
+// NOTIFY lists SUCCESS (RFC 3461 section 5.2.2): Action relayed, the
+// acceptance's status and reply, the header only (RET concerns failures),
+// a subject that says it succeeded. Delivered recipients without SUCCESS
+// are not reported; a report of failures and relays together says both.
+func TestRelayedReport(t *testing.T) {
+	accepted := queue.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued as 4XyZ"}
+	delivered := func(notify ...string) (queue.Rcpt, queue.RecipientStatus) {
+		return queue.Rcpt{Addr: "x@example.net", Notify: notify, ORcpt: "rfc822;orig@example.org"},
+			queue.RecipientStatus{State: queue.Delivered, Attempts: 1, LastAttempt: last, Reply: accepted}
+	}
+	m := newMessage(func(m *queue.Message) {
+		m.Envelope.Ret, m.Envelope.EnvID = "FULL", "env-42"
+		m.Envelope.To, m.Recipients = nil, nil
+		for k, notify := range [][]string{{"SUCCESS"}, nil, {"FAILURE"}, {"SUCCESS", "FAILURE"}, {"NEVER"}} {
+			r, st := delivered(notify...)
+			r.Addr = fmt.Sprintf("r%d@example.net", k)
+			m.Envelope.To, m.Recipients = append(m.Envelope.To, r), append(m.Recipients, st)
+		}
+	})
+	p := params()
+	p.RemoteMTA = "mx.example.net"
+	n, err := Build(p, m, []int{0, 1, 2, 3, 4}, strings.NewReader(original))
+	if err != nil || n == nil {
+		t.Fatalf("Build: %v, %v", n, err)
+	}
+	checkWire(t, n.Data, true)
+	if !slices.Equal(n.Recipients, []int{0, 3}) {
+		t.Fatalf("reports %v, want the two that asked for SUCCESS", n.Recipients)
+	}
+	rep, err := testenv.ParseDSN(bytes.NewReader(n.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.Header.Get("Subject"); got != "Successful Mail Delivery Report" {
+		t.Errorf("Subject %q", got)
+	}
+	if got := rep.PerMessage.Get("Original-Envelope-Id"); got != "env-42" {
+		t.Errorf("Original-Envelope-Id %q", got)
+	}
+	for _, f := range rep.PerRecipient {
+		for field, want := range map[string]string{
+			"Action": "relayed", "Status": "2.0.0", "Remote-MTA": "dns; mx.example.net",
+			"Diagnostic-Code": "smtp; 250 2.0.0 Ok: queued as 4XyZ", "Original-Recipient": "rfc822; orig@example.org",
+		} {
+			if got := f.Get(field); got != want {
+				t.Errorf("%s: %s %q, want %q", f.Get("Final-Recipient"), field, got, want)
+			}
+		}
+	}
+	if rep.OriginalType != "text/rfc822-headers" || strings.Contains(string(rep.Original), "Hello Bob") {
+		t.Errorf("returned %s %q; want the header only, RET=FULL notwithstanding", rep.OriginalType, rep.Original)
+	}
+	if !strings.Contains(rep.Human, "<r0@example.net>: relayed to mx.example.net, which said: 250 2.0.0 Ok: queued as 4XyZ") {
+		t.Errorf("human text:\n%s", rep.Human)
+	}
+
+	// One failed, one relayed: both, under the failure's subject.
+	mixed := newMessage(withRcpt(delivered("SUCCESS")))
+	n = build(t, mixed, []int{0, 1}, original)
+	rep, err = testenv.ParseDSN(bytes.NewReader(n.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.Header.Get("Subject"); got != "Undelivered Mail Returned to Sender" {
+		t.Errorf("mixed report's Subject %q", got)
+	}
+	if len(rep.PerRecipient) != 2 || rep.PerRecipient[0].Get("Action") != "failed" || rep.PerRecipient[1].Get("Action") != "relayed" {
+		t.Errorf("mixed report's recipients: %v", rep.PerRecipient)
 	}
 }
 

@@ -4,11 +4,49 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/postgate/postgate/internal/testenv"
 )
+
+// greeted connects from 127.0.0.10, reads the greeting and says EHLO; it
+// returns the client and the EHLO keywords.
+func greeted(t *testing.T, addr string) (*rawClient, []string) {
+	t.Helper()
+	c := dialFrom(t, "127.0.0.10", addr)
+	if code, line := c.reply(); code != 220 {
+		t.Fatalf("greeting %q", line)
+	}
+	return c, c.ehlo("client.test")
+}
+
+// ehlo says EHLO name and returns the reply's lines after the first: the
+// keywords with their parameters.
+func (c *rawClient) ehlo(name string) []string {
+	c.t.Helper()
+	if _, err := c.conn.Write([]byte("EHLO " + name + "\r\n")); err != nil {
+		c.t.Fatal(err)
+	}
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if len(line) < 4 || line[:3] != "250" {
+			c.t.Fatalf("EHLO: %q", line)
+		}
+		lines = append(lines, strings.TrimSpace(line[4:]))
+		if line[3] == ' ' {
+			break
+		}
+	}
+	return lines[1:]
+}
 
 // startTLS says STARTTLS and continues the raw session over TLS.
 func (c *rawClient) startTLS(cfg *tls.Config) {
@@ -172,25 +210,8 @@ func TestAuthInvalidBase64(t *testing.T) {
 // is ASCII and needs nothing; invalid UTF-8 is refused.
 func TestSMTPUTF8(t *testing.T) {
 	srv := newRawTLSServer(t)
-	c := dialFrom(t, "127.0.0.10", srv.addr)
-	if code, line := c.reply(); code != 220 {
-		t.Fatalf("greeting %q", line)
-	}
-	if _, err := c.conn.Write([]byte("EHLO client.test\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	var keywords []string
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		keywords = append(keywords, strings.TrimSpace(line[4:]))
-		if line[3] == ' ' {
-			break
-		}
-	}
-	if !strings.Contains(strings.Join(keywords, "\n"), "\nSMTPUTF8") {
+	c, keywords := greeted(t, srv.addr)
+	if !slices.Contains(keywords, "SMTPUTF8") {
 		t.Errorf("EHLO keywords %q lack SMTPUTF8", keywords)
 	}
 	c.expect("MAIL FROM:<alice@example.com>\r\n", 250, "")
@@ -207,5 +228,49 @@ func TestSMTPUTF8(t *testing.T) {
 	msgs := srv.spool.all()
 	if len(msgs) != 1 || !msgs[0].env.MailOptions.UTF8 || msgs[0].env.To[0] != "josé@raw.test" {
 		t.Fatalf("queued %+v", msgs)
+	}
+}
+
+// TestDSNParameters (RFC 3461): DSN is advertised; RET and ENVID on MAIL,
+// NOTIFY and ORCPT on RCPT are taken and queued with the message; bad
+// values get 501 5.5.4, an ENVID past 100 characters (section 4.4) and an
+// ORCPT past 500 (section 4.2) too.
+func TestDSNParameters(t *testing.T) {
+	srv := newRawTLSServer(t)
+	c, keywords := greeted(t, srv.addr)
+	if !slices.Contains(keywords, "DSN") {
+		t.Errorf("EHLO keywords %q lack DSN", keywords)
+	}
+	c.expect("MAIL FROM:<alice@example.com> RET=MAYBE\r\n", 501, "5.5.4")
+	c.expect("MAIL FROM:<alice@example.com> ENVID="+strings.Repeat("x", 101)+"\r\n", 501, "5.5.4")
+	c.expect("MAIL FROM:<alice@example.com> RET=HDRS ENVID=QQ+2B42\r\n", 250, "")
+	c.expect("RCPT TO:<bob@example.net> NOTIFY=NEVER,SUCCESS\r\n", 501, "5.5.4")
+	c.expect("RCPT TO:<bob@example.net> ORCPT=rfc822;"+strings.Repeat("o", 500)+"@example.org\r\n", 501, "5.5.4")
+	c.expect("RCPT TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2BOld@example.org\r\n", 250, "")
+	c.expect("RCPT TO:<carol@example.net> NOTIFY=NEVER\r\n", 250, "")
+	c.expect("RCPT TO:<dave@example.net>\r\n", 250, "")
+	c.expect("DATA\r\n", 354, "")
+	c.expect("Subject: hi\r\n\r\nbody\r\n.\r\n", 250, "queued as")
+	msgs := srv.spool.all()
+	if len(msgs) != 1 {
+		t.Fatalf("queued %d messages", len(msgs))
+	}
+	env := msgs[0].env
+	if env.MailOptions.Return != smtp.DSNReturnHeaders || env.MailOptions.EnvelopeID != "QQ+42" {
+		t.Errorf("MAIL options %+v", env.MailOptions)
+	}
+	want := []smtp.RcptOptions{
+		{Notify: []smtp.DSNNotify{smtp.DSNNotifySuccess, smtp.DSNNotifyFailure}, OriginalRecipientType: smtp.DSNAddressTypeRFC822, OriginalRecipient: "Bob+Old@example.org"},
+		{Notify: []smtp.DSNNotify{smtp.DSNNotifyNever}},
+		{},
+	}
+	if len(env.RcptOptions) != len(want) {
+		t.Fatalf("RCPT options %+v", env.RcptOptions)
+	}
+	for i, w := range want {
+		got := env.RcptOptions[i]
+		if !slices.Equal(got.Notify, w.Notify) || got.OriginalRecipientType != w.OriginalRecipientType || got.OriginalRecipient != w.OriginalRecipient {
+			t.Errorf("RCPT %d options %+v, want %+v", i, got, w)
+		}
 	}
 }

@@ -200,6 +200,12 @@ func New(cfg Config) (*Server, error) {
 	// RFC 6531: the session takes non-ASCII addresses only in a
 	// transaction opened with the SMTPUTF8 parameter.
 	srv.EnableSMTPUTF8 = true
+	// RFC 3461: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT are
+	// taken, queued with the message and passed on to a next hop that
+	// offers DSN; delivery reports failures (unless NOTIFY says
+	// otherwise) and, for NOTIFY=SUCCESS, a relay to a next hop without
+	// DSN (Action: relayed, section 5.2.2).
+	srv.EnableDSN = true
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.MaxLineLength = cfg.MaxLineLength

@@ -115,6 +115,13 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 }
 
+// The bounds of RFC 3461 on DSN parameters: an ENVID of at most 100
+// characters (section 4.4), an ORCPT of at most 500 (section 4.2).
+const (
+	maxEnvID = 100
+	maxORcpt = 500
+)
+
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer func() { s.s.cfg.Metrics.rejected("mail", err) }()
 	// A draining server starts no transaction (RFC 5321 section 3.8).
@@ -148,6 +155,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	var size int64
 	if opts != nil {
 		size = opts.Size
+		// RFC 3461 section 4.4: an ENVID is at most 100 characters.
+		if len(opts.EnvelopeID) > maxEnvID {
+			return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: fmt.Sprintf("ENVID longer than %d characters (RFC 3461 section 4.4)", maxEnvID)}
+		}
 	}
 	if err := s.s.cfg.Spool.CheckSpace(size); err != nil {
 		s.s.cfg.Logger.Warn("Refusing mail: spool low on space", "client", s.client, "error", err)
@@ -172,6 +183,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 		if err := needsSMTPUTF8(to); err != nil {
 			return err
 		}
+	}
+	// RFC 3461 section 4.2: an ORCPT is at most 500 characters.
+	if opts != nil && len(opts.OriginalRecipientType)+1+len(opts.OriginalRecipient) > maxORcpt {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: fmt.Sprintf("ORCPT longer than %d characters (RFC 3461 section 4.2)", maxORcpt)}
 	}
 	if err := s.authorize(); err != nil {
 		return err
