@@ -57,6 +57,8 @@ type header struct {
 	author Author
 	// tlsRequiredNo: a "TLS-Required: No" field (RFC 8689 section 5).
 	tlsRequiredNo bool
+	// received counts the Received fields: the hops the message took.
+	received int
 }
 
 // parseHeader splits the header block into fields: a line that begins with
@@ -90,6 +92,8 @@ func parseHeader(hdr []byte, complete bool) (*header, error) {
 				h.messageID = printable(strings.TrimSpace(value))
 			}
 			h.hasMessageID = true
+		case strings.EqualFold(name, "Received"):
+			h.received++
 		case strings.EqualFold(name, "TLS-Required"):
 			// The one value RFC 8689 section 5 defines; anything else is
 			// not a request to relax.

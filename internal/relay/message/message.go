@@ -76,7 +76,18 @@ var (
 	// ErrMalformed: the message begins with a folded continuation line,
 	// which a prepended field would absorb (550 5.6.0).
 	ErrMalformed = errors.New("malformed message header")
+	// ErrLoop: the message has MaxReceived Received fields or more; it
+	// is going round in a loop (554 5.4.6).
+	ErrLoop = errors.New("mail loop")
 )
+
+// MaxReceived is how many Received fields a message may carry when it
+// arrives: with it, the relay's own would be one more than RFC 5321 section
+// 6.3 asks a server to tolerate before it calls the message a loop
+// ("normally at least 100"). A RelayRoute whose smart host sends the mail
+// back (or two relays routing to each other) would otherwise pass it
+// round until its size limit, adding a field at every pass.
+const MaxReceived = 100
 
 // Params describe the SMTP transaction that delivered the message.
 type Params struct {
@@ -215,6 +226,9 @@ func Prepare(ctx context.Context, in io.Reader, p Params) (*Prepared, error) {
 	h, err := parseHeader(hdr, complete)
 	if err != nil {
 		return nil, err
+	}
+	if h.received >= MaxReceived {
+		return nil, fmt.Errorf("%w: %d Received fields, at most %d", ErrLoop, h.received, MaxReceived-1)
 	}
 	if p.Signing != nil {
 		if p.SenderDomain, p.DKIM, err = p.Signing(h.author); err != nil {

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1alpha1 "github.com/postgate/postgate/api/v1alpha1"
+	"github.com/postgate/postgate/internal/relay/message"
 	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/routing"
 	"github.com/postgate/postgate/internal/testenv"
@@ -115,6 +116,30 @@ func TestAddressesRefusedForEveryClient(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMailLoopRefused (RFC 5321 section 6.3): a message that arrives with
+// message.MaxReceived Received fields is a loop: 554 5.4.6, nothing
+// queued, the session goes on. One field fewer is accepted.
+func TestMailLoopRefused(t *testing.T) {
+	addr, spool, _ := testServer(t, Config{})
+	hops := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "Received: from hop%d.example.net by hop%d.example.net; Mon, 1 Dec 2026 10:00:00 +0000\r\n", i, i+1)
+		}
+		return b.String() + "Subject: round and round\r\n\r\nbody\r\n.\r\n"
+	}
+	c := dialFrom(t, "127.0.0.10", addr)
+	c.hello()
+	c.startData()
+	c.expect(hops(message.MaxReceived), 554, "5.4.6 Message refused: mail loop: 100 Received fields")
+	c.expect("NOOP\r\n", 250, "")
+	if n := len(spool.all()); n != 0 {
+		t.Fatalf("%d messages queued from a loop", n)
+	}
+	c.startData()
+	c.expect(hops(message.MaxReceived-1), 250, "queued as")
 }
 
 func TestMessageBytesRefused(t *testing.T) {

@@ -351,6 +351,10 @@ func (s *session) Data(r io.Reader) (err error) {
 	case errors.Is(err, message.ErrBadTag):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf(
 			"Message refused: %s; one %s field of 1 to %d visible ASCII characters is allowed", err, message.TagField, message.MaxTagBytes)}
+	case errors.Is(err, message.ErrLoop):
+		// RFC 5321 section 6.3; 5.4.6, routing loop detected (RFC 3463).
+		s.s.cfg.Logger.Warn("Message refused: a mail loop", "client", s.client, "reason", err.Error())
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("Message refused: %v (RFC 5321 section 6.3)", err)}
 	case errors.Is(err, message.ErrMalformed):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message refused: the header begins with a folded continuation line"}
 	case errors.Is(err, smtp.ErrTooLongLine):
