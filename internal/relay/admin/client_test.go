@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/admin"
+	"github.com/postgate/postgate/internal/relay/queue"
 )
 
 // TestClient: the client decodes answers, and reports the API's own error
@@ -92,5 +93,25 @@ func TestClientActions(t *testing.T) {
 	}
 	if err := c.Delete(ctx, second, false); err == nil {
 		t.Errorf("second delete of %s: no error", second)
+	}
+}
+
+// `postgate queue show` prints the DSN parameters the client gave (RFC
+// 3461), and no DSN line when it gave none.
+func TestWriteMessageDSN(t *testing.T) {
+	m := &admin.Message{ID: "01jq0000000000000000000000", From: "alice@example.com", Envelope: queue.Envelope{
+		From: "alice@example.com", Ret: "HDRS", EnvID: "order-4711",
+		To: []queue.Rcpt{{Addr: "bob@dest.test", Notify: []string{"SUCCESS", "FAILURE"}}, {Addr: "carol@dest.test"}},
+	}}
+	var out bytes.Buffer
+	admin.WriteMessage(&out, m)
+	if want := "DSN:      RET=HDRS ENVID=order-4711 <bob@dest.test> NOTIFY=SUCCESS,FAILURE\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("show text lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	m.Envelope = queue.Envelope{From: "alice@example.com", To: []queue.Rcpt{{Addr: "bob@dest.test"}}}
+	admin.WriteMessage(&out, m)
+	if strings.Contains(out.String(), "DSN:") {
+		t.Errorf("a DSN line without parameters:\n%s", out.String())
 	}
 }

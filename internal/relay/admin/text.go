@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postgate/postgate/internal/relay/lifecycle"
+	"github.com/postgate/postgate/internal/relay/queue"
 	"github.com/postgate/postgate/internal/relay/tlsrpt"
 )
 
@@ -55,6 +56,9 @@ func WriteMessage(w io.Writer, m *Message) {
 	if e := m.Envelope; e.ClientAddr != "" || e.HELO != "" || e.Auth != "" {
 		fmt.Fprintf(w, "Client:   %s helo=%s auth=%s\n", e.ClientAddr, e.HELO, e.Auth)
 	}
+	if dsn := dsnText(&m.Envelope); dsn != "" {
+		fmt.Fprintf(w, "DSN:      %s\n", dsn)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RECIPIENT\tSTATE\tATTEMPTS\tLAST ATTEMPT\tNEXT ATTEMPT\tLAST REPLY")
 	ts := func(t time.Time) string {
@@ -67,6 +71,24 @@ func WriteMessage(w io.Writer, m *Message) {
 		fmt.Fprintf(tw, "<%s>\t%s\t%d\t%s\t%s\t%s\n", r.Addr, r.State, r.Attempts, ts(r.LastAttempt), ts(r.NextAttempt), r.LastReply)
 	}
 	_ = tw.Flush()
+}
+
+// dsnText renders the message's DSN parameters (RFC 3461) as the client
+// gave them, "" when it gave none: who hears of what happens to it.
+func dsnText(e *queue.Envelope) string {
+	var parts []string
+	if e.Ret != "" {
+		parts = append(parts, "RET="+e.Ret)
+	}
+	if e.EnvID != "" {
+		parts = append(parts, "ENVID="+e.EnvID)
+	}
+	for _, r := range e.To {
+		if len(r.Notify) > 0 {
+			parts = append(parts, fmt.Sprintf("<%s> NOTIFY=%s", r.Addr, strings.Join(r.Notify, ",")))
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // WriteDrain writes what `postgate relay drain` prints: how many messages
