@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -113,5 +114,20 @@ func TestWriteMessageDSN(t *testing.T) {
 	admin.WriteMessage(&out, m)
 	if strings.Contains(out.String(), "DSN:") {
 		t.Errorf("a DSN line without parameters:\n%s", out.String())
+	}
+}
+
+// With no relay at the address, the client says what to check, not only
+// the URL it could not reach.
+func TestClientNoRelayThere(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close() // nothing listens there now
+	_, err = admin.NewClient(addr, 5*time.Second).List(context.Background(), admin.ListQuery{})
+	if err == nil || !strings.Contains(err.Error(), "no relay admin API at http://"+addr) || !strings.Contains(err.Error(), "--admin-address") {
+		t.Fatalf("List with nothing listening: %v", err)
 	}
 }
