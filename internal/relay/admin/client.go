@@ -58,7 +58,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		if errors.As(err, &op) && op.Op == "dial" {
 			// The usual first mistake: no relay there, or its admin API
 			// elsewhere. Say what to check rather than only the URL.
-			return fmt.Errorf("no relay admin API at %s (%v): is the relay running, and listening there (postgate relay --admin-bind-address)? Point at it with --admin-address, or kubectl port-forward to the relay's port 8025", c.base, op.Err)
+			return fmt.Errorf("no relay admin API at %s (%w): is the relay running, and listening there (postgate relay --admin-bind-address)? Point at it with --admin-address, or kubectl port-forward to the relay's port 8025", c.base, op.Err)
 		}
 		return err
 	}

@@ -3,8 +3,8 @@ package admin_test
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
