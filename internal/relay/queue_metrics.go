@@ -31,6 +31,11 @@ const (
 	// that queued messages hold; the rest is reclaimed when a segment is
 	// removed or compacted.
 	MetricQueueSegmentLiveBytes = "postgate_relay_queue_segment_live_bytes"
+	// MetricQueueDamaged is what the queue found damaged on disk when the
+	// relay started and could not read (docs/design.md, "The queue",
+	// Damage): messages lost to the disk. A crash's torn write is not
+	// counted: it loses nothing acknowledged.
+	MetricQueueDamaged = "postgate_relay_queue_damaged_at_start"
 )
 
 // QueueStats is what the collector reads: *queue.Queue.
@@ -45,7 +50,7 @@ type QueueCollector struct {
 	now func() time.Time
 
 	messages, held, bytes, oldest, enqueued *prometheus.Desc
-	segments, segBytes, segLive             *prometheus.Desc
+	segments, segBytes, segLive, damaged    *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*QueueCollector)(nil)
@@ -68,12 +73,14 @@ func NewQueueCollector(q QueueStats, now func() time.Time) *QueueCollector {
 		segBytes: prometheus.NewDesc(MetricQueueSegmentBytes, "Bytes of the relay's queue segment files on disk.", nil, nil),
 		segLive: prometheus.NewDesc(MetricQueueSegmentLiveBytes,
 			"Bytes of the relay's queue segment files that queued messages hold; the rest is reclaimed when a segment is removed or compacted.", nil, nil),
+		damaged: prometheus.NewDesc(MetricQueueDamaged,
+			"Records and files of the relay's queue found damaged on disk when it started and not read: messages lost to the disk (a crash's torn write is not counted).", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.messages, c.held, c.bytes, c.oldest, c.enqueued, c.segments, c.segBytes, c.segLive} {
+	for _, d := range []*prometheus.Desc{c.messages, c.held, c.bytes, c.oldest, c.enqueued, c.segments, c.segBytes, c.segLive, c.damaged} {
 		ch <- d
 	}
 }
@@ -93,4 +100,5 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.segments, prometheus.GaugeValue, float64(s.Segments))
 	ch <- prometheus.MustNewConstMetric(c.segBytes, prometheus.GaugeValue, float64(s.SegmentBytes))
 	ch <- prometheus.MustNewConstMetric(c.segLive, prometheus.GaugeValue, float64(s.SegmentLiveBytes))
+	ch <- prometheus.MustNewConstMetric(c.damaged, prometheus.GaugeValue, float64(s.Damaged))
 }

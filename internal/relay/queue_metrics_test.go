@@ -115,3 +115,19 @@ func TestQueueCollectorSegments(t *testing.T) {
 	// length, kind, the 26-byte ID, CRC.
 	want(1, 4+1+26+4)
 }
+
+// fakeStats is a queue as the collector sees it.
+type fakeStats queue.Stats
+
+func (f fakeStats) Stats() queue.Stats { return queue.Stats(f) }
+
+// The damage the queue found at start is exported as it is.
+func TestQueueCollectorDamaged(t *testing.T) {
+	for _, n := range []int{0, 3} {
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(NewQueueCollector(fakeStats{Damaged: n}, nil))
+		if got := testenv.Gather(t, reg)[MetricQueueDamaged+"{}"]; got != float64(n) {
+			t.Errorf("%s = %v, want %d", MetricQueueDamaged, got, n)
+		}
+	}
+}

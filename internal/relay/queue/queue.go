@@ -156,6 +156,10 @@ type Queue struct {
 	changed   chan struct{}
 
 	enqueued, fileSyncs, dirSyncs atomic.Uint64
+	// damaged counts what Open found damaged and could not read: records
+	// skipped in segments marked whole, segments and message files set
+	// aside. Written during Open only.
+	damaged int
 	// untaken counts the entries whose untaken is set; changed under mu,
 	// read without it (Untaken).
 	untaken atomic.Int64
@@ -295,6 +299,7 @@ func (q *Queue) recover(ctx context.Context) error {
 					return fmt.Errorf("load %s: %w", name, err)
 				}
 				log.Error("Corrupt queue file set aside", "file", name, "error", err)
+				q.damaged++
 				if err := q.fs.Rename(name, base+corruptSuffix); err != nil {
 					return fmt.Errorf("set aside %s: %w", name, err)
 				}
@@ -691,6 +696,11 @@ type Stats struct {
 	// Untaken is how many messages Enqueue accepted that no delivery has
 	// taken yet (Queue.Untaken).
 	Untaken int
+	// Damaged is what Open found damaged on disk and could not read
+	// (records of segments known to have been written whole, segments and
+	// message files set aside): messages lost to the disk, never a torn
+	// write of a crash, which loses nothing acknowledged.
+	Damaged int
 	// Since Open:
 	Enqueued  uint64 // Enqueue calls that returned an ID
 	FileSyncs uint64 // fsyncs of message and segment files
@@ -721,6 +731,7 @@ func (q *Queue) Stats() Stats {
 	q.mu.Unlock()
 	s.Untaken = q.Untaken()
 	s.Enqueued = q.enqueued.Load()
+	s.Damaged = q.damaged
 	s.FileSyncs = q.fileSyncs.Load()
 	s.DirSyncs = q.dirSyncs.Load()
 	return s

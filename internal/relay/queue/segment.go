@@ -632,6 +632,7 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 			return nil
 		}
 		log.Error("Corrupt queue segment set aside", "file", name)
+		q.damaged++
 		if err := q.fs.Rename(name, name+corruptSuffix); err != nil {
 			return fmt.Errorf("set aside %s: %w", name, err)
 		}
@@ -689,6 +690,7 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 	}
 	if skipped > 0 {
 		log.Error("Queue segment had damaged records; the messages in them are lost", "file", name, "records", skipped)
+		q.damaged += skipped
 	}
 	s.size.Store(off)
 	return nil

@@ -387,6 +387,9 @@ func TestSegmentDamagedRecordSkipped(t *testing.T) {
 				t.Error("the damaged message was read back")
 			}
 			_, err := q.Get(context.Background(), ids[2])
+			if want := map[bool]int{true: 1, false: 0}[marked]; q.Stats().Damaged != want {
+				t.Errorf("Stats.Damaged %d, want %d (a torn tail is no damage)", q.Stats().Damaged, want)
+			}
 			switch {
 			case marked && err != nil:
 				t.Fatalf("the message after the damaged one in a segment marked whole: %v", err)
@@ -725,6 +728,9 @@ func TestSegmentBadMagic(t *testing.T) {
 	want := []string{"0000000000000003.seg.corrupt", "0000000000000004.seg"}
 	if got := fsys.Names(); !slices.Equal(got, want) {
 		t.Fatalf("spool %q, want %q", got, want)
+	}
+	if n := q.Stats().Damaged; n != 1 {
+		t.Errorf("Stats.Damaged %d, want the one segment set aside (the empty ones were never acknowledged)", n)
 	}
 	closeQueue(t, q)
 	q = openQueue(t, fsys, options(newClock()))
