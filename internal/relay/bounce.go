@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -31,6 +32,8 @@ type Bouncer struct {
 	Hostname string
 	// Now dates the notifications; default time.Now.
 	Now func() time.Time
+	// Logger notes each notification queued; none when nil.
+	Logger *slog.Logger
 }
 
 // Bounce enqueues one DSN for b. Nothing is enqueued for a null-sender
@@ -61,6 +64,16 @@ func (bo *Bouncer) Bounce(ctx context.Context, b delivery.Bounce) error {
 	for _, to := range n.To {
 		env.To = append(env.To, queue.Rcpt{Addr: to, Notify: []string{"NEVER"}})
 	}
-	_, err = bo.Queue.Enqueue(ctx, env, bytes.NewReader(n.Data))
+	id, err := bo.Queue.Enqueue(ctx, env, bytes.NewReader(n.Data))
+	if err == nil && bo.Logger != nil {
+		// The line that ties the sender's notification to the message:
+		// its own delivery is logged under id, from <>.
+		action := "failed"
+		if b.Message.Recipients[n.Recipients[0]].State == queue.Delivered {
+			action = "relayed"
+		}
+		bo.Logger.Info("Delivery status notification queued", "id", string(id), "original", string(b.Message.ID),
+			"action", action, "recipients", len(n.Recipients))
+	}
 	return err
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/mail"
 	"strings"
 	"testing"
@@ -32,7 +33,9 @@ func TestBounceEnqueuesADSN(t *testing.T) {
 	}
 	msg.Recipients[0].State = queue.Failed
 	msg.Recipients[0].Reply = queue.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}
-	bo := &Bouncer{Queue: q, Hostname: "relay.test", Now: func() time.Time { return time.Unix(1700000000, 0) }}
+	var logs testenv.LogBuffer
+	bo := &Bouncer{Queue: q, Hostname: "relay.test", Now: func() time.Time { return time.Unix(1700000000, 0) },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	if err := bo.Bounce(ctx, delivery.Bounce{Message: msg, Recipients: []int{0}, RemoteMTA: "mx.dest.test", Time: time.Unix(1700000000, 0)}); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +52,9 @@ func TestBounceEnqueuesADSN(t *testing.T) {
 	}
 	if bounce == nil {
 		t.Fatal("no DSN queued")
+	}
+	if want := `msg="Delivery status notification queued" id=` + string(bounce.ID) + " original=" + string(id) + " action=failed recipients=1"; !strings.Contains(logs.String(), want) {
+		t.Errorf("log lacks %q:\n%s", want, logs.String())
 	}
 	if bounce.Envelope.From != "" || len(bounce.Envelope.To) != 1 || bounce.Envelope.To[0].Addr != "alice@example.com" {
 		t.Errorf("DSN envelope: %+v, want from <> to alice@example.com", bounce.Envelope)

@@ -97,6 +97,9 @@ func TestRelayedDSNEndToEnd(t *testing.T) {
 		f.Get("Original-Recipient") != "rfc822; robert@dest.test" || f.Get("Remote-MTA") != "dns; mx.dest.test" {
 		t.Errorf("recipient fields %v", f)
 	}
+	if !strings.Contains(p.logs(), `msg="Delivery status notification queued"`) || !strings.Contains(p.logs(), "action=relayed recipients=1") {
+		t.Errorf("no log line for the report:\n%s", p.logs())
+	}
 	if rep.OriginalType != "text/rfc822-headers" || bytes.Contains(rep.Original, []byte("Your order.")) {
 		t.Errorf("returned %s %q: want the header only", rep.OriginalType, rep.Original)
 	}

@@ -392,7 +392,7 @@ func (r *Relay) run(ctx context.Context) error {
 	observers = append(observers, notifier)
 	deliveryOpts := delivery.Options{
 		Hostname: cfg.Hostname, Logger: logger, Resolver: resolver, MXPort: cfg.MXPort,
-		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname}, Observer: observers,
+		Bouncer: &Bouncer{Queue: q, Hostname: cfg.Hostname, Logger: logger}, Observer: observers,
 	}
 	tlsPolicies.deliveryOptions(&deliveryOpts)
 	if limiter != nil {
@@ -620,7 +620,7 @@ func (r *Relay) serveHTTP(q *queue.Queue, tables smtpd.TableSource, reg *prometh
 		}
 	}
 	if cfg.AdminAddr != "" {
-		bo := &Bouncer{Queue: q, Hostname: cfg.Hostname}
+		bo := &Bouncer{Queue: q, Hostname: cfg.Hostname, Logger: r.log}
 		adminHandler = admin.New(q, admin.Options{Bounce: func(ctx context.Context, m queue.Message, rcpts []int) error {
 			return bo.Bounce(ctx, delivery.Bounce{Message: m, Recipients: rcpts, Time: time.Now()})
 		}, TLSReports: reports, Sites: sites})
