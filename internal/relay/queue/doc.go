@@ -81,9 +81,10 @@
 //
 // Open replays the segments in sequence order, each up to its first
 // record that is cut short or fails its CRC, except that in a segment that
-// ends with its whole mark a record whose length holds but whose CRC or
-// payload is bad is skipped, logged as damage, and the replay goes on
-// (nothing in such a segment can be a torn write): a message record indexes its
+// ends with its whole mark a bad record (its CRC, its length or its
+// payload) is skipped, logged and counted as damage, and the replay goes
+// on at the next place where a whole valid frame begins (nothing in such a
+// segment can be a torn write): a message record indexes its
 // message, every recipient pending and due at arrival (or, when the ID is
 // indexed from a segment already, moves it there and keeps its state: a
 // copy made by compaction, whose snapshot follows); a journal record

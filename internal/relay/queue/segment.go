@@ -648,8 +648,10 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 	// write nothing was acknowledged, and what follows may be stale bytes
 	// of an old file that only look like records.
 	whole := wholeMarked(f, size)
+	end := size
 	if whole {
-		r.Reset(io.NewSectionReader(f, int64(len(segMagic)), size-wholeLen-int64(len(segMagic))))
+		end = size - wholeLen
+		r.Reset(io.NewSectionReader(f, int64(len(segMagic)), end-int64(len(segMagic))))
 	}
 	off := int64(len(segMagic))
 	skipped := 0
@@ -658,11 +660,23 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		var damaged frame.DamagedError
-		if whole && errors.As(err, &damaged) {
-			log.Error("Damaged queue record skipped; the segment is read on", "file", name, "offset", off, "bytes", damaged.Size, "error", err)
-			off += int64(damaged.Size)
+		if whole && (errors.Is(err, frame.ErrTruncated) || errors.Is(err, frame.ErrCorrupt)) {
+			// Damage: in the record's bytes (a CRC mismatch) or in its
+			// length, which no longer says where the next record is.
+			// Either way the next record is the first place after this
+			// one where a whole valid frame begins.
+			next, found, rerr := nextFrame(f, off+1, end)
+			if rerr != nil {
+				return fmt.Errorf("read %s: %w", name, rerr)
+			}
 			skipped++
+			if !found {
+				log.Error("Damaged queue record at the end of its segment", "file", name, "offset", off, "error", err)
+				break
+			}
+			log.Error("Damaged queue record skipped; the segment is read on", "file", name, "offset", off, "bytes", next-off, "error", err)
+			off = next
+			r.Reset(io.NewSectionReader(f, off, end-off))
 			continue
 		}
 		if errors.Is(err, frame.ErrTruncated) || errors.Is(err, frame.ErrCorrupt) {
@@ -694,6 +708,34 @@ func (q *Queue) replaySegment(seq uint64, name string) error {
 	}
 	s.size.Store(off)
 	return nil
+}
+
+// nextFrame returns the offset of the first whole, valid record of a
+// message, journal or delete kind in f between from and end, reading that
+// part of the file once (recovery only, and only past damage). A place
+// inside a record that happens to hold a valid frame would need a body
+// carrying one with a matching CRC-32C; the records' own checks come after.
+func nextFrame(f File, from, end int64) (int64, bool, error) {
+	if end-from < frame.Overhead+1 {
+		return 0, false, nil
+	}
+	data := make([]byte, end-from)
+	if _, err := f.ReadAt(data, from); err != nil && !errors.Is(err, io.EOF) {
+		return 0, false, err
+	}
+	for p := 0; p+frame.Overhead < len(data); p++ {
+		n := int(binary.BigEndian.Uint32(data[p:]))
+		if n == 0 || n > segmentFormat.MaxPayload || p+frame.Overhead+n > len(data) {
+			continue
+		}
+		if k := data[p+4]; k != kindMessage && k != kindState && k != kindDelete {
+			continue
+		}
+		if _, _, err := segmentFormat.Next(data[p:]); err == nil {
+			return from + int64(p), true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 // wholeMarked reports whether the segment file of size bytes ends with its

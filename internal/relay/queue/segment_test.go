@@ -339,66 +339,67 @@ func TestSegmentCorruptBody(t *testing.T) {
 	}
 }
 
-// flipByteOf flips one bit in the middle of b where it is stored in the
-// segment file name.
-func flipByteOf(t *testing.T, fsys *queuetest.FS, name string, b []byte) {
-	t.Helper()
-	data := mustRead(t, fsys, name)
-	i := bytes.Index(data, b)
-	if i < 0 {
-		t.Fatalf("body not found in %s", name)
-	}
-	data[i+len(b)/2] ^= 1
-	fsys.WriteFile(name, data)
-}
-
 // TestSegmentDamagedRecordSkipped: a segment that nothing appends to any
 // more is marked whole (fsynced, then marked: at Close, and by the flush
 // loop once it is sealed). A record damaged in such a segment (a bit
-// flipped on the disk) loses that message only: the messages after it in
-// the segment are read. In a segment without the mark, which a crash may
-// have torn, the replay still ends at the first bad record.
+// flipped on the disk, in its body or in its length, which no longer says
+// where the next record begins) loses that message only: the messages
+// after it in the segment are read. In a segment without the mark, which a
+// crash may have torn, the replay still ends at the first bad record.
 func TestSegmentDamagedRecordSkipped(t *testing.T) {
 	for _, marked := range []bool{true, false} {
-		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
-			fsys := queuetest.New()
-			clock := newClock()
-			q := openQueue(t, fsys, options(clock))
-			env := envelope()
-			var ids []queue.ID
-			var bodies [][]byte
-			for i := range 3 {
-				b := body(i, 1000)
-				ids, bodies = append(ids, enqueue(t, q, env, b)), append(bodies, b)
-			}
-			closeQueue(t, q)
-			name := segments(fsys)[0]
-			data := mustRead(t, fsys, name)
-			if !marked {
-				// As a crash before the mark leaves it.
-				fsys.WriteFile(name, data[:len(data)-17])
-			}
-			flipByteOf(t, fsys, name, bodies[1])
+		for _, where := range []string{"body", "length"} {
+			t.Run(fmt.Sprintf("marked=%v/%s", marked, where), func(t *testing.T) {
+				fsys := queuetest.New()
+				clock := newClock()
+				q := openQueue(t, fsys, options(clock))
+				env := envelope()
+				var ids []queue.ID
+				var bodies [][]byte
+				for i := range 4 {
+					b := body(i, 1000)
+					ids, bodies = append(ids, enqueue(t, q, env, b)), append(bodies, b)
+				}
+				closeQueue(t, q)
+				name := segments(fsys)[0]
+				data := mustRead(t, fsys, name)
+				if !marked {
+					// As a crash before the mark leaves it.
+					data = data[:len(data)-17]
+				}
+				switch where {
+				case "body":
+					data[bytes.Index(data, bodies[1])+len(bodies[1])/2] ^= 1
+				case "length":
+					// The frame's length: 13 bytes before the header
+					// JSON (length, kind, JSON length, body CRC).
+					js := bytes.Index(data, []byte(`{"id":"`+string(ids[1])+`"`))
+					data[js-13] = 0xff // out of bounds
+				}
+				fsys.WriteFile(name, data)
 
-			q = openQueue(t, fsys, options(clock))
-			defer closeQueue(t, q)
-			checkMessage(t, q, ids[0], env, bodies[0])
-			if _, err := q.Get(context.Background(), ids[1]); err == nil {
-				t.Error("the damaged message was read back")
-			}
-			_, err := q.Get(context.Background(), ids[2])
-			if want := map[bool]int{true: 1, false: 0}[marked]; q.Stats().Damaged != want {
-				t.Errorf("Stats.Damaged %d, want %d (a torn tail is no damage)", q.Stats().Damaged, want)
-			}
-			switch {
-			case marked && err != nil:
-				t.Fatalf("the message after the damaged one in a segment marked whole: %v", err)
-			case marked:
-				checkMessage(t, q, ids[2], env, bodies[2])
-			case err == nil:
-				t.Fatal("a segment without the mark was read past a bad record")
-			}
-		})
+				q = openQueue(t, fsys, options(clock))
+				defer closeQueue(t, q)
+				checkMessage(t, q, ids[0], env, bodies[0])
+				if _, err := q.Get(context.Background(), ids[1]); err == nil {
+					t.Error("the damaged message was read back")
+				}
+				if want := map[bool]int{true: 1, false: 0}[marked]; q.Stats().Damaged != want {
+					t.Errorf("Stats.Damaged %d, want %d (a torn tail is no damage)", q.Stats().Damaged, want)
+				}
+				for _, i := range []int{2, 3} {
+					_, err := q.Get(context.Background(), ids[i])
+					switch {
+					case marked && err != nil:
+						t.Fatalf("message %d, after the damaged one in a segment marked whole: %v", i, err)
+					case marked:
+						checkMessage(t, q, ids[i], env, bodies[i])
+					case err == nil:
+						t.Fatal("a segment without the mark was read past a bad record")
+					}
+				}
+			})
+		}
 	}
 }
 
