@@ -73,7 +73,9 @@ type session struct {
 func (s *session) close(quit bool) {
 	if quit && !s.broken && s.wire != nil {
 		if s.wire.command("QUIT") == nil && s.wire.flush() == nil {
-			_, _ = s.wire.reply(221, 5*time.Second)
+			if _, err := s.wire.reply(221, 5*time.Second); err == nil && s.shape != nil {
+				s.awaitClose(closeWait)
+			}
 		}
 	}
 	_ = s.raw.Close()
@@ -81,6 +83,26 @@ func (s *session) close(quit bool) {
 		// After the close: the receiver never sees more connections
 		// than the site's limit.
 		s.shape.Release()
+	}
+}
+
+// closeWait bounds how long a shaped session waits for the receiver to
+// close the connection after its 221.
+const closeWait = 2 * time.Second
+
+// awaitClose waits, at most d, for the receiver to close the connection,
+// as it must after its 221 (RFC 5321 section 4.1.1.10), reading and
+// dropping whatever comes first (a TLS close_notify). The site's place is
+// given back only then: a receiver that counts the connections open from
+// us has seen this one end before the next one to it begins, however late
+// its own side noticed our close.
+func (s *session) awaitClose(d time.Duration) {
+	_ = s.raw.SetReadDeadline(time.Now().Add(d))
+	var buf [256]byte
+	for {
+		if _, err := s.raw.Read(buf[:]); err != nil {
+			return
+		}
 	}
 }
 
