@@ -346,6 +346,7 @@ func (r *Relay) run(ctx context.Context) error {
 		Logger: logger, MaxBodyBytes: cfg.MaxMessageBytes + message.MaxPrepended, Lifetime: routing.DefaultMaxQueueLifetime,
 		SegmentBytes: cfg.SpoolSegmentBytes, SegmentBodyBytes: cfg.SpoolSegmentMaxBody,
 		Taken: func() { gate.Taken() },
+		Team:  teamOf(tables),
 	})
 	if err != nil {
 		return err
@@ -523,6 +524,20 @@ func (r *Relay) run(ctx context.Context) error {
 		logger.Info("Shutting down: no new connections, waiting for sessions", "grace", cfg.ShutdownGrace)
 	}
 	return r.shutdown(lc, srv, worker, q)
+}
+
+// teamOf returns the queue's Team: the namespace of the sender domain's
+// SenderDomain in the table in force (the team delivery's site gates take
+// turns by too), or the domain itself when no SenderDomain claims it.
+func teamOf(tables smtpd.TableSource) func(tenant string) string {
+	return func(tenant string) string {
+		if t := tables.Table(); t != nil {
+			if d := t.Domain(tenant); d != nil {
+				return "namespace/" + d.Object.Namespace
+			}
+		}
+		return "domain/" + tenant
+	}
 }
 
 // shutdown is the order in which a relay stops: drain at once (421 to

@@ -122,6 +122,34 @@ func TestDueTakesTurnsBetweenTenants(t *testing.T) {
 	check(openQueue(t, openDir(t, dir), options(clock)), "after restart")
 }
 
+// With Options.Team, Due takes turns between teams first: a team of two
+// busy sender domains gets one message in a round, as the team of one
+// does, its two domains taking that turn in turn.
+func TestDueTakesTurnsBetweenTeams(t *testing.T) {
+	clock := newClock()
+	opts := options(clock)
+	teams := map[string]string{"a.example": "shop", "b.example": "shop", "c.example": "billing"}
+	opts.Team = func(tenant string) string { return teams[tenant] }
+	q := openQueue(t, openDir(t, t.TempDir()), opts)
+	ids := map[string][]queue.ID{}
+	for _, domain := range []string{"a.example", "b.example", "c.example"} {
+		env := envelope()
+		env.From = "app@" + domain
+		for i := range 5 {
+			ids[domain] = append(ids[domain], enqueue(t, q, env, body(i, 10)))
+			clock.Add(time.Second)
+		}
+	}
+	a, b, c := ids["a.example"], ids["b.example"], ids["c.example"]
+	want := []queue.ID{a[0], c[0], b[0], c[1], a[1], c[2], b[1], c[3], a[2], c[4], b[2], a[3], b[3], a[4], b[4]}
+	if got := q.Due(clock.Now(), len(want)); !slices.Equal(got, want) {
+		t.Errorf("Due = %v\nwant %v", got, want)
+	}
+	if got := q.Due(clock.Now(), 4); !slices.Equal(got, want[:4]) {
+		t.Errorf("Due(4) = %v, want %v", got, want[:4])
+	}
+}
+
 func TestEnvelopeTenant(t *testing.T) {
 	for _, c := range []struct{ from, headerFrom, want string }{
 		{"a@Example.ORG", "b@other.example", "example.org"},

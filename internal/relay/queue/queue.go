@@ -52,6 +52,15 @@ func (systemClock) Now() time.Time { return time.Now() }
 type Options struct {
 	// Clock stamps arrivals and attempts. Default: the system clock.
 	Clock Clock
+	// Team returns the team of a tenant (Envelope.Tenant, a sender
+	// domain): Due takes turns between teams, then between the tenants
+	// of a team. The relay's team is the namespace of the domain's
+	// SenderDomain, read from the table in force at each call, so a
+	// namespace with ten busy domains gets one turn in a round, as one
+	// with a single domain does. Default: every tenant is a team of its
+	// own. It is called without the queue's lock, once per tenant with
+	// mail due in a call of Due.
+	Team func(tenant string) string
 	// Logger reports what recovery found. Default: discard.
 	Logger *slog.Logger
 	// Rand places retries in their jitter range. Default: seeded from
@@ -744,8 +753,9 @@ func (q *Queue) Changed() <-chan struct{} { return q.changed }
 
 // Due returns up to limit messages that are due at now (a pending
 // recipient's next attempt has come), neither held nor leased, taking
-// turns between tenants (Envelope.Tenant): the tenants in the order of
-// their earliest due message, one message of each per round, each
+// turns between teams (Options.Team) and, within a team, between its
+// tenants (Envelope.Tenant): the teams in the order of their earliest due
+// message, one message of each per round, from its tenants in turn, each
 // tenant's earliest first. A sender with a backlog of thousands therefore
 // takes half of each batch while one other sender has mail due, not all
 // of it: the first of the two layers of fairness (docs/design.md,
@@ -802,12 +812,33 @@ func (q *Queue) Due(now time.Time, limit int) []ID {
 	slices.SortFunc(tenants, func(a, b dueTenant) int {
 		return cmp.Or(a.heap[0].compare(b.heap[0]), strings.Compare(a.name, b.name))
 	})
+	// Teams in the order of their earliest due message, each team's
+	// tenants in the order of theirs.
+	var teams []*dueTeam
+	byName := map[string]*dueTeam{}
+	for k := range tenants {
+		name := tenants[k].name
+		if q.opts.Team != nil {
+			name = q.opts.Team(name)
+		}
+		t := byName[name]
+		if t == nil {
+			t = &dueTeam{}
+			byName[name] = t
+			teams = append(teams, t)
+		}
+		t.tenants = append(t.tenants, &tenants[k])
+	}
+	// Rounds: one message of each team, from its tenants in turn.
 	ids := make([]ID, 0, limit)
-	for round := 0; len(ids) < limit; round++ {
+	for len(ids) < limit {
 		took := false
-		for _, t := range tenants {
-			if round < len(t.heap) && len(ids) < limit {
-				ids = append(ids, t.heap[round].id)
+		for _, t := range teams {
+			if len(ids) == limit {
+				break
+			}
+			if c, ok := t.next(); ok {
+				ids = append(ids, c.id)
 				took = true
 			}
 		}
@@ -818,10 +849,32 @@ func (q *Queue) Due(now time.Time, limit int) []ID {
 	return ids
 }
 
-// dueTenant is one tenant's due candidates.
+// dueTenant is one tenant's due candidates, and how many of them a call
+// of Due took so far.
 type dueTenant struct {
-	name string
-	heap dueHeap
+	name  string
+	heap  dueHeap
+	taken int
+}
+
+// dueTeam is the tenants of one team, taken in turn.
+type dueTeam struct {
+	tenants []*dueTenant
+	turn    int // the tenant whose turn is next
+}
+
+// next returns the team's next candidate: the earliest not yet taken of
+// the next tenant in turn that has one.
+func (t *dueTeam) next() (dueCandidate, bool) {
+	for range t.tenants {
+		tn := t.tenants[t.turn]
+		t.turn = (t.turn + 1) % len(t.tenants)
+		if tn.taken < len(tn.heap) {
+			tn.taken++
+			return tn.heap[tn.taken-1], true
+		}
+	}
+	return dueCandidate{}, false
 }
 
 // dueCandidate is a message Due may return.
