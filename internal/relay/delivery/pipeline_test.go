@@ -126,6 +126,23 @@ func TestPipelinedOutcomes(t *testing.T) {
 	}
 }
 
+// A connection that stays in plaintext says EHLO once: go-smtp's own EHLO
+// is answered with the server's reply to the first, which still holds.
+func TestPlaintextSessionSaysEHLOOnce(t *testing.T) {
+	e, sink := mxEnv(t, testenv.SMTPSinkOptions{})
+	e.start()
+	e.waitGone(e.enqueue("app@sender.test", "a@rcpt.test"))
+	if st := sink.Stats(); st.Connections != 1 || st.Messages != 1 {
+		t.Fatalf("sink %+v, want 1 message over 1 connection", st)
+	}
+	if wire := e.wire.Written()[0]; strings.Count(wire, "EHLO ") != 1 {
+		t.Errorf("EHLO %d times on one plaintext connection:\n%s", strings.Count(wire, "EHLO "), wire)
+	}
+	if a := e.attempt(1); a.Status != StatusSent {
+		t.Fatalf("attempt %+v", a)
+	}
+}
+
 // A reused session gets RSET in front of the next transaction's group,
 // and no EHLO between transactions (go-smtp's client says EHLO again
 // after RSET).

@@ -277,7 +277,8 @@ func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s
 	if err := tp.PrintfLine("EHLO %s", w.opts.Hostname); err != nil {
 		return nil, s.failed(err, "at EHLO")
 	}
-	_, ext, err := tp.ReadResponse(250)
+	_, ext, ehloErr := tp.ReadResponse(250)
+	err := ehloErr
 	starttls := false
 	if err == nil {
 		for _, line := range strings.Split(ext, "\n")[1:] {
@@ -318,7 +319,11 @@ func (w *Worker) startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, s
 		if required {
 			return nil, localFailure(false, CauseTLS, "4.7.4", "TLS is required by %s, but %s does not offer STARTTLS: nothing sent in plaintext", p.policyName(), s.where)
 		}
-		return newGreetedConn(conn), nil
+		gc := newGreetedConn(conn)
+		if ehloErr == nil {
+			gc.answerEHLO(w.opts.Hostname, ext)
+		}
+		return gc, nil
 	}
 	tc := tls.Client(conn, cfg)
 	if f := w.handshake(ctx, tc, s, p); f != nil {
@@ -368,19 +373,58 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 }
 
 // greetedConn hands go-smtp a connection whose greeting was already read
-// (and STARTTLS done): its first read is a stand-in 220.
+// (and STARTTLS done): its first read is a stand-in 220. On a connection
+// that stays in plaintext the server's answer to our EHLO still holds, so
+// go-smtp's own EHLO (its first write, the same name) is answered with it
+// here instead of crossing the network again: one round trip less per
+// connection, and the server sees one EHLO.
 type greetedConn struct {
 	net.Conn
 	greeting *strings.Reader
+	// ehlo is the command answered here and reply its answer; both are
+	// cleared by the first write, whatever it is.
+	ehlo  string
+	reply *strings.Reader
 }
 
 func newGreetedConn(c net.Conn) *greetedConn {
 	return &greetedConn{Conn: c, greeting: strings.NewReader("220 greeting read before STARTTLS\r\n")}
 }
 
+// answerEHLO makes the first write, when it is "EHLO name", be answered
+// with the 250 reply whose lines (without their codes) are ext, as
+// net/textproto gave them.
+func (c *greetedConn) answerEHLO(name, ext string) {
+	var b strings.Builder
+	lines := strings.Split(ext, "\n")
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		b.WriteString("250" + sep + l + "\r\n")
+	}
+	c.ehlo, c.reply = "EHLO "+name+"\r\n", strings.NewReader(b.String())
+}
+
 func (c *greetedConn) Read(p []byte) (int, error) {
 	if c.greeting.Len() > 0 {
 		return c.greeting.Read(p)
 	}
+	if c.reply != nil && c.reply.Len() > 0 {
+		return c.reply.Read(p)
+	}
 	return c.Conn.Read(p)
+}
+
+func (c *greetedConn) Write(p []byte) (int, error) {
+	if c.ehlo != "" {
+		answered := string(p) == c.ehlo
+		c.ehlo = ""
+		if answered {
+			return len(p), nil
+		}
+		c.reply = nil
+	}
+	return c.Conn.Write(p)
 }
