@@ -100,7 +100,7 @@ func TestRelayedDSNEndToEnd(t *testing.T) {
 	if !strings.Contains(p.logs(), `msg="Delivery status notification queued"`) || !strings.Contains(p.logs(), "action=relayed recipients=1") {
 		t.Errorf("no log line for the report:\n%s", p.logs())
 	}
-	if rep.OriginalType != "text/rfc822-headers" || bytes.Contains(rep.Original, []byte("Your order.")) {
+	if rep.OriginalType != "text/rfc822-headers" || bytes.Contains(rep.Original, []byte("Your order.")) || !bytes.Contains(rep.Original, []byte("Subject: order")) {
 		t.Errorf("returned %s %q: want the header only", rep.OriginalType, rep.Original)
 	}
 }

@@ -28,12 +28,11 @@ type TableSource interface {
 // envelope sender is null (a bounce is never bounced), nor for a failed
 // recipient whose NOTIFY (RFC 3461 section 4.1) leaves out FAILURE.
 type Bouncer interface {
-	// Bounce enqueues one DSN to b.Message.Envelope.From. For failures it
-	// is called before the queue records them, so that a crash repeats a
-	// DSN rather than loses one; on error the failed recipients are
-	// deferred instead and a later attempt asks again. For relayed
-	// recipients it is called after the record, once; an error is
-	// logged.
+	// Bounce enqueues one DSN to b.Message.Envelope.From. It is called
+	// before the queue records the attempt, so that a crash repeats a
+	// DSN rather than loses one and the body is still there to quote; on
+	// error failed recipients are deferred instead and a later attempt
+	// asks again, while relayed ones stay delivered (the error is logged).
 	Bounce(ctx context.Context, b Bounce) error
 }
 

@@ -340,6 +340,13 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 			}
 		}
 	}
+	// The relayed reports too go before the record, while the message is
+	// still in the queue to quote its header from (a message whose last
+	// recipients the record finishes is removed with it). A crash in
+	// between delivers and reports again, as for failures; a report that
+	// cannot be queued is not retried (the recipient is delivered), only
+	// logged.
+	_ = w.bounce(rctx, after, relayed, o, end)
 	updated, err := lease.Update(rctx, queue.Attempt{Lifetime: lifetime, Results: results})
 	if err != nil {
 		w.logger.Error("Cannot record delivery attempt", "id", string(msg.ID), "error", err)
@@ -355,11 +362,6 @@ func (w *Worker) record(ctx context.Context, lease *queue.Lease, msg *queue.Mess
 			}
 		}
 		_ = w.bounce(rctx, updated, late, o, end)
-		// After the record: a crash before it delivers again, and
-		// reports again, rather than reports a delivery never recorded.
-		// A report that cannot be queued is not retried (the recipient
-		// is delivered): it is logged.
-		_ = w.bounce(rctx, updated, relayed, o, end)
 	}
 	w.noteHeld(&updated, dl, table)
 	a := Attempt{
