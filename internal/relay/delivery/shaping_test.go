@@ -377,6 +377,10 @@ func receiverArrivals(e *env, lim *shaping.Limiter, n int, granted, arrived func
 	steps := 0
 	for len(stamps) < n {
 		// A wait of its own for each step: polling starts quick again.
+		// Settled also means the relay waits on the clock (a timer set,
+		// or a message due later): a session closing in real time may
+		// still give a place back, whose taker then sets its timer.
+		var to time.Time
 		e.waitFor(fmt.Sprintf("the relay to settle at %s with %d of %d messages at the receiver", e.clock.Now().Sub(epoch), len(stamps), n), func() bool {
 			st := siteStats(lim, "rcpt.test")
 			now := e.clock.Now()
@@ -394,23 +398,23 @@ func receiverArrivals(e *env, lim *shaping.Limiter, n int, granted, arrived func
 			for len(stamps) < a {
 				stamps = append(stamps, now)
 			}
-			return true
+			if a >= n {
+				return true
+			}
+			next, ok := e.clock.nextTimer()
+			if anyDue && due.After(now) && (!ok || due.Before(next)) {
+				next, ok = due, true
+			}
+			to = next
+			return ok
 		})
 		if len(stamps) >= n {
 			break
 		}
-		now := e.clock.Now()
-		to, ok := e.clock.nextTimer()
-		if due, anyDue := e.q.NextDue(); anyDue && due.After(now) && (!ok || due.Before(to)) {
-			to, ok = due, true
-		}
-		if !ok {
-			e.t.Fatalf("settled at %s with %d of %d messages at the receiver, and nothing to wait for", now.Sub(epoch), len(stamps), n)
-		}
 		if steps++; steps > 50*n {
 			e.t.Fatalf("%d steps of the clock and %d of %d messages at the receiver", steps, len(stamps), n)
 		}
-		e.clock.Advance(to.Sub(now))
+		e.clock.Advance(to.Sub(e.clock.Now()))
 	}
 	e.t.Logf("%d steps of the clock, to %s", steps, e.clock.Now().Sub(epoch))
 	return stamps
