@@ -425,8 +425,7 @@ func wantsDSN(msg *queue.Message, i int) bool {
 	if msg.Envelope.From == "" {
 		return false
 	}
-	n := msg.Envelope.To[i].Notify
-	return len(n) == 0 || slices.Contains(n, "FAILURE")
+	return msg.Envelope.To[i].Notifies("FAILURE")
 }
 
 // wantsRelayedDSN reports whether the delivery of recipient i to a next
@@ -434,7 +433,7 @@ func wantsDSN(msg *queue.Message, i int) bool {
 // lists SUCCESS (RFC 3461 section 5.2.2, a "relayed" DSN), never for the
 // null sender.
 func wantsRelayedDSN(msg *queue.Message, i int) bool {
-	return msg.Envelope.From != "" && slices.Contains(msg.Envelope.To[i].Notify, "SUCCESS")
+	return msg.Envelope.From != "" && msg.Envelope.To[i].Notifies("SUCCESS")
 }
 
 // cloneMessage returns a copy of m whose recipients can be changed.

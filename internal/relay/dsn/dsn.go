@@ -114,9 +114,9 @@ func Build(p Params, msg queue.Message, rcpts []int, original io.Reader) (*Notif
 			continue
 		}
 		switch s := msg.Recipients[i].State; {
-		case (s == queue.Failed || s == queue.Expired) && wantsFailure(env.To[i].Notify):
+		case (s == queue.Failed || s == queue.Expired) && env.To[i].Notifies("FAILURE"):
 			report, failures = append(report, i), true
-		case s == queue.Delivered && wants(env.To[i].Notify, "SUCCESS"):
+		case s == queue.Delivered && env.To[i].Notifies("SUCCESS"):
 			report = append(report, i)
 		}
 	}
@@ -180,17 +180,6 @@ func Build(p Params, msg queue.Message, rcpts []int, original io.Reader) (*Notif
 		From: "", To: []string{env.From}, SMTPUTF8: !isASCII(env.From),
 		Recipients: report, Data: b.Bytes(),
 	}, nil
-}
-
-// wantsFailure applies RFC 3461 section 4.1: without NOTIFY, a failure is
-// reported; NEVER reports nothing; otherwise only when FAILURE is listed.
-func wantsFailure(notify []string) bool {
-	return len(notify) == 0 || wants(notify, "FAILURE")
-}
-
-// wants reports whether the NOTIFY list names the condition.
-func wants(notify []string, condition string) bool {
-	return slices.ContainsFunc(notify, func(n string) bool { return strings.EqualFold(n, condition) })
 }
 
 // readOriginal returns what to attach: the whole message when RET=FULL and

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/postgate/postgate/internal/relay/atomicfile"
 )
 
 // FS is the queue's view of its spool directory: one flat directory, names
@@ -145,17 +147,7 @@ func (d *DirFS) ReadDirNames() ([]string, error) {
 }
 
 // SyncDir implements FS.
-func (d *DirFS) SyncDir() error {
-	f, err := d.root.Open(".")
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func (d *DirFS) SyncDir() error { return atomicfile.SyncDir(d.root) }
 
 // Statfs implements FS.
 func (d *DirFS) Statfs() (int64, error) { return statfs(d.path) }

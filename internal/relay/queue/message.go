@@ -2,6 +2,7 @@ package queue
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -91,6 +92,16 @@ type Rcpt struct {
 	// ORcpt is the DSN ORCPT= parameter as given, "addr-type;xtext"
 	// (RFC 3461 section 4.2).
 	ORcpt string `json:"orcpt,omitempty"`
+}
+
+// Notifies reports whether the recipient asked its sender to be told of
+// condition (SUCCESS, FAILURE or DELAY), as RFC 3461 section 4.1 reads
+// NOTIFY: without it, of a failure only; NEVER, of nothing.
+func (r *Rcpt) Notifies(condition string) bool {
+	if len(r.Notify) == 0 {
+		return strings.EqualFold(condition, "FAILURE")
+	}
+	return slices.ContainsFunc(r.Notify, func(n string) bool { return strings.EqualFold(n, condition) })
 }
 
 // Limits on what one message may hold. They bound memory and the size of
